@@ -1,0 +1,34 @@
+"""Built-in test cases, each a seed-deterministic JAX solver following method.md §5."""
+
+from msde_ppl.data.cases._base import PDECase, split_counts
+from msde_ppl.data.cases.burgers_1d import Burgers1D
+from msde_ppl.data.cases.burgers_2d import Burgers2D
+from msde_ppl.data.cases.kdv_1d import KdV1D
+from msde_ppl.data.cases.wave_1d import Wave1D
+
+CASES: dict[str, PDECase] = {
+    case.name: case for case in (KdV1D(), Wave1D(), Burgers1D(), Burgers2D())
+}
+DEFAULT_CASE = "kdv_1d"
+
+
+def get_case(name: str) -> PDECase:
+    """The built-in case called ``name``; the error lists the known names."""
+    try:
+        return CASES[name]
+    except KeyError:
+        known = ", ".join(sorted(CASES))
+        raise ValueError(f"unknown case {name!r}; built-in cases are: {known}") from None
+
+
+__all__ = [
+    "CASES",
+    "DEFAULT_CASE",
+    "Burgers1D",
+    "Burgers2D",
+    "KdV1D",
+    "PDECase",
+    "Wave1D",
+    "get_case",
+    "split_counts",
+]

@@ -1,0 +1,70 @@
+"""netCDF storage of datasets (xarray + h5netcdf, zlib-compressed).
+
+Writing goes to a temporary file in the target folder that is renamed into place only once
+complete, so a failed write never leaves a half-written file or destroys an existing one; an
+existing file is replaced only when asked (``overwrite=True``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from msde_ppl.data.schema import validate
+
+ENGINE = "h5netcdf"
+_VECTOR_ATTRS = {"domain", "coarse_reference"}
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Validate ``ds`` and write it to ``path`` (netCDF4, float variables zlib-compressed).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+        SchemaError: ``ds`` is not a valid dataset.
+    """
+    validate(ds)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; refusing to overwrite it (choose another path or pass "
+            "overwrite=True)"
+        )
+    if not path.parent.exists():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    encoding = {
+        name: {"zlib": True, "complevel": 4}
+        for name, var in ds.variables.items()
+        if np.issubdtype(var.dtype, np.floating) and var.ndim >= 2
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load(path: str | os.PathLike) -> xr.Dataset:
+    """Read and validate a dataset written by :func:`save` (or any file in the schema)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset file at {path}")
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            ds = ds.load()
+    except OSError as err:
+        raise OSError(f"{path} is not a readable netCDF4/HDF5 file: {err}") from None
+    # netCDF stores a length-1 attribute array as a scalar: restore the vector attributes.
+    for name in _VECTOR_ATTRS & set(ds.attrs):
+        ds.attrs[name] = np.atleast_1d(ds.attrs[name])
+    if "split" in ds.coords:
+        ds = ds.assign_coords(split=("traj", np.asarray(ds["split"].values).astype(str)))
+    return validate(ds)

@@ -1,0 +1,355 @@
+"""The dataset schema (design.md §4.1) and its validation.
+
+A dataset is an ``xarray.Dataset`` with
+
+- ``u``: float field, dims ``("traj", "time", "x")`` (1D) or ``("traj", "time", "x", "y")`` (2D),
+  optionally with a ``"field"`` dim right after ``"time"`` for multi-field data;
+- coordinates ``time`` (strictly increasing, uniform), ``x`` (and ``y``) uniform and increasing;
+- optionally a ``split`` coordinate on ``traj`` with values ``"train"``, ``"val"``, ``"test"``;
+- optionally ``u_clean``, the noise-free field, with the dims and shape of ``u``;
+- attributes ``boundary`` (``"periodic"`` or ``"dirichlet"``, required), ``domain`` (one length
+  per spatial axis: ``N dx`` if periodic, ``(N - 1) dx`` if Dirichlet), ``noise_std``, ``source``,
+  and optionally ``eval_steps`` (how many leading time steps the error metric uses).
+
+:func:`validate` refuses anything else with a :class:`SchemaError` that names the problem;
+:func:`from_arrays` builds a valid dataset from users' NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+BOUNDARIES = ("periodic", "dirichlet")
+SPLIT_VALUES = ("train", "val", "test")
+SPATIAL_DIMS = ("x", "y")
+_ALLOWED_DIMS = (
+    ("traj", "time", "x"),
+    ("traj", "time", "x", "y"),
+    ("traj", "time", "field", "x"),
+    ("traj", "time", "field", "x", "y"),
+)
+_UNIFORM_RTOL = 1e-5
+
+
+class SchemaError(ValueError):
+    """A dataset, or arrays meant to become one, do not follow the schema."""
+
+
+def spatial_dims(ds: xr.Dataset) -> tuple[str, ...]:
+    """The spatial dims of ``u``: ``("x",)`` or ``("x", "y")``."""
+    return tuple(d for d in ds["u"].dims if d in SPATIAL_DIMS)
+
+
+def grid_shape(ds: xr.Dataset) -> tuple[int, ...]:
+    """Fine-grid shape, one size per spatial dim."""
+    return tuple(ds.sizes[d] for d in spatial_dims(ds))
+
+
+def validate(ds: xr.Dataset, *, coarse: Sequence[int] | None = None) -> xr.Dataset:
+    """Check ``ds`` against the schema; return it unchanged if it passes.
+
+    Args:
+        ds: the dataset.
+        coarse: optional coarse-grid size per spatial axis; each must divide the fine size.
+
+    Raises:
+        SchemaError: naming the first problem found.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise SchemaError(f"expected an xarray.Dataset, got {type(ds).__name__}")
+    if "u" not in ds.data_vars:
+        raise SchemaError("the dataset has no data variable 'u' (the observed field)")
+    u = ds["u"]
+    if u.dims not in _ALLOWED_DIMS:
+        allowed = " or ".join(str(d) for d in _ALLOWED_DIMS)
+        raise SchemaError(f"variable 'u' has dims {u.dims}; expected {allowed}")
+    _check_float("u", u)
+    if ds.sizes["traj"] < 1:
+        raise SchemaError("variable 'u' has no trajectories (traj size 0)")
+    if ds.sizes["time"] < 2:
+        raise SchemaError(f"need at least 2 time points, got {ds.sizes['time']}")
+    if "field" in u.dims and ds.sizes["field"] < 1:
+        raise SchemaError("dim 'field' has size 0")
+
+    _check_axis(ds, "time", minimum=2)
+    for dim in spatial_dims(ds):
+        _check_axis(ds, dim, minimum=3)
+
+    boundary = ds.attrs.get("boundary")
+    if boundary not in BOUNDARIES:
+        raise SchemaError(
+            f"attribute 'boundary' is {boundary!r}; expected one of {', '.join(BOUNDARIES)}"
+        )
+    _check_domain(ds, boundary)
+    _check_optional_attrs(ds)
+    _check_split(ds)
+    _check_finite("u", u)
+    if "u_clean" in ds.data_vars:
+        clean = ds["u_clean"]
+        if clean.dims != u.dims or clean.shape != u.shape:
+            raise SchemaError(
+                f"'u_clean' has dims {clean.dims} and shape {clean.shape}; "
+                f"it must match 'u' ({u.dims}, {u.shape})"
+            )
+        _check_float("u_clean", clean)
+        _check_finite("u_clean", clean)
+    if coarse is not None:
+        check_coarse(ds, coarse)
+    return ds
+
+
+def check_coarse(ds: xr.Dataset, coarse: Sequence[int]) -> tuple[int, ...]:
+    """Check a coarse-grid size against the fine grid of ``ds``; return it as a tuple.
+
+    Coarse node ``k`` sits at fine index ``k * sigma`` with ``sigma = N / n``, so each coarse size
+    must be a positive integer dividing the fine size along its axis.
+    """
+    dims = spatial_dims(ds)
+    try:
+        coarse = tuple(int(c) for c in coarse)
+    except (TypeError, ValueError):
+        raise SchemaError(f"coarse size must be integers, got {coarse!r}") from None
+    if len(coarse) != len(dims):
+        raise SchemaError(
+            f"coarse size {coarse} has {len(coarse)} entries; the data have "
+            f"{len(dims)} spatial dim(s) {dims}"
+        )
+    for n_c, dim in zip(coarse, dims, strict=True):
+        n = ds.sizes[dim]
+        if n_c < 2:
+            raise SchemaError(f"coarse size {n_c} along {dim!r} must be at least 2")
+        if n_c > n or n % n_c:
+            near = [d for d in range(2, n + 1) if n % d == 0]
+            near = sorted(near, key=lambda d: abs(d - n_c))[:3]
+            raise SchemaError(
+                f"coarse size {n_c} does not divide the fine grid size {n} along {dim!r} "
+                f"(nearest divisors: {', '.join(map(str, sorted(near)))})"
+            )
+    return coarse
+
+
+def _check_float(name: str, var: xr.DataArray) -> None:
+    if not np.issubdtype(var.dtype, np.floating):
+        raise SchemaError(f"variable {name!r} must be a float array, got dtype {var.dtype}")
+
+
+def _check_finite(name: str, var: xr.DataArray) -> None:
+    values = np.asarray(var.values)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = ", ".join(f"{d}={i}" for d, i in zip(var.dims, first, strict=True))
+        raise SchemaError(
+            f"variable {name!r} has {int(bad.sum())} non-finite value(s) (NaN or inf); "
+            f"first at {where}"
+        )
+
+
+def _check_axis(ds: xr.Dataset, dim: str, minimum: int) -> None:
+    if dim not in ds.coords:
+        raise SchemaError(f"coordinate {dim!r} is missing")
+    coord = ds.coords[dim]
+    if coord.dims != (dim,):
+        raise SchemaError(f"coordinate {dim!r} must be 1-D along {dim!r}, has dims {coord.dims}")
+    if not np.issubdtype(coord.dtype, np.number) or np.issubdtype(coord.dtype, np.complexfloating):
+        raise SchemaError(f"coordinate {dim!r} must be real numbers, got dtype {coord.dtype}")
+    values = np.asarray(coord.values, dtype=np.float64)
+    if values.size < minimum:
+        raise SchemaError(f"dim {dim!r} has {values.size} points; need at least {minimum}")
+    if not np.isfinite(values).all():
+        raise SchemaError(f"coordinate {dim!r} has non-finite values")
+    steps = np.diff(values)
+    if not (steps > 0).all():
+        i = int(np.argmax(~(steps > 0)))
+        raise SchemaError(
+            f"coordinate {dim!r} is not strictly increasing (at index {i + 1}: "
+            f"{values[i + 1]!r} after {values[i]!r})"
+        )
+    mean = (values[-1] - values[0]) / (values.size - 1)
+    worst = np.max(np.abs(steps - mean))
+    if worst > _UNIFORM_RTOL * mean:
+        raise SchemaError(
+            f"coordinate {dim!r} is not uniformly spaced (steps range from {steps.min():.6g} "
+            f"to {steps.max():.6g})"
+        )
+
+
+def _spacing(ds: xr.Dataset, dim: str) -> float:
+    values = np.asarray(ds.coords[dim].values, dtype=np.float64)
+    return float((values[-1] - values[0]) / (values.size - 1))
+
+
+def _check_domain(ds: xr.Dataset, boundary: str) -> None:
+    if "domain" not in ds.attrs:
+        return
+    dims = spatial_dims(ds)
+    try:
+        domain = np.atleast_1d(np.asarray(ds.attrs["domain"], dtype=np.float64))
+    except (TypeError, ValueError):
+        raise SchemaError(
+            f"attribute 'domain' must be lengths, got {ds.attrs['domain']!r}"
+        ) from None
+    if domain.shape != (len(dims),):
+        raise SchemaError(
+            f"attribute 'domain' has {domain.size} length(s); expected one per spatial dim {dims}"
+        )
+    for length, dim in zip(domain, dims, strict=True):
+        n = ds.sizes[dim]
+        expected = _spacing(ds, dim) * (n if boundary == "periodic" else n - 1)
+        if not np.isfinite(length) or abs(length - expected) > 1e-4 * expected:
+            rule = "N * dx" if boundary == "periodic" else "(N - 1) * dx"
+            raise SchemaError(
+                f"attribute 'domain' gives length {float(length)!r} along {dim!r}, but a "
+                f"{boundary} grid of {n} points with spacing {_spacing(ds, dim):.6g} has length "
+                f"{rule} = {expected:.6g}"
+            )
+
+
+def _check_optional_attrs(ds: xr.Dataset) -> None:
+    if "noise_std" in ds.attrs:
+        noise = ds.attrs["noise_std"]
+        if not (np.isscalar(noise) and np.isreal(noise) and np.isfinite(noise) and noise >= 0):
+            raise SchemaError(f"attribute 'noise_std' must be a finite number >= 0, got {noise!r}")
+    if "eval_steps" in ds.attrs:
+        steps = ds.attrs["eval_steps"]
+        if not (np.issubdtype(type(steps), np.integer) and 1 <= steps <= ds.sizes["time"]):
+            raise SchemaError(
+                f"attribute 'eval_steps' must be an integer in [1, {ds.sizes['time']}], "
+                f"got {steps!r}"
+            )
+
+
+def _check_split(ds: xr.Dataset) -> None:
+    if "split" not in ds.coords:
+        return
+    split = ds.coords["split"]
+    if split.dims != ("traj",):
+        raise SchemaError(f"coordinate 'split' must lie on dim 'traj', has dims {split.dims}")
+    values = set(np.asarray(split.values).astype(str).tolist())
+    unknown = values - set(SPLIT_VALUES)
+    if unknown:
+        raise SchemaError(
+            f"coordinate 'split' has unknown value(s) {sorted(unknown)}; "
+            f"allowed: {', '.join(SPLIT_VALUES)}"
+        )
+
+
+def from_arrays(
+    u,
+    *,
+    time,
+    x,
+    y=None,
+    boundary: str = "periodic",
+    domain: Sequence[float] | None = None,
+    u_clean=None,
+    split: Sequence[str] | None = None,
+    fields: Sequence[str] | None = None,
+    noise_std: float | None = None,
+    source: str = "user data",
+    extra_attrs: dict | None = None,
+) -> xr.Dataset:
+    """Build a validated dataset from arrays.
+
+    Args:
+        u: observed field, shape ``(traj, time, [field,] x[, y])``. Integer arrays are cast to
+            float64; anything else that is not real floating point is refused.
+        time: snapshot times, shape ``(time,)``, strictly increasing and uniform.
+        x: grid coordinates along x, shape ``(x,)``, uniform; ``y`` likewise for 2D data.
+        boundary: ``"periodic"`` or ``"dirichlet"``.
+        domain: lengths per spatial axis; computed from the grid when omitted.
+        u_clean: optional noise-free field, same shape as ``u``.
+        split: optional ``"train"``/``"val"``/``"test"`` label per trajectory.
+        fields: names of the fields if ``u`` has a field axis (its presence is inferred from
+            ``u.ndim``: one more axis than ``2 + number of spatial axes``).
+        noise_std: observation noise standard deviation, if known.
+        source: what produced the data.
+        extra_attrs: further attributes to store.
+
+    Raises:
+        SchemaError: if the arrays cannot form a valid dataset.
+    """
+    u = _as_float_array("u", u)
+    time = _as_coord("time", time)
+    x = _as_coord("x", x)
+    coords: dict = {"time": time, "x": x}
+    spatial = ("x",)
+    if y is not None:
+        coords["y"] = _as_coord("y", y)
+        spatial = ("x", "y")
+    n_space = len(spatial)
+    if u.ndim == 2 + n_space:
+        dims = ("traj", "time", *spatial)
+    elif u.ndim == 3 + n_space:
+        dims = ("traj", "time", "field", *spatial)
+    else:
+        raise SchemaError(
+            f"'u' has {u.ndim} axes; with {n_space} spatial axis/axes it needs "
+            f"{2 + n_space} (traj, time, {', '.join(spatial)}) or {3 + n_space} (with a field axis)"
+        )
+    expected = {"time": time.size, **{d: coords[d].size for d in spatial}}
+    for axis, dim in enumerate(dims):
+        if dim in expected and u.shape[axis] != expected[dim]:
+            raise SchemaError(
+                f"'u' has {u.shape[axis]} entries along {dim!r} (axis {axis}) but the {dim!r} "
+                f"coordinate has {expected[dim]}"
+            )
+    if "field" in dims:
+        n_fields = u.shape[2]
+        names = [f"f{i}" for i in range(n_fields)] if fields is None else [str(f) for f in fields]
+        if len(names) != n_fields:
+            raise SchemaError(f"{len(names)} field names given for {n_fields} fields")
+        coords["field"] = names
+    elif fields is not None:
+        raise SchemaError("field names given but 'u' has no field axis")
+    if split is not None:
+        split = np.asarray(split).astype(str)
+        if split.shape != (u.shape[0],):
+            raise SchemaError(
+                f"'split' has shape {split.shape}; expected one label per trajectory "
+                f"({u.shape[0]},)"
+            )
+        coords["split"] = ("traj", split)
+    data_vars = {"u": (dims, u)}
+    if u_clean is not None:
+        u_clean = _as_float_array("u_clean", u_clean)
+        if u_clean.shape != u.shape:
+            raise SchemaError(f"'u_clean' has shape {u_clean.shape}; 'u' has {u.shape}")
+        data_vars["u_clean"] = (dims, u_clean)
+    if boundary not in BOUNDARIES:
+        raise SchemaError(f"boundary {boundary!r} is unknown; expected one of {BOUNDARIES}")
+    attrs: dict = {"boundary": boundary, "source": str(source)}
+    ds = xr.Dataset(data_vars, coords=coords)
+    for dim in spatial:
+        _check_axis(ds, dim, minimum=3)
+    if domain is None:
+        off = 0 if boundary == "periodic" else 1
+        domain = [_spacing(ds, d) * (ds.sizes[d] - off) for d in spatial]
+    attrs["domain"] = np.atleast_1d(np.asarray(domain, dtype=np.float64))
+    if noise_std is not None:
+        attrs["noise_std"] = float(noise_std)
+    attrs.update(extra_attrs or {})
+    ds.attrs.update(attrs)
+    return validate(ds)
+
+
+def _as_float_array(name: str, values) -> np.ndarray:
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise SchemaError(f"{name!r} cannot be read as an array: {err}") from None
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise SchemaError(f"{name!r} must hold real floating-point numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _as_coord(name: str, values) -> np.ndarray:
+    arr = _as_float_array(name, values)
+    if arr.ndim != 1:
+        raise SchemaError(f"coordinate {name!r} must be 1-D, got shape {arr.shape}")
+    return arr

@@ -1,0 +1,32 @@
+"""Strict numerics for the whole suite.
+
+- rank promotion raises: silent broadcasting between macro and micro grids is exactly the bug
+  this catches;
+- float64 is switched on with ``MSDE_TEST_X64=1`` (finite-difference gradient tests switch it on
+  locally with ``jax.enable_x64``);
+- every test gets a fresh, explicit PRNG key and a reseeded NumPy generator.
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+if os.environ.get("MSDE_TEST_X64", "0") == "1":
+    jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def rng_key():
+    """A fresh typed PRNG key for every test."""
+    return jax.random.key(0)
+
+
+@pytest.fixture
+def np_rng():
+    """A NumPy generator reseeded for every test."""
+    return np.random.default_rng(0)
