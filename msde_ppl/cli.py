@@ -1,8 +1,12 @@
 """The ``msde`` command line.
 
 - ``msde data CASE --out FILE.nc [--n-traj N] [--seed S]``: write a built-in dataset.
+- ``msde fit --data FILE.nc --coarse NX [NY] --micro K --out RUN_DIR``: fit a model to any
+  dataset in the schema.
+- ``msde forecast RUN_DIR --data FILE.nc --out OUT_DIR``: ensemble forecasts and metrics.
 - ``msde run [CASE] [--out RUN_DIR]``: the main job on a built-in case (default ``kdv_1d``):
-  data, baselines and a ``metrics.json`` report in a new run directory.
+  data, multiscale and implicit-scale fits, forecasts, the coarse-DNS baseline, figures and a
+  ``metrics.json`` report in a new run directory.
 
 Nothing a user has is overwritten: an existing output file or run directory is refused unless
 ``--overwrite`` is given (files only; run directories are never reused).
@@ -11,6 +15,7 @@ Nothing a user has is overwritten: an existing output file or run directory is r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,6 +28,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see design.md §1: before 
 import msde_ppl  # noqa: E402
 from msde_ppl.data import CASES, DEFAULT_CASE, SchemaError, make_dataset, save  # noqa: E402
 from msde_ppl.data.schema import grid_shape  # noqa: E402
+
+# `msde run`: implicit-scale stage, then multiscale stage; the whole job stays within ~15 min on
+# 2 CPU cores (about 0.03 s per step)
+RUN_STEPS = 3000
+RUN_MICRO_STEPS = 12000
 
 
 def _positive_int(text: str) -> int:
@@ -73,11 +83,51 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     data.set_defaults(handler=cmd_data)
 
+    fit = sub.add_parser(
+        "fit",
+        help="fit a multiscale model to a dataset",
+        description="Fit the multiscale model (or, with --micro 0, the implicit-scale model) "
+        "to the training split of any dataset in the schema; write the fitted model to a new "
+        "run directory.",
+    )
+    fit.add_argument("--data", required=True, type=Path, help="dataset (.nc) in the schema")
+    fit.add_argument("--coarse", required=True, type=_positive_int, nargs="+", metavar="N",
+                     help="coarse grid size per spatial axis (must divide the fine grid)")
+    fit.add_argument("--micro", required=True, type=_nonnegative_int, metavar="K",
+                     help="micro dimension (0: implicit-scale model)")
+    fit.add_argument("--steps", type=_positive_int, default=3000,
+                     help="optimisation steps in all (default 3000)")
+    fit.add_argument("--no-progressive", action="store_true",
+                     help="with --micro K > 0, train the multiscale model from scratch instead "
+                     "of first fitting the implicit-scale model for a quarter of the steps and "
+                     "growing it (method.md §4.2)")
+    fit.add_argument("--window", type=_positive_int, default=64,
+                     help="snapshots per window (default 64)")
+    fit.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    fit.add_argument("--out", required=True, type=Path, help="run directory to create")
+    fit.set_defaults(handler=cmd_fit)
+
+    fc = sub.add_parser(
+        "forecast",
+        help="ensemble forecasts of a fitted model, with metrics",
+        description="Forecast every trajectory of a split from its first snapshot and write "
+        "forecast.nc and metrics.json into a new directory.",
+    )
+    fc.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by msde fit")
+    fc.add_argument("--data", required=True, type=Path, help="dataset (.nc)")
+    fc.add_argument("--split", default="test", help="split to forecast (default test)")
+    fc.add_argument("--samples", type=_positive_int, default=64, help="ensemble size (64)")
+    fc.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    fc.add_argument("--out", required=True, type=Path, help="output directory to create")
+    fc.set_defaults(handler=cmd_forecast)
+
     run = sub.add_parser(
         "run",
-        help="the main job: data, baselines and a metrics report in a new run directory",
-        description="Generate the built-in dataset CASE, run the baselines on its test split "
-        "and write data.nc and metrics.json into a new run directory.",
+        help="the main job: data, fits, forecasts, baselines and a report in a new run directory",
+        description="Generate the built-in dataset CASE, fit the multiscale and implicit-scale "
+        "models, forecast the test split, run the coarse-DNS baseline and write metrics.json, "
+        "figures and the posterior into a new run directory.",
     )
     run.add_argument("case", nargs="?", default=DEFAULT_CASE, metavar="CASE",
                      help=f"one of: {cases} (default {DEFAULT_CASE})")
@@ -86,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-traj", type=_positive_int, default=None,
                      help="number of trajectories (default: the reference's)")
     run.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    run.add_argument("--steps", type=_positive_int, default=RUN_STEPS,
+                     help=f"steps of the implicit-scale fit (default {RUN_STEPS})")
+    run.add_argument("--micro-steps", type=_positive_int, default=RUN_MICRO_STEPS,
+                     help="further steps after growing it into the multiscale model "
+                     f"(default {RUN_MICRO_STEPS})")
+    run.add_argument("--micro", type=_positive_int, default=5, help="micro dimension (5)")
     run.set_defaults(handler=cmd_run)
     return parser
 
@@ -107,42 +163,187 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from msde_ppl.models.training import TrainConfig, save_fitted
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
     from msde_ppl.predict.coarse_dns import select_split
 
     _check_case(args.case)
     run_dir: Path = args.out or Path("runs") / f"{args.case}-{datetime.now():%Y%m%d-%H%M%S}"
-    if run_dir.exists():
-        raise FileExistsError(f"run directory {run_dir} already exists; choose another --out")
-    run_dir.mkdir(parents=True)
+    run_dir = _new_dir(run_dir, "run directory")
     start = time.perf_counter()
-    print(f"[1/2] generating {args.case} ...", flush=True)
+    print(f"[1/5] generating {args.case} ...", flush=True)
     ds = make_dataset(args.case, n_traj=args.n_traj, seed=args.seed)
     save(ds, run_dir / "data.nc")
-    print("[2/2] coarse-DNS baseline on the test split ...", flush=True)
-    metrics: dict = {"coarse_dns": evaluate_coarse_dns(ds)}
+    case = CASES[args.case]
+    stages = [(0, TrainConfig(steps=args.steps, seed=args.seed)),
+              (args.micro, TrainConfig(steps=args.micro_steps, seed=args.seed, warmup_steps=0))]
+    print(f"[2/5] fitting the implicit-scale model ({args.steps} steps), then growing it into "
+          f"the multiscale model (micro dimension {args.micro}, {args.micro_steps} steps) ...",
+          flush=True)
+    fits = _fit_models(ds, args.case, case.coarse, args.micro, stages)
+    metrics: dict = {}
+    forecasts = {}
+    print("[3/5] forecasting the test split ...", flush=True)
+    for key, fitted in (("multiscale", fits[1]), ("implicit_scale", fits[0])):
+        model_dir = _new_dir(run_dir / key, "model directory")
+        save_fitted(fitted, model_dir, stages[1 if key == "multiscale" else 0][1])
+        fc, metrics[key] = _forecast(fitted, ds, "test", 64, args.seed)
+        if key == "multiscale":  # the multiscale model's fit includes its implicit-scale stage
+            metrics[key]["fit_wall_time_s"] += fits[0].wall_time_s
+            metrics[key]["fit_steps"] += int(len(fits[0].losses))
+        fc.to_netcdf(model_dir / "forecast.nc", engine="h5netcdf")
+        _write_posterior(fitted, model_dir / "posterior.nc")
+        forecasts[key] = fc
+        print(f"      rel-L2 {metrics[key]['rel_l2_mean']:.4f} "
+              f"(clean {metrics[key].get('rel_l2_clean_mean', float('nan')):.4f}), "
+              f"fit {metrics[key]['fit_wall_time_s']:.0f} s", flush=True)
+    print("[4/5] coarse-DNS baseline on the test split ...", flush=True)
+    metrics["coarse_dns"] = evaluate_coarse_dns(ds)
+    print("[5/5] figures ...", flush=True)
+    _write_figures(forecasts, run_dir)
     test = select_split(ds, "test")
     floor = noise_floor(test, test.attrs.get("eval_steps"))
-    metrics["meta"] = {
-        "dataset": args.case,
-        "n_traj": int(ds.sizes["traj"]),
-        "n_time": int(ds.sizes["time"]),
-        "grid": list(grid_shape(ds)),
-        "seed": args.seed,
-        "eval_steps": int(ds.attrs["eval_steps"]),
+    metrics["meta"] = _meta(ds, grid_shape(ds), args.seed)
+    metrics["meta"].update({
+        "steps": args.steps,
         "noise_floor_rel_l2": None if floor is None else floor["mean"],
         "wall_time_s": time.perf_counter() - start,
+    })
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print("rel-L2 on the test split (vs noisy data):")
+    for key in ("multiscale", "implicit_scale", "coarse_dns"):
+        m = metrics[key]
+        print(f"  {key:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}")
+    print(f"report: {run_dir / 'metrics.json'}")
+    return 0
+
+
+def _write_posterior(fitted, path: Path) -> None:
+    """Variational posterior of the global sites (LogNormal loc/scale) as netCDF."""
+    import numpy as np
+    import xarray as xr
+
+    data = {}
+    for name, value in fitted.params.items():
+        if name.endswith("_auto_loc") or name.endswith("_auto_scale"):
+            data[name] = ((f"{name.rsplit('_auto_', 1)[0]}_dim",), np.asarray(value))
+    xr.Dataset(data, attrs={"family": "LogNormal(loc, scale) per coordinate"}).to_netcdf(
+        path, engine="h5netcdf")
+
+
+def _write_figures(forecasts: dict, run_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from msde_ppl.diagnostics.plots import plot_decomposition, plot_space_time
+
+    for key, fc in forecasts.items():
+        fig = plot_space_time(fc, 0, title=f"{key.replace('_', '-')} model, test trajectory 0")
+        fig.savefig(run_dir / f"{key}_space_time.png", dpi=90)
+        plt.close(fig)
+        fig = plot_decomposition(fc, 0)
+        fig.savefig(run_dir / f"{key}_decomposition.png", dpi=90)
+        plt.close(fig)
+
+
+def _new_dir(path: Path, what: str) -> Path:
+    if path.exists():
+        raise FileExistsError(f"{what} {path} already exists; choose another --out")
+    path.mkdir(parents=True)
+    return path
+
+
+def _fit_models(ds, case, coarse, n_micro, stages) -> list:
+    """Fit ``stages = [(K, TrainConfig), ...]`` (progressively when more than one)."""
+    from msde_ppl.models.multiscale import config_for
+    from msde_ppl.models.training import fit_progressive
+
+    config = config_for(case, grid_shape(ds), coarse, n_micro=n_micro,
+                        n_channels=ds.sizes.get("field", 1))
+    return fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
+
+
+def _forecast(fitted, ds, split: str, samples: int, seed: int):
+    import jax
+
+    from msde_ppl.predict.forecast import forecast, forecast_metrics
+
+    start = time.perf_counter()
+    fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=samples)
+    metrics = forecast_metrics(fc, ds.attrs.get("eval_steps"))
+    metrics["forecast_wall_time_s"] = time.perf_counter() - start
+    metrics["fit_wall_time_s"] = fitted.wall_time_s
+    metrics["fit_steps"] = int(len(fitted.losses))
+    metrics["final_loss"] = float(fitted.losses[-1]) if len(fitted.losses) else None
+    return fc, metrics
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from msde_ppl.data import load, validate
+    from msde_ppl.models.training import TrainConfig, save_fitted
+
+    ds = load(args.data)
+    validate(ds, coarse=args.coarse)
+    if args.out.exists():
+        raise FileExistsError(f"run directory {args.out} already exists; choose another --out")
+    if args.window < 2:
+        raise ValueError(f"--window must be at least 2, got {args.window}")
+    if ds.sizes["time"] < args.window:
+        raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
+                         "snapshots per trajectory")
+    train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed)
+    stages = [(args.micro, train)]
+    if args.micro and not args.no_progressive and args.steps >= 4:
+        first = dataclasses.replace(train, steps=args.steps // 4)
+        rest = dataclasses.replace(train, steps=args.steps - first.steps, warmup_steps=0)
+        stages = [(0, first), (args.micro, rest)]
+    out = _new_dir(args.out, "run directory")
+    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages)
+    save_fitted(fits[-1], out, train)
+    wall = sum(f.wall_time_s for f in fits)
+    print(f"fitted {args.steps} steps in {wall:.0f} s; final loss "
+          f"{fits[-1].losses[-1]:.4f}; model in {out}")
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from msde_ppl.data import load
+    from msde_ppl.models.training import load_fitted
+
+    fitted = load_fitted(args.run_dir)
+    ds = load(args.data)
+    if tuple(grid_shape(ds)) != tuple(fitted.config.fine_shape):
+        raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
+                         f"{fitted.config.fine_shape}")
+    if args.out.exists():
+        raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
+    fc, metrics = _forecast(fitted, ds, args.split, args.samples, args.seed)
+    out = _new_dir(args.out, "output directory")
+    fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
+    report = {"model": metrics}
+    if ds.attrs.get("case") in CASES and "split" in ds.coords:
+        from msde_ppl.predict import evaluate_coarse_dns
+
+        report["coarse_dns"] = evaluate_coarse_dns(ds, fitted.config.coarse_shape,
+                                                   split=args.split)
+    report["meta"] = _meta(ds, fitted.config.fine_shape, args.seed)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
+          f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}")
+    print(f"report: {out / 'metrics.json'}")
+    return 0
+
+
+def _meta(ds, grid, seed) -> dict:
+    return {
+        "dataset": ds.attrs.get("case", ds.attrs.get("source")),
+        "n_traj": int(ds.sizes["traj"]),
+        "n_time": int(ds.sizes["time"]),
+        "grid": list(grid),
+        "seed": seed,
+        "eval_steps": int(ds.attrs.get("eval_steps", ds.sizes["time"])),
         "package_version": msde_ppl.__version__,
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    dns = metrics["coarse_dns"]
-    print(
-        f"coarse DNS rel-L2 (test, vs noisy data): {dns['rel_l2_mean']:.3f} ± "
-        f"{dns['rel_l2_std']:.3f}; vs clean: {dns['rel_l2_clean_mean']:.3f}"
-    )
-    print(f"report: {run_dir / 'metrics.json'}")
-    return 0
 
 
 def _check_case(name: str) -> None:

@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from msde_ppl.cli import main
-from msde_ppl.data import load
+from msde_ppl.data import from_arrays, load, save
 
 
 def run_cli(*args):
@@ -50,14 +51,73 @@ def test_bad_arguments_are_refused(tmp_path, args, message):
 
 def test_run_writes_report_and_refuses_existing_run_dir(tmp_path):
     run_dir = tmp_path / "run"
-    out = run_cli("run", "burgers_1d", "--n-traj", "3", "--out", str(run_dir))
+    out = run_cli("run", "burgers_1d", "--n-traj", "3", "--steps", "30", "--micro-steps", "30",
+                  "--out", str(run_dir))
     assert out.returncode == 0, out.stderr
     assert str(run_dir / "metrics.json") in out.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    dns = metrics["coarse_dns"]
-    for key in ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "rel_l2_clean_std"):
-        assert 0 < dns[key] < 2
+    for method in ("multiscale", "implicit_scale", "coarse_dns"):
+        for key in ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "rel_l2_clean_std"):
+            assert 0 < metrics[method][key] < 5
+    for method in ("multiscale", "implicit_scale"):
+        assert 0 <= metrics[method]["coverage_90"] <= 1 and metrics[method]["crps"] > 0
     assert metrics["meta"]["dataset"] == "burgers_1d" and metrics["meta"]["grid"] == [1000]
     assert load(run_dir / "data.nc").sizes["traj"] == 3
+    for name in ("multiscale_space_time.png", "multiscale_decomposition.png",
+                 "implicit_scale_space_time.png", "multiscale/posterior.nc",
+                 "multiscale/forecast.nc", "multiscale/params.pkl"):
+        assert (run_dir / name).is_file(), name
     again = run_cli("run", "burgers_1d", "--out", str(run_dir))
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """A small user dataset in the schema (no built-in PDE behind it)."""
+    x = np.arange(64) / 64
+    t = np.arange(30) * 0.01
+    u = np.sin(2 * np.pi * (x[None, None] - t[None, :, None] - np.arange(3)[:, None, None] / 3))
+    path = tmp_path_factory.mktemp("user") / "user.nc"
+    save(from_arrays(u.astype(np.float32), time=t, x=x, split=["train", "val", "test"]), path)
+    return path
+
+
+def test_fit_and_forecast_any_dataset(tmp_path, user_data):
+    run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
+    fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
+                  "20", "--window", "16", "--out", str(run_dir))
+    assert fit.returncode == 0, fit.stderr
+    assert (run_dir / "params.pkl").is_file() and (run_dir / "config.json").is_file()
+    fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "8", "--out",
+                 str(out_dir))
+    assert fc.returncode == 0, fc.stderr
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert set(metrics) == {"model", "meta"}  # no PDE behind user data: no coarse DNS
+    assert np.isfinite(metrics["model"]["rel_l2_mean"])
+    again = run_cli("forecast", str(run_dir), "--data", str(user_data), "--out", str(out_dir))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--coarse", "7", "--micro", "2"], "does not divide the fine grid size 64"),
+    (["--coarse", "8", "8", "--micro", "2"], "has 2 entries"),
+    (["--coarse", "8", "--micro", "2", "--window", "64"], "longer than the 30 snapshots"),
+])
+def test_fit_refuses_bad_arguments(tmp_path, user_data, args, message):
+    out = run_cli("fit", "--data", str(user_data), *args, "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_fit_and_forecast_refuse_missing_inputs(tmp_path, user_data):
+    out = run_cli("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
+                  "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "no dataset file" in out.stderr
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    out = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "1",
+                  "--out", str(existing))
+    assert out.returncode == 2 and "already exists" in out.stderr
+    out = run_cli("forecast", str(tmp_path / "norun"), "--data", str(user_data),
+                  "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "not a fitted run" in out.stderr

@@ -1,0 +1,144 @@
+r"""Drift networks of the multiscale SDE (method.md §1.1).
+
+The latent state is :math:`z = [\zeta; \eta]`, a coarse field :math:`\zeta` of shape
+``(C, *coarse)`` and a micro vector :math:`\eta` of length ``n_micro``; SDE code sees the flat
+vector ``z`` of length ``C * prod(coarse) + n_micro``.
+
+- :class:`StencilDrift`, the macro drift: at every coarse node :math:`j` the *same* MLP maps the
+  periodic neighbourhood of radius :math:`r` (``(2r+1)^d`` nodes, all ``C`` fields) and the micro
+  activation :math:`a_\eta(\eta)` to :math:`d\zeta_j/dt`. It is local and translation-equivariant
+  (shifting :math:`\zeta` on the periodic grid shifts the drift), the "physics prior" of the method.
+- :class:`MicroDrift`: a global MLP :math:`[t, \zeta, \eta] \mapsto d\eta/dt` (non-autonomous:
+  absolute time, as the reference).
+- :class:`MultiscaleDrift`: both, on the flat state, with the ``drift(t, z, args)`` signature of
+  :class:`~msde_ppl.generative.SDEPath`. With ``n_micro = 0`` it is the implicit-scale (closure)
+  model's drift.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from msde_ppl.generative.networks import MLP
+
+__all__ = ["MicroDrift", "MultiscaleDrift", "StencilDrift", "neighbourhood_index"]
+
+
+def neighbourhood_index(coarse_shape: tuple[int, ...], radius: int) -> np.ndarray:
+    """Flat indices of each node's periodic neighbourhood: ``(n_nodes, (2r+1)^d)``."""
+    grids = np.meshgrid(*(np.arange(n) for n in coarse_shape), indexing="ij")
+    nodes = np.stack([g.ravel() for g in grids], axis=1)  # (n_nodes, d)
+    span = range(-radius, radius + 1)
+    offsets = np.array(list(itertools.product(span, repeat=len(coarse_shape))))
+    neighbours = (nodes[:, None, :] + offsets[None, :, :]) % np.array(coarse_shape)
+    return np.ravel_multi_index(tuple(np.moveaxis(neighbours, -1, 0)), coarse_shape)
+
+
+class StencilDrift(eqx.Module):
+    r"""Local translation-equivariant macro drift :math:`f_\zeta(\zeta, a)_j = \mathrm{MLP}(
+    \zeta_{N(j)}, a)`.
+
+    Args:
+        coarse_shape: coarse grid shape.
+        n_channels: fields ``C``.
+        n_aux: size of the global input :math:`a` appended at every node (the micro activation).
+        radius: neighbourhood radius ``r`` (default 2, a 5-point / 5x5 stencil).
+        hidden: hidden widths of the node MLP.
+        key: PRNG key.
+    """
+
+    mlp: MLP
+    radius: int = eqx.field(static=True)
+    coarse_shape: tuple[int, ...] = eqx.field(static=True)
+    n_channels: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        coarse_shape: tuple[int, ...],
+        n_channels: int = 1,
+        n_aux: int = 0,
+        radius: int = 2,
+        hidden: tuple[int, ...] = (128, 128, 128),
+        *,
+        key: PRNGKeyArray,
+    ) -> None:
+        self.coarse_shape = tuple(coarse_shape)
+        self.n_channels = n_channels
+        self.radius = radius
+        n_in = n_channels * (2 * radius + 1) ** len(self.coarse_shape) + n_aux
+        self.mlp = MLP(n_in, hidden, n_channels, key=key)
+
+    def __call__(
+        self, zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"]
+    ) -> Float[Array, "C ..."]:
+        index = neighbourhood_index(self.coarse_shape, self.radius)  # trace-time constant
+        flat = zeta.reshape(self.n_channels, -1)  # (C, n_nodes)
+        patches = flat[:, index]  # (C, n_nodes, stencil)
+        patches = jnp.moveaxis(patches, 0, 1).reshape(index.shape[0], -1)
+        aux = jnp.broadcast_to(aux, (index.shape[0], aux.shape[0]))
+        out = jax.vmap(self.mlp)(jnp.concatenate([patches, aux], axis=1))  # (n_nodes, C)
+        return out.T.reshape(self.n_channels, *self.coarse_shape)
+
+
+class MicroDrift(eqx.Module):
+    r"""Global micro drift :math:`f_\eta(t, \zeta, \eta) = \mathrm{MLP}([t, \zeta, \eta])`."""
+
+    mlp: MLP
+
+    def __init__(
+        self, n_macro: int, n_micro: int, hidden: tuple[int, ...] = (128, 512, 128), *,
+        key: PRNGKeyArray,
+    ) -> None:
+        self.mlp = MLP(1 + n_macro + n_micro, hidden, n_micro, activation=jax.nn.relu, key=key)
+
+    def __call__(self, t: Array, zeta: Array, eta: Array) -> Array:
+        return self.mlp(jnp.concatenate([jnp.reshape(t, (1,)), zeta.ravel(), eta]))
+
+
+class MultiscaleDrift(eqx.Module):
+    r"""The coupled drift :math:`f(t, z) = [f_\zeta(\zeta, \eta);\ f_\eta(t, \zeta, \eta)]` on the
+    flat state ``z`` (``drift(t, z, args)``; ``args`` is unused)."""
+
+    macro: StencilDrift
+    micro: MicroDrift | None
+    n_micro: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        coarse_shape: tuple[int, ...],
+        n_micro: int,
+        n_channels: int = 1,
+        radius: int = 2,
+        macro_hidden: tuple[int, ...] = (128, 128, 128),
+        micro_hidden: tuple[int, ...] = (128, 512, 128),
+        *,
+        key: PRNGKeyArray,
+    ) -> None:
+        key_macro, key_micro = jax.random.split(key)
+        self.n_micro = n_micro
+        self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
+                                  key=key_macro)
+        n_macro = n_channels * int(np.prod(coarse_shape))
+        self.micro = MicroDrift(n_macro, n_micro, micro_hidden, key=key_micro) if n_micro else None
+
+    @property
+    def n_macro(self) -> int:
+        return self.macro.n_channels * int(np.prod(self.macro.coarse_shape))
+
+    def split(self, z: Float[Array, " n_z"]) -> tuple[Array, Array]:
+        """``z -> (zeta (C, *coarse), eta (n_micro,))``."""
+        zeta = z[: self.n_macro].reshape(self.macro.n_channels, *self.macro.coarse_shape)
+        return zeta, z[self.n_macro :]
+
+    def __call__(self, t: Array, z: Float[Array, " n_z"], args: object = None) -> Array:
+        zeta, eta = self.split(z)
+        d_zeta = self.macro(zeta, eta).ravel()
+        if self.micro is None:
+            return d_zeta
+        return jnp.concatenate([d_zeta, self.micro(t, zeta, eta)])

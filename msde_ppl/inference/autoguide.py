@@ -1,0 +1,383 @@
+r"""Amortized neural autoguide for SDE path models (method.md §2.1–2.2).
+
+For every latent **path site** of the model (a :class:`~msde_ppl.generative.SDEPath`) the guide
+
+1. encodes each observed snapshot :math:`o_i` of the window with a user encoder (an
+   :class:`equinox.Module` registered with :func:`numpyro.contrib.module.eqx_module`):
+   :math:`o_i \mapsto (\mu_i, \log v_i)` (or :math:`(\mu_i, v_i)`);
+2. interpolates the encodings in time with the learned deep kernel
+   (:func:`~msde_ppl.inference.kernel.interpolate_window`), giving :math:`m, S, \dot m,
+   \tfrac{d}{dt}\log S` at the path's grid times;
+3. samples the path from the Gauss–Markov process
+   :class:`~msde_ppl.inference.GaussMarkovPath` that shares the prior's diffusion :math:`s`.
+
+Every other latent site (physical coefficients, diffusion scales, ...) gets an AutoNormal-style
+mean-field Normal in unconstrained space pushed through ``biject_to(support)``:
+:math:`\theta = T(u)`, :math:`u \sim \mathcal N(\text{loc}, \text{scale}^2)`.
+
+To know the current time grid, diffusion, observations and plate sizes, the guide runs the
+model once per call (all ``sample``/``plate`` messages blocked, latent values substituted, only
+``param`` messages let through so model parameters take their current values). Under ``jit`` that
+run costs only tracing: nothing it computes except the quantities used is kept by XLA. Plates
+around path sites are re-created on every call with the model's *current* size, subsample size,
+and subsample indices — unlike NumPyro's ``AutoGuide._create_plates``, which freezes the
+subsample size seen when the prototype was traced, so a guide built on windows of one batch size
+keeps working on another.
+
+Requirements on the model: the observation site chosen by ``obs_site`` has value shape
+``batch + (T,) + obs_shape`` aligned with the path site's ``batch + (T,)`` (one snapshot per
+path time); non-path latent sites are not inside subsampled plates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jaxtyping import Array
+from numpyro import handlers
+from numpyro.contrib.module import eqx_module
+from numpyro.distributions import biject_to, constraints
+from numpyro.infer.autoguide import AutoGuide
+from numpyro.infer.initialization import init_to_median
+
+from msde_ppl.generative.sde_path import SDEPath
+from msde_ppl.inference.gauss_markov import GaussMarkovPath
+from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
+
+__all__ = ["AutoAmortizedSDE"]
+
+
+def _is_real_support(support: constraints.Constraint) -> bool:
+    return support is constraints.real or (
+        isinstance(support, constraints.independent) and support.base_constraint is constraints.real
+    )
+
+
+class AutoAmortizedSDE(AutoGuide):
+    """Amortized encoder + temporal-kernel guide for path sites, mean-field Normal for globals.
+
+    Args:
+        model: NumPyro model with one or more :class:`SDEPath` latent sites.
+        encoder: an :class:`equinox.Module` mapping ONE observation snapshot (shape
+            ``obs_shape``) to ``(mean, logvar)`` of the latent state (each ``state_shape``); or a
+            mapping ``{path_site: encoder}`` when the model has several path sites.
+        kernel: a :class:`TemporalKernel` (or mapping per path site); default: one per site built
+            with ``jax.random.key(0)`` (keyword ``kernel_key`` overrides the key).
+        obs_site: name of the observed site the encoder reads; default: the model's only observed
+            site.
+        encoder_output: ``"logvar"`` (default) or ``"var"`` for the encoder's second output.
+        prefix: prefix of the global sites' parameter names (``{site}_{prefix}_loc/scale``).
+        init_loc_fn: initialisation of global sites (default ``init_to_median``).
+        init_scale: initial unconstrained scale of global sites.
+        kernel_key: PRNG key for the default kernels' warp networks.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        encoder: eqx.Module | Mapping[str, eqx.Module],
+        *,
+        kernel: TemporalKernel | Mapping[str, TemporalKernel] | None = None,
+        obs_site: str | None = None,
+        encoder_output: Literal["logvar", "var"] = "logvar",
+        prefix: str = "auto",
+        init_loc_fn: Callable = init_to_median,
+        init_scale: float = 0.1,
+        kernel_key: jax.Array | None = None,
+    ) -> None:
+        if encoder_output not in ("logvar", "var"):
+            raise ValueError(f"encoder_output must be 'logvar' or 'var', got {encoder_output!r}")
+        super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+        self._encoder_arg = encoder
+        self._kernel_arg = kernel
+        self._kernel_key = jax.random.key(0) if kernel_key is None else kernel_key
+        self.obs_site = obs_site
+        self.encoder_output = encoder_output
+        self.init_scale = init_scale
+        self._path_sites: list[str] = []
+        self._global_sites: dict[str, dict[str, Any]] = {}
+        self.encoders: dict[str, eqx.Module] = {}
+        self.kernels: dict[str, TemporalKernel] = {}
+
+    # ------------------------------------------------------------------ prototype
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        init_loc_fn = self.init_loc_fn
+
+        def substitute_fn(site: dict) -> Array | None:
+            if site["type"] != "sample" or site["is_observed"]:
+                return None
+            if isinstance(site["fn"], SDEPath):
+                return jnp.zeros(site["fn"].shape())
+            return init_loc_fn(site)
+
+        # A fixed concrete key and compile-time evaluation: the prototype (and the initial
+        # values stored on the guide) must not hold tracers when the first call is under jit.
+        with handlers.block(), jax.ensure_compile_time_eval():
+            key = jax.random.key(0)
+            trace = handlers.trace(
+                handlers.substitute(handlers.seed(self.model, key), substitute_fn=substitute_fn)
+            ).get_trace(*args, **kwargs)
+        self.prototype_trace = trace
+        observed = [n for n, s in trace.items() if s["type"] == "sample" and s["is_observed"]]
+        self._path_sites, self._global_sites = [], {}
+        for name, site in trace.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            if isinstance(site["fn"], SDEPath):
+                self._path_sites.append(name)
+                continue
+            plates = {f.name: trace[f.name] for f in site["cond_indep_stack"]}
+            for pname, plate_site in plates.items():
+                size, subsample_size = plate_site["args"]
+                if subsample_size is not None and subsample_size != size:
+                    raise NotImplementedError(
+                        f"global site {name!r} sits in subsampled plate {pname!r}; only path "
+                        "sites may be local to subsampled plates in AutoAmortizedSDE"
+                    )
+            support = site["fn"].support
+            value = site["value"]
+            with jax.numpy_rank_promotion("allow"), jax.ensure_compile_time_eval():
+                loc = biject_to(support).inv(value)
+            if isinstance(loc, jax.core.Tracer):
+                raise ValueError(
+                    f"the initial value of {name!r} depends on traced model arguments; call the "
+                    "guide once outside jit (or use an init_loc_fn that does not use the data)"
+                )
+            self._global_sites[name] = {
+                "init_loc": loc,
+                "event_dim": site["fn"].event_dim,
+                "support": support,
+                "frames": [(f.name, f.dim, trace[f.name]["args"][0])
+                           for f in site["cond_indep_stack"]],
+            }
+        if self._path_sites:
+            if self.obs_site is None:
+                if len(observed) != 1:
+                    raise ValueError(
+                        f"the model has observed sites {observed}; pass obs_site= to choose the "
+                        "one the encoder reads"
+                    )
+                self.obs_site = observed[0]
+            elif self.obs_site not in observed:
+                raise ValueError(f"obs_site {self.obs_site!r} is not an observed site {observed}")
+        self.encoders = self._per_site(self._encoder_arg, "encoder")
+        if self._kernel_arg is None:
+            keys = jax.random.split(self._kernel_key, max(len(self._path_sites), 1))
+            self.kernels = {n: TemporalKernel(key=k) for n, k in zip(self._path_sites, keys,
+                                                                      strict=False)}
+        else:
+            self.kernels = self._per_site(self._kernel_arg, "kernel")
+
+    def _per_site(self, arg: Any, what: str) -> dict[str, Any]:
+        if isinstance(arg, Mapping):
+            missing = set(self._path_sites) - set(arg)
+            if missing:
+                raise ValueError(f"no {what} given for path sites {sorted(missing)}")
+            return {n: arg[n] for n in self._path_sites}
+        if len(self._path_sites) > 1:
+            raise ValueError(
+                f"the model has several path sites {self._path_sites}; pass a mapping of {what}s"
+            )
+        return {n: arg for n in self._path_sites}
+
+    # ------------------------------------------------------------------ call
+    def _trace_model(self, global_values: dict[str, Array], *args: Any, **kwargs: Any) -> dict:
+        """Run the model with globals substituted and path values stubbed (no sampling)."""
+
+        def substitute_fn(site: dict) -> Array | None:
+            if site["type"] != "sample" or site["is_observed"]:
+                return None
+            if site["name"] in global_values:
+                return global_values[site["name"]]
+            if isinstance(site["fn"], SDEPath):
+                return jnp.zeros(site["fn"].shape())
+            return None
+
+        key = numpyro.prng_key()
+        key = jax.random.key(0) if key is None else key
+        with handlers.block(hide_fn=lambda msg: msg["type"] != "param"):
+            return handlers.trace(
+                handlers.substitute(handlers.seed(self.model, key), substitute_fn=substitute_fn)
+            ).get_trace(*args, **kwargs)
+
+    def _sample_globals(self) -> dict[str, Array]:
+        result = {}
+        for name, info in self._global_sites.items():
+            with ExitStack() as stack:
+                for pname, dim, size in info["frames"]:
+                    stack.enter_context(numpyro.plate(pname, size, dim=dim))
+                event_dim = info["event_dim"]
+                loc = numpyro.param(f"{name}_{self.prefix}_loc", info["init_loc"],
+                                    event_dim=event_dim)
+                scale = numpyro.param(
+                    f"{name}_{self.prefix}_scale",
+                    jnp.full(jnp.shape(info["init_loc"]), self.init_scale),
+                    constraint=constraints.softplus_positive,
+                    event_dim=event_dim,
+                )
+                base = dist.Normal(loc, scale).to_event(event_dim)
+                if _is_real_support(info["support"]):
+                    result[name] = numpyro.sample(name, base)
+                else:
+                    transform = biject_to(info["support"])
+                    result[name] = numpyro.sample(name, dist.TransformedDistribution(base,
+                                                                                     transform))
+        return result
+
+    def _path_posterior(self, name: str, model_trace: dict) -> GaussMarkovPath:
+        prior = model_trace[name]["fn"]
+        if not isinstance(prior, SDEPath):
+            raise TypeError(f"site {name!r} is no longer an SDEPath in the model")
+        batch_shape, n_time = prior.batch_shape, prior.num_times
+        obs = model_trace[self.obs_site]["value"]
+        lead = batch_shape + (n_time,)
+        if tuple(jnp.shape(obs)[: len(lead)]) != lead:
+            raise ValueError(
+                f"observations at {self.obs_site!r} have shape {jnp.shape(obs)}; the encoder needs "
+                f"one snapshot per path time, i.e. leading shape {lead}"
+            )
+        obs_shape = jnp.shape(obs)[len(lead):]
+        encoder = eqx_module(f"{name}_encoder", self.encoders[name])
+        kernel = eqx_module(f"{name}_kernel", self.kernels[name])
+        flat_obs = jnp.reshape(obs, (-1,) + tuple(obs_shape))
+        enc_mean, enc_second = jax.vmap(encoder)(flat_obs)
+        enc_logvar = enc_second if self.encoder_output == "logvar" else jnp.log(enc_second)
+        state_shape = prior.state_shape
+        n_flat = flat_obs.shape[0] // n_time
+        window_shape = (n_flat, n_time) + state_shape
+        if tuple(enc_mean.shape[1:]) != state_shape:
+            raise ValueError(
+                f"encoder returned states of shape {enc_mean.shape[1:]}, expected {state_shape}"
+            )
+        times = jnp.reshape(prior.batch_times(), (n_flat, n_time))
+        moments = jax.vmap(lambda t, m, lv: interpolate_window(kernel, t, m, lv))(
+            times, jnp.reshape(enc_mean, window_shape), jnp.reshape(enc_logvar, window_shape)
+        )
+        moments = WindowMoments(*(jnp.reshape(x, lead + state_shape) for x in moments))
+        return GaussMarkovPath(prior.batch_times(), moments, prior.batch_diffusion(),
+                               len(state_shape))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Array]:
+        """Sample globals, then every path site from its amortized Gauss–Markov posterior."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        result = self._sample_globals()
+        if not self._path_sites:
+            return result
+        model_trace = self._trace_model(result, *args, **kwargs)
+        for name in self._path_sites:
+            posterior = self._path_posterior(name, model_trace)
+            frames = model_trace[name]["cond_indep_stack"]
+            # re-create the model's CURRENT plates, with its subsample indices
+            indices = {f.name: model_trace[f.name]["value"] for f in frames}
+            with ExitStack() as stack:
+                stack.enter_context(handlers.substitute(data=indices))
+                plates = [
+                    numpyro.plate(f.name, model_trace[f.name]["args"][0],
+                                  subsample_size=f.size, dim=f.dim)
+                    for f in frames
+                ]
+            with ExitStack() as stack:
+                for p in plates:
+                    stack.enter_context(p)
+                result[name] = numpyro.sample(name, posterior)
+        return result
+
+    # ------------------------------------------------------------------ posterior API
+    def _ensure_setup(self, *args: Any, **kwargs: Any) -> None:
+        if self.prototype_trace is None:
+            with handlers.seed(rng_seed=0):
+                self._setup_prototype(*args, **kwargs)
+
+    def posterior_paths(
+        self, params: dict[str, Array], *args: Any, rng_key: jax.Array | None = None,
+        **kwargs: Any,
+    ) -> dict[str, GaussMarkovPath]:
+        """The variational path processes (with :math:`m, S, \\dot m, ...`) for given data."""
+        self._ensure_setup(*args, **kwargs)
+        rng_key = jax.random.key(0) if rng_key is None else rng_key
+        trace = handlers.trace(
+            handlers.substitute(handlers.seed(self, rng_key), data=params)
+        ).get_trace(*args, **kwargs)
+        return {n: trace[n]["fn"] for n in self._path_sites}
+
+    def _global_transform(self, name: str, unconstrained: Array) -> Array:
+        with jax.numpy_rank_promotion("allow"):
+            return biject_to(self._global_sites[name]["support"])(unconstrained)
+
+    def sample_posterior(
+        self,
+        rng_key: jax.Array,
+        params: dict[str, Array],
+        *args: Any,
+        sample_shape: Sequence[int] = (),
+        **kwargs: Any,
+    ) -> dict[str, Array]:
+        """Joint posterior draws of all latent sites, shape ``sample_shape + site_shape``."""
+        self._ensure_setup(*args, **kwargs)
+        sample_shape = tuple(sample_shape)
+        n = 1
+        for d in sample_shape:
+            n *= d
+
+        def one(key: jax.Array) -> dict[str, Array]:
+            trace = handlers.trace(
+                handlers.substitute(handlers.seed(self, key), data=params)
+            ).get_trace(*args, **kwargs)
+            return {
+                name: site["value"]
+                for name, site in trace.items()
+                if site["type"] == "sample"
+                and not site["is_observed"]
+                and not site["infer"].get("is_auxiliary")
+            }
+
+        # one compiled program instead of op-by-op dispatch of the whole guide
+        draws = jax.jit(jax.vmap(one))(jax.random.split(rng_key, n))
+        return jax.tree.map(lambda x: jnp.reshape(x, sample_shape + x.shape[1:]), draws)
+
+    def median(self, params: dict[str, Array], *args: Any, **kwargs: Any) -> dict[str, Array]:
+        """Posterior medians: transformed ``loc`` for globals, :math:`m(t_i)` for paths.
+
+        Path sites need the model arguments (the guide is amortized over data).
+        """
+        return self.quantiles(params, [0.5], *args, **kwargs, _squeeze=True)
+
+    def quantiles(
+        self,
+        params: dict[str, Array],
+        quantiles: Sequence[float] | Array,
+        *args: Any,
+        _squeeze: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Array]:
+        """Marginal posterior quantiles, shape ``(len(quantiles),) + site_shape``.
+
+        Globals: quantiles of the mean-field Normal pushed through the support transform
+        (monotone per coordinate). Paths: :math:`m(t_i) + \\sqrt{S(t_i)}\\,\\Phi^{-1}(q)`.
+        """
+        if self.prototype_trace is None:
+            self._ensure_setup(*args, **kwargs)
+        qs = jnp.asarray(quantiles)
+        out = {}
+        for name in self._global_sites:
+            loc = params[f"{name}_{self.prefix}_loc"]
+            scale = params[f"{name}_{self.prefix}_scale"]
+            z = dist.Normal(0.0, 1.0).icdf(jnp.reshape(qs, (-1,) + (1,) * jnp.ndim(loc)))
+            out[name] = self._global_transform(name, loc[None] + scale[None] * z)
+        if self._path_sites:
+            if not args and not kwargs:
+                raise ValueError("path sites need the model arguments (the guide is amortized)")
+            for name, q in self.posterior_paths(params, *args, **kwargs).items():
+                z = dist.Normal(0.0, 1.0).icdf(jnp.reshape(qs, (-1,) + (1,) * jnp.ndim(q.loc)))
+                out[name] = q.loc[None] + jnp.sqrt(q.var)[None] * z
+        if _squeeze:
+            out = {k: v[0] for k, v in out.items()}
+        return out

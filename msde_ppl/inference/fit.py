@@ -1,0 +1,378 @@
+r"""Fit loop: pure ``init``/``step`` functions and a runner that jits chunks of steps.
+
+Stochastic optimisation of an ELBO objective :math:`\mathcal L(\phi)` over the (unconstrained)
+parameters :math:`\phi` of any NumPyro (model, guide) pair:
+
+.. math::
+
+    \phi_{k+1} = \phi_k + \mathrm{opt}\big(\nabla_\phi \widehat{\mathcal L}(\phi_k;
+        \xi_k, \text{batch}_k)\big),\qquad \text{batch}_k = \text{batch\_fn}(\kappa_k, k),
+
+where :math:`\xi_k, \kappa_k` are split from the state's PRNG key at every step. The runner
+compiles ONE function that runs ``chunk_size`` steps with ``lax.scan`` (minibatch shapes are fixed
+by ``batch_fn``, so later chunks never recompile; steps beyond ``num_steps`` in the last chunk are
+masked no-ops), updates a tqdm bar per chunk, guards against non-finite losses or gradients
+(:class:`NonFiniteLossError`, carrying the last good state), and writes checkpoints
+(params, optimiser state, PRNG key, step, losses) that resume to the bit-identical loss
+trajectory.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array
+from numpyro import handlers
+from numpyro.distributions import biject_to
+from numpyro.infer.util import transform_fn
+from tqdm import tqdm
+
+__all__ = [
+    "FitProblem",
+    "FitResult",
+    "FitState",
+    "NonFiniteLossError",
+    "StepInfo",
+    "fit",
+    "init",
+    "load_checkpoint",
+    "make_chunk_runner",
+    "save_checkpoint",
+    "step",
+    "window_batches",
+]
+
+Batch = Any  # a dict of model kwargs, or a tuple of model args
+
+
+class FitState(NamedTuple):
+    """Optimisation state.
+
+    Attributes:
+        params: unconstrained parameters (dict of arrays).
+        opt_state: optax state.
+        rng_key: PRNG key (typed), split at every step.
+        step: number of completed steps (int32 scalar).
+    """
+
+    params: dict[str, Array]
+    opt_state: Any
+    rng_key: jax.Array
+    step: Array
+
+
+class StepInfo(NamedTuple):
+    """Per-step diagnostics: ``loss`` (at the parameters before the update) and ``finite``."""
+
+    loss: Array
+    finite: Array
+
+
+class FitResult(NamedTuple):
+    """Result of :func:`fit`: constrained ``params``, final ``state``, ``losses`` (numpy)."""
+
+    params: dict[str, Array]
+    state: FitState
+    losses: np.ndarray
+
+
+class FitProblem(NamedTuple):
+    """What is being fitted: model, guide, objective, optimiser and parameter transforms."""
+
+    model: Callable
+    guide: Callable
+    elbo: Any
+    optimizer: optax.GradientTransformation
+    transforms: dict[str, Any]
+    beta_schedule: Callable[[Array], Array] | None = None
+
+    def constrain(self, params: dict[str, Array]) -> dict[str, Array]:
+        """Map unconstrained parameters to their constrained values."""
+        return transform_fn(self.transforms, params)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss or a gradient is non-finite; ``.state`` is the last good state."""
+
+    def __init__(self, message: str, state: FitState, losses: np.ndarray) -> None:
+        super().__init__(message)
+        self.state = state
+        self.losses = losses
+
+
+def _split_batch(batch: Batch) -> tuple[tuple, dict]:
+    if isinstance(batch, dict):
+        return (), batch
+    if isinstance(batch, tuple):
+        return batch, {}
+    raise TypeError("a batch must be a dict of model kwargs or a tuple of model args")
+
+
+def _check_finite_batch(batch: Batch) -> None:
+    for leaf in jax.tree.leaves(batch):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(
+            jnp.all(jnp.isfinite(leaf))
+        ):
+            raise NonFiniteLossError("the batch contains NaN or inf values", None, np.zeros(0))
+
+
+def init(
+    rng_key: jax.Array,
+    model: Callable,
+    guide: Callable,
+    elbo: Any,
+    optimizer: optax.GradientTransformation,
+    batch: Batch,
+    *,
+    beta_schedule: Callable[[Array], Array] | None = None,
+) -> tuple[FitProblem, FitState]:
+    """Initialise parameters by tracing guide and model on one batch.
+
+    Args:
+        rng_key: PRNG key.
+        model, guide: NumPyro callables.
+        elbo: objective with ``loss(rng_key, params, model, guide, *args, **kwargs)``; if it has
+            ``with_beta`` and ``beta_schedule`` is given, the weight follows the schedule.
+        optimizer: optax gradient transformation (e.g. Adam with ``exponential_decay``).
+        batch: an example batch (dict of model kwargs, or tuple of args).
+        beta_schedule: optional ``step -> beta``.
+
+    Returns:
+        ``(problem, state)``.
+    """
+    _check_finite_batch(batch)
+    args, kwargs = _split_batch(batch)
+    rng_key, key_init = jax.random.split(rng_key)
+    key_guide, key_model = jax.random.split(key_init)
+    guide_trace = handlers.trace(handlers.seed(guide, key_guide)).get_trace(*args, **kwargs)
+    model_trace = handlers.trace(
+        handlers.replay(handlers.seed(model, key_model), guide_trace)
+    ).get_trace(*args, **kwargs)
+    params, transforms = {}, {}
+    for trace in (model_trace, guide_trace):
+        for name, site in trace.items():
+            if site["type"] != "param" or name in params:
+                continue
+            constraint = site["kwargs"].pop("constraint", None)
+            value = site["value"]
+            if constraint is None:
+                transforms[name] = None
+                params[name] = value
+            else:
+                transform = biject_to(constraint)
+                transforms[name] = transform
+                params[name] = transform.inv(value)
+    transforms = {k: v for k, v in transforms.items() if v is not None}
+    problem = FitProblem(model, guide, elbo, optimizer, transforms, beta_schedule)
+    state = FitState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32))
+    return problem, _strong_types(state)
+
+
+def _strong_types(state: FitState) -> FitState:
+    """Drop weak types so the state entering a jitted chunk has the avals of the one leaving it
+    (otherwise the second chunk would be re-traced and recompiled)."""
+
+    def strong(x: Any) -> Any:
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x
+        return jnp.asarray(x, dtype=jnp.result_type(x))
+
+    return jax.tree.map(strong, state)
+
+
+def step(problem: FitProblem, state: FitState, batch: Batch) -> tuple[FitState, StepInfo]:
+    """One optimisation step (pure; the state is returned unchanged if anything is non-finite).
+
+    Args:
+        problem: from :func:`init`.
+        state: current state.
+        batch: minibatch (dict of model kwargs or tuple of args).
+
+    Returns:
+        ``(new_state, info)``.
+    """
+    args, kwargs = _split_batch(batch)
+    rng_key, key_loss = jax.random.split(state.rng_key)
+    elbo = problem.elbo
+    if problem.beta_schedule is not None:
+        elbo = elbo.with_beta(problem.beta_schedule(state.step))
+
+    def loss_fn(params: dict[str, Array]) -> Array:
+        return elbo.loss(key_loss, problem.constrain(params), problem.model, problem.guide,
+                         *args, **kwargs)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = problem.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    new = FitState(params, opt_state, rng_key, state.step + 1)
+    kept = FitState(state.params, state.opt_state, state.rng_key, state.step)
+    out = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
+    return out, StepInfo(loss, finite)
+
+
+def window_batches(windows: Any, batch_size: int) -> Callable[[jax.Array, Array], Any]:
+    """Minibatch source over a pre-gathered stack of windows (leading axis = window index).
+
+    Returns ``batch_fn(rng_key, step)`` drawing ``batch_size`` windows independently and
+    uniformly (with replacement: O(batch) per step, whereas drawing distinct windows costs a
+    permutation of all windows, i.e. grows with the trajectory length; the minibatch estimate is
+    unbiased either way).
+    """
+    n = jax.tree.leaves(windows)[0].shape[0]
+
+    def batch_fn(rng_key: jax.Array, step: Array) -> Any:
+        idx = jax.random.randint(rng_key, (batch_size,), 0, n)
+        return jax.tree.map(lambda x: x[idx], windows)
+
+    return batch_fn
+
+
+def save_checkpoint(path: str | os.PathLike, state: FitState, losses: np.ndarray) -> None:
+    """Pickle params, optimiser state, PRNG key data, step and losses (atomically)."""
+    payload = {
+        "params": jax.device_get(state.params),
+        "opt_state": jax.device_get(state.opt_state),
+        "rng_key": np.asarray(jax.random.key_data(state.rng_key)),
+        "rng_impl": str(jax.random.key_impl(state.rng_key)),
+        "step": int(state.step),
+        "losses": np.asarray(losses),
+    }
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(payload, fh)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[FitState, np.ndarray]:
+    """Load a checkpoint written by :func:`save_checkpoint` (only load files you trust)."""
+    with open(path, "rb") as fh:
+        payload = pickle.load(fh)  # noqa: S301 - our own checkpoint format
+    key = jax.random.wrap_key_data(jnp.asarray(payload["rng_key"]), impl=payload["rng_impl"])
+    state = FitState(
+        jax.tree.map(jnp.asarray, payload["params"]),
+        jax.tree.map(jnp.asarray, payload["opt_state"]),
+        key,
+        jnp.asarray(payload["step"], jnp.int32),
+    )
+    return state, payload["losses"]
+
+
+def make_chunk_runner(
+    problem: FitProblem,
+    batch_fn: Callable[[jax.Array, Array], Batch],
+    chunk_size: int,
+    trace_counter: list | None = None,
+) -> Callable[[FitState, Array], tuple[FitState, StepInfo, Array, Array]]:
+    """Jitted ``run_chunk(state, n_active) -> (state, infos, active, failed)``.
+
+    Runs ``chunk_size`` steps with ``lax.scan``; steps ``>= n_active`` and every step after a
+    non-finite one are no-ops, so one compiled program serves every chunk.
+    """
+
+    def run_chunk(state: FitState, n_active: Array) -> tuple[FitState, StepInfo, Array, Array]:
+        if trace_counter is not None:
+            trace_counter.append(1)  # Python side effect: runs only when tracing
+
+        def body(carry: tuple[FitState, Array], i: Array) -> tuple[tuple[FitState, Array], Any]:
+            st, failed = carry
+            key_next, key_batch = jax.random.split(st.rng_key)
+            batch = batch_fn(key_batch, st.step)
+            new, info = step(problem, st._replace(rng_key=key_next), batch)
+            active = (i < n_active) & ~failed
+            accept = active & info.finite
+            st = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, st)
+            failed = failed | (active & ~info.finite)
+            return (st, failed), (info, active)
+
+        (state, failed), (infos, active) = jax.lax.scan(
+            body, (state, jnp.zeros((), bool)), jnp.arange(chunk_size)
+        )
+        return state, infos, active, failed
+
+    return jax.jit(run_chunk)
+
+
+def fit(
+    rng_key: jax.Array,
+    model: Callable,
+    guide: Callable,
+    elbo: Any,
+    optimizer: optax.GradientTransformation,
+    batch_fn: Callable[[jax.Array, Array], Batch],
+    *,
+    num_steps: int,
+    chunk_size: int = 100,
+    beta_schedule: Callable[[Array], Array] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    trace_counter: list | None = None,
+) -> FitResult:
+    """Run ``num_steps`` optimisation steps in jitted chunks of ``chunk_size``.
+
+    Args:
+        rng_key: PRNG key (ignored for the trajectory when resuming: the checkpoint's key is used).
+        model, guide, elbo, optimizer: as in :func:`init`.
+        batch_fn: ``(rng_key, step) -> batch`` with fixed shapes (see :func:`window_batches`).
+        num_steps: total number of steps (counted from step 0, including resumed ones).
+        chunk_size: steps per compiled chunk.
+        beta_schedule: optional KL-weight schedule ``step -> beta``.
+        checkpoint_path: if given, a checkpoint is written after every chunk.
+        resume: continue from ``checkpoint_path`` if it exists.
+        progress: show a tqdm bar (updated once per chunk).
+        trace_counter: optional list; one item is appended each time the chunk is traced.
+
+    Returns:
+        :class:`FitResult` with constrained params, final state and all losses.
+
+    Raises:
+        NonFiniteLossError: the loss or a gradient became non-finite; ``err.state`` is the state
+            before the offending step and ``err.losses`` the finite losses so far.
+    """
+    key_init, key_data0 = jax.random.split(rng_key)
+    example = batch_fn(key_data0, jnp.zeros((), jnp.int32))
+    problem, state = init(key_init, model, guide, elbo, optimizer, example,
+                          beta_schedule=beta_schedule)
+    losses = np.zeros(0, np.float32)
+    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+        state, losses = load_checkpoint(checkpoint_path)
+        state = _strong_types(state)
+
+    run_chunk = make_chunk_runner(problem, batch_fn, chunk_size, trace_counter)
+    bar = tqdm(total=num_steps, initial=int(state.step), disable=not progress,
+               desc="fit", unit="step")
+    try:
+        while int(state.step) < num_steps:
+            n_active = min(chunk_size, num_steps - int(state.step))
+            new_state, infos, active, failed = run_chunk(state, jnp.asarray(n_active))
+            done = np.asarray(active)
+            finite = np.asarray(infos.finite)
+            chunk_losses = np.asarray(infos.loss)
+            if bool(failed):
+                first_bad = int(np.argmax(done & ~finite))
+                losses = np.concatenate([losses, chunk_losses[:first_bad]])
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {int(state.step) + first_bad} "
+                    f"(loss={chunk_losses[first_bad]}); the returned state is the last good one",
+                    new_state,
+                    losses,
+                )
+            losses = np.concatenate([losses, chunk_losses[done]])
+            state = new_state
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, state, losses)
+            bar.update(int(done.sum()))
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    finally:
+        bar.close()
+    return FitResult(problem.constrain(state.params), state, losses)

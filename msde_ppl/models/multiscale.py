@@ -1,0 +1,216 @@
+r"""The multiscale model (and, with ``n_micro = 0``, the implicit-scale model) as a NumPyro program.
+
+Generative model for a minibatch of ``B`` windows of ``M`` consecutive snapshots
+(Ilersich & Nair 2025; method.md §1):
+
+.. math::
+
+    z &= [\zeta; \eta], \quad \zeta \in \mathbb R^{C \times \text{coarse}},\ \eta \in \mathbb R^K \\
+    d\zeta &= f_\zeta(\zeta, \eta)\,dt + \operatorname{diag}(s_\zeta)\,d\beta_\zeta
+        \qquad\text{(local stencil MLP, translation-equivariant)} \\
+    d\eta &= f_\eta(t, \zeta, \eta)\,dt + \operatorname{diag}(s_\eta)\,d\beta_\eta
+        \qquad\text{(global MLP)} \\
+    y(t_i) \mid z(t_i) &\sim \mathcal N(P\zeta,\ \sigma_M^2) \cdot
+        \mathcal N(P\zeta + g(\eta),\ \sigma_m^2) \quad\text{(product of experts, normalised)}
+
+with priors :math:`s \sim \mathrm{LogNormal}(\log 0.1, 2)` per latent coordinate and
+:math:`\sigma_M^2, \sigma_m^2 \sim \mathrm{LogNormal}(\log 10^{-2}, 3)` per field. The path is an
+Euler–Maruyama :class:`~msde_ppl.generative.SDEPath` conditional on its first state (windows start
+mid-trajectory). ``K = 0`` gives the implicit-scale (closure) model
+:math:`y \sim \mathcal N(P\zeta, \sigma_M^2)`.
+
+Sample sites:
+
+=================  =====================================  ==================================
+site               distribution                           shape
+=================  =====================================  ==================================
+``diffusion``      LogNormal(log 0.1, 2)                  ``(n_z,)``, ``n_z = C*prod(coarse)+K``
+``obs_var_macro``  LogNormal(log 1e-2, 3)                 ``(C,)``
+``obs_var_micro``  LogNormal(log 1e-2, 3) (only ``K>0``)  ``(C,)``
+``z``              SDEPath (plate ``windows``)            ``(B, M, n_z)``
+``y`` (observed)   ProductOfExpertsNormal, to_event(1)    ``(B, M, C, *fine)``
+=================  =====================================  ==================================
+
+Parameters (``eqx_module``): ``z_encoder`` (the scale operator :math:`G, b` and micro encoder;
+shared with the amortized guide, which registers the same name, so :math:`R` in the guide and
+:math:`P` here are tied), ``drift``, ``micro_decoder``.
+
+To write a variant, copy this file and change :func:`build_modules` (e.g. another drift module
+with the ``drift(t, z, args)`` signature) or the sites of :func:`multiscale_model`.
+
+References:
+    1. A. Ilersich, P. Nair. Learning Stochastic Multiscale Models. NeurIPS 2025.
+    2. K. Course, P. Nair. Amortized reparametrization: efficient and scalable variational
+       inference for latent SDEs. NeurIPS 2023.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.contrib.module import eqx_module
+
+from msde_ppl.generative.codec import MicroDecoder, MultiscaleEncoder
+from msde_ppl.generative.drifts import MultiscaleDrift
+from msde_ppl.generative.likelihood import ProductOfExpertsNormal
+from msde_ppl.generative.operators import ScaleOperator
+from msde_ppl.generative.sde_path import SDEPath
+
+PATH_SITE = "z"
+ENCODER_NAME = f"{PATH_SITE}_encoder"  # the autoguide's name for the path site's encoder
+
+
+@dataclass(frozen=True)
+class MultiscaleConfig:
+    """Sizes of a multiscale model.
+
+    Attributes:
+        fine_shape: fine grid shape.
+        coarse_shape: coarse grid shape (divides ``fine_shape``).
+        n_micro: micro dimension ``K`` (0: implicit-scale model).
+        n_channels: fields ``C``.
+        n_sigma: scale-kernel half-width in coarse cells (taps ``2 n_sigma sigma + 1``).
+        radius: stencil radius of the macro drift.
+        macro_hidden, micro_hidden: drift MLP widths.
+        codec_hidden: micro encoder/decoder MLP widths.
+        kernel_init: scale kernel initialisation, ``"bspline"`` or ``"gaussian"``.
+    """
+
+    fine_shape: tuple[int, ...]
+    coarse_shape: tuple[int, ...]
+    n_micro: int = 5
+    n_channels: int = 1
+    n_sigma: int = 2
+    radius: int = 2
+    macro_hidden: tuple[int, ...] = (128, 128, 128)
+    micro_hidden: tuple[int, ...] = (128, 512, 128)
+    codec_hidden: tuple[int, ...] = field(default=(256,))
+    kernel_init: str = "bspline"
+
+    @property
+    def n_macro(self) -> int:
+        return self.n_channels * math.prod(self.coarse_shape)
+
+    @property
+    def n_latent(self) -> int:
+        return self.n_macro + self.n_micro
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return (self.n_channels, *self.fine_shape)
+
+
+#: Per-case sizes of the reference (method.md §4.3).
+CASE_CONFIGS = {
+    "kdv_1d": dict(coarse_shape=(20,), n_sigma=2),
+    "wave_1d": dict(coarse_shape=(20,), n_sigma=3),
+    "burgers_1d": dict(coarse_shape=(20,), n_sigma=3),
+    "burgers_2d": dict(coarse_shape=(8, 8), n_sigma=2),
+}
+
+
+class MultiscaleModules(NamedTuple):
+    """Initial networks of the model (and the guide's encoder)."""
+
+    encoder: MultiscaleEncoder
+    drift: MultiscaleDrift
+    decoder: MicroDecoder | None
+
+
+def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModules:
+    """Initialise the networks of ``config`` from ``key``."""
+    k_enc, k_drift, k_dec = jax.random.split(key, 3)
+    scale = ScaleOperator(config.fine_shape, config.coarse_shape, config.n_channels,
+                          config.n_sigma, config.kernel_init)
+    encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, key=k_enc)
+    drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
+                            config.radius, config.macro_hidden, config.micro_hidden, key=k_drift)
+    decoder = (MicroDecoder(config.n_micro, config.obs_shape, config.codec_hidden, key=k_dec)
+               if config.n_micro else None)
+    return MultiscaleModules(encoder, drift, decoder)
+
+
+def decode(
+    encoder: MultiscaleEncoder, decoder: MicroDecoder | None, config: MultiscaleConfig,
+    z: jax.Array,
+) -> tuple[jax.Array, jax.Array | None]:
+    r"""Macro and micro reconstructions :math:`(P\zeta, g(\eta))` of flat states
+    ``z`` (``(..., n_z)``), each ``(..., C, *fine)``."""
+    lead = z.shape[:-1]
+    flat = z.reshape(-1, config.n_latent)
+    zeta = flat[:, : config.n_macro].reshape(-1, config.n_channels, *config.coarse_shape)
+    macro = jax.vmap(encoder.scale.prolong)(zeta).reshape(*lead, *config.obs_shape)
+    if decoder is None:
+        return macro, None
+    micro = jax.vmap(decoder)(flat[:, config.n_macro :]).reshape(*lead, *config.obs_shape)
+    return macro, micro
+
+
+def multiscale_model(
+    y: jax.Array | None,
+    times: jax.Array,
+    *,
+    config: MultiscaleConfig,
+    modules: MultiscaleModules,
+    n_windows: int | None = None,
+) -> None:
+    """The NumPyro program (see the module docstring).
+
+    Args:
+        y: observed windows ``(B, M, C, *fine)``, or ``None`` to sample.
+        times: window times ``(B, M)``.
+        config: model sizes.
+        modules: initial networks (their current values come from the parameter store).
+        n_windows: number of windows in the full data set (plate size for the minibatch scale);
+            defaults to ``B`` (no subsampling).
+    """
+    n_batch = times.shape[0]
+    encoder = eqx_module(ENCODER_NAME, modules.encoder)
+    drift = eqx_module("drift", modules.drift)
+    decoder = None if modules.decoder is None else eqx_module("micro_decoder", modules.decoder)
+
+    c = config.n_channels
+    diffusion = numpyro.sample(
+        "diffusion", dist.LogNormal(jnp.log(0.1), 2.0).expand([config.n_latent]).to_event(1))
+    var_macro = numpyro.sample(
+        "obs_var_macro", dist.LogNormal(jnp.log(1e-2), 3.0).expand([c]).to_event(1))
+    var_micro = None
+    if config.n_micro:
+        var_micro = numpyro.sample(
+            "obs_var_micro", dist.LogNormal(jnp.log(1e-2), 3.0).expand([c]).to_event(1))
+
+    n_space = len(config.fine_shape)
+    per_field = (c,) + (1,) * n_space
+    with numpyro.plate("windows", n_windows or n_batch, subsample_size=n_batch):
+        z = numpyro.sample(
+            PATH_SITE,
+            SDEPath(drift, diffusion, times, None, state_shape=(config.n_latent,)),
+        )
+        macro, micro = decode(encoder, decoder, config, z)
+        likelihood = ProductOfExpertsNormal(
+            macro,
+            micro,
+            jnp.reshape(var_macro, per_field),
+            None if var_micro is None else jnp.reshape(var_micro, per_field),
+            event_ndim=1 + n_space,
+        ).to_event(1)
+        numpyro.sample("y", likelihood, obs=y)
+
+
+def config_for(case: str | None, fine_shape, coarse_shape=None, **overrides) -> MultiscaleConfig:
+    """A config for a built-in case's reference sizes (or generic defaults), with overrides."""
+    base = dict(CASE_CONFIGS.get(case, {})) if case else {}
+    if coarse_shape is not None:
+        base["coarse_shape"] = tuple(coarse_shape)
+    if "coarse_shape" not in base:
+        raise ValueError("a coarse grid size is needed for data that is not a built-in case")
+    base.update(overrides)
+    return MultiscaleConfig(fine_shape=tuple(fine_shape), **base)
+
+

@@ -1,0 +1,106 @@
+r"""Growing the micro dimension of a fitted model (progressive schedule, method.md §4.2).
+
+A model fitted with ``K_old`` micro coordinates becomes the initial point of one with
+``K_new > K_old``: every old weight is copied; weights that *read* a new micro coordinate (the
+stencil drift's micro inputs, the micro drift's and decoder's new input columns) start at zero,
+and the rows that *produce* new coordinates (micro encoder and micro drift outputs) start from a
+fresh Xavier-normal draw. The decoder's output layer starts at zero when it is new. So, unlike
+the reference (which Xavier-initialises the new drift inputs, method.md §10.13), the grown model
+computes exactly the old model's drift and reconstruction at its first step, and the new
+coordinates are free to learn the correction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msde_ppl.generative.networks import MLP
+from msde_ppl.models.multiscale import (
+    ENCODER_NAME,
+    MultiscaleConfig,
+    MultiscaleModules,
+    build_modules,
+)
+
+__all__ = ["fitted_modules", "grow_modules", "grown_global_values"]
+
+
+def _combine(template: eqx.Module, params: dict, name: str) -> eqx.Module:
+    _, static = eqx.partition(template, eqx.is_inexact_array)
+    return eqx.combine(params[f"{name}$params"], static)
+
+
+def fitted_modules(modules: MultiscaleModules, params: dict) -> MultiscaleModules:
+    """The networks with their fitted weights."""
+    return MultiscaleModules(
+        _combine(modules.encoder, params, ENCODER_NAME),
+        _combine(modules.drift, params, "drift"),
+        None if modules.decoder is None else _combine(modules.decoder, params, "micro_decoder"),
+    )
+
+
+def _grow_mlp(new: MLP, old: MLP, zero_new_inputs: bool) -> MLP:
+    """Copy ``old`` into the leading blocks of ``new`` (layer by layer)."""
+    layers = []
+    for i, (ln, lo) in enumerate(zip(new.layers, old.layers, strict=True)):
+        weight = ln.weight
+        if i == 0 and zero_new_inputs:
+            weight = weight.at[:, lo.weight.shape[1]:].set(0.0)
+        weight = weight.at[: lo.weight.shape[0], : lo.weight.shape[1]].set(lo.weight)
+        bias = ln.bias.at[: lo.bias.shape[0]].set(lo.bias)
+        layers.append(eqx.tree_at(lambda lay: (lay.weight, lay.bias), ln, (weight, bias)))
+    return eqx.tree_at(lambda m: m.layers, new, tuple(layers))
+
+
+def grow_modules(
+    old: MultiscaleModules, old_config: MultiscaleConfig, n_micro: int, *, key: jax.Array
+) -> tuple[MultiscaleConfig, MultiscaleModules]:
+    """Networks for ``n_micro`` micro coordinates, initialised from the fitted ``old``."""
+    if n_micro < old_config.n_micro:
+        raise ValueError(
+            f"cannot shrink the micro dimension from {old_config.n_micro} to {n_micro}"
+        )
+    config = dataclasses.replace(old_config, n_micro=n_micro)
+    new = build_modules(config, key=key)
+    n_macro = config.n_macro
+
+    enc = eqx.tree_at(lambda e: e.scale, new.encoder, old.encoder.scale)
+    logvar = new.encoder.logvar.at[:n_macro + old_config.n_micro].set(old.encoder.logvar)
+    enc = eqx.tree_at(lambda e: e.logvar, enc, logvar)
+    if old.encoder.micro is not None:
+        enc = eqx.tree_at(lambda e: e.micro, enc,
+                          _grow_mlp(new.encoder.micro, old.encoder.micro, False))
+
+    drift = eqx.tree_at(lambda d: d.macro.mlp, new.drift,
+                        _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True))
+    if old.drift.micro is not None:
+        drift = eqx.tree_at(lambda d: d.micro.mlp, drift,
+                            _grow_mlp(new.drift.micro.mlp, old.drift.micro.mlp, True))
+
+    decoder = new.decoder
+    if old.decoder is not None:
+        decoder = eqx.tree_at(lambda d: d.net, decoder,
+                              _grow_mlp(new.decoder.net, old.decoder.net, True))
+    return config, MultiscaleModules(enc, drift, decoder)
+
+
+def grown_global_values(params: dict, old_config: MultiscaleConfig, n_micro: int) -> dict:
+    """Initial values (constrained) of the global sites of the grown model: the old posterior
+    medians, new diffusion coordinates at the old micro (or macro) median, and the micro
+    observation variance at the macro one when it is new."""
+    diffusion = np.exp(np.asarray(params["diffusion_auto_loc"]))
+    donor = diffusion[old_config.n_macro:] if old_config.n_micro else diffusion[:old_config.n_macro]
+    extra = np.full(n_micro - old_config.n_micro, float(np.median(donor)))
+    values = {
+        "diffusion": jnp.asarray(np.concatenate([diffusion, extra]), jnp.float32),
+        "obs_var_macro": jnp.exp(jnp.asarray(params["obs_var_macro_auto_loc"])),
+    }
+    micro_key = "obs_var_micro_auto_loc"
+    values["obs_var_micro"] = jnp.exp(jnp.asarray(params.get(micro_key,
+                                                             params["obs_var_macro_auto_loc"])))
+    return values

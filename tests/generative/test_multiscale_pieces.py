@@ -1,0 +1,151 @@
+"""Scale operators, stencil drift and the product-of-experts likelihood against exact answers."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from msde_ppl.generative.drifts import MultiscaleDrift, StencilDrift, neighbourhood_index
+from msde_ppl.generative.likelihood import ProductOfExpertsNormal
+from msde_ppl.generative.operators import ScaleOperator
+
+CONFIGS = [((1000,), (20,), 1), ((120,), (12,), 2), ((32, 48), (4, 6), 2)]
+
+
+def random_kernel(op, key):
+    """The operator with a random (non-symmetric) kernel and bias, to test the general case."""
+    k1, k2 = jax.random.split(key)
+    op = eqx.tree_at(lambda o: o.weight, op, jax.random.normal(k1, op.weight.shape))
+    return eqx.tree_at(lambda o: o.bias, op, jax.random.normal(k2, op.bias.shape))
+
+
+@pytest.mark.parametrize("fine, coarse, channels", CONFIGS)
+def test_prolongation_is_adjoint_of_restriction(fine, coarse, channels, rng_key):
+    with jax.enable_x64(True):
+        op = random_kernel(ScaleOperator(fine, coarse, channels), rng_key)
+        op = jax.tree.map(lambda a: a.astype(jnp.float64), op)
+        ky, kz = jax.random.split(jax.random.fold_in(rng_key, 1))
+        y = jax.random.normal(ky, (channels, *fine), jnp.float64)
+        zeta = jax.random.normal(kz, (channels, *coarse), jnp.float64)
+        bias_c = op.bias.reshape((-1,) + (1,) * len(fine))
+        sigma_d = np.prod(op.stride)
+        # <R y - b, zeta>_coarse (spacing sigma h) == <y, P zeta - b>_fine (spacing h)
+        lhs = sigma_d * jnp.sum((op.restrict(y) - bias_c) * zeta)
+        rhs = jnp.sum(y * (op.prolong(zeta) - bias_c))
+        assert abs(float(lhs - rhs)) < 1e-10 * float(jnp.abs(lhs) + 1)
+
+
+def test_restriction_is_circular_correlation_subsampled(rng_key):
+    op = random_kernel(ScaleOperator((60,), (6,)), rng_key)
+    y = np.asarray(jax.random.normal(jax.random.fold_in(rng_key, 2), (1, 60)))
+    g = np.asarray(op.kernel[0])
+    half = g.size // 2
+    direct = np.array([sum(g[m + half] * y[0, (j + m) % 60] for m in range(-half, half + 1))
+                       for j in range(0, 60, 10)]) + float(op.bias[0])
+    np.testing.assert_allclose(np.asarray(op.restrict(jnp.asarray(y)))[0], direct, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_sigma", [2, 3])
+def test_bspline_operators_reproduce_constants_and_linear_fields(n_sigma):
+    op = ScaleOperator((1000,), (20,), n_sigma=n_sigma)
+    np.testing.assert_allclose(op.restrict(jnp.ones((1, 1000))), 1.0, atol=1e-6)
+    np.testing.assert_allclose(op.prolong(jnp.ones((1, 20))), 1.0, atol=1e-5)
+    # cubic B-splines reproduce linear functions: a periodic linear coarse field (away from the
+    # wrap) is interpolated linearly between coarse nodes
+    zeta = jnp.arange(20.0)[None]
+    fine = op.prolong(zeta)[0]
+    inner = np.arange(150, 850)
+    np.testing.assert_allclose(fine[inner], inner / 50.0, atol=1e-4)
+
+
+def test_bspline_2d_partition_of_unity():
+    op = ScaleOperator((32, 48), (4, 6), n_channels=2)
+    np.testing.assert_allclose(op.prolong(jnp.ones((2, 4, 6))), 1.0, atol=1e-5)
+    np.testing.assert_allclose(op.restrict(jnp.ones((2, 32, 48))), 1.0, atol=1e-5)
+
+
+def test_gaussian_init_is_the_reference_kernel():
+    op = ScaleOperator((1000,), (20,), init="gaussian")
+    g = np.asarray(op.kernel[0])
+    k = np.arange(201) - 100
+    np.testing.assert_allclose(g, np.exp(-(k**2) / 5000) / np.exp(-(k**2) / 5000).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown kernel init"):
+        ScaleOperator((1000,), (20,), init="box")
+
+
+def test_operator_refuses_non_dividing_grid():
+    with pytest.raises(ValueError, match="does not divide"):
+        ScaleOperator((100,), (30,))
+
+
+@pytest.mark.parametrize("coarse", [(20,), (6, 8)])
+def test_stencil_drift_is_translation_equivariant(coarse, rng_key):
+    k_net, k_z, k_a = jax.random.split(rng_key, 3)
+    drift = StencilDrift(coarse, n_channels=2, n_aux=3, key=k_net)
+    zeta = jax.random.normal(k_z, (2, *coarse))
+    aux = jax.random.normal(k_a, (3,))
+    out = drift(zeta, aux)
+    for axis in range(len(coarse)):
+        shifted = drift(jnp.roll(zeta, 1, axis=1 + axis), aux)
+        np.testing.assert_allclose(shifted, jnp.roll(out, 1, axis=1 + axis), atol=1e-5)
+
+
+def test_stencil_drift_is_local(rng_key):
+    drift = StencilDrift((20,), key=rng_key)
+    zeta = jnp.zeros((1, 20))
+    jac = jax.jacobian(lambda z: drift(z, jnp.zeros((0,))))(zeta)[0, :, 0, :]
+    d = np.abs(np.subtract.outer(np.arange(20), np.arange(20)))
+    periodic_distance = np.minimum(d, 20 - d)
+    far = np.abs(np.asarray(jac)) * (periodic_distance > 2)
+    assert far.max() == 0.0  # node j depends on nodes j-2..j+2 (periodic) only
+    assert np.abs(np.asarray(jac)).max() > 0
+
+
+def test_neighbourhood_index_wraps():
+    idx = neighbourhood_index((5,), 2)
+    np.testing.assert_array_equal(idx[0], [3, 4, 0, 1, 2])
+    assert neighbourhood_index((4, 3), 1).shape == (12, 9)
+
+
+def test_multiscale_drift_shapes_and_closure_case(rng_key):
+    drift = MultiscaleDrift((20,), 5, key=rng_key)
+    z = jnp.ones(25)
+    assert drift(0.3, z).shape == (25,)
+    closure = MultiscaleDrift((20,), 0, key=rng_key)
+    assert closure(0.3, jnp.ones(20)).shape == (20,) and closure.micro is None
+
+
+def test_product_of_experts_against_hand_computed_gaussians(np_rng):
+    macro, micro, y = np_rng.normal(size=(3, 4, 7))
+    var_m, var_mu = 0.04, 0.01
+    d = ProductOfExpertsNormal(macro, micro, var_m, var_mu)
+    var_y = 1 / (1 / var_m + 1 / var_mu)
+    mean = macro + var_y / var_mu * micro
+    np.testing.assert_allclose(d.log_prob(y), stats.norm.logpdf(y, mean, np.sqrt(var_y)).sum(-1),
+                               rtol=1e-5)
+    # the unnormalised product is exactly the product of the two expert densities
+    full = ProductOfExpertsNormal(macro, micro, var_m, var_mu, agreement=True)
+    experts = (stats.norm.logpdf(y, macro, np.sqrt(var_m))
+               + stats.norm.logpdf(y, macro + micro, np.sqrt(var_mu))).sum(-1)
+    np.testing.assert_allclose(full.log_prob(y), experts, rtol=1e-5)
+    assert d.batch_shape == (4,) and d.event_shape == (7,)
+
+
+def test_product_of_experts_without_micro_is_macro_gaussian(np_rng):
+    macro, y = np_rng.normal(size=(2, 10))
+    d = ProductOfExpertsNormal(macro, None, 0.09)
+    np.testing.assert_allclose(d.log_prob(y), stats.norm.logpdf(y, macro, 0.3).sum(), rtol=1e-5)
+    np.testing.assert_allclose(d.mean, macro)
+
+
+def test_product_of_experts_sampling_moments(rng_key):
+    macro, micro = jnp.zeros(3), jnp.array([1.0, -1.0, 0.5])
+    d = ProductOfExpertsNormal(macro, micro, 0.04, 0.01)
+    draws = d.sample(rng_key, (20000,))
+    n = draws.shape[0]
+    se_mean = jnp.sqrt(d.variance / n)
+    assert jnp.all(jnp.abs(draws.mean(0) - d.mean) < 5 * se_mean)
+    # standard error of a sample variance of normals: var * sqrt(2 / (n - 1))
+    assert jnp.all(jnp.abs(draws.var(0) - d.variance) < 5 * d.variance * np.sqrt(2 / (n - 1)))

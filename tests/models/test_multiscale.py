@@ -1,0 +1,140 @@
+"""The multiscale model end to end: site match, surgery exactness, a tiny fit + forecast."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro import handlers
+from numpyro.util import check_model_guide_match
+from scipy import stats
+
+from msde_ppl.data import from_arrays
+from msde_ppl.inference import AutoAmortizedSDE
+from msde_ppl.models.multiscale import MultiscaleConfig, build_modules, decode
+from msde_ppl.models.surgery import fitted_modules, grow_modules
+from msde_ppl.models.training import (
+    TrainConfig,
+    fit_multiscale,
+    fit_progressive,
+    load_fitted,
+    make_model,
+    save_fitted,
+)
+from msde_ppl.predict.forecast import _ensemble_crps, forecast, forecast_metrics, rollout
+
+TINY = MultiscaleConfig(fine_shape=(64,), coarse_shape=(8,), n_micro=2, macro_hidden=(16, 16),
+                        micro_hidden=(16,), codec_hidden=(16,))
+TRAIN = TrainConfig(steps=150, window=16, windows_per_step=2, chunk_size=50, warmup_steps=50)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """Advected periodic bumps on 64 points: 4 trajectories x 40 snapshots."""
+    x = np.arange(64) / 64
+    t = np.arange(40) * 0.01
+    rng = np.random.default_rng(0)
+    shifts = rng.uniform(0, 1, 4)
+    clean = np.exp(-((np.mod(x[None, None] - t[None, :, None] - shifts[:, None, None] + 0.5, 1)
+                      - 0.5) ** 2) / 0.01)
+    noisy = clean + 0.01 * rng.normal(size=clean.shape)
+    return from_arrays(noisy.astype(np.float32), time=t, x=x, u_clean=clean.astype(np.float32),
+                       split=["train", "train", "val", "test"], noise_std=0.01)
+
+
+def test_model_and_guide_sites_match(rng_key):
+    modules = build_modules(TINY, key=rng_key)
+    model = make_model(TINY, modules, n_windows=10)
+    guide = AutoAmortizedSDE(model, modules.encoder)
+    y = jnp.zeros((3, 16, 1, 64))
+    times = jnp.tile(jnp.arange(16) * 0.01, (3, 1))
+    with handlers.seed(rng_seed=0):
+        guide_trace = handlers.trace(guide).get_trace(y=y, times=times)
+    model_trace = handlers.trace(handlers.replay(handlers.seed(model, 1), guide_trace)).get_trace(
+        y=y, times=times)
+    check_model_guide_match(model_trace, guide_trace)
+    assert model_trace["z"]["value"].shape == (3, 16, TINY.n_latent)
+    assert set(guide_trace) >= {"diffusion", "obs_var_macro", "obs_var_micro", "z"}
+    # the restriction in the guide and the prolongation in the model share one parameter
+    assert "z_encoder$params" in model_trace and "z_encoder$params" in guide_trace
+
+
+def test_untrained_decoder_gives_macro_only_reconstruction(rng_key):
+    modules = build_modules(TINY, key=rng_key)
+    z = jax.random.normal(rng_key, (5, TINY.n_latent))
+    macro, micro = decode(modules.encoder, modules.decoder, TINY, z)
+    assert macro.shape == (5, 1, 64) and float(jnp.abs(micro).max()) == 0.0
+
+
+def test_grown_model_computes_the_old_model(rng_key):
+    k_old, k_new, k_z = jax.random.split(rng_key, 3)
+    old_cfg = dataclasses.replace(TINY, n_micro=0)
+    old = build_modules(old_cfg, key=k_old)
+    cfg, new = grow_modules(old, old_cfg, 3, key=k_new)
+    assert cfg.n_micro == 3 and new.encoder.logvar.shape == (11,)
+    zeta = jax.random.normal(k_z, (8,))
+    for eta in (jnp.zeros(3), jnp.array([1.0, -2.0, 0.5])):
+        z = jnp.concatenate([zeta, eta])
+        np.testing.assert_allclose(new.drift(0.3, z)[:8], old.drift(0.3, zeta), atol=1e-6)
+        macro, micro = decode(new.encoder, new.decoder, cfg, z)
+        old_macro, _ = decode(old.encoder, None, old_cfg, zeta)
+        np.testing.assert_allclose(macro, old_macro, atol=1e-6)
+        assert float(jnp.abs(micro).max()) == 0.0
+    y = jax.random.normal(k_z, (1, 64))
+    np.testing.assert_allclose(new.encoder(y)[0][:8], old.encoder(y)[0], atol=1e-6)
+    # growing again from K = 3 keeps the first three micro outputs of the encoder
+    cfg5, grown = grow_modules(new, cfg, 5, key=k_old)
+    np.testing.assert_allclose(grown.encoder(y)[0][:11], new.encoder(y)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        grow_modules(new, cfg, 1, key=k_old)
+
+
+def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
+    fitted = fit_multiscale(tiny_data, TINY, TRAIN, progress=False)
+    losses = fitted.losses
+    assert losses.shape == (150,) and np.isfinite(losses).all()
+    assert losses[-30:].mean() < losses[:10].mean() - 1.0
+    fc = forecast(jax.random.key(0), fitted, tiny_data, split="test", n_samples=16)
+    assert fc["mean"].dims == ("traj", "time", "x") and fc.sizes["traj"] == 1
+    metrics = forecast_metrics(fc)
+    for key in ("rel_l2_mean", "rel_l2_clean_mean", "crps", "coverage_90"):
+        assert np.isfinite(metrics[key])
+    assert 0.0 <= metrics["coverage_90"] <= 1.0
+    # a saved and reloaded model forecasts identically
+    save_fitted(fitted, tmp_path, TRAIN)
+    again = forecast(jax.random.key(0), load_fitted(tmp_path), tiny_data, split="test",
+                     n_samples=16)
+    np.testing.assert_allclose(again["mean"], fc["mean"], rtol=1e-5, atol=1e-6)
+
+
+def test_progressive_stage_starts_where_the_previous_ended(tiny_data):
+    stage0 = dataclasses.replace(TRAIN, steps=100)
+    stage1 = dataclasses.replace(TRAIN, steps=20, lr=1e-12, warmup_steps=0)
+    fits = fit_progressive(tiny_data, TINY, [(0, stage0), (2, stage1)], progress=False)
+    assert [f.config.n_micro for f in fits] == [0, 2]
+    old = fitted_modules(fits[0].modules, fits[0].params)
+    new = fitted_modules(fits[1].modules, fits[1].params)
+    z = jnp.concatenate([jnp.linspace(-1, 1, 8), jnp.array([0.3, -0.2])])
+    np.testing.assert_allclose(new.drift(0.1, z)[:8], old.drift(0.1, z[:8]), atol=1e-4)
+
+
+def test_rollout_matches_ou_moments(rng_key):
+    theta, s = 2.0, 0.5
+    drift = lambda t, z, args: -theta * z  # noqa: E731
+    z0 = jnp.ones((4000, 1))
+    paths = rollout(rng_key, drift, jnp.full((4000, 1), s), z0, 0.0, 0.05, 11, substeps=20)
+    t = 0.5
+    mean, var = np.exp(-theta * t), s**2 / (2 * theta) * (1 - np.exp(-2 * theta * t))
+    got = np.asarray(paths[:, -1, 0])
+    assert abs(got.mean() - mean) < 5 * np.sqrt(var / 4000) + 0.01  # + Euler bias, dt = 2.5e-3
+    assert abs(got.var() - var) < 5 * var * np.sqrt(2 / 4000) + 0.01
+
+
+def test_ensemble_crps_matches_gaussian_closed_form(rng_key):
+    mu, sigma, y = 0.3, 0.7, jnp.array([[0.0, 1.0, -1.5]])
+    draws = mu + sigma * jax.random.normal(rng_key, (20000, 1, 3))
+    got = np.asarray(_ensemble_crps(draws, y))  # mean over the three values, per time
+    z = (np.asarray(y) - mu) / sigma
+    exact = sigma * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+    assert abs(got[0] - exact.mean()) < 0.01
