@@ -40,9 +40,11 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     ds = make_dataset(case, seed=args.seed)
     config = config_for(case, ds["u"].shape[2:], n_micro=args.micro)
     stages = [
-        (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250)),
+        (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250,
+                        windows_per_step=args.windows)),
         (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr, seed=args.seed,
-                                 warmup_steps=args.stage1_warmup, chunk_size=250)),
+                                 warmup_steps=args.stage1_warmup, chunk_size=250,
+                                 windows_per_step=args.windows)),
     ]
     fits = fit_progressive(ds, config, stages, progress=False)
     eval_steps = ds.attrs["eval_steps"]
@@ -52,7 +54,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         ("multiscale", fits[1], fits[0].wall_time_s + fits[1].wall_time_s),
     ):
         start = time.perf_counter()
-        fc = forecast(jax.random.key(args.seed), fitted, ds, split=args.split, n_samples=64)
+        fc = forecast(jax.random.key(args.seed), fitted, ds, split=args.split, n_samples=64,
+                      n_steps=eval_steps)
         metrics = forecast_metrics(fc, eval_steps)
         metrics.update(train_wall_s=wall, forecast_wall_s=time.perf_counter() - start,
                        steps=int(sum(len(f.losses) for f in fits[: 1 + (key == "multiscale")])))
@@ -70,7 +73,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         "(trajectory, time) pairs)",
         "",
         f"Stage 0 (implicit-scale): {args.stage0_steps} steps; stage 1 (multiscale, "
-        f"K={args.micro}): {args.stage1_steps} more steps. Machine: {platform.processor() or ''} "
+        f"K={args.micro}): {args.stage1_steps} more steps; {args.windows} windows of 64 "
+        f"snapshots per step. Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
         "",
         "| case | model | rel-L2 vs noisy | rel-L2 vs clean | CRPS | 90% coverage | train s | "
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=list(REFERENCE))
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--micro", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=4, help="windows of 64 snapshots per step")
     parser.add_argument("--stage0-steps", type=int, default=4000)
     parser.add_argument("--stage1-steps", type=int, default=20000)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -21,27 +21,12 @@ import numpy as np
 
 from msde_ppl.generative.networks import MLP
 from msde_ppl.models.multiscale import (
-    ENCODER_NAME,
     MultiscaleConfig,
     MultiscaleModules,
     build_modules,
 )
 
-__all__ = ["fitted_modules", "grow_modules", "grown_global_values"]
-
-
-def _combine(template: eqx.Module, params: dict, name: str) -> eqx.Module:
-    _, static = eqx.partition(template, eqx.is_inexact_array)
-    return eqx.combine(params[f"{name}$params"], static)
-
-
-def fitted_modules(modules: MultiscaleModules, params: dict) -> MultiscaleModules:
-    """The networks with their fitted weights."""
-    return MultiscaleModules(
-        _combine(modules.encoder, params, ENCODER_NAME),
-        _combine(modules.drift, params, "drift"),
-        None if modules.decoder is None else _combine(modules.decoder, params, "micro_decoder"),
-    )
+__all__ = ["grow_modules", "grown_global_values"]
 
 
 def _grow_mlp(new: MLP, old: MLP, zero_new_inputs: bool) -> MLP:
@@ -104,3 +89,15 @@ def grown_global_values(params: dict, old_config: MultiscaleConfig, n_micro: int
     values["obs_var_micro"] = jnp.exp(jnp.asarray(params.get(micro_key,
                                                              params["obs_var_macro_auto_loc"])))
     return values
+
+
+def fitted_modules(modules, params):  # TEMPORARY shim for running benchmark processes
+    def combine(template, name):
+        _, static = eqx.partition(template, eqx.is_inexact_array)
+        return eqx.combine(params[f"{name}$params"], static)
+
+    return MultiscaleModules(
+        combine(modules.encoder, "z_encoder"),
+        combine(modules.drift, "drift"),
+        None if modules.decoder is None else combine(modules.decoder, "micro_decoder"),
+    )

@@ -159,6 +159,21 @@ def fit_multiscale(
     return FittedModel(config, modules, params, np.asarray(result.losses), wall)
 
 
+def fitted_networks(fitted: FittedModel) -> MultiscaleModules:
+    """The networks of ``fitted`` with their fitted weights."""
+    modules, params = fitted.modules, fitted.params
+
+    def combine(template: eqx.Module, name: str) -> eqx.Module:
+        _, static = eqx.partition(template, eqx.is_inexact_array)
+        return eqx.combine(params[f"{name}$params"], static)
+
+    return MultiscaleModules(
+        combine(modules.encoder, ENCODER_NAME),
+        combine(modules.drift, "drift"),
+        None if modules.decoder is None else combine(modules.decoder, "micro_decoder"),
+    )
+
+
 def fitted_kernel(params: dict) -> TemporalKernel:
     """The guide's fitted temporal kernel."""
     template = TemporalKernel(key=jax.random.key(0))
@@ -180,7 +195,7 @@ def fit_progressive(
     """Fit with a growing micro dimension: ``stages = [(K_0, train_0), (K_1, train_1), ...]``,
     ``K`` non-decreasing; stage ``k`` starts from stage ``k - 1`` grown by
     :func:`msde_ppl.models.surgery.grow_modules`. Returns every stage's fitted model."""
-    from msde_ppl.models.surgery import fitted_modules, grow_modules, grown_global_values
+    from msde_ppl.models.surgery import grow_modules, grown_global_values
 
     fitted: list[FittedModel] = []
     for i, (n_micro, train) in enumerate(stages):
@@ -189,7 +204,7 @@ def fit_progressive(
             result = fit_multiscale(ds, stage_config, train, progress=progress)
         else:
             prev = fitted[-1]
-            old = fitted_modules(prev.modules, prev.params)
+            old = fitted_networks(prev)
             stage_config, modules = grow_modules(old, prev.config, n_micro,
                                                  key=jax.random.key(train.seed + 1000 * i))
             warm = WarmStart(modules, fitted_kernel(prev.params),

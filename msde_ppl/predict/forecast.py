@@ -18,23 +18,17 @@ draw :math:`\mu_y + \sigma_y\varepsilon` per member.
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from jax import lax
 
-from msde_ppl.models.multiscale import ENCODER_NAME, decode
-from msde_ppl.models.training import FittedModel, observations
+from msde_ppl.models.multiscale import decode
+from msde_ppl.models.training import FittedModel, fitted_networks, observations
 from msde_ppl.predict.metrics import pooled_relative_l2
 
 __all__ = ["forecast", "forecast_metrics", "rollout"]
-
-
-def _module(template: eqx.Module, params: dict, name: str) -> eqx.Module:
-    _, static = eqx.partition(template, eqx.is_inexact_array)
-    return eqx.combine(params[f"{name}$params"], static)
 
 
 def _posterior_draws(rng_key: jax.Array, params: dict, name: str, n: int) -> jax.Array:
@@ -112,10 +106,7 @@ def forecast(
         y, times = y[:, :n_steps], times[:n_steps]
     n_out = y.shape[1]
     dt = float(times[1] - times[0])
-    encoder = _module(fitted.modules.encoder, params, ENCODER_NAME)
-    drift = _module(fitted.modules.drift, params, "drift")
-    decoder = None if fitted.modules.decoder is None else _module(
-        fitted.modules.decoder, params, "micro_decoder")
+    encoder, drift, decoder = fitted_networks(fitted)
     field_shape = (1,) * (1 + len(cfg.fine_shape))
 
     @jax.jit

@@ -13,11 +13,12 @@ from scipy import stats
 from msde_ppl.data import from_arrays
 from msde_ppl.inference import AutoAmortizedSDE
 from msde_ppl.models.multiscale import MultiscaleConfig, build_modules, decode
-from msde_ppl.models.surgery import fitted_modules, grow_modules
+from msde_ppl.models.surgery import grow_modules
 from msde_ppl.models.training import (
     TrainConfig,
     fit_multiscale,
     fit_progressive,
+    fitted_networks,
     load_fitted,
     make_model,
     save_fitted,
@@ -113,8 +114,7 @@ def test_progressive_stage_starts_where_the_previous_ended(tiny_data):
     stage1 = dataclasses.replace(TRAIN, steps=20, lr=1e-12, warmup_steps=0)
     fits = fit_progressive(tiny_data, TINY, [(0, stage0), (2, stage1)], progress=False)
     assert [f.config.n_micro for f in fits] == [0, 2]
-    old = fitted_modules(fits[0].modules, fits[0].params)
-    new = fitted_modules(fits[1].modules, fits[1].params)
+    old, new = fitted_networks(fits[0]), fitted_networks(fits[1])
     z = jnp.concatenate([jnp.linspace(-1, 1, 8), jnp.array([0.3, -0.2])])
     np.testing.assert_allclose(new.drift(0.1, z)[:8], old.drift(0.1, z[:8]), atol=1e-4)
 
