@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     ds = make_dataset(case, seed=args.seed)
-    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro)
+    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, decoder=args.decoder)
     stages = [
         (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250,
                         windows_per_step=args.windows)),
@@ -74,7 +74,7 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         "",
         f"Stage 0 (implicit-scale): {args.stage0_steps} steps; stage 1 (multiscale, "
         f"K={args.micro}): {args.stage1_steps} more steps; {args.windows} windows of 64 "
-        f"snapshots per step. Machine: {platform.processor() or ''} "
+        f"snapshots per step; micro decoder: {args.decoder}. Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
         "",
         "| case | model | rel-L2 vs noisy | rel-L2 vs clean | CRPS | 90% coverage | train s | "
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=list(REFERENCE))
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--micro", type=int, default=5)
+    parser.add_argument("--decoder", default="mlp", choices=["mlp", "stencil"],
+                        help="micro decoder: g(eta) (reference form) or g(zeta, eta)")
     parser.add_argument("--windows", type=int, default=4, help="windows of 64 snapshots per step")
     parser.add_argument("--stage0-steps", type=int, default=4000)
     parser.add_argument("--stage1-steps", type=int, default=20000)

@@ -145,7 +145,34 @@ def build_parser() -> argparse.ArgumentParser:
                      f"(default {RUN_MICRO_STEPS})")
     run.add_argument("--micro", type=_positive_int, default=5, help="micro dimension (5)")
     run.set_defaults(handler=cmd_run)
+
+    report = sub.add_parser(
+        "report",
+        help="figures and a markdown report of a run directory",
+        description="Regenerate every figure (forecasts, uncertainty, calibration, ELBO trace, "
+        "posterior of the physical parameters and latent paths) and write report.md plus the "
+        "ArviZ posterior (netCDF) of a run directory written by `msde run`.",
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory of msde run")
+    report.add_argument("--out", type=Path, default=None,
+                        help="report directory to create (default RUN_DIR/report); must not "
+                        "exist")
+    report.add_argument("--samples", type=_positive_int, default=32,
+                        help="ensemble members of the calibration re-forecast (default 32)")
+    report.add_argument("--draws", type=_positive_int, default=100,
+                        help="posterior draws of the ArviZ tree (default 100)")
+    report.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    report.set_defaults(handler=cmd_report)
     return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from msde_ppl.diagnostics.report import build_report
+
+    path = build_report(args.run_dir, args.out, n_samples=args.samples, n_draws=args.draws,
+                        seed=args.seed)
+    print(f"report: {path}")
+    return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:

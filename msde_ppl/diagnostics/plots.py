@@ -3,10 +3,22 @@
 - :func:`plot_space_time`: truth, forecast mean, std and |error| of one trajectory as space-time
   panels (1D data) with colour bars;
 - :func:`plot_decomposition`: the macro part :math:`P\\zeta` and the micro correction of the mean
-  at a few times, against the observations.
+  at a few times, against the observations;
+- :func:`plot_time_slices`: forecast mean with its 5–95% band, observations and the clean field
+  at a few times;
+- :func:`plot_energy_spectrum`: spatial energy spectra of truth and forecast;
+- :func:`plot_latent_paths`: posterior macro nodes and micro coordinates over time with bands;
+- :func:`plot_forest`: intervals of the physical parameters (diffusion, observation variances);
+- :func:`plot_elbo_trace`: training loss with its moving average and the convergence check;
+- :func:`plot_coverage`, :func:`plot_pit`, :func:`plot_spread_skill`: calibration.
+
+Every function takes xarray / NumPy inputs (e.g. the groups of the ArviZ tree of
+:mod:`msde_ppl.diagnostics.arviz_io`) and returns a :class:`matplotlib.figure.Figure`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -15,7 +27,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-__all__ = ["plot_decomposition", "plot_space_time"]
+__all__ = [
+    "plot_coverage",
+    "plot_decomposition",
+    "plot_elbo_trace",
+    "plot_energy_spectrum",
+    "plot_forest",
+    "plot_latent_paths",
+    "plot_pit",
+    "plot_space_time",
+    "plot_spread_skill",
+    "plot_time_slices",
+]
 
 
 def _field(da: xr.DataArray) -> xr.DataArray:
@@ -76,4 +99,249 @@ def plot_decomposition(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.F
         ax.set_xlabel("x")
     np.atleast_1d(axes)[0].set_ylabel("u")
     np.atleast_1d(axes)[0].legend(fontsize=8)
+    return fig
+
+
+def _cut(da: xr.DataArray) -> xr.DataArray:
+    """One field; 2D data: the horizontal cut through the middle of ``y``."""
+    da = _field(da)
+    return da.isel(y=da.sizes["y"] // 2) if "y" in da.dims else da
+
+
+def plot_time_slices(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.Figure:
+    """Forecast mean and 5–95% band against the observations (and the clean field) at a few
+    lead times (2D data: a cut at the middle ``y``)."""
+    one = fc.isel(traj=traj)
+    steps = np.linspace(0, one.sizes["time"] - 1, n_times).astype(int)
+    fig, axes = plt.subplots(1, n_times, figsize=(4 * n_times, 3.4), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    for ax, i in zip(axes[0], steps, strict=True):
+        snap = one.isel(time=i)
+        x = _cut(snap["mean"])["x"].values
+        ax.fill_between(x, _cut(snap["q05"]).values, _cut(snap["q95"]).values, color="C0",
+                        alpha=0.3, lw=0, label="5–95% band")
+        ax.plot(x, _cut(snap["obs"]).values, ".", color="0.3", ms=2.5, label="observed")
+        if "obs_u_clean" in snap:
+            ax.plot(x, _cut(snap["obs_u_clean"]).values, color="k", lw=1, label="clean")
+        ax.plot(x, _cut(snap["mean"]).values, color="C0", lw=1.5, label="forecast mean")
+        ax.set_title(f"t = {float(snap['time']):.3g} (step {i})")
+        ax.set_xlabel("x")
+    axes[0, 0].set_ylabel("u")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"forecast time slices, trajectory {traj}")
+    return fig
+
+
+def _spectrum(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean energy per wavenumber ``|u_k|^2 / n^2`` along ``axis`` (mean over other axes)."""
+    n = values.shape[axis]
+    power = np.abs(np.fft.rfft(values, axis=axis)) ** 2 / n**2
+    power = np.moveaxis(power, axis, -1)
+    return power.reshape(-1, power.shape[-1]).mean(0)
+
+
+def plot_energy_spectrum(fc: xr.Dataset, times: Sequence[int] | None = None) -> plt.Figure:
+    """Spatial energy spectra along ``x`` (averaged over trajectories and, in 2D, ``y``) of the
+    observations, the clean field, the forecast mean and (if present) the ensemble members, at
+    a few lead times."""
+    n_time = fc.sizes["time"]
+    times = list(np.linspace(0, n_time - 1, 3).astype(int)) if times is None else list(times)
+    fig, axes = plt.subplots(1, len(times), figsize=(4.5 * len(times), 3.6), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    names = [("obs", "observed", "0.5"), ("obs_u_clean", "clean", "k"),
+             ("mean", "forecast mean", "C0"), ("samples", "ensemble members", "C1")]
+    for ax, i in zip(axes[0], times, strict=True):
+        snap = fc.isel(time=i)
+        top = np.finfo(np.float64).tiny
+        for var, label, color in names:
+            if var not in snap:
+                continue
+            da = _field(snap[var])
+            power = _spectrum(da.values, da.dims.index("x"))
+            k = np.arange(power.size)
+            ax.loglog(k[1:], power[1:], color=color, lw=1.2, label=label)
+            top = max(top, float(power[1:].max()))
+        # round-off tails of smooth fields (1e-20) would squash the resolved range
+        ax.set_ylim(bottom=top * 1e-10)
+        ax.set_xlabel("wavenumber k (modes along x)")
+        ax.set_title(f"t = {float(snap['time']):.3g}")
+    axes[0, 0].set_ylabel("energy |û_k|² / n² (u²)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("energy spectra: truth vs forecast")
+    return fig
+
+
+def _band(ax: plt.Axes, t: np.ndarray, draws: np.ndarray, color: str, label: str) -> None:
+    """Median and 5–95% band of ``draws`` ``(S, T)`` over ``t``."""
+    lo, med, hi = np.quantile(draws, [0.05, 0.5, 0.95], axis=0)
+    ax.fill_between(t, lo, hi, color=color, alpha=0.25, lw=0)
+    ax.plot(t, med, color=color, lw=1.2, label=label)
+
+
+def plot_latent_paths(posterior: xr.Dataset, n_nodes: int = 4) -> plt.Figure:
+    """Posterior latent paths over the window: ``n_nodes`` macro nodes of ``zeta`` (left) and
+    every micro coordinate of ``eta`` (right), median with 5–95% bands.
+
+    Args:
+        posterior: the ``posterior`` group of the ArviZ tree (dims ``chain, draw, time, ...``).
+        n_nodes: macro nodes shown (evenly spaced over the coarse grid).
+    """
+    has_micro = "eta" in posterior
+    fig, axes = plt.subplots(1, 2 if has_micro else 1, figsize=(12 if has_micro else 6, 3.8),
+                             constrained_layout=True, squeeze=False)
+    zeta = posterior["zeta"].stack(sample=("chain", "draw")).transpose("sample", "time", ...)
+    zeta = zeta.isel(field=0) if "field" in zeta.dims else zeta
+    coarse = [d for d in zeta.dims if d.startswith("coarse_")]
+    flat = zeta.stack(node=coarse).transpose("sample", "time", "node")
+    t = posterior["time"].values
+    picks = np.linspace(0, flat.sizes["node"] - 1, min(n_nodes, flat.sizes["node"])).astype(int)
+    ax = axes[0, 0]
+    for j, node in enumerate(picks):
+        where = flat["node"].values[node]
+        where = where if isinstance(where, tuple) else (where,)
+        label = ", ".join(f"{c[7:]}={float(v):.3g}" for c, v in zip(coarse, where, strict=True))
+        _band(ax, t, flat.values[:, :, node], f"C{j}", f"ζ at {label}")
+    ax.set_xlabel("t")
+    ax.set_ylabel("ζ (macro state, u)")
+    ax.set_title("macro latent nodes (median, 5–95%)")
+    ax.legend(fontsize=8)
+    if has_micro:
+        eta = posterior["eta"].stack(sample=("chain", "draw")).transpose("sample", "time", "micro")
+        ax = axes[0, 1]
+        for j in range(eta.sizes["micro"]):
+            _band(ax, t, eta.values[:, :, j], f"C{j}", f"η[{j}]")
+        ax.set_xlabel("t")
+        ax.set_ylabel("η (micro state)")
+        ax.set_title("micro latent coordinates (median, 5–95%)")
+        ax.legend(fontsize=8)
+    fig.suptitle("posterior latent paths over the window")
+    return fig
+
+
+def plot_forest(
+    posterior: xr.Dataset,
+    var_names: Sequence[str] = ("diffusion_macro", "diffusion_micro", "obs_var_macro",
+                                "obs_var_micro"),
+    log: bool = True,
+) -> plt.Figure:
+    """Forest plot of positive physical parameters: median, 50% and 90% equal-tailed intervals
+    for every coordinate (log axis by default)."""
+    rows = []
+    for name in var_names:
+        if name not in posterior:
+            continue
+        da = posterior[name].stack(sample=("chain", "draw"))
+        other = [d for d in da.dims if d != "sample"]
+        flat = da.stack(coord=other) if other else da.expand_dims(coord=[""])
+        flat = flat.transpose("coord", "sample")
+        for i in range(flat.sizes["coord"]):
+            index = flat["coord"].values[i]
+            suffix = "" if index == "" else f"[{_fmt_index(index)}]"
+            rows.append((f"{name}{suffix}", flat.values[i]))
+    if not rows:
+        raise ValueError(f"none of {list(var_names)} is in the posterior")
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.4), constrained_layout=True)
+    ypos = np.arange(len(rows))[::-1]
+    for y, (_, draws) in zip(ypos, rows, strict=True):
+        q05, q25, q50, q75, q95 = np.quantile(draws, [0.05, 0.25, 0.5, 0.75, 0.95])
+        ax.plot([q05, q95], [y, y], color="C0", lw=1)
+        ax.plot([q25, q75], [y, y], color="C0", lw=3)
+        ax.plot(q50, y, "o", color="k", ms=3)
+    ax.set_yticks(ypos, [name for name, _ in rows], fontsize=8)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("value (diffusion: u per √t; obs. variance: u²)")
+    ax.set_ylabel("parameter [coordinate: coarse x / micro index]")
+    ax.set_title("physical parameters: median, 50% and 90% intervals")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _fmt_index(index: object) -> str:
+    parts = index if isinstance(index, tuple) else (index,)
+    return ", ".join(f"{p:.3g}" if isinstance(p, float) else str(p) for p in parts)
+
+
+def plot_elbo_trace(losses: np.ndarray, check: object | None = None,
+                    window: int | None = None) -> plt.Figure:
+    """Training loss per step with a moving average; ``check`` (a
+    :class:`~msde_ppl.diagnostics.checks.ConvergenceCheck`) is marked and written in the title."""
+    losses = np.asarray(losses, np.float64)
+    fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
+    steps = np.arange(losses.size)
+    ax.plot(steps, losses, color="0.7", lw=0.6, label="loss per step")
+    window = getattr(check, "window", None) or window or max(1, losses.size // 20)
+    if losses.size >= window:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="C0", lw=1.5,
+                label=f"moving average ({window} steps)")
+    title = "training loss (negative ELBO per observed scalar)"
+    if check is not None:
+        ax.axvspan(losses.size - check.chunk, losses.size, color="C1", alpha=0.1,
+                   label="last chunk")
+        state = "converged" if check.converged else "NOT converged"
+        title += f"\n{state}: relative change {check.rel_change:.2g} (tol {check.tol:g})"
+    if losses.size:
+        lo, hi = np.quantile(losses, [0.0, 0.98])
+        pad = 0.05 * (hi - lo) + 1e-12
+        ax.set_ylim(lo - pad, hi + pad)  # the first steps can be orders of magnitude larger
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_coverage(curve: xr.Dataset, label: str = "forecast") -> plt.Figure:
+    """Empirical vs nominal coverage of central intervals (from
+    :func:`~msde_ppl.diagnostics.checks.coverage_curve`) with the ±2 binomial-SE band of a
+    calibrated forecast around the diagonal."""
+    levels = curve["level"].values
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ax.fill_between(levels, levels - 2 * curve["se"].values, levels + 2 * curve["se"].values,
+                    color="0.8", lw=0, label="±2 binomial SE")
+    ax.plot(levels, curve["empirical"].values, "o-", color="C0", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal probability of the central interval")
+    ax.set_ylabel("fraction of observations inside")
+    ax.set_title("interval coverage")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_pit(hist: dict) -> plt.Figure:
+    """PIT histogram (from :func:`~msde_ppl.diagnostics.checks.pit_histogram`) with the uniform
+    expectation."""
+    edges, counts = hist["edges"], hist["counts"]
+    density = counts / (counts.sum() * np.diff(edges))
+    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
+    ax.bar(edges[:-1], density, width=np.diff(edges), align="edge", color="C0", alpha=0.7,
+           edgecolor="white", label="PIT")
+    ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform (calibrated)")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("PIT value (rank of the observation in the ensemble)")
+    ax.set_ylabel("density")
+    ax.set_title(f"PIT histogram (chi-square uniformity p = {hist['p_value']:.2g})")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_spread_skill(ss: xr.Dataset) -> plt.Figure:
+    """Spread and RMSE (left) and their ratio (right) over lead time (from
+    :func:`~msde_ppl.diagnostics.checks.spread_skill`)."""
+    t = ss["time"].values
+    fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    ax.plot(t, ss["rmse"].values, color="C3", label="RMSE of the mean")
+    ax.plot(t, ss["spread"].values, color="C0", label="spread (RMS std)")
+    ax.set_xlabel("lead time t")
+    ax.set_ylabel("u")
+    ax.set_title("skill and spread")
+    ax.legend(fontsize=8)
+    ax_ratio.plot(t, ss["ratio"].values, color="k")
+    ax_ratio.axhline(1.0, color="0.5", ls="--", lw=1)
+    ax_ratio.set_xlabel("lead time t")
+    ax_ratio.set_ylabel("spread / RMSE")
+    ax_ratio.set_title("spread–skill ratio (1: calibrated, < 1: over-confident)", fontsize=10)
     return fig

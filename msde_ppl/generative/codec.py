@@ -6,11 +6,16 @@ r"""Encoder/decoder networks of the multiscale model (method.md §1.3, §2.1).
   :math:`\mathbb E\eta = \mathrm{net}(y - G \star y)` (the micro network reads only the residual
   the coarse grid cannot represent), and input-independent learned log-variances (one per latent
   coordinate, initialised at :math:`\log\mathrm{softplus}(-4)`, as the reference).
-- :class:`MicroDecoder` maps :math:`\eta` to the fine-grid micro correction :math:`g(\eta)`.
+- :class:`MicroDecoder` maps :math:`\eta` to the fine-grid micro correction :math:`g(\eta)`
+  (the reference's form, a global network of the micro state only);
+- :class:`StencilMicroDecoder` is a translation-equivariant alternative
+  :math:`g(\zeta, \eta)`: in every coarse cell the same MLP maps the cell's periodic
+  neighbourhood of coarse values and :math:`\eta` to the cell's ``sigma^d`` fine values
+  (super-resolution from the local coarse shape, conditioned on the micro state).
 
-Both micro networks are MLPs here (one hidden layer of 256 by default). The reference uses
-strided convolutional stacks of the same input/output sizes; an MLP costs about 1% of their
-FLOPs per snapshot on these grids and is the cheaper operator we use by default.
+The micro networks are MLPs (one hidden layer of 256 by default). The reference uses strided
+convolutional stacks of the same input/output sizes; an MLP costs about 1% of their FLOPs per
+snapshot on these grids and is the cheaper operator we use by default.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from msde_ppl.generative.drifts import neighbourhood_index
 from msde_ppl.generative.networks import MLP
 from msde_ppl.generative.operators import ScaleOperator
 
-__all__ = ["MicroDecoder", "MultiscaleEncoder"]
+__all__ = ["MicroDecoder", "MultiscaleEncoder", "StencilMicroDecoder"]
 
 _INIT_LOGVAR = float(math.log(math.log1p(math.exp(-4.0))))
 
@@ -80,7 +87,52 @@ class MicroDecoder(eqx.Module):
         self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net,
                                (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
 
-    def __call__(self, eta: Float[Array, " n_micro"]) -> Float[Array, "C ..."]:
+    def __call__(self, zeta: Array, eta: Float[Array, " n_micro"]) -> Float[Array, "C ..."]:
+        """``g(eta)`` (``zeta`` is accepted for a common signature and ignored)."""
         return self.net(eta).reshape(self.out_shape)
+
+
+class StencilMicroDecoder(eqx.Module):
+    r""":math:`(\zeta, \eta) \mapsto g(\zeta, \eta)`: per coarse cell, the same MLP maps the
+    neighbourhood :math:`\zeta_{N(j)}` and :math:`\eta` to the cell's fine values.
+
+    Cell ``j`` covers the fine points within half a coarse spacing of coarse node ``j`` (fine
+    index ``j * sigma``). The output layer starts at zero.
+    """
+
+    net: MLP
+    coarse_shape: tuple[int, ...] = eqx.field(static=True)
+    stride: tuple[int, ...] = eqx.field(static=True)
+    n_channels: int = eqx.field(static=True)
+    radius: int = eqx.field(static=True)
+
+    def __init__(
+        self, n_micro: int, coarse_shape: tuple[int, ...], stride: tuple[int, ...],
+        n_channels: int = 1, radius: int = 2, hidden: tuple[int, ...] = (256,), *,
+        key: PRNGKeyArray,
+    ) -> None:
+        self.coarse_shape, self.stride = tuple(coarse_shape), tuple(stride)
+        self.n_channels, self.radius = n_channels, radius
+        n_in = n_channels * (2 * radius + 1) ** len(coarse_shape) + n_micro
+        net = MLP(n_in, hidden, n_channels * math.prod(self.stride), key=key)
+        last = net.layers[-1]
+        self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net,
+                               (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+
+    def __call__(self, zeta: Float[Array, "C ..."], eta: Float[Array, " n_micro"]) -> Array:
+        index = neighbourhood_index(self.coarse_shape, self.radius)
+        patches = zeta.reshape(self.n_channels, -1)[:, index]  # (C, nodes, stencil)
+        patches = jnp.moveaxis(patches, 0, 1).reshape(index.shape[0], -1)
+        eta_all = jnp.broadcast_to(eta, (index.shape[0], eta.shape[0]))
+        cells = jax.vmap(self.net)(jnp.concatenate([patches, eta_all], axis=1))
+        d = len(self.coarse_shape)
+        cells = cells.reshape(*self.coarse_shape, self.n_channels, *self.stride)
+        # (n_1..n_d, C, s_1..s_d) -> (C, n_1, s_1, ..., n_d, s_d) -> (C, *fine)
+        order = [d] + [ax for i in range(d) for ax in (i, d + 1 + i)]
+        fine_shape = tuple(n * s for n, s in zip(self.coarse_shape, self.stride, strict=True))
+        fine = jnp.transpose(cells, order).reshape(self.n_channels, *fine_shape)
+        # cell j starts half a cell left of its node
+        return jnp.roll(fine, tuple(-(s // 2) for s in self.stride),
+                        axis=tuple(range(1, 1 + d)))
 
 

@@ -56,7 +56,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
 
-from msde_ppl.generative.codec import MicroDecoder, MultiscaleEncoder
+from msde_ppl.generative.codec import MicroDecoder, MultiscaleEncoder, StencilMicroDecoder
 from msde_ppl.generative.drifts import MultiscaleDrift
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.generative.operators import ScaleOperator
@@ -68,7 +68,7 @@ ENCODER_NAME = f"{PATH_SITE}_encoder"  # the autoguide's name for the path site'
 
 @dataclass(frozen=True)
 class MultiscaleConfig:
-    """Sizes of a multiscale model.
+    r"""Sizes of a multiscale model.
 
     Attributes:
         fine_shape: fine grid shape.
@@ -80,6 +80,9 @@ class MultiscaleConfig:
         macro_hidden, micro_hidden: drift MLP widths.
         codec_hidden: micro encoder/decoder MLP widths.
         kernel_init: scale kernel initialisation, ``"bspline"`` or ``"gaussian"``.
+        decoder: micro decoder, ``"mlp"`` (:math:`g(\eta)`, the reference's form) or
+            ``"stencil"`` (translation-equivariant :math:`g(\zeta, \eta)`, see
+            :class:`~msde_ppl.generative.codec.StencilMicroDecoder`).
     """
 
     fine_shape: tuple[int, ...]
@@ -92,6 +95,7 @@ class MultiscaleConfig:
     micro_hidden: tuple[int, ...] = (128, 512, 128)
     codec_hidden: tuple[int, ...] = field(default=(256,))
     kernel_init: str = "bspline"
+    decoder: str = "mlp"
 
     @property
     def n_macro(self) -> int:
@@ -120,7 +124,7 @@ class MultiscaleModules(NamedTuple):
 
     encoder: MultiscaleEncoder
     drift: MultiscaleDrift
-    decoder: MicroDecoder | None
+    decoder: MicroDecoder | StencilMicroDecoder | None
 
 
 def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModules:
@@ -131,8 +135,15 @@ def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModu
     encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, key=k_enc)
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden, key=k_drift)
-    decoder = (MicroDecoder(config.n_micro, config.obs_shape, config.codec_hidden, key=k_dec)
-               if config.n_micro else None)
+    if config.decoder not in ("mlp", "stencil"):
+        raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp' or 'stencil'")
+    decoder = None
+    if config.n_micro and config.decoder == "mlp":
+        decoder = MicroDecoder(config.n_micro, config.obs_shape, config.codec_hidden, key=k_dec)
+    elif config.n_micro:
+        decoder = StencilMicroDecoder(config.n_micro, config.coarse_shape, scale.stride,
+                                      config.n_channels, config.radius, config.codec_hidden,
+                                      key=k_dec)
     return MultiscaleModules(encoder, drift, decoder)
 
 
@@ -148,7 +159,7 @@ def decode(
     macro = jax.vmap(encoder.scale.prolong)(zeta).reshape(*lead, *config.obs_shape)
     if decoder is None:
         return macro, None
-    micro = jax.vmap(decoder)(flat[:, config.n_macro :]).reshape(*lead, *config.obs_shape)
+    micro = jax.vmap(decoder)(zeta, flat[:, config.n_macro :]).reshape(*lead, *config.obs_shape)
     return macro, micro
 
 

@@ -90,14 +90,3 @@ def grown_global_values(params: dict, old_config: MultiscaleConfig, n_micro: int
                                                              params["obs_var_macro_auto_loc"])))
     return values
 
-
-def fitted_modules(modules, params):  # TEMPORARY shim for running benchmark processes
-    def combine(template, name):
-        _, static = eqx.partition(template, eqx.is_inexact_array)
-        return eqx.combine(params[f"{name}$params"], static)
-
-    return MultiscaleModules(
-        combine(modules.encoder, "z_encoder"),
-        combine(modules.drift, "drift"),
-        None if modules.decoder is None else combine(modules.decoder, "micro_decoder"),
-    )

@@ -18,6 +18,8 @@ draw :math:`\mu_y + \sigma_y\varepsilon` per member.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,8 +93,18 @@ def forecast(
     n_samples: int = 64,
     substeps: int = 1,
     n_steps: int | None = None,
+    levels: Sequence[float] | None = None,
+    return_samples: bool = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
+
+    Optional outputs (nothing else changes when they are requested):
+
+    - ``levels``: nominal probabilities ``p`` of central predictive intervals; adds ``lower`` and
+      ``upper`` (dims ``("level", *data dims)``, the ``(1 - p)/2`` and ``(1 + p)/2`` quantiles of
+      the predictive draws, linear interpolation);
+    - ``return_samples``: adds ``samples`` (dims ``("sample", *data dims)``), the predictive draws
+      :math:`\\mu_y + \\sigma_y\\varepsilon`, one per member (memory: ``n_samples`` fields).
 
     Returns:
         ``xarray.Dataset`` with ``mean``, ``std``, ``q05``, ``q95``, ``macro`` and ``micro``
@@ -141,9 +153,49 @@ def forecast(
         draws, summary = one_trajectory(key, jnp.asarray(y_traj))
         summary = jax.tree.map(np.asarray, summary)
         summary.update(_sample_statistics(np.asarray(draws), y_traj))
+        if levels is not None:
+            summary.update(_interval_bounds(np.asarray(draws), levels))
+        if return_samples:
+            summary["samples"] = np.asarray(draws)
         parts.append(summary)
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
-    return _as_dataset(out, ds, split, n_out)
+    result = _as_dataset(out, ds, split, n_out)
+    if levels is not None or return_samples:
+        result = _add_optional(result, out, levels)
+    return result
+
+
+def _interval_bounds(draws: np.ndarray, levels: Sequence[float], block: int = 64) -> dict:
+    """Central-interval bounds ``(level, T, ...)`` of predictive draws ``(S, T, ...)``."""
+    probs = np.asarray(levels, np.float64)
+    if probs.ndim != 1 or np.any((probs <= 0) | (probs >= 1)):
+        raise ValueError(f"levels must be probabilities in (0, 1), got {levels}")
+    lower = np.empty((len(probs), *draws.shape[1:]), draws.dtype)
+    upper = np.empty_like(lower)
+    for start in range(0, draws.shape[1], block):
+        chunk = draws[:, start : start + block]
+        lower[:, start : start + block] = np.quantile(chunk, (1 - probs) / 2, axis=0)
+        upper[:, start : start + block] = np.quantile(chunk, (1 + probs) / 2, axis=0)
+    return {"lower": lower, "upper": upper}
+
+
+def _add_optional(result: xr.Dataset, out: dict, levels: Sequence[float] | None) -> xr.Dataset:
+    """Add ``lower``/``upper`` (``level``) and ``samples`` (``sample``) to a forecast."""
+    dims = result["mean"].dims
+    has_field = "field" in dims
+
+    def squeeze(arr: np.ndarray, axis: int) -> np.ndarray:
+        return arr if has_field else np.take(arr, 0, axis=axis)
+
+    if levels is not None:
+        for name in ("lower", "upper"):  # (traj, level, T, C, ...) -> (level, traj, T, ...)
+            arr = squeeze(np.moveaxis(out[name], 1, 0), 3)
+            result[name] = (("level", *dims), arr.astype(np.float32))
+        result = result.assign_coords(level=np.asarray(levels, np.float64))
+    if "samples" in out:  # (traj, S, T, C, ...) -> (S, traj, T, ...)
+        arr = squeeze(np.moveaxis(out["samples"], 1, 0), 3)
+        result["samples"] = (("sample", *dims), arr.astype(np.float32))
+    return result
 
 
 def _sample_statistics(draws: np.ndarray, obs: np.ndarray, block: int = 64) -> dict:

@@ -149,3 +149,30 @@ def test_product_of_experts_sampling_moments(rng_key):
     assert jnp.all(jnp.abs(draws.mean(0) - d.mean) < 5 * se_mean)
     # standard error of a sample variance of normals: var * sqrt(2 / (n - 1))
     assert jnp.all(jnp.abs(draws.var(0) - d.variance) < 5 * d.variance * np.sqrt(2 / (n - 1)))
+
+
+def test_stencil_micro_decoder_is_translation_equivariant(rng_key):
+    from msde_ppl.generative.codec import StencilMicroDecoder
+
+    k_net, k_last, k_z = jax.random.split(rng_key, 3)
+    dec = StencilMicroDecoder(3, (10,), (6,), key=k_net)
+    last = dec.net.layers[-1]  # starts at zero: give it weights to test the placement
+    dec = eqx.tree_at(lambda d: d.net.layers[-1].weight, dec,
+                      jax.random.normal(k_last, last.weight.shape))
+    zeta = jax.random.normal(k_z, (1, 10))
+    eta = jnp.array([0.1, -0.3, 0.2])
+    out = dec(zeta, eta)
+    assert out.shape == (1, 60)
+    np.testing.assert_allclose(dec(jnp.roll(zeta, 1, axis=1), eta), jnp.roll(out, 6, axis=1),
+                               atol=1e-5)
+    # cell j holds the fine points within half a coarse spacing of node j (fine index 6 j)
+    jac = jax.jacobian(lambda z: dec(z, eta))(zeta)[0, :, 0, :]  # (fine, coarse)
+    near = np.abs(np.asarray(jac))[np.arange(60), (np.arange(60) + 3) // 6 % 10]
+    assert np.all(near > 0)
+
+
+def test_untrained_stencil_decoder_is_zero():
+    from msde_ppl.generative.codec import StencilMicroDecoder
+
+    dec = StencilMicroDecoder(2, (4, 6), (8, 8), n_channels=2, key=jax.random.key(0))
+    assert float(jnp.abs(dec(jnp.ones((2, 4, 6)), jnp.ones(2))).max()) == 0.0

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,9 +69,10 @@ def test_untrained_decoder_gives_macro_only_reconstruction(rng_key):
     assert macro.shape == (5, 1, 64) and float(jnp.abs(micro).max()) == 0.0
 
 
-def test_grown_model_computes_the_old_model(rng_key):
+@pytest.mark.parametrize("decoder", ["mlp", "stencil"])
+def test_grown_model_computes_the_old_model(rng_key, decoder):
     k_old, k_new, k_z = jax.random.split(rng_key, 3)
-    old_cfg = dataclasses.replace(TINY, n_micro=0)
+    old_cfg = dataclasses.replace(TINY, n_micro=0, decoder=decoder)
     old = build_modules(old_cfg, key=k_old)
     cfg, new = grow_modules(old, old_cfg, 3, key=k_new)
     assert cfg.n_micro == 3 and new.encoder.logvar.shape == (11,)
@@ -84,9 +86,19 @@ def test_grown_model_computes_the_old_model(rng_key):
         assert float(jnp.abs(micro).max()) == 0.0
     y = jax.random.normal(k_z, (1, 64))
     np.testing.assert_allclose(new.encoder(y)[0][:8], old.encoder(y)[0], atol=1e-6)
-    # growing again from K = 3 keeps the first three micro outputs of the encoder
+    # growing again from K = 3 keeps the first three micro outputs of the encoder, and a
+    # trained decoder's output does not depend on the two new coordinates
     cfg5, grown = grow_modules(new, cfg, 5, key=k_old)
     np.testing.assert_allclose(grown.encoder(y)[0][:11], new.encoder(y)[0], atol=1e-6)
+    last = new.decoder.net.layers[-1]
+    trained = eqx.tree_at(lambda d: d.net.layers[-1].weight, new.decoder,
+                          jax.random.normal(k_z, last.weight.shape))
+    new = new._replace(decoder=trained)
+    _, grown = grow_modules(new, cfg, 5, key=k_old)
+    eta3 = jnp.array([1.0, -2.0, 0.5])
+    zeta2 = zeta.reshape(1, 8)
+    np.testing.assert_allclose(grown.decoder(zeta2, jnp.concatenate([eta3, jnp.ones(2)])),
+                               trained(zeta2, eta3), atol=1e-5)
     with pytest.raises(ValueError, match="cannot shrink"):
         grow_modules(new, cfg, 1, key=k_old)
 

@@ -1,0 +1,242 @@
+r"""Calibration and convergence checks of forecasts and fits (NumPy / xarray only, no ArviZ).
+
+- :func:`interval_coverage`, :func:`coverage_curve`, :func:`coverage_from_bounds`: the fraction of
+  observations inside central predictive intervals, against the nominal probability ``p``. With
+  ``n`` independent observations a calibrated forecast gives :math:`\hat p \sim
+  \mathrm{Binomial}(n, p)/n`, standard error :math:`\sqrt{p(1-p)/n}` (reported as ``se``; spatially
+  and temporally correlated errors make the effective ``n`` smaller, so read it as a lower bound).
+  Intervals between sample quantiles of an ensemble of ``S`` members cover slightly less than
+  ``p``: for exchangeable members and observation, :math:`P(X_{(i)} < Y < X_{(j)}) =
+  (j - i)/(S + 1)`.
+- :func:`pit_values`, :func:`pit_histogram`: the randomised probability integral transform of an
+  ensemble, :math:`\mathrm{PIT} = (r + U)/(S + 1)` with :math:`r` the number of members below the
+  observation (ties split at random) and :math:`U \sim \mathcal U(0, 1)`; exactly uniform when the
+  observation is exchangeable with the members. Histogram with a chi-square uniformity p-value.
+- :func:`spread_skill`: ensemble spread :math:`\sqrt{\overline{\sigma^2}}` against the RMSE of the
+  mean per lead time; a calibrated forecast has ratio 1 (``< 1``: over-confident).
+- :func:`crps_ensemble`, :func:`crps_gaussian`: fair ensemble CRPS and its Gaussian closed form.
+- :func:`elbo_convergence`: whether the smoothed training loss still moves over the last chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import xarray as xr
+from scipy import special, stats
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "ConvergenceCheck",
+    "calibration_summary",
+    "coverage_curve",
+    "coverage_from_bounds",
+    "crps_ensemble",
+    "crps_gaussian",
+    "elbo_convergence",
+    "interval_coverage",
+    "pit_histogram",
+    "pit_values",
+    "spread_skill",
+]
+
+#: Nominal probabilities of the central intervals checked by default.
+DEFAULT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def interval_coverage(obs: xr.DataArray | np.ndarray, lower: xr.DataArray | np.ndarray,
+                      upper: xr.DataArray | np.ndarray) -> float:
+    """Fraction of ``obs`` inside ``[lower, upper]`` (all broadcast together)."""
+    obs, lower, upper = (np.asarray(a) for a in (obs, lower, upper))
+    return float(((obs >= lower) & (obs <= upper)).mean())
+
+
+def _curve(levels: np.ndarray, empirical: np.ndarray, n: int) -> xr.Dataset:
+    se = np.sqrt(levels * (1 - levels) / n)
+    return xr.Dataset(
+        {"empirical": (("level",), empirical), "se": (("level",), se)},
+        coords={"level": levels},
+        attrs={"n": n, "description": "fraction of observations inside central intervals; "
+               "se = binomial standard error sqrt(p (1 - p) / n) at the nominal level"},
+    )
+
+
+def coverage_curve(
+    samples: xr.DataArray,
+    obs: xr.DataArray,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    *,
+    sample_dim: str = "sample",
+) -> xr.Dataset:
+    """Empirical coverage of the ensemble's central intervals at each nominal ``level``.
+
+    Args:
+        samples: predictive draws with a ``sample_dim`` dimension.
+        obs: observations (dims of ``samples`` without ``sample_dim``).
+        levels: nominal probabilities in (0, 1).
+        sample_dim: name of the ensemble dimension.
+
+    Returns:
+        Dataset over ``level`` with ``empirical`` and ``se`` (binomial standard error).
+    """
+    probs = _check_levels(levels)
+    lower = samples.quantile((1 - probs) / 2, dim=sample_dim)
+    upper = samples.quantile((1 + probs) / 2, dim=sample_dim)
+    upper = upper.assign_coords(quantile=lower["quantile"].values)  # pair bounds by position
+    inside = ((obs >= lower) & (obs <= upper)).transpose("quantile", ...)
+    empirical = np.asarray(inside).reshape(len(probs), -1).mean(1)
+    return _curve(probs, empirical, int(obs.size))
+
+
+def coverage_from_bounds(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
+    """Coverage curve of a forecast that has ``lower``/``upper`` over ``level`` (from
+    ``forecast(..., levels=...)``), or only ``q05``/``q95`` (one level, 0.9)."""
+    obs = fc[obs_var]
+    if "lower" in fc:
+        probs = np.asarray(fc["level"].values, np.float64)
+        inside = (obs >= fc["lower"]) & (obs <= fc["upper"])
+        empirical = np.asarray(inside.transpose("level", ...)).reshape(len(probs), -1).mean(1)
+    else:
+        probs = np.array([0.9])
+        empirical = np.array([interval_coverage(obs, fc["q05"], fc["q95"])])
+    return _curve(probs, empirical, int(obs.size))
+
+
+def _check_levels(levels: Sequence[float]) -> np.ndarray:
+    probs = np.asarray(levels, np.float64)
+    if probs.ndim != 1 or probs.size == 0 or np.any((probs <= 0) | (probs >= 1)):
+        raise ValueError(f"levels must be probabilities in (0, 1), got {levels}")
+    return probs
+
+
+def pit_values(
+    samples: xr.DataArray | np.ndarray,
+    obs: xr.DataArray | np.ndarray,
+    *,
+    sample_axis: int = 0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Randomised PIT of each observation within its ensemble (flattened, values in (0, 1)).
+
+    Args:
+        samples: ``S`` draws along ``sample_axis`` (an ``xarray.DataArray`` is used through its
+            values: put the sample dim at ``sample_axis``).
+        obs: observations, shape of ``samples`` without ``sample_axis``.
+        sample_axis: axis of the draws.
+        rng: generator for the tie-breaking uniforms (default seeded 0).
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    draws = np.moveaxis(np.asarray(samples), sample_axis, 0)
+    y = np.asarray(obs)[None]
+    n_draws = draws.shape[0]
+    below = (draws < y).sum(0)
+    ties = (draws == y).sum(0)
+    rank = below + np.floor(rng.uniform(size=below.shape) * (ties + 1))
+    return ((rank + rng.uniform(size=below.shape)) / (n_draws + 1)).ravel()
+
+
+def pit_histogram(pit: np.ndarray, bins: int = 10) -> dict:
+    """Counts of PIT values in ``bins`` equal bins, the uniform expectation and the chi-square
+    goodness-of-fit p-value (independent values assumed)."""
+    counts, edges = np.histogram(np.asarray(pit), bins=bins, range=(0.0, 1.0))
+    expected = counts.sum() / bins
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    return {"counts": counts, "edges": edges, "expected": float(expected), "chi2": chi2,
+            "p_value": float(stats.chi2.sf(chi2, bins - 1))}
+
+
+def spread_skill(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
+    """Spread (RMS of ``std``), RMSE of ``mean`` against ``obs_var`` and their ratio per lead time
+    (averaged over every dim but ``time``)."""
+    dims = [d for d in fc["mean"].dims if d != "time"]
+    spread = np.sqrt((fc["std"].astype(np.float64) ** 2).mean(dims))
+    rmse = np.sqrt(((fc[obs_var].astype(np.float64) - fc["mean"]) ** 2).mean(dims))
+    return xr.Dataset({"spread": spread, "rmse": rmse, "ratio": spread / rmse})
+
+
+def crps_gaussian(mean: np.ndarray, std: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    r"""CRPS of :math:`\mathcal N(\mu, \sigma^2)` at ``obs``: :math:`\sigma[z(2\Phi(z)-1) +
+    2\varphi(z) - 1/\sqrt\pi]`, :math:`z = (y-\mu)/\sigma`."""
+    mean, std, obs = (np.asarray(a, np.float64) for a in (mean, std, obs))
+    z = (obs - mean) / std
+    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    cdf = 0.5 * (1 + special.erf(z / np.sqrt(2)))
+    return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
+
+
+def crps_ensemble(samples: np.ndarray, obs: np.ndarray, *, sample_axis: int = 0) -> np.ndarray:
+    r"""Fair (unbiased) ensemble CRPS :math:`\frac1S\sum|X_i - y| - \frac{1}{2S(S-1)}
+    \sum_{i,j}|X_i - X_j|` per observation (by sorting, :math:`O(S \log S)`)."""
+    draws = np.sort(np.moveaxis(np.asarray(samples, np.float64), sample_axis, -1), axis=-1)
+    n = draws.shape[-1]
+    skill = np.abs(draws - np.asarray(obs, np.float64)[..., None]).mean(-1)
+    weights = 2 * np.arange(n) - n + 1
+    spread = (draws * weights).sum(-1) * 2 / (n * (n - 1))
+    return skill - 0.5 * spread
+
+
+class ConvergenceCheck(NamedTuple):
+    """Result of :func:`elbo_convergence`.
+
+    Attributes:
+        converged: ``rel_change < tol``.
+        rel_change: ``|s_end - s_prev| / scale``.
+        smoothed_end: mean loss over the last ``window`` steps.
+        smoothed_prev: mean loss over the ``window`` steps before the last chunk.
+        scale: ``max(|smoothed_end|, |smoothed_start - smoothed_end|)`` (a relative change of a
+            loss near zero is measured against the total decrease).
+        window, chunk, tol: the settings used.
+    """
+
+    converged: bool
+    rel_change: float
+    smoothed_end: float
+    smoothed_prev: float
+    scale: float
+    window: int
+    chunk: int
+    tol: float
+
+
+def elbo_convergence(
+    losses: np.ndarray, *, window: int | None = None, chunk: int | None = None,
+    tol: float = 0.01,
+) -> ConvergenceCheck:
+    """Has the training loss levelled off?
+
+    The loss is smoothed by a moving average over ``window`` steps (default 5% of the run, at
+    least 10); the smoothed value at the end is compared with the value ``chunk`` steps earlier
+    (default 20% of the run): converged when the relative change is below ``tol``.
+
+    Raises:
+        ValueError: fewer than ``window + chunk`` finite losses.
+    """
+    losses = np.asarray(losses, np.float64)
+    n = losses.size
+    window = max(10, n // 20) if window is None else int(window)
+    chunk = max(window, n // 5) if chunk is None else int(chunk)
+    if n < window + chunk or not np.isfinite(losses).all():
+        raise ValueError(f"need at least window + chunk = {window + chunk} finite losses, got "
+                         f"{n} (finite: {bool(np.isfinite(losses).all())})")
+    end = losses[n - window :].mean()
+    prev = losses[n - chunk - window : n - chunk].mean()
+    start = losses[:window].mean()
+    scale = max(abs(end), abs(start - end), np.finfo(np.float64).tiny)
+    rel = abs(end - prev) / scale
+    return ConvergenceCheck(bool(rel < tol), float(rel), float(end), float(prev), float(scale),
+                            window, chunk, float(tol))
+
+
+def calibration_summary(fc: xr.Dataset, obs_var: str = "obs") -> dict:
+    """Scalars of a forecast: 90% coverage, mean CRPS, mean spread/skill ratio, and (with
+    ``samples``) the PIT uniformity p-value."""
+    out = {"coverage_90": interval_coverage(fc[obs_var], fc["q05"], fc["q95"]),
+           "crps": float(fc["crps"].mean())}
+    ss = spread_skill(fc, obs_var)
+    out["spread_skill_ratio"] = float(ss["spread"].mean() / ss["rmse"].mean())
+    if "samples" in fc:
+        pit = pit_values(fc["samples"].transpose("sample", ...), fc[obs_var])
+        out["pit_p_value"] = pit_histogram(pit)["p_value"]
+    return out

@@ -1,0 +1,194 @@
+"""``msde report RUN_DIR``: figures, ArviZ posterior and a markdown report of a run directory.
+
+A run directory written by ``msde run`` holds ``metrics.json``, ``data.nc`` and, per fitted model
+(``multiscale``, ``implicit_scale``), ``config.json``, ``params.pkl``, ``losses.npy``,
+``forecast.nc`` and ``posterior.nc``. :func:`build_report` writes into a NEW directory (default
+``RUN_DIR/report``; an existing one is refused):
+
+- ``report.md``: the metrics table, and per model the ELBO convergence check, the calibration
+  numbers, the ArviZ summary of the physical parameters and the figures;
+- per model ``MODEL_*.png``: space-time panels, macro/micro decomposition, time slices with
+  5-95% bands, energy spectra, latent paths, forest plot, ELBO trace, coverage curve, PIT
+  histogram, spread-skill;
+- per model ``MODEL_posterior.nc``: the ArviZ tree of :mod:`msde_ppl.diagnostics.arviz_io`.
+
+Calibration (coverage curve, PIT) needs ensemble members, which ``forecast.nc`` does not keep:
+the first test trajectory is re-forecast with ``n_samples`` members (``return_samples=True``);
+spread-skill and CRPS use the stored ``forecast.nc`` (all test trajectories).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from msde_ppl.data import load
+from msde_ppl.diagnostics import arviz_io, checks, plots
+from msde_ppl.models.training import load_fitted
+from msde_ppl.predict.forecast import forecast
+
+__all__ = ["MODEL_KEYS", "build_report"]
+
+MODEL_KEYS = ("multiscale", "implicit_scale")
+_METRIC_COLUMNS = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "crps", "coverage_90")
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{value:.4g}"
+    return "–" if value is None else str(value)
+
+
+def _metrics_section(metrics: dict) -> list[str]:
+    methods = [k for k in metrics if k != "meta" and isinstance(metrics[k], dict)]
+    if not methods:
+        return ["(no metrics.json)"]
+    rows = [[m] + [_fmt(metrics[m].get(c)) for c in _METRIC_COLUMNS] for m in methods]
+    lines = _table(["method", *_METRIC_COLUMNS], rows)
+    meta = metrics.get("meta", {})
+    if meta:
+        lines += ["", "Run: " + ", ".join(f"{k} = {_fmt(meta[k])}" for k in
+                                          ("dataset", "n_traj", "grid", "steps", "seed")
+                                          if k in meta)]
+    return lines
+
+
+def _model_section(key: str, model_dir: Path, ds: xr.Dataset, out: Path, *, n_samples: int,
+                   n_draws: int, seed: int) -> list[str]:
+    fitted = load_fitted(model_dir)
+    eval_steps = ds.attrs.get("eval_steps")
+    if (model_dir / "forecast.nc").is_file():
+        with xr.open_dataset(model_dir / "forecast.nc", engine="h5netcdf") as f:
+            fc = f.load()
+    else:
+        fc = forecast(jax.random.key(seed), fitted, ds, split="test", n_samples=n_samples,
+                      n_steps=eval_steps)
+    lines = [f"## {key.replace('_', '-')} model", ""]
+    figs = {}
+    title = f"{key.replace('_', '-')} model, test trajectory 0"
+    figs["space-time"] = _save(plots.plot_space_time(fc, 0, title=title),
+                               out / f"{key}_space_time.png")
+    figs["macro/micro decomposition"] = _save(plots.plot_decomposition(fc, 0),
+                                              out / f"{key}_decomposition.png")
+    figs["time slices"] = _save(plots.plot_time_slices(fc, 0), out / f"{key}_time_slices.png")
+
+    # calibration: re-forecast the first test trajectory keeping the members
+    test = ds
+    if "split" in ds.coords:
+        test = ds.isel(traj=np.flatnonzero(ds["split"].values.astype(str) == "test")[:1])
+    cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
+                   n_steps=eval_steps, return_samples=True)
+    figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
+                                   out / f"{key}_spectrum.png")
+    curve = checks.coverage_curve(cal["samples"], cal["obs"])
+    pit = checks.pit_histogram(checks.pit_values(cal["samples"].transpose("sample", ...),
+                                                 cal["obs"]))
+    ss = checks.spread_skill(fc)
+    figs["coverage"] = _save(plots.plot_coverage(curve), out / f"{key}_coverage.png")
+    figs["PIT histogram"] = _save(plots.plot_pit(pit), out / f"{key}_pit.png")
+    figs["spread-skill"] = _save(plots.plot_spread_skill(ss), out / f"{key}_spread_skill.png")
+
+    lines += ["### Training", ""]
+    try:
+        conv = checks.elbo_convergence(fitted.losses)
+        lines.append(f"ELBO convergence: **{'converged' if conv.converged else 'NOT converged'}**"
+                     f" (smoothed loss {conv.smoothed_prev:.4g} -> {conv.smoothed_end:.4g} over "
+                     f"the last {conv.chunk} steps, relative change {conv.rel_change:.2g}, "
+                     f"tolerance {conv.tol:g}).")
+    except ValueError as err:
+        conv = None
+        lines.append(f"ELBO convergence: not assessed ({err}).")
+    figs["ELBO trace"] = _save(plots.plot_elbo_trace(fitted.losses, conv),
+                               out / f"{key}_elbo.png")
+
+    lines += ["", "### Calibration", ""]
+    summary = checks.calibration_summary(fc)
+    rows = [["90% coverage (all test trajectories)", _fmt(summary["coverage_90"])],
+            ["mean CRPS", _fmt(summary["crps"])],
+            ["spread / RMSE (mean over lead time)", _fmt(summary["spread_skill_ratio"])],
+            [f"PIT uniformity p-value (trajectory 0, {n_samples} members)",
+             _fmt(pit["p_value"])]]
+    rows += [[f"coverage of central {lvl:.0%} intervals (trajectory 0)", _fmt(emp)]
+             for lvl, emp in zip(curve["level"].values, curve["empirical"].values, strict=True)]
+    lines += _table(["check", "value"], rows)
+
+    tree = arviz_io.to_datatree(fitted, ds, fc, split="test", traj=0, n_draws=n_draws,
+                                seed=seed)
+    arviz_io.save_datatree(tree, out / f"{key}_posterior.nc")
+    table = arviz_io.summary(tree)
+    lines += ["", "### Posterior of the physical parameters (ArviZ)", "",
+              f"Variational posterior, {n_draws} draws; latent paths over a window of "
+              f"{tree.attrs['window_length']} snapshots of test trajectory 0 "
+              f"(`{key}_posterior.nc`).", ""]
+    lines += _table(["parameter", *map(str, table.columns)],
+                    [[str(i), *(_fmt(float(v)) for v in row)] for i, row in
+                     zip(table.index, table.to_numpy(), strict=True)])
+    figs["latent paths"] = _save(plots.plot_latent_paths(tree["posterior"].to_dataset()),
+                                 out / f"{key}_latent_paths.png")
+    figs["physical parameters"] = _save(plots.plot_forest(tree["posterior"].to_dataset()),
+                                        out / f"{key}_forest.png")
+    lines += ["", "### Figures", ""]
+    lines += [f"![{name}]({path})" for name, path in figs.items()]
+    return lines + [""]
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
+                 n_samples: int = 32, n_draws: int = 100, seed: int = 0) -> Path:
+    """Regenerate every figure and write ``report.md`` for a run directory of ``msde run``.
+
+    Args:
+        run_dir: the run directory.
+        out_dir: directory to create (default ``run_dir/report``); must not exist.
+        n_samples: ensemble members of the calibration re-forecast.
+        n_draws: posterior draws of the ArviZ tree.
+        seed: PRNG seed.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` lacks ``data.nc`` or any fitted model.
+        FileExistsError: ``out_dir`` exists.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "data.nc").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory of `msde run`: "
+                                "data.nc is missing")
+    keys = [k for k in MODEL_KEYS if (run_dir / k / "params.pkl").is_file()]
+    if not keys:
+        raise FileNotFoundError(f"{run_dir} has no fitted model ({', '.join(MODEL_KEYS)}/"
+                                "params.pkl)")
+    out = run_dir / "report" if out_dir is None else Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"report directory {out} already exists; choose another "
+                              "output directory")
+    metrics = {}
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    ds = load(run_dir / "data.nc")
+    out.mkdir(parents=True)
+    lines = [f"# Report of `{run_dir}`", "", "## Metrics (test split)", ""]
+    lines += _metrics_section(metrics) + [""]
+    for key in keys:
+        lines += _model_section(key, run_dir / key, ds, out, n_samples=n_samples,
+                                n_draws=n_draws, seed=seed)
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,69 @@
+"""Shared tiny problem for the diagnostics tests: a 64-point advected bump and an untrained
+(but complete) multiscale model, built without compiling a training step."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from msde_ppl.data import from_arrays
+from msde_ppl.inference import AutoAmortizedSDE, SolverFreeELBO, init
+from msde_ppl.models.multiscale import MultiscaleConfig, build_modules
+from msde_ppl.models.training import FittedModel, make_model, observations
+
+TINY = MultiscaleConfig(fine_shape=(64,), coarse_shape=(8,), n_micro=2, macro_hidden=(8,),
+                        micro_hidden=(8,), codec_hidden=(8,))
+N_TIME = 24
+
+
+def tiny_dataset() -> "xr.Dataset":  # noqa: F821
+    x = np.arange(64) / 64
+    t = np.arange(N_TIME) * 0.01
+    rng = np.random.default_rng(0)
+    shifts = rng.uniform(0, 1, 3)
+    clean = np.exp(-((np.mod(x[None, None] - t[None, :, None] - shifts[:, None, None] + 0.5, 1)
+                      - 0.5) ** 2) / 0.01)
+    noisy = clean + 0.01 * rng.normal(size=clean.shape)
+    return from_arrays(noisy.astype(np.float32), time=t, x=x, u_clean=clean.astype(np.float32),
+                       split=["train", "val", "test"], noise_std=0.01)
+
+
+def untrained_fit(ds, config: MultiscaleConfig = TINY, n_losses: int = 60) -> FittedModel:
+    """A FittedModel at the initial parameters (the guide and model traced once, no jit), with
+    a synthetic decaying loss trace."""
+    modules = build_modules(config, key=jax.random.key(0))
+    model = make_model(config, modules, n_windows=4)
+    guide = AutoAmortizedSDE(model, modules.encoder)
+    y, t = observations(ds, "train")
+    batch = {"y": y[:1, :8], "times": t[None, :8]}
+    problem, state = init(jax.random.key(1), model, guide, SolverFreeELBO(normalize=True),
+                          optax.adam(1e-3), batch)
+    params = jax.tree.map(np.asarray, problem.constrain(state.params))
+    losses = 1.0 + np.exp(-np.arange(n_losses) / 10.0)
+    return FittedModel(config, modules, params, losses, 0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds():
+    return tiny_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_fit(tiny_ds):
+    return untrained_fit(tiny_ds)
+
+
+@pytest.fixture(scope="session")
+def tiny_fc(tiny_fit, tiny_ds):
+    """Forecast of the test trajectory with members and two interval levels."""
+    from msde_ppl.predict.forecast import forecast
+
+    return forecast(jax.random.key(0), tiny_fit, tiny_ds, n_samples=8, levels=[0.5, 0.9],
+                    return_samples=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tiny_fit, tiny_ds, tiny_fc):
+    from msde_ppl.diagnostics.arviz_io import to_datatree
+
+    return to_datatree(tiny_fit, tiny_ds, tiny_fc, start=2, window=8, n_draws=400, seed=0)

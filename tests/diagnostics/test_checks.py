@@ -1,0 +1,130 @@
+"""Calibration checks on toy forecasts whose calibration is known exactly.
+
+Tolerances: ``n`` independent observations give an empirical coverage with binomial standard
+error ``sqrt(p (1 - p) / n)``; we allow 4 standard errors (two-sided false-alarm rate 6e-5 per
+level). Ensemble intervals between order statistics ``X_(i), X_(j)`` of ``S`` exchangeable
+members cover ``(j - i) / (S + 1)``, not ``p``: with ``S - 1`` divisible by the quantile grid, the
+interpolated sample quantiles are exactly order statistics and the target is
+``p (S - 1) / (S + 1)``.
+"""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from msde_ppl.diagnostics import checks
+
+N_OBS, N_MEMBERS = 4000, 201
+LEVELS = (0.1, 0.5, 0.8, 0.9, 0.95)
+
+
+def _toy(np_rng, spread=1.0):
+    """Observations y ~ N(m, s^2) and an ensemble drawn from N(m, (spread s)^2)."""
+    m = np_rng.normal(size=N_OBS)
+    s = np.exp(np_rng.normal(scale=0.3, size=N_OBS))
+    y = m + s * np_rng.normal(size=N_OBS)
+    members = m + spread * s * np_rng.normal(size=(N_MEMBERS, N_OBS))
+    return m, s, xr.DataArray(y, dims="point"), xr.DataArray(members, dims=("sample", "point"))
+
+
+def test_gaussian_interval_coverage_is_nominal_within_binomial_error(np_rng):
+    m, s, y, _ = _toy(np_rng)
+    from scipy import stats
+
+    for p in LEVELS:
+        z = stats.norm.ppf((1 + p) / 2)
+        got = checks.interval_coverage(y, m - z * s, m + z * s)
+        assert abs(got - p) < 4 * np.sqrt(p * (1 - p) / N_OBS), (p, got)
+
+
+def test_ensemble_coverage_curve_matches_order_statistics(np_rng):
+    _, _, y, members = _toy(np_rng)
+    curve = checks.coverage_curve(members, y, LEVELS)
+    target = np.asarray(LEVELS) * (N_MEMBERS - 1) / (N_MEMBERS + 1)
+    err = np.abs(curve["empirical"].values - target)
+    assert np.all(err < 4 * curve["se"].values), (curve["empirical"].values, target)
+    assert curve.attrs["n"] == N_OBS
+
+
+def test_under_dispersed_ensemble_is_detected(np_rng):
+    _, _, y, members = _toy(np_rng, spread=0.6)
+    curve = checks.coverage_curve(members, y, LEVELS)
+    target = np.asarray(LEVELS) * (N_MEMBERS - 1) / (N_MEMBERS + 1)
+    # coverage of N(0, 0.36) intervals under N(0, 1): far below nominal at every level > 0.1
+    assert np.all((target - curve["empirical"].values)[1:] > 4 * curve["se"].values[1:])
+    pit = checks.pit_histogram(checks.pit_values(members, y))
+    assert pit["p_value"] < 1e-6
+    # U-shaped: the outer bins hold far more than their share
+    assert pit["counts"][0] > 1.5 * pit["expected"] and pit["counts"][-1] > 1.5 * pit["expected"]
+
+
+def test_pit_of_exchangeable_ensemble_is_uniform(np_rng):
+    _, _, y, members = _toy(np_rng)
+    pit = checks.pit_values(members, y)
+    assert pit.shape == (N_OBS,) and np.all((pit > 0) & (pit < 1))
+    hist = checks.pit_histogram(pit)
+    assert hist["counts"].sum() == N_OBS
+    assert hist["p_value"] > 1e-3  # seeded; a calibrated ensemble fails this with prob. 1e-3
+
+
+def test_pit_breaks_ties_at_random():
+    # a point-mass ensemble equal to the observation: the rank is uniform over S + 1 slots
+    pit = checks.pit_values(np.zeros((9, 20000)), np.zeros(20000))
+    hist = checks.pit_histogram(pit)
+    assert hist["p_value"] > 1e-3
+
+
+def test_spread_skill_ratio_is_one_when_calibrated(np_rng):
+    m, s, y, _ = _toy(np_rng)
+    times = np.arange(4)
+    fc = xr.Dataset({
+        "mean": (("time", "x"), np.tile(m, (4, 1))),
+        "std": (("time", "x"), np.tile(s, (4, 1))),
+        "obs": (("time", "x"), np.stack([m + s * np_rng.normal(size=N_OBS) for _ in times])),
+    }, coords={"time": times})
+    ss = checks.spread_skill(fc)
+    assert ss["ratio"].dims == ("time",)
+    # MSE of N_OBS terms: relative SE of the MSE is about sqrt(2 / n) x (heteroscedasticity
+    # factor E s^4 / (E s^2)^2 = exp(4 * 0.09) ~ 1.43), so the ratio has SE ~ 0.6 sqrt(2 / n)
+    tol = 4 * 0.5 * np.sqrt(2 * 1.44 / N_OBS)
+    np.testing.assert_allclose(ss["ratio"].values, 1.0, atol=tol)
+    over = checks.spread_skill(fc.assign(std=0.5 * fc["std"]))
+    np.testing.assert_allclose(over["ratio"].values, 0.5, atol=tol)
+
+
+def test_ensemble_crps_matches_gaussian_closed_form(np_rng):
+    m, s, y, members = _toy(np_rng)
+    ens = checks.crps_ensemble(members.values, y.values)
+    exact = checks.crps_gaussian(m, s, y.values)
+    # the fair CRPS is unbiased; its per-point MC error ~ 0.4 s / sqrt(S), averaged over points
+    assert abs(ens.mean() - exact.mean()) < 4 * 0.5 * s.mean() / np.sqrt(N_MEMBERS * N_OBS)
+    assert np.corrcoef(ens, exact)[0, 1] > 0.95
+
+
+def test_coverage_from_forecast_bounds(np_rng):
+    _, _, y, members = _toy(np_rng)
+    levels = np.array([0.5, 0.9])
+    def bound(probs):
+        return members.quantile(probs, dim="sample").rename(quantile="level").drop_vars("level")
+
+    fc = xr.Dataset({"obs": y, "lower": bound((1 - levels) / 2),
+                     "upper": bound((1 + levels) / 2)}).assign_coords(level=levels)
+    got = checks.coverage_from_bounds(fc)
+    ref = checks.coverage_curve(members, y, levels)
+    np.testing.assert_allclose(got["empirical"], ref["empirical"])
+
+
+def test_elbo_convergence(np_rng):
+    steps = np.arange(2000)
+    noise = 0.01 * np_rng.normal(size=steps.size)
+    flat = -2.0 + 3.0 * np.exp(-steps / 100) + noise
+    check = checks.elbo_convergence(flat)
+    assert check.converged and check.rel_change < 0.01
+    still_falling = -2.0 - 1e-3 * steps + noise  # loses 0.4 over the last 20% of 2 units
+    check = checks.elbo_convergence(still_falling)
+    assert not check.converged and check.rel_change > 0.1
+    assert check.smoothed_end < check.smoothed_prev
+    with pytest.raises(ValueError, match="finite losses"):
+        checks.elbo_convergence(flat[:15])
+    with pytest.raises(ValueError, match="finite losses"):
+        checks.elbo_convergence(np.append(flat, np.nan))
