@@ -7,6 +7,7 @@
 - ``msde run [CASE] [--out RUN_DIR]``: the main job on a built-in case (default ``kdv_1d``):
   data, multiscale and implicit-scale fits, forecasts, the coarse-DNS baseline, figures and a
   ``metrics.json`` report in a new run directory.
+- ``msde report RUN_DIR``: regenerate every figure and a markdown report of a run.
 
 Nothing a user has is overwritten: an existing output file or run directory is refused unless
 ``--overwrite`` is given (files only; run directories are never reused).

@@ -18,6 +18,7 @@ def test_every_example_has_tiny_flags():
     assert {p.name for p in (ROOT / "models").glob("*.py")} == set(TINY_FLAGS)
 
 
+@pytest.mark.slow  # ~20-40 s each; the programs they drive are covered by the default tests
 @pytest.mark.parametrize("name", sorted(TINY_FLAGS))
 def test_example_runs(name):
     out = subprocess.run([sys.executable, str(ROOT / "models" / name), *TINY_FLAGS[name]],

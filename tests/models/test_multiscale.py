@@ -121,6 +121,7 @@ def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
     np.testing.assert_allclose(again["mean"], fc["mean"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~20 s; the exact surgery check above is the fast version
 def test_progressive_stage_starts_where_the_previous_ended(tiny_data):
     stage0 = dataclasses.replace(TRAIN, steps=100)
     stage1 = dataclasses.replace(TRAIN, steps=20, lr=1e-12, warmup_steps=0)
