@@ -33,7 +33,7 @@ from msde_ppl.data.schema import grid_shape  # noqa: E402
 # `msde run`: implicit-scale stage, then multiscale stage, 4 windows of 64 snapshots per step
 # (about 13 ms per step on 2 CPU cores): the whole job stays within ~15 min
 RUN_STEPS = 3000
-RUN_MICRO_STEPS = 20000
+RUN_MICRO_STEPS = 15000
 RUN_WINDOWS = 4
 
 
