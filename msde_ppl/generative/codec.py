@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from msde_ppl.generative.drifts import neighbourhood_index
+from msde_ppl.generative.drifts import stencil_inputs
 from msde_ppl.generative.networks import MLP
 from msde_ppl.generative.operators import ScaleOperator
 
@@ -120,11 +120,7 @@ class StencilMicroDecoder(eqx.Module):
                                (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
 
     def __call__(self, zeta: Float[Array, "C ..."], eta: Float[Array, " n_micro"]) -> Array:
-        index = neighbourhood_index(self.coarse_shape, self.radius)
-        patches = zeta.reshape(self.n_channels, -1)[:, index]  # (C, nodes, stencil)
-        patches = jnp.moveaxis(patches, 0, 1).reshape(index.shape[0], -1)
-        eta_all = jnp.broadcast_to(eta, (index.shape[0], eta.shape[0]))
-        cells = jax.vmap(self.net)(jnp.concatenate([patches, eta_all], axis=1))
+        cells = jax.vmap(self.net)(stencil_inputs(zeta, eta, self.radius))
         d = len(self.coarse_shape)
         cells = cells.reshape(*self.coarse_shape, self.n_channels, *self.stride)
         # (n_1..n_d, C, s_1..s_d) -> (C, n_1, s_1, ..., n_d, s_d) -> (C, *fine)

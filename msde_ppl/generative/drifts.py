@@ -27,7 +27,13 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from msde_ppl.generative.networks import MLP
 
-__all__ = ["MicroDrift", "MultiscaleDrift", "StencilDrift", "neighbourhood_index"]
+__all__ = [
+    "MicroDrift",
+    "MultiscaleDrift",
+    "StencilDrift",
+    "neighbourhood_index",
+    "stencil_inputs",
+]
 
 
 def neighbourhood_index(coarse_shape: tuple[int, ...], radius: int) -> np.ndarray:
@@ -38,6 +44,21 @@ def neighbourhood_index(coarse_shape: tuple[int, ...], radius: int) -> np.ndarra
     offsets = np.array(list(itertools.product(span, repeat=len(coarse_shape))))
     neighbours = (nodes[:, None, :] + offsets[None, :, :]) % np.array(coarse_shape)
     return np.ravel_multi_index(tuple(np.moveaxis(neighbours, -1, 0)), coarse_shape)
+
+
+def stencil_inputs(
+    zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"], radius: int
+) -> Float[Array, "n_nodes n_in"]:
+    """Per coarse node: its periodic neighbourhood (all fields) followed by ``aux``.
+
+    Returns ``(n_nodes, C * (2r+1)^d + n_aux)``, nodes in row-major order of the coarse grid.
+    """
+    coarse_shape = zeta.shape[1:]
+    index = neighbourhood_index(coarse_shape, radius)  # trace-time constant
+    patches = zeta.reshape(zeta.shape[0], -1)[:, index]  # (C, n_nodes, stencil)
+    patches = jnp.moveaxis(patches, 0, 1).reshape(index.shape[0], -1)
+    aux = jnp.broadcast_to(aux, (index.shape[0], aux.shape[0]))
+    return jnp.concatenate([patches, aux], axis=1)
 
 
 class StencilDrift(eqx.Module):
@@ -77,12 +98,7 @@ class StencilDrift(eqx.Module):
     def __call__(
         self, zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"]
     ) -> Float[Array, "C ..."]:
-        index = neighbourhood_index(self.coarse_shape, self.radius)  # trace-time constant
-        flat = zeta.reshape(self.n_channels, -1)  # (C, n_nodes)
-        patches = flat[:, index]  # (C, n_nodes, stencil)
-        patches = jnp.moveaxis(patches, 0, 1).reshape(index.shape[0], -1)
-        aux = jnp.broadcast_to(aux, (index.shape[0], aux.shape[0]))
-        out = jax.vmap(self.mlp)(jnp.concatenate([patches, aux], axis=1))  # (n_nodes, C)
+        out = jax.vmap(self.mlp)(stencil_inputs(zeta, aux, self.radius))  # (n_nodes, C)
         return out.T.reshape(self.n_channels, *self.coarse_shape)
 
 
