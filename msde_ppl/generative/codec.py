@@ -13,9 +13,10 @@ r"""Encoder/decoder networks of the multiscale model (method.md §1.3, §2.1).
   neighbourhood of coarse values and :math:`\eta` to the cell's ``sigma^d`` fine values
   (super-resolution from the local coarse shape, conditioned on the micro state).
 
-The micro networks are MLPs (one hidden layer of 256 by default). The reference uses strided
-convolutional stacks of the same input/output sizes; an MLP costs about 1% of their FLOPs per
-snapshot on these grids and is the cheaper operator we use by default.
+The micro networks are MLPs by default (one hidden layer of 256): on these grids an MLP costs
+about 1% of the reference's convolutional stacks' FLOPs per snapshot. The reference's own
+networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder` (method.md §1.3, §2.1),
+built from the polyphase layers of :mod:`msde_ppl.generative.conv`.
 """
 
 from __future__ import annotations
@@ -27,20 +28,62 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from msde_ppl.generative.conv import CircularConv1d, ConvTranspose1d
 from msde_ppl.generative.drifts import stencil_inputs
-from msde_ppl.generative.networks import MLP
+from msde_ppl.generative.networks import MLP, xavier_linear
 from msde_ppl.generative.operators import ScaleOperator
 
-__all__ = ["MicroDecoder", "MultiscaleEncoder", "StencilMicroDecoder"]
+__all__ = [
+    "ConvMicroDecoder",
+    "ConvMicroEncoder",
+    "MicroDecoder",
+    "MultiscaleEncoder",
+    "StencilMicroDecoder",
+]
 
 _INIT_LOGVAR = float(math.log(math.log1p(math.exp(-4.0))))
 
 
+class ConvMicroEncoder(eqx.Module):
+    r"""The reference's 1D micro encoder: residual ``(C, L)`` :math:`\mapsto \eta`.
+
+    Three circular convolutions (``C -> 4 -> 16 -> 64`` channels by default, kernel 25,
+    stride 2) with leaky ReLU, flattened, then a linear map to ``n_micro``. ``L`` must be a
+    multiple of ``2**len(channels)``.
+    """
+
+    convs: tuple[CircularConv1d, ...]
+    head: eqx.nn.Linear
+
+    def __init__(self, n_channels: int, length: int, n_micro: int,
+                 channels: tuple[int, ...] = (4, 16, 64), kernel_size: int = 25, *,
+                 key: PRNGKeyArray) -> None:
+        factor = 2 ** len(channels)
+        if length % factor:
+            raise ValueError(f"the CNN micro encoder needs a fine grid length divisible by "
+                             f"{factor}, got {length}")
+        keys = jax.random.split(key, len(channels) + 1)
+        sizes = (n_channels, *channels)
+        self.convs = tuple(CircularConv1d(a, b, kernel_size, 2, key=k)
+                           for a, b, k in zip(sizes[:-1], sizes[1:], keys[:-1], strict=True))
+        self.head = xavier_linear(channels[-1] * (length // factor), n_micro, key=keys[-1])
+
+    def __call__(self, residual: Float[Array, "C L"]) -> Float[Array, " n_micro"]:
+        h = residual
+        for conv in self.convs:
+            h = jax.nn.leaky_relu(conv(h))
+        return self.head(h.ravel())
+
+
 class MultiscaleEncoder(eqx.Module):
-    """``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring)."""
+    """``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring).
+
+    ``network`` is ``"mlp"`` (an MLP on the flattened residual) or ``"cnn"``
+    (:class:`ConvMicroEncoder`, 1D only).
+    """
 
     scale: ScaleOperator
-    micro: MLP | None
+    micro: MLP | ConvMicroEncoder | None
     logvar: Float[Array, " n_z"]
     n_micro: int = eqx.field(static=True)
 
@@ -49,20 +92,32 @@ class MultiscaleEncoder(eqx.Module):
         scale: ScaleOperator,
         n_micro: int,
         hidden: tuple[int, ...] = (256,),
+        network: str = "mlp",
         *,
         key: PRNGKeyArray,
     ) -> None:
         self.scale = scale
         self.n_micro = n_micro
         n_fine = scale.n_channels * math.prod(scale.fine_shape)
-        self.micro = MLP(n_fine, hidden, n_micro, key=key) if n_micro else None
+        if network not in ("mlp", "cnn"):
+            raise ValueError(f"unknown micro encoder {network!r}; use 'mlp' or 'cnn'")
+        if network == "cnn" and len(scale.fine_shape) != 1:
+            raise ValueError("the CNN micro encoder is implemented for 1D grids only")
+        self.micro = None
+        if n_micro and network == "mlp":
+            self.micro = MLP(n_fine, hidden, n_micro, key=key)
+        elif n_micro:
+            self.micro = ConvMicroEncoder(scale.n_channels, scale.fine_shape[0], n_micro,
+                                          key=key)
         n_macro = scale.n_channels * math.prod(scale.coarse_shape)
         self.logvar = jnp.full((n_macro + n_micro,), _INIT_LOGVAR, jnp.float32)
 
     def __call__(self, y: Float[Array, "C ..."]) -> tuple[Array, Array]:
         mean = self.scale.restrict(y).ravel()
         if self.micro is not None:
-            residual = (y - self.scale.smooth(y)).ravel()
+            residual = y - self.scale.smooth(y)
+            if isinstance(self.micro, MLP):
+                residual = residual.ravel()
             mean = jnp.concatenate([mean, self.micro(residual)])
         return mean, self.logvar
 
@@ -90,6 +145,45 @@ class MicroDecoder(eqx.Module):
     def __call__(self, zeta: Array, eta: Float[Array, " n_micro"]) -> Float[Array, "C ..."]:
         """``g(eta)`` (``zeta`` is accepted for a common signature and ignored)."""
         return self.net(eta).reshape(self.out_shape)
+
+
+class ConvMicroDecoder(eqx.Module):
+    r"""The reference's 1D micro decoder: :math:`\eta \mapsto g(\eta)`, shape ``(C, L)``.
+
+    A linear map to ``64 x L/8`` values and leaky ReLU, then three transposed convolutions
+    (``64 -> 16 -> 4 -> C`` channels by default, kernel 9, stride 2, padding 4, output padding
+    1) with leaky ReLU between. The last layer's weights start at zero (no correction at first,
+    as :class:`MicroDecoder`).
+    """
+
+    head: eqx.nn.Linear
+    convs: tuple[ConvTranspose1d, ...]
+    channels: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, n_micro: int, out_shape: tuple[int, ...],
+                 channels: tuple[int, ...] = (64, 16, 4), kernel_size: int = 9, *,
+                 key: PRNGKeyArray) -> None:
+        n_channels, *fine = out_shape
+        factor = 2 ** len(channels)
+        if len(fine) != 1 or fine[0] % factor:
+            raise ValueError(f"the CNN micro decoder needs a 1D grid of length divisible by "
+                             f"{factor}, got {tuple(fine)}")
+        keys = jax.random.split(key, len(channels) + 1)
+        self.channels = tuple(channels)
+        self.head = xavier_linear(n_micro, channels[0] * (fine[0] // factor), key=keys[0])
+        sizes = (*channels, n_channels)
+        pad = (kernel_size - 1) // 2
+        convs = [ConvTranspose1d(a, b, kernel_size, 2, pad, 2 - kernel_size + 2 * pad, key=k)
+                 for a, b, k in zip(sizes[:-1], sizes[1:], keys[1:], strict=True)]
+        convs[-1] = eqx.tree_at(lambda c: c.weight, convs[-1], jnp.zeros_like(convs[-1].weight))
+        self.convs = tuple(convs)
+
+    def __call__(self, zeta: Array, eta: Float[Array, " n_micro"]) -> Float[Array, "C L"]:
+        """``g(eta)`` (``zeta`` is accepted for a common signature and ignored)."""
+        h = jax.nn.leaky_relu(self.head(eta)).reshape(self.channels[0], -1)
+        for conv in self.convs[:-1]:
+            h = jax.nn.leaky_relu(conv(h))
+        return self.convs[-1](h)
 
 
 class StencilMicroDecoder(eqx.Module):

@@ -56,7 +56,12 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
 
-from msde_ppl.generative.codec import MicroDecoder, MultiscaleEncoder, StencilMicroDecoder
+from msde_ppl.generative.codec import (
+    ConvMicroDecoder,
+    MicroDecoder,
+    MultiscaleEncoder,
+    StencilMicroDecoder,
+)
 from msde_ppl.generative.drifts import MultiscaleDrift
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.generative.operators import ScaleOperator
@@ -80,8 +85,11 @@ class MultiscaleConfig:
         macro_hidden, micro_hidden: drift MLP widths.
         codec_hidden: micro encoder/decoder MLP widths.
         kernel_init: scale kernel initialisation, ``"bspline"`` or ``"gaussian"``.
-        decoder: micro decoder, ``"mlp"`` (:math:`g(\eta)`, the reference's form) or
-            ``"stencil"`` (translation-equivariant :math:`g(\zeta, \eta)`, see
+        encoder: micro encoder, ``"mlp"`` or ``"cnn"`` (the reference's network, 1D; see
+            :class:`~msde_ppl.generative.codec.ConvMicroEncoder`).
+        decoder: micro decoder, ``"mlp"`` (:math:`g(\eta)`, the reference's form),
+            ``"cnn"`` (:math:`g(\eta)` by the reference's network, 1D) or ``"stencil"``
+            (translation-equivariant :math:`g(\zeta, \eta)`, see
             :class:`~msde_ppl.generative.codec.StencilMicroDecoder`).
     """
 
@@ -95,6 +103,7 @@ class MultiscaleConfig:
     micro_hidden: tuple[int, ...] = (128, 512, 128)
     codec_hidden: tuple[int, ...] = field(default=(256,))
     kernel_init: str = "bspline"
+    encoder: str = "mlp"
     decoder: str = "mlp"
 
     @property
@@ -124,7 +133,7 @@ class MultiscaleModules(NamedTuple):
 
     encoder: MultiscaleEncoder
     drift: MultiscaleDrift
-    decoder: MicroDecoder | StencilMicroDecoder | None
+    decoder: MicroDecoder | ConvMicroDecoder | StencilMicroDecoder | None
 
 
 def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModules:
@@ -132,14 +141,18 @@ def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModu
     k_enc, k_drift, k_dec = jax.random.split(key, 3)
     scale = ScaleOperator(config.fine_shape, config.coarse_shape, config.n_channels,
                           config.n_sigma, config.kernel_init)
-    encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, key=k_enc)
+    encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, config.encoder,
+                                key=k_enc)
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden, key=k_drift)
-    if config.decoder not in ("mlp", "stencil"):
-        raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp' or 'stencil'")
+    if config.decoder not in ("mlp", "cnn", "stencil"):
+        raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'cnn' or "
+                         "'stencil'")
     decoder = None
     if config.n_micro and config.decoder == "mlp":
         decoder = MicroDecoder(config.n_micro, config.obs_shape, config.codec_hidden, key=k_dec)
+    elif config.n_micro and config.decoder == "cnn":
+        decoder = ConvMicroDecoder(config.n_micro, config.obs_shape, key=k_dec)
     elif config.n_micro:
         decoder = StencilMicroDecoder(config.n_micro, config.coarse_shape, scale.stride,
                                       config.n_channels, config.radius, config.codec_hidden,

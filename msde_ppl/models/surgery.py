@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msde_ppl.generative.codec import ConvMicroDecoder
 from msde_ppl.generative.networks import MLP
 from msde_ppl.models.multiscale import (
     MultiscaleConfig,
@@ -29,17 +30,38 @@ from msde_ppl.models.multiscale import (
 __all__ = ["grow_modules", "grown_global_values"]
 
 
+def _grow_linear(new: eqx.nn.Linear, old: eqx.nn.Linear, zero_new_inputs: bool) -> eqx.nn.Linear:
+    """Copy ``old`` into the leading block of ``new``; optionally zero the new input columns."""
+    weight = new.weight
+    if zero_new_inputs:
+        weight = weight.at[:, old.weight.shape[1]:].set(0.0)
+    weight = weight.at[: old.weight.shape[0], : old.weight.shape[1]].set(old.weight)
+    bias = new.bias.at[: old.bias.shape[0]].set(old.bias)
+    return eqx.tree_at(lambda lay: (lay.weight, lay.bias), new, (weight, bias))
+
+
 def _grow_mlp(new: MLP, old: MLP, zero_new_inputs: bool) -> MLP:
     """Copy ``old`` into the leading blocks of ``new`` (layer by layer)."""
-    layers = []
-    for i, (ln, lo) in enumerate(zip(new.layers, old.layers, strict=True)):
-        weight = ln.weight
-        if i == 0 and zero_new_inputs:
-            weight = weight.at[:, lo.weight.shape[1]:].set(0.0)
-        weight = weight.at[: lo.weight.shape[0], : lo.weight.shape[1]].set(lo.weight)
-        bias = ln.bias.at[: lo.bias.shape[0]].set(lo.bias)
-        layers.append(eqx.tree_at(lambda lay: (lay.weight, lay.bias), ln, (weight, bias)))
-    return eqx.tree_at(lambda m: m.layers, new, tuple(layers))
+    layers = tuple(_grow_linear(ln, lo, zero_new_inputs and i == 0)
+                   for i, (ln, lo) in enumerate(zip(new.layers, old.layers, strict=True)))
+    return eqx.tree_at(lambda m: m.layers, new, layers)
+
+
+def _grow_micro_encoder(new, old):
+    """MLP: grow every layer; CNN: keep the convolutions, grow the output rows of the head."""
+    if isinstance(new, MLP):
+        return _grow_mlp(new, old, False)
+    grown = eqx.tree_at(lambda e: e.convs, new, old.convs)
+    return eqx.tree_at(lambda e: e.head, grown, _grow_linear(new.head, old.head, False))
+
+
+def _grow_micro_decoder(new, old):
+    """MLP decoders: grow the network, new inputs at zero; CNN: keep the convolutions, grow the
+    head's input columns (at zero)."""
+    if isinstance(new, ConvMicroDecoder):
+        grown = eqx.tree_at(lambda d: d.convs, new, old.convs)
+        return eqx.tree_at(lambda d: d.head, grown, _grow_linear(new.head, old.head, True))
+    return eqx.tree_at(lambda d: d.net, new, _grow_mlp(new.net, old.net, True))
 
 
 def grow_modules(
@@ -59,7 +81,7 @@ def grow_modules(
     enc = eqx.tree_at(lambda e: e.logvar, enc, logvar)
     if old.encoder.micro is not None:
         enc = eqx.tree_at(lambda e: e.micro, enc,
-                          _grow_mlp(new.encoder.micro, old.encoder.micro, False))
+                          _grow_micro_encoder(new.encoder.micro, old.encoder.micro))
 
     drift = eqx.tree_at(lambda d: d.macro.mlp, new.drift,
                         _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True))
@@ -69,8 +91,7 @@ def grow_modules(
 
     decoder = new.decoder
     if old.decoder is not None:
-        decoder = eqx.tree_at(lambda d: d.net, decoder,
-                              _grow_mlp(new.decoder.net, old.decoder.net, True))
+        decoder = _grow_micro_decoder(new.decoder, old.decoder)
     return config, MultiscaleModules(enc, drift, decoder)
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import pickle
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -52,7 +53,12 @@ from msde_ppl.models.multiscale import (
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (defaults: the reference's, see module docstring)."""
+    """Optimisation settings (defaults: the reference's, see module docstring).
+
+    ``loop`` is how a chunk of ``chunk_size`` steps runs (:func:`~msde_ppl.inference.fit`):
+    ``"scan"``, ``"python"``, or ``"auto"`` (``"python"`` when the model has convolutional
+    networks, which XLA's CPU backend runs slowly inside a loop, else ``"scan"``).
+    """
 
     steps: int = 2000
     window: int = 64
@@ -65,6 +71,7 @@ class TrainConfig:
     clip_norm: float = 100.0
     chunk_size: int = 100
     seed: int = 0
+    loop: str = "auto"
 
 
 class FittedModel(NamedTuple):
@@ -122,17 +129,29 @@ def _window_sharding(windows: int):
         lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
 
 
-def fit_multiscale(
+class TrainingSetup(NamedTuple):
+    """Everything a fit of the multiscale model runs: the program pair, objective, optimiser,
+    KL-weight schedule and the fixed-shape minibatch function ``batch_fn(key, step)``."""
+
+    modules: MultiscaleModules
+    model: Callable
+    guide: AutoAmortizedSDE
+    elbo: SolverFreeELBO
+    optimizer: optax.GradientTransformation
+    beta_schedule: Callable | None
+    batch_fn: Callable
+    loop: str
+
+
+def training_setup(
     ds: xr.Dataset,
     config: MultiscaleConfig,
     train: TrainConfig = TrainConfig(),
     *,
-    progress: bool = True,
-    checkpoint_path: str | Path | None = None,
     warm_start: WarmStart | None = None,
-) -> FittedModel:
-    """Fit ``config`` to the training split of ``ds`` (see module docstring), from scratch or
-    from ``warm_start``."""
+) -> TrainingSetup:
+    """Validate ``ds`` against ``config`` and build the fit of its training split (module
+    docstring), from scratch or from ``warm_start``."""
     validate(ds, coarse=config.coarse_shape)
     if tuple(grid_shape(ds)) != tuple(config.fine_shape):
         raise SchemaError(f"model fine grid {config.fine_shape} differs from the data's "
@@ -154,11 +173,9 @@ def fit_multiscale(
         idx = start[:, None] + jnp.arange(m)[None, :]
         return constrain({"y": u[traj[:, None], idx], "times": t[idx]})
 
-    key = jax.random.key(train.seed)
-    key_modules, key_fit = jax.random.split(key)
     n_windows = n_traj * max(1, (n_time - 1) // (m - 1))
     if warm_start is None:
-        modules = build_modules(config, key=key_modules)
+        modules = build_modules(config, key=jax.random.split(jax.random.key(train.seed))[0])
         model = make_model(config, modules, n_windows)
         guide = AutoAmortizedSDE(model, modules.encoder)
     else:
@@ -172,13 +189,49 @@ def fit_multiscale(
     beta = None
     if train.warmup_steps > 0:
         beta = partial(linear_beta_warmup, n_transition=train.warmup_steps)
+    loop = train.loop
+    if loop == "auto":
+        loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
+    return TrainingSetup(modules, model, guide, elbo, optimizer, beta, batch_fn, loop)
+
+
+def fit_multiscale(
+    ds: xr.Dataset,
+    config: MultiscaleConfig,
+    train: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+    checkpoint_path: str | Path | None = None,
+    warm_start: WarmStart | None = None,
+    callback: Callable[[FittedModel], None] | None = None,
+) -> FittedModel:
+    """Fit ``config`` to the training split of ``ds`` (see module docstring), from scratch or
+    from ``warm_start``.
+
+    ``callback(fitted_so_far)`` runs after every chunk of steps with the model fitted so far
+    (its ``losses`` and ``wall_time_s`` up to that point); its own run time is not counted in
+    any wall time.
+    """
+    setup = training_setup(ds, config, train, warm_start=warm_start)
+    key_fit = jax.random.split(jax.random.key(train.seed))[1]
+    spent = [0.0]
+    timed_callback = None
+    if callback is not None:
+        def timed_callback(params: dict, losses: np.ndarray) -> None:
+            start_cb = time.perf_counter()
+            so_far = FittedModel(config, setup.modules, jax.tree.map(np.asarray, params),
+                                 np.asarray(losses), start_cb - start - spent[0])
+            callback(so_far)
+            spent[0] += time.perf_counter() - start_cb
+
     start = time.perf_counter()
-    result = fit(key_fit, model, guide, elbo, optimizer, batch_fn, num_steps=train.steps,
-                 chunk_size=train.chunk_size, beta_schedule=beta,
-                 checkpoint_path=checkpoint_path, progress=progress)
-    wall = time.perf_counter() - start
+    result = fit(key_fit, setup.model, setup.guide, setup.elbo, setup.optimizer, setup.batch_fn,
+                 num_steps=train.steps, chunk_size=train.chunk_size,
+                 beta_schedule=setup.beta_schedule, checkpoint_path=checkpoint_path,
+                 progress=progress, callback=timed_callback, loop=setup.loop)
+    wall = time.perf_counter() - start - spent[0]
     params = jax.tree.map(np.asarray, result.params)
-    return FittedModel(config, modules, params, np.asarray(result.losses), wall)
+    return FittedModel(config, setup.modules, params, np.asarray(result.losses), wall)
 
 
 def fitted_networks(fitted: FittedModel) -> MultiscaleModules:
@@ -213,17 +266,20 @@ def fit_progressive(
     stages: list[tuple[int, TrainConfig]],
     *,
     progress: bool = True,
+    callback: Callable[[FittedModel], None] | None = None,
 ) -> list[FittedModel]:
     """Fit with a growing micro dimension: ``stages = [(K_0, train_0), (K_1, train_1), ...]``,
     ``K`` non-decreasing; stage ``k`` starts from stage ``k - 1`` grown by
-    :func:`msde_ppl.models.surgery.grow_modules`. Returns every stage's fitted model."""
+    :func:`msde_ppl.models.surgery.grow_modules`. Returns every stage's fitted model.
+    ``callback`` is passed to every stage's :func:`fit_multiscale`."""
     from msde_ppl.models.surgery import grow_modules, grown_global_values
 
     fitted: list[FittedModel] = []
     for i, (n_micro, train) in enumerate(stages):
         if not fitted:
             stage_config = dataclasses.replace(config, n_micro=n_micro)
-            result = fit_multiscale(ds, stage_config, train, progress=progress)
+            result = fit_multiscale(ds, stage_config, train, progress=progress,
+                                    callback=callback)
         else:
             prev = fitted[-1]
             old = fitted_networks(prev)
@@ -231,7 +287,8 @@ def fit_progressive(
                                                  key=jax.random.key(train.seed + 1000 * i))
             warm = WarmStart(modules, fitted_kernel(prev.params),
                              grown_global_values(prev.params, prev.config, n_micro))
-            result = fit_multiscale(ds, stage_config, train, progress=progress, warm_start=warm)
+            result = fit_multiscale(ds, stage_config, train, progress=progress, warm_start=warm,
+                                    callback=callback)
         fitted.append(result)
     return fitted
 

@@ -69,10 +69,11 @@ def test_untrained_decoder_gives_macro_only_reconstruction(rng_key):
     assert macro.shape == (5, 1, 64) and float(jnp.abs(micro).max()) == 0.0
 
 
-@pytest.mark.parametrize("decoder", ["mlp", "stencil"])
-def test_grown_model_computes_the_old_model(rng_key, decoder):
+@pytest.mark.parametrize(("encoder", "decoder"),
+                         [("mlp", "mlp"), ("mlp", "stencil"), ("cnn", "cnn")])
+def test_grown_model_computes_the_old_model(rng_key, encoder, decoder):
     k_old, k_new, k_z = jax.random.split(rng_key, 3)
-    old_cfg = dataclasses.replace(TINY, n_micro=0, decoder=decoder)
+    old_cfg = dataclasses.replace(TINY, n_micro=0, encoder=encoder, decoder=decoder)
     old = build_modules(old_cfg, key=k_old)
     cfg, new = grow_modules(old, old_cfg, 3, key=k_new)
     assert cfg.n_micro == 3 and new.encoder.logvar.shape == (11,)
@@ -90,9 +91,11 @@ def test_grown_model_computes_the_old_model(rng_key, decoder):
     # trained decoder's output does not depend on the two new coordinates
     cfg5, grown = grow_modules(new, cfg, 5, key=k_old)
     np.testing.assert_allclose(grown.encoder(y)[0][:11], new.encoder(y)[0], atol=1e-6)
-    last = new.decoder.net.layers[-1]
-    trained = eqx.tree_at(lambda d: d.net.layers[-1].weight, new.decoder,
-                          jax.random.normal(k_z, last.weight.shape))
+    def last_weight(d):
+        return d.convs[-1].weight if decoder == "cnn" else d.net.layers[-1].weight
+
+    trained = eqx.tree_at(last_weight, new.decoder,
+                          jax.random.normal(k_z, last_weight(new.decoder).shape))
     new = new._replace(decoder=trained)
     _, grown = grow_modules(new, cfg, 5, key=k_old)
     eta3 = jnp.array([1.0, -2.0, 0.5])

@@ -1,0 +1,483 @@
+"""Performance benchmark (issue: performance and scale): step time, time to accuracy, scaling,
+rollout speed-up, memory, compilation.
+
+Sections (``--sections``, default all):
+
+- ``reference``: median training-step time at the reference implementation's Burgers 1D
+  configuration (fine 1000, coarse 20, K = 5, ONE window of M = 128 consecutive snapshots per
+  step, the reference's CNN micro encoder/decoder and drift sizes), achieved GFLOP/s from XLA's
+  cost analysis of one step, compile time separated from run time, and the proof that later
+  chunks never recompile (trace count and jit cache size stay 1). Our default configuration
+  (MLP micro codec, 4 windows of 64) is timed the same way for comparison.
+- ``scaling``: step time against trajectory length (10^3 .. 10^5 snapshots; the trajectory is a
+  tiled Burgers trajectory, since a step's cost does not depend on the values), window size M
+  and windows per step.
+- ``accuracy``: time to accuracy. The Burgers 1D multiscale model (K = 5) is trained with the
+  package's recipe (implicit-scale stage, then K = 5 by parameter surgery) and its test-split
+  forecast (64 paths, rel-L2 against the noisy data over the reference's evaluation window, as
+  the reference measures it) is scored every ``--eval-every`` steps; evaluation time is excluded
+  from the training wall time. Reports the first training time at which rel-L2 <= 0.040 and
+  <= 0.015. ``--kdv`` adds KdV 1D's time to 0.042 (long).
+- ``forecast``: ensemble forecast (64 paths, the whole test horizon, decoded to the fine grid)
+  against the fine-grid solver over the same horizon (one trajectory, and 64 trajectories in one
+  batch), compile excluded; the full :func:`~msde_ppl.predict.forecast` (which adds quantiles
+  and CRPS in NumPy) is timed too.
+- ``memory``: peak resident memory (``ru_maxrss``) of a fit and of a forecast, each in a fresh
+  process.
+
+Writes ``benchmarks/results/perf.json`` and ``perf.md``. Timings are medians; the machine's load
+average is recorded next to them.
+
+    python benchmarks/perf.py            # everything but KdV (about 25 minutes on 2 cores)
+    python benchmarks/perf.py --quick    # a few minutes: fewer repeats, a short accuracy run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # design.md §1: before jax is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from msde_ppl.data import from_arrays, make_dataset  # noqa: E402
+from msde_ppl.data.cases import get_case  # noqa: E402
+from msde_ppl.inference import init, make_chunk_runner, step  # noqa: E402
+from msde_ppl.models.multiscale import config_for  # noqa: E402
+from msde_ppl.models.training import (  # noqa: E402
+    FittedModel,
+    TrainConfig,
+    fit_progressive,
+    training_setup,
+)
+from msde_ppl.predict.forecast import forecast, forecast_metrics  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+REFERENCE_STEP_S = 0.110  # reference PyTorch code, this CPU (issue text)
+REFERENCE_EVAL_S = (96.0, 118.0)  # its forecast evaluation of one test trajectory
+REFERENCE_TTA_S = 15 * 60.0  # its time to 0.040 on Burgers 1D
+
+
+def load_note() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def reference_config(fine_shape, **overrides):
+    """The reference's Burgers 1D sizes with its CNN micro codec."""
+    return config_for("burgers_1d", fine_shape, n_micro=5, encoder="cnn", decoder="cnn",
+                      **overrides)
+
+
+# ----------------------------------------------------------------------------- step time
+def time_steps(ds, config, train: TrainConfig, repeats: int) -> dict:
+    """Compile time, per-step median and spread, XLA FLOPs of one step, recompilation check."""
+    setup = training_setup(ds, config, train)
+    key_init, key_batch, key_run = jax.random.split(jax.random.key(0), 3)
+    example = setup.batch_fn(key_batch, jnp.zeros((), jnp.int32))
+    problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
+                          example, beta_schedule=setup.beta_schedule)
+    state = state._replace(rng_key=key_run)
+
+    one_step = jax.jit(lambda st, batch: step(problem, st, batch))
+    start = time.perf_counter()
+    compiled = one_step.lower(state, example).compile()
+    step_compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan")))
+
+    traces: list = []
+    run = make_chunk_runner(problem, setup.batch_fn, train.chunk_size, traces, setup.loop)
+    n = jnp.asarray(train.chunk_size)
+    start = time.perf_counter()
+    state, *_ = run(state, n)
+    jax.block_until_ready(state.params)
+    first_chunk_s = time.perf_counter() - start
+    per_step = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, *_ = run(state, n)
+        jax.block_until_ready(state.params)
+        per_step.append((time.perf_counter() - start) / train.chunk_size)
+    median = float(np.median(per_step))
+    return {
+        "step_median_s": median,
+        "step_p10_s": float(np.percentile(per_step, 10)),
+        "step_p90_s": float(np.percentile(per_step, 90)),
+        "steps_timed": repeats * train.chunk_size,
+        "chunk_size": train.chunk_size,
+        "flops_per_step": flops,
+        "gflops_per_s": flops / median / 1e9,
+        "compile_s": first_chunk_s - median * train.chunk_size,
+        "single_step_compile_s": step_compile_s,
+        "traces": len(traces),
+        "jit_cache_size": int(run.cache_size()),
+        "loop": setup.loop,
+        "snapshots_per_step": train.window * train.windows_per_step,
+    }
+
+
+def section_reference(ds, args) -> dict:
+    fine = ds["u"].shape[2:]
+    repeats = 5 if args.quick else 20
+    ref = time_steps(ds, reference_config(fine),
+                     TrainConfig(window=128, windows_per_step=1, chunk_size=10), repeats)
+    ref["speedup_vs_reference"] = REFERENCE_STEP_S / ref["step_median_s"]
+    ours = time_steps(ds, config_for("burgers_1d", fine, n_micro=5),
+                      TrainConfig(window=64, windows_per_step=4, chunk_size=20), repeats)
+    print(f"reference config: {json.dumps(ref)}\ndefault config: {json.dumps(ours)}", flush=True)
+    return {"reference_config": ref, "default_config": ours, "load": load_note()}
+
+
+# ----------------------------------------------------------------------------- scaling
+def tiled_dataset(ds, n_snapshots: int):
+    """One training trajectory of ``n_snapshots`` snapshots, tiled from ``ds``'s first one."""
+    u = np.asarray(ds["u"].values[0], np.float32)
+    reps = -(-n_snapshots // u.shape[0])
+    tiled = np.concatenate([u] * reps)[:n_snapshots][None]
+    dt = float(ds["time"][1] - ds["time"][0])
+    return from_arrays(tiled, time=np.arange(n_snapshots) * dt, x=ds["x"].values,
+                       boundary=ds.attrs["boundary"], domain=ds.attrs["domain"])
+
+
+def section_scaling(ds, args) -> dict:
+    fine = ds["u"].shape[2:]
+    config = config_for("burgers_1d", fine, n_micro=5)
+    repeats = 3 if args.quick else 10
+    out: dict = {"length": [], "window": [], "windows_per_step": []}
+    lengths = (1_000, 10_000, 100_000)
+    for n in lengths:
+        r = time_steps(tiled_dataset(ds, n), config, TrainConfig(window=64, chunk_size=50),
+                       repeats)
+        out["length"].append({"snapshots": n, **r})
+        print(f"length {n}: {r['step_median_s'] * 1e3:.2f} ms", flush=True)
+    base = out["length"][0]["step_median_s"]
+    out["length_max_deviation"] = max(abs(r["step_median_s"] / base - 1) for r in out["length"])
+    for m in (16, 32, 64, 128, 256):
+        r = time_steps(ds, config, TrainConfig(window=m, chunk_size=50), repeats)
+        out["window"].append({"window": m, **r})
+        print(f"window {m}: {r['step_median_s'] * 1e3:.2f} ms", flush=True)
+    for b in (1, 2, 4, 8):
+        r = time_steps(ds, config, TrainConfig(window=64, windows_per_step=b, chunk_size=25),
+                       repeats)
+        out["windows_per_step"].append({"windows_per_step": b, **r})
+        print(f"windows/step {b}: {r['step_median_s'] * 1e3:.2f} ms", flush=True)
+    out["load"] = load_note()
+    return out
+
+
+# ----------------------------------------------------------------------------- accuracy
+def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_every: int,
+                     windows: int) -> tuple[dict, FittedModel]:
+    """Train stage 0 (K = 0) then stage 1 (K = 5), scoring the test forecast of the K = 5 model
+    every ``eval_every`` steps; stop once every threshold is met or the steps run out."""
+    eval_steps = int(ds.attrs["eval_steps"])
+    config = config_for(case, ds["u"].shape[2:], n_micro=5)
+    chunk = min(eval_every, 250)
+    stages = [(0, TrainConfig(steps=stage0, windows_per_step=windows, chunk_size=chunk)),
+              (5, TrainConfig(steps=stage1, windows_per_step=windows, chunk_size=chunk,
+                              warmup_steps=0))]
+    curve: list[dict] = []
+    stage0_wall = [0.0]
+
+    def score(fitted: FittedModel) -> None:
+        steps = len(fitted.losses)
+        if fitted.config.n_micro == 0:
+            if steps == stage0:
+                stage0_wall[0] = fitted.wall_time_s
+            return
+        if steps % eval_every:
+            return
+        fc = forecast(jax.random.key(1), fitted, ds, split="test", n_samples=64,
+                      n_steps=eval_steps)
+        metrics = forecast_metrics(fc, eval_steps)
+        point = {"steps": stage0 + steps, "train_wall_s": stage0_wall[0] + fitted.wall_time_s,
+                 "rel_l2": metrics["rel_l2_mean"], "rel_l2_clean": metrics["rel_l2_clean_mean"]}
+        curve.append(point)
+        print(f"{case} tta: {json.dumps(point)}", flush=True)
+
+    fits = fit_progressive(ds, config, stages, progress=False, callback=score)
+    result: dict = {"stage0_steps": stage0, "stage1_steps_max": stage1,
+                    "windows_per_step": windows, "window": 64, "curve": curve}
+    for threshold in thresholds:
+        hit = next((p for p in curve if p["rel_l2"] <= threshold), None)
+        result[f"time_to_{threshold}"] = None if hit is None else hit["train_wall_s"]
+        result[f"steps_to_{threshold}"] = None if hit is None else hit["steps"]
+    result["load"] = load_note()
+    return result, fits[-1]
+
+
+def section_accuracy(ds, args) -> tuple[dict, FittedModel]:
+    stage1 = 3000 if args.quick else args.burgers_steps
+    res, fitted = time_to_accuracy(ds, "burgers_1d", (0.040, 0.015), 1000 if args.quick else 2000,
+                                   stage1, args.eval_every, args.windows)
+    res["reference_time_to_0.04_s"] = REFERENCE_TTA_S
+    out = {"burgers_1d": res}
+    if args.kdv:
+        kdv = make_dataset("kdv_1d")
+        out["kdv_1d"], _ = time_to_accuracy(kdv, "kdv_1d", (0.042,), 4000, args.kdv_steps,
+                                            args.eval_every * 4, args.windows)
+    return out, fitted
+
+
+# ----------------------------------------------------------------------------- forecast
+def section_forecast(ds, fitted: FittedModel, args) -> dict:
+    from msde_ppl.models.multiscale import decode
+    from msde_ppl.models.training import fitted_networks, observations
+    from msde_ppl.predict.forecast import rollout
+
+    case = get_case(ds.attrs["case"])
+    y, times = observations(ds, "test")
+    n_out = y.shape[1]
+    dt = float(times[1] - times[0])
+    cfg = fitted.config
+    encoder, drift, decoder = fitted_networks(fitted)
+    s = 64
+
+    @jax.jit
+    def ensemble(key, y0):
+        """Encode, roll 64 paths over the horizon, decode: the forecast's mean and std."""
+        k_z, k_path = jax.random.split(key)
+        mean0, logvar0 = encoder(y0)
+        z0 = mean0 + jnp.exp(0.5 * logvar0) * jax.random.normal(k_z, (s, cfg.n_latent))
+        diffusion = jnp.broadcast_to(jnp.exp(fitted.params["diffusion_auto_loc"]),
+                                     (s, cfg.n_latent))
+        paths = rollout(k_path, drift, diffusion, z0, times[0], dt, n_out)
+        macro, micro = decode(encoder, decoder, cfg, paths)
+        var_macro = jnp.exp(fitted.params["obs_var_macro_auto_loc"])
+        var_micro = jnp.exp(fitted.params["obs_var_micro_auto_loc"])
+        mu = macro + (var_macro / (var_macro + var_micro))[:, None] * micro
+        return mu.mean(0), mu.std(0)
+
+    repeats = 3 if args.quick else 7
+    y0 = jnp.asarray(y[0, 0])
+
+    def median_time(fn) -> float:
+        jax.block_until_ready(fn())
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples))
+
+    ens_s = median_time(lambda: ensemble(jax.random.key(0), y0))
+    u0 = np.asarray(ds["u_clean"].isel(traj=0, time=0).values, np.float64)[None]
+    grid = case.spacing(u0.shape[1:])
+    fine_one_s = median_time(lambda: case.solve(u0, grid, case.times()[:n_out]))
+    fine_batch_s = median_time(lambda: case.solve(np.repeat(u0, s, 0), grid,
+                                                  case.times()[:n_out]))
+    start = time.perf_counter()
+    forecast(jax.random.key(2), fitted, ds, split="test", n_samples=s)
+    first_full = time.perf_counter() - start
+    full_s = median_time(lambda: forecast(jax.random.key(2), fitted, ds, split="test",
+                                          n_samples=s)["mean"].values)
+    out = {
+        "case": ds.attrs["case"], "paths": s, "snapshots": n_out, "fine_points": int(y[0, 0].size),
+        "ensemble_s": ens_s, "fine_solver_one_s": fine_one_s, "fine_solver_64_s": fine_batch_s,
+        "speedup_vs_one_fine_solve": fine_one_s / ens_s,
+        "speedup_vs_64_fine_solves": fine_batch_s / ens_s,
+        "forecast_full_s": full_s, "forecast_full_first_call_s": first_full,
+        "speedup_full_vs_reference_eval": REFERENCE_EVAL_S[0] / full_s,
+        "load": load_note(),
+    }
+    print(f"forecast: {json.dumps(out)}", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- memory
+CHILD = """
+import os, resource, sys, time
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import jax
+from msde_ppl.data import load
+from msde_ppl.models.training import TrainConfig, fit_multiscale, load_fitted, save_fitted
+from msde_ppl.models.multiscale import config_for
+from msde_ppl.predict.forecast import forecast
+what, data, run_dir = sys.argv[1:4]
+ds = load(data)
+if what == "fit":
+    cfg = config_for("burgers_1d", ds["u"].shape[2:], n_micro=5)
+    fitted = fit_multiscale(ds, cfg, TrainConfig(steps=500, windows_per_step=4), progress=False)
+    save_fitted(fitted, run_dir)
+elif what == "fit_reference":
+    cfg = config_for("burgers_1d", ds["u"].shape[2:], n_micro=5, encoder="cnn", decoder="cnn")
+    fit_multiscale(ds, cfg, TrainConfig(steps=200, window=128, chunk_size=50), progress=False)
+else:
+    forecast(jax.random.key(0), load_fitted(run_dir), ds, split="test", n_samples=64)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mib(what: str, data: Path, run_dir: Path) -> float:
+    """Peak resident memory (MiB) of a fresh process doing ``what``."""
+    done = subprocess.run([sys.executable, "-c", CHILD, what, str(data), str(run_dir)],
+                          check=True, capture_output=True, text=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def section_memory(ds, args) -> dict:
+    import tempfile
+
+    from msde_ppl.data import save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "burgers_1d.nc"
+        save(ds, data)
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        baseline = subprocess.run(
+            [sys.executable, "-c", "import resource, jax, msde_ppl.models.training, xarray;"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+            check=True, capture_output=True, text=True)
+        out = {
+            "import_baseline_mib": int(baseline.stdout.strip()) / 1024.0,
+            "fit_mib": peak_rss_mib("fit", data, run_dir),
+            "fit_reference_config_mib": peak_rss_mib("fit_reference", data, run_dir),
+            "forecast_mib": peak_rss_mib("forecast", data, run_dir),
+        }
+    print(f"memory: {json.dumps(out)}", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(res: dict) -> str:
+    lines = ["# Performance (Burgers 1D unless stated; medians)", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores. "
+             f"jax {jax.__version__}.", ""]
+    if "reference" in res:
+        r, d = res["reference"]["reference_config"], res["reference"]["default_config"]
+        lines += [
+            "## Training step", "",
+            "| configuration | snapshots/step | median step (s) | p10–p90 (s) | GFLOP/step | "
+            "GFLOP/s | compile (s) | traces | vs reference 0.110 s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, x in (("reference (CNN codec, M=128, 1 window)", r),
+                        ("ours (MLP codec, M=64, 4 windows)", d)):
+            lines.append(
+                f"| {name} | {x['snapshots_per_step']} | {x['step_median_s']:.4f} | "
+                f"{x['step_p10_s']:.4f}–{x['step_p90_s']:.4f} | {x['flops_per_step'] / 1e9:.2f} | "
+                f"{x['gflops_per_s']:.0f} | {x['compile_s']:.1f} | {x['traces']} | "
+                f"{REFERENCE_STEP_S / x['step_median_s']:.1f}x |")
+        lines += ["", f"({res['reference']['load']})", ""]
+    if "scaling" in res:
+        sc = res["scaling"]
+        lines += ["## Step time scaling (ours, MLP codec)", "",
+                  "| trajectory snapshots | median step (ms) |", "|---:|---:|"]
+        lines += [f"| {x['snapshots']} | {x['step_median_s'] * 1e3:.2f} |" for x in sc["length"]]
+        lines += ["", f"Max deviation from 10^3: {100 * sc['length_max_deviation']:.1f}%.", "",
+                  "| window M | median step (ms) | per snapshot (ms) |", "|---:|---:|---:|"]
+        lines += [f"| {x['window']} | {x['step_median_s'] * 1e3:.2f} | "
+                  f"{x['step_median_s'] * 1e3 / x['window']:.3f} |" for x in sc["window"]]
+        lines += ["", "| windows per step (M=64) | median step (ms) | per snapshot (ms) |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {x['windows_per_step']} | {x['step_median_s'] * 1e3:.2f} | "
+                  f"{x['step_median_s'] * 1e3 / x['snapshots_per_step']:.3f} |"
+                  for x in sc["windows_per_step"]]
+        lines += ["", f"({sc['load']})", ""]
+    if "accuracy" in res:
+        lines += ["## Time to accuracy (test split, rel-L2 vs noisy data)", "",
+                  "| case | target | training time (s) | steps | reference |",
+                  "|---|---|---|---|---|"]
+        for case, a in res["accuracy"].items():
+            for key in a:
+                if key.startswith("time_to_"):
+                    target = key.removeprefix("time_to_")
+                    t = a[key]
+                    ref = "~900 s" if case == "burgers_1d" and target == "0.04" else ""
+                    shown = "not reached" if t is None else f"{t:.0f}"
+                    lines.append(f"| {case} | {target} | {shown} | {a['steps_to_' + target]} | "
+                                 f"{ref} |")
+        for case, a in res["accuracy"].items():
+            final = a["curve"][-1] if a["curve"] else None
+            if final:
+                lines.append(f"\n{case}: last evaluated {final['rel_l2']:.4f} after "
+                             f"{final['steps']} steps, {final['train_wall_s']:.0f} s "
+                             f"({a['load']}).")
+        lines.append("")
+    if "forecast" in res:
+        f = res["forecast"]
+        lines += ["## Ensemble forecast vs fine solver", "",
+                  f"{f['paths']} paths, {f['snapshots']} snapshots, {f['fine_points']} fine points "
+                  f"({f['case']}).", "",
+                  "| what | seconds | speed-up of the ensemble |", "|---|---|---|",
+                  f"| ensemble (encode, roll, decode, mean/std) | {f['ensemble_s']:.3f} | |",
+                  f"| fine solver, 1 trajectory | {f['fine_solver_one_s']:.3f} | "
+                  f"{f['speedup_vs_one_fine_solve']:.1f}x |",
+                  f"| fine solver, 64 trajectories | {f['fine_solver_64_s']:.3f} | "
+                  f"{f['speedup_vs_64_fine_solves']:.1f}x |",
+                  f"| full `forecast()` (+ quantiles, CRPS, xarray) | {f['forecast_full_s']:.2f} | "
+                  f"{f['speedup_full_vs_reference_eval']:.0f}x faster than the reference's "
+                  "96–118 s |", "", f"({f['load']})", ""]
+    if "memory" in res:
+        m = res["memory"]
+        lines += ["## Peak memory (fresh process, ru_maxrss)", "", "| process | MiB |", "|---|---|",
+                  f"| import only | {m['import_baseline_mib']:.0f} |",
+                  f"| fit (ours, 500 steps) | {m['fit_mib']:.0f} |",
+                  f"| fit (reference config, 200 steps) | {m['fit_reference_config_mib']:.0f} |",
+                  f"| forecast (1 test trajectory, 64 paths) | {m['forecast_mib']:.0f} |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, short accuracy run")
+    parser.add_argument("--sections", nargs="+",
+                        default=["reference", "scaling", "accuracy", "forecast", "memory"])
+    parser.add_argument("--kdv", action="store_true", help="also KdV 1D's time to 0.042 (long)")
+    parser.add_argument("--burgers-steps", type=int, default=20000,
+                        help="maximum K=5 steps of the Burgers time-to-accuracy run")
+    parser.add_argument("--kdv-steps", type=int, default=60000)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--windows", type=int, default=4, help="windows of 64 per step (accuracy)")
+    parser.add_argument("--tag", default="perf")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    out_json = RESULTS / f"{args.tag}.json"
+    res: dict = json.loads(out_json.read_text()) if out_json.exists() else {}
+    res.setdefault("settings", {}).update({k: v for k, v in vars(args).items()})
+
+    ds = make_dataset("burgers_1d")
+    fitted = None
+
+    def save() -> None:
+        out_json.write_text(json.dumps(res, indent=2) + "\n")
+        (RESULTS / f"{args.tag}.md").write_text(markdown(res))
+
+    if "reference" in args.sections:
+        res["reference"] = section_reference(ds, args)
+        save()
+    if "scaling" in args.sections:
+        res["scaling"] = section_scaling(ds, args)
+        save()
+    if "accuracy" in args.sections or "forecast" in args.sections:
+        acc, fitted = section_accuracy(ds, args) if "accuracy" in args.sections else (None, None)
+        if acc is not None:
+            res["accuracy"] = acc
+            save()
+    if "forecast" in args.sections:
+        if fitted is None:  # a short fit: the forecast's cost does not depend on the weights
+            from msde_ppl.models.training import fit_multiscale
+            fitted = fit_multiscale(ds, config_for("burgers_1d", ds["u"].shape[2:], n_micro=5),
+                                    TrainConfig(steps=200), progress=False)
+        res["forecast"] = section_forecast(ds, fitted, args)
+        save()
+    if "memory" in args.sections:
+        res["memory"] = section_memory(ds, args)
+        save()
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
