@@ -350,7 +350,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     trace_counter: list | None = None,
-    callback: Callable[[dict[str, Array], np.ndarray], None] | None = None,
+    callback: Callable[[dict[str, Array], np.ndarray], bool | None] | None = None,
     loop: str = "scan",
 ) -> FitResult:
     """Run ``num_steps`` optimisation steps in jitted chunks of ``chunk_size``.
@@ -368,7 +368,8 @@ def fit(
         trace_counter: optional list; one item is appended each time the chunk is traced.
         loop: ``"scan"`` or ``"python"`` (see :func:`make_chunk_runner`).
         callback: optional ``callback(params, losses)`` run after every chunk with the
-            constrained parameters and all losses so far (e.g. validation, early figures).
+            constrained parameters and all losses so far (e.g. validation, early figures);
+            returning ``True`` stops the fit there (early stopping).
 
     Returns:
         :class:`FitResult` with constrained params, final state and all losses.
@@ -411,8 +412,8 @@ def fit(
                 save_checkpoint(checkpoint_path, state, losses)
             bar.update(int(done.sum()))
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
-            if callback is not None:
-                callback(problem.constrain(state.params), losses)
+            if callback is not None and callback(problem.constrain(state.params), losses) is True:
+                break
     finally:
         bar.close()
     return FitResult(problem.constrain(state.params), state, losses)

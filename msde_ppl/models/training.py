@@ -203,26 +203,27 @@ def fit_multiscale(
     progress: bool = True,
     checkpoint_path: str | Path | None = None,
     warm_start: WarmStart | None = None,
-    callback: Callable[[FittedModel], None] | None = None,
+    callback: Callable[[FittedModel], bool | None] | None = None,
 ) -> FittedModel:
     """Fit ``config`` to the training split of ``ds`` (see module docstring), from scratch or
     from ``warm_start``.
 
     ``callback(fitted_so_far)`` runs after every chunk of steps with the model fitted so far
     (its ``losses`` and ``wall_time_s`` up to that point); its own run time is not counted in
-    any wall time.
+    any wall time, and returning ``True`` stops the fit there.
     """
     setup = training_setup(ds, config, train, warm_start=warm_start)
     key_fit = jax.random.split(jax.random.key(train.seed))[1]
     spent = [0.0]
     timed_callback = None
     if callback is not None:
-        def timed_callback(params: dict, losses: np.ndarray) -> None:
+        def timed_callback(params: dict, losses: np.ndarray) -> bool | None:
             start_cb = time.perf_counter()
             so_far = FittedModel(config, setup.modules, jax.tree.map(np.asarray, params),
                                  np.asarray(losses), start_cb - start - spent[0])
-            callback(so_far)
+            stop = callback(so_far)
             spent[0] += time.perf_counter() - start_cb
+            return stop
 
     start = time.perf_counter()
     result = fit(key_fit, setup.model, setup.guide, setup.elbo, setup.optimizer, setup.batch_fn,
@@ -266,7 +267,7 @@ def fit_progressive(
     stages: list[tuple[int, TrainConfig]],
     *,
     progress: bool = True,
-    callback: Callable[[FittedModel], None] | None = None,
+    callback: Callable[[FittedModel], bool | None] | None = None,
 ) -> list[FittedModel]:
     """Fit with a growing micro dimension: ``stages = [(K_0, train_0), (K_1, train_1), ...]``,
     ``K`` non-decreasing; stage ``k`` starts from stage ``k - 1`` grown by

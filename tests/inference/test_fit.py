@@ -94,6 +94,13 @@ def test_python_loop_follows_the_scan_trajectory(problem, full_run):
         _run(problem, 5, loop="while")
 
 
+def test_callback_returning_true_stops_the_fit(problem, full_run):
+    full, _ = full_run
+    stopped = _run(problem, 20, callback=lambda params, losses: len(losses) >= 10)
+    assert int(stopped.state.step) == 10
+    np.testing.assert_array_equal(stopped.losses, full.losses[:10])
+
+
 def test_nan_in_data_stops_with_last_good_state(problem, partial_run):
     _, _, windows = problem
     clean = window_batches(windows, 2)
