@@ -22,7 +22,7 @@ Sections (``--sections``, default all):
   against the fine-grid solver over the same horizon (one trajectory, and 64 trajectories in one
   batch), compile excluded; the full :func:`~msde_ppl.predict.forecast` (which adds quantiles
   and CRPS in NumPy) is timed too.
-- ``memory``: peak resident memory (``ru_maxrss``) of a fit and of a forecast, each in a fresh
+- ``memory``: peak resident memory (``VmHWM``) of a fit and of a forecast, each in a fresh
   process.
 
 Writes ``benchmarks/results/perf.json`` and ``perf.md``. Timings are medians; the machine's load
@@ -178,7 +178,7 @@ def section_scaling(ds, args) -> dict:
 
 # ----------------------------------------------------------------------------- accuracy
 def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_every: int,
-                     windows: int) -> tuple[dict, FittedModel]:
+                     windows: int, split: str = "test") -> tuple[dict, FittedModel]:
     """Train stage 0 (K = 0) then stage 1 (K = 5), scoring the test forecast of the K = 5 model
     every ``eval_every`` steps; stop once every threshold is met or the steps run out (the
     recorded times are the first evaluations at or below each threshold)."""
@@ -200,7 +200,7 @@ def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_e
             return False
         if steps % eval_every:
             return False
-        fc = forecast(jax.random.key(1), fitted, ds, split="test", n_samples=64,
+        fc = forecast(jax.random.key(1), fitted, ds, split=split, n_samples=64,
                       n_steps=eval_steps)
         metrics = forecast_metrics(fc, eval_steps)
         point = {"steps": stage0 + steps, "train_wall_s": stage0_wall[0] + fitted.wall_time_s,
@@ -210,7 +210,7 @@ def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_e
         return point["rel_l2"] <= min(thresholds)
 
     fits = fit_progressive(ds, config, stages, progress=False, callback=score)
-    result: dict = {"stage0_steps": stage0, "stage1_steps_max": stage1,
+    result: dict = {"split": split, "stage0_steps": stage0, "stage1_steps_max": stage1,
                     "windows_per_step": windows, "window": 64, "curve": curve}
     for threshold in thresholds:
         hit = next((p for p in curve if p["rel_l2"] <= threshold), None)
@@ -223,13 +223,13 @@ def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_e
 def section_accuracy(ds, args) -> tuple[dict, FittedModel]:
     stage1 = 3000 if args.quick else args.burgers_steps
     res, fitted = time_to_accuracy(ds, "burgers_1d", (0.040, 0.015), 1000 if args.quick else 2000,
-                                   stage1, args.eval_every, args.windows)
+                                   stage1, args.eval_every, args.windows, args.tta_split)
     res["reference_time_to_0.04_s"] = REFERENCE_TTA_S
     out = {"burgers_1d": res}
     if args.kdv:
         kdv = make_dataset("kdv_1d")
         out["kdv_1d"], _ = time_to_accuracy(kdv, "kdv_1d", (0.042,), 4000, args.kdv_steps,
-                                            args.eval_every * 4, args.windows)
+                                            args.eval_every * 4, args.windows, args.tta_split)
     return out, fitted
 
 
@@ -299,8 +299,16 @@ def section_forecast(ds, fitted: FittedModel, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- memory
-CHILD = """
-import os, resource, sys, time
+PEAK = """
+def _peak_kib():
+    # VmHWM: this process's peak resident set (ru_maxrss would also count the parent's peak,
+    # which Linux carries across fork + exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+"""
+CHILD = PEAK + """
+import os, sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import jax
 from msde_ppl.data import load
@@ -318,7 +326,7 @@ elif what == "fit_reference":
     fit_multiscale(ds, cfg, TrainConfig(steps=200, window=128, chunk_size=50), progress=False)
 else:
     forecast(jax.random.key(0), load_fitted(run_dir), ds, split="test", n_samples=64)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(_peak_kib())
 """
 
 
@@ -340,9 +348,8 @@ def section_memory(ds, args) -> dict:
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
         baseline = subprocess.run(
-            [sys.executable, "-c", "import resource, jax, msde_ppl.models.training, xarray;"
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-            check=True, capture_output=True, text=True)
+            [sys.executable, "-c", PEAK + "import jax, msde_ppl.models.training, xarray\n"
+             "print(_peak_kib())"], check=True, capture_output=True, text=True)
         out = {
             "import_baseline_mib": int(baseline.stdout.strip()) / 1024.0,
             "fit_mib": peak_rss_mib("fit", data, run_dir),
@@ -390,7 +397,8 @@ def markdown(res: dict) -> str:
                   for x in sc["windows_per_step"]]
         lines += ["", f"({sc['load']})", ""]
     if "accuracy" in res:
-        lines += ["## Time to accuracy (test split, rel-L2 vs noisy data)", "",
+        split = next(iter(res["accuracy"].values())).get("split", "test")
+        lines += [f"## Time to accuracy ({split} split, rel-L2 vs noisy data)", "",
                   "| case | target | training time (s) | steps | reference |",
                   "|---|---|---|---|---|"]
         for case, a in res["accuracy"].items():
@@ -410,22 +418,21 @@ def markdown(res: dict) -> str:
                              f"({a['load']}).")
         lines.append("")
     if "forecast" in res:
-        f = res["forecast"]
-        lines += ["## Ensemble forecast vs fine solver", "",
-                  f"{f['paths']} paths, {f['snapshots']} snapshots, {f['fine_points']} fine points "
-                  f"({f['case']}).", "",
-                  "| what | seconds | speed-up of the ensemble |", "|---|---|---|",
-                  f"| ensemble (encode, roll, decode, mean/std) | {f['ensemble_s']:.3f} | |",
-                  f"| fine solver, 1 trajectory | {f['fine_solver_one_s']:.3f} | "
-                  f"{f['speedup_vs_one_fine_solve']:.1f}x |",
-                  f"| fine solver, 64 trajectories | {f['fine_solver_64_s']:.3f} | "
-                  f"{f['speedup_vs_64_fine_solves']:.1f}x |",
-                  f"| full `forecast()` (+ quantiles, CRPS, xarray) | {f['forecast_full_s']:.2f} | "
-                  f"{f['speedup_full_vs_reference_eval']:.0f}x faster than the reference's "
-                  "96–118 s |", "", f"({f['load']})", ""]
+        lines += ["## Ensemble forecast vs fine solver (one test trajectory, whole horizon)", "",
+                  "| case | snapshots x fine points | ensemble of 64 (s) | fine solver, 1 (s) | "
+                  "fine solver, 64 (s) | ensemble speed-up vs 1 / vs 64 | full `forecast()` (s) "
+                  "| vs reference's 96–118 s |", "|---|---|---|---|---|---|---|---|"]
+        for case, f in res["forecast"].items():
+            lines.append(
+                f"| {case} | {f['snapshots']} x {f['fine_points']} | {f['ensemble_s']:.3f} | "
+                f"{f['fine_solver_one_s']:.3f} | {f['fine_solver_64_s']:.3f} | "
+                f"{f['speedup_vs_one_fine_solve']:.2f}x / {f['speedup_vs_64_fine_solves']:.2f}x | "
+                f"{f['forecast_full_s']:.2f} | {f['speedup_full_vs_reference_eval']:.0f}x |")
+        lines += ["", "Ensemble: encode, roll 64 paths, decode to the fine grid, mean and std. "
+                  "Full `forecast()` adds quantiles, CRPS and the xarray output.", ""]
     if "memory" in res:
         m = res["memory"]
-        lines += ["## Peak memory (fresh process, ru_maxrss)", "", "| process | MiB |", "|---|---|",
+        lines += ["## Peak memory (fresh process, VmHWM)", "", "| process | MiB |", "|---|---|",
                   f"| import only | {m['import_baseline_mib']:.0f} |",
                   f"| fit (ours, 500 steps) | {m['fit_mib']:.0f} |",
                   f"| fit (reference config, 200 steps) | {m['fit_reference_config_mib']:.0f} |",
@@ -444,6 +451,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kdv-steps", type=int, default=60000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--windows", type=int, default=4, help="windows of 64 per step (accuracy)")
+    parser.add_argument("--tta-split", default="test", choices=["val", "test"],
+                        help="split scored by the time-to-accuracy runs (val to choose a recipe)")
     parser.add_argument("--tag", default="perf")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
@@ -470,12 +479,18 @@ def main(argv: list[str] | None = None) -> None:
             res["accuracy"] = acc
             save()
     if "forecast" in args.sections:
-        if fitted is None:  # a short fit: the forecast's cost does not depend on the weights
-            from msde_ppl.models.training import fit_multiscale
-            fitted = fit_multiscale(ds, config_for("burgers_1d", ds["u"].shape[2:], n_micro=5),
-                                    TrainConfig(steps=200), progress=False)
-        res["forecast"] = section_forecast(ds, fitted, args)
-        save()
+        from msde_ppl.models.training import fit_multiscale
+
+        res["forecast"] = {}
+        for case in ("burgers_1d", "kdv_1d"):
+            case_ds = ds if case == "burgers_1d" else make_dataset(case)
+            case_fit = fitted if case == "burgers_1d" else None
+            if case_fit is None:  # a short fit: the forecast's cost does not depend on weights
+                case_fit = fit_multiscale(case_ds,
+                                          config_for(case, case_ds["u"].shape[2:], n_micro=5),
+                                          TrainConfig(steps=200), progress=False)
+            res["forecast"][case] = section_forecast(case_ds, case_fit, args)
+            save()
     if "memory" in args.sections:
         res["memory"] = section_memory(ds, args)
         save()

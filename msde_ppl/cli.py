@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    fit.add_argument("--codec", choices=["mlp", "cnn"], default="mlp",
+                     help="micro encoder/decoder networks: 'mlp' (default, cheap) or 'cnn' "
+                     "(the reference's strided convolutional stacks; 1D grids, length "
+                     "divisible by 8)")
     fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     fit.add_argument("--out", required=True, type=Path, help="run directory to create")
     fit.set_defaults(handler=cmd_fit)
@@ -283,13 +287,13 @@ def _new_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _fit_models(ds, case, coarse, n_micro, stages) -> list:
+def _fit_models(ds, case, coarse, n_micro, stages, codec: str = "mlp") -> list:
     """Fit ``stages = [(K, TrainConfig), ...]`` (progressively when more than one)."""
     from msde_ppl.models.multiscale import config_for
     from msde_ppl.models.training import fit_progressive
 
     config = config_for(case, grid_shape(ds), coarse, n_micro=n_micro,
-                        n_channels=ds.sizes.get("field", 1))
+                        n_channels=ds.sizes.get("field", 1), encoder=codec, decoder=codec)
     return fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
 
 
@@ -320,6 +324,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise FileExistsError(f"run directory {args.out} already exists; choose another --out")
     if args.window < 2:
         raise ValueError(f"--window must be at least 2, got {args.window}")
+    if args.codec == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
+        raise ValueError(f"--codec cnn needs a 1D grid of length divisible by 8, got "
+                         f"{tuple(grid_shape(ds))}")
     if ds.sizes["time"] < args.window:
         raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
                          "snapshots per trajectory")
@@ -331,7 +338,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         rest = dataclasses.replace(train, steps=args.steps - first.steps, warmup_steps=0)
         stages = [(0, first), (args.micro, rest)]
     out = _new_dir(args.out, "run directory")
-    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages)
+    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages, args.codec)
     save_fitted(fits[-1], out, train)
     wall = sum(f.wall_time_s for f in fits)
     print(f"fitted {args.steps} steps in {wall:.0f} s; final loss "

@@ -84,10 +84,12 @@ def user_data(tmp_path_factory):
 
 def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
+    # the reference's CNN codec here (msde run covers the default MLP codec)
     fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
-                  "20", "--window", "16", "--out", str(run_dir))
+                  "20", "--window", "16", "--codec", "cnn", "--out", str(run_dir))
     assert fit.returncode == 0, fit.stderr
     assert (run_dir / "params.pkl").is_file() and (run_dir / "config.json").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["model"]["encoder"] == "cnn"
     fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "8", "--out",
                  str(out_dir))
     assert fc.returncode == 0, fc.stderr

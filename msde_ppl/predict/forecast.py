@@ -19,6 +19,7 @@ draw :math:`\mu_y + \sigma_y\varepsilon` per member.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +85,61 @@ def rollout(
     return jnp.concatenate([z0[None], path], axis=0).swapaxes(0, 1)
 
 
+_DECODE_BLOCK = 32  # snapshots decoded at a time
+
+
+@partial(jax.jit, static_argnames=("config", "n_samples", "n_out", "substeps"))
+def _trajectory_ensemble(key, y_traj, *, t0, dt, networks, params, config, n_samples, n_out,
+                         substeps):
+    """Predictive draws ``(T', S, C, *fine)`` (``T' >= T``: the horizon padded to whole decode
+    blocks) and ensemble summaries of one trajectory (module docstring, steps 1-3).
+
+    Jitted once per model size and horizon: later trajectories and later calls with the same
+    sizes reuse the compiled program. Snapshots are decoded ``_DECODE_BLOCK`` at a time, so the
+    only full-horizon fine-grid array is the output."""
+    cfg = config
+    encoder, drift, decoder = networks
+    field_shape = (1,) * (1 + len(cfg.fine_shape))
+    k_z0, k_glob, k_path, k_obs = jax.random.split(key, 4)
+    mean0, logvar0 = encoder(y_traj[0])
+    eps = jax.random.normal(k_z0, (n_samples, cfg.n_latent))
+    z0 = mean0[None] + jnp.exp(0.5 * logvar0)[None] * eps
+    k_diff, k_vm, k_vmu = jax.random.split(k_glob, 3)
+    diffusion = _posterior_draws(k_diff, params, "diffusion", n_samples)
+    paths = rollout(k_path, drift, diffusion, z0, t0, dt, n_out, substeps)  # (S, T, n_z)
+    var_macro = _posterior_draws(k_vm, params, "obs_var_macro", n_samples)
+    var_macro = var_macro.reshape(n_samples, 1, cfg.n_channels, *field_shape[1:])
+    var_micro = None
+    if decoder is not None:
+        var_micro = _posterior_draws(k_vmu, params, "obs_var_micro", n_samples)
+        var_micro = var_micro.reshape(var_macro.shape)
+
+    def decode_block(args):
+        """Decode ``block`` times of every member: draws ``(block, S, C, *fine)`` and the
+        ensemble summaries (decoding by blocks bounds the memory to one output array)."""
+        z_block, key_block = args  # (S, block, n_z)
+        macro, micro = decode(encoder, decoder, cfg, z_block)  # (S, block, C, *fine)
+        if micro is None:
+            var_y, micro_part = var_macro, jnp.zeros_like(macro)
+        else:
+            var_y = 1.0 / (1.0 / var_macro + 1.0 / var_micro)
+            micro_part = var_macro / (var_macro + var_micro) * micro
+        mu = macro + micro_part
+        draws = mu + jnp.sqrt(var_y) * jax.random.normal(key_block, mu.shape)
+        std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var_y, mu.shape).mean(0))
+        return jnp.swapaxes(draws, 0, 1), dict(mean=mu.mean(0), std=std, macro=macro.mean(0),
+                                               micro=micro_part.mean(0))
+
+    n_blocks = -(-n_out // _DECODE_BLOCK)
+    padded = jnp.pad(paths, ((0, 0), (0, n_blocks * _DECODE_BLOCK - n_out), (0, 0)), mode="edge")
+    blocks = padded.reshape(n_samples, n_blocks, _DECODE_BLOCK, -1).swapaxes(0, 1)
+    draws, summary = lax.map(decode_block, (blocks, jax.random.split(k_obs, n_blocks)))
+    merge = lambda a: a.reshape(n_blocks * _DECODE_BLOCK, *a.shape[2:])  # noqa: E731
+    summary = {k: merge(v)[:n_out] for k, v in summary.items()}
+    summary.update(latent_mean=paths.mean(0), latent_std=paths.std(0))
+    return merge(draws), summary
+
+
 def forecast(
     rng_key: jax.Array,
     fitted: FittedModel,
@@ -112,51 +168,30 @@ def forecast(
         ``crps`` (per trajectory and time, against the noisy data), and ``latent_mean``,
         ``latent_std`` (``traj, time, latent``).
     """
-    cfg, params = fitted.config, fitted.params
+    cfg = fitted.config
     y, times = observations(ds, split)
     if n_steps is not None:
         y, times = y[:, :n_steps], times[:n_steps]
     n_out = y.shape[1]
     dt = float(times[1] - times[0])
-    encoder, drift, decoder = fitted_networks(fitted)
-    field_shape = (1,) * (1 + len(cfg.fine_shape))
-
-    @jax.jit
-    def one_trajectory(key, y_traj):
-        k_z0, k_glob, k_path, k_obs = jax.random.split(key, 4)
-        mean0, logvar0 = encoder(y_traj[0])
-        eps = jax.random.normal(k_z0, (n_samples, cfg.n_latent))
-        z0 = mean0[None] + jnp.exp(0.5 * logvar0)[None] * eps
-        k_diff, k_vm, k_vmu = jax.random.split(k_glob, 3)
-        diffusion = _posterior_draws(k_diff, params, "diffusion", n_samples)
-        paths = rollout(k_path, drift, diffusion, z0, times[0], dt, n_out, substeps)
-        var_macro = _posterior_draws(k_vm, params, "obs_var_macro", n_samples)
-        var_macro = var_macro.reshape(n_samples, 1, cfg.n_channels, *field_shape[1:])
-        macro, micro = decode(encoder, decoder, cfg, paths)  # (S, T, C, *fine)
-        if micro is None:
-            var_y, micro_part = var_macro, jnp.zeros_like(macro)
-        else:
-            var_micro = _posterior_draws(k_vmu, params, "obs_var_micro", n_samples)
-            var_micro = var_micro.reshape(var_macro.shape)
-            var_y = 1.0 / (1.0 / var_macro + 1.0 / var_micro)
-            micro_part = var_macro / (var_macro + var_micro) * micro
-        mu = macro + micro_part
-        draws = mu + jnp.sqrt(var_y) * jax.random.normal(k_obs, mu.shape)
-        mean = mu.mean(0)
-        std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var_y, mu.shape).mean(0))
-        return draws, dict(mean=mean, std=std, macro=macro.mean(0), micro=micro_part.mean(0),
-                           latent_mean=paths.mean(0), latent_std=paths.std(0))
+    networks = jax.tree.map(jnp.asarray, fitted_networks(fitted))  # one jit signature
+    global_params = {k: jnp.asarray(v) for k, v in fitted.params.items()
+                     if k.endswith(("_auto_loc", "_auto_scale"))}
+    one_trajectory = partial(_trajectory_ensemble, t0=jnp.float32(times[0]), dt=jnp.float32(dt),
+                             networks=networks, params=global_params, config=cfg,
+                             n_samples=n_samples, n_out=n_out, substeps=substeps)
 
     keys = jax.random.split(rng_key, y.shape[0])
     parts = []
     for key, y_traj in zip(keys, y, strict=True):
         draws, summary = one_trajectory(key, jnp.asarray(y_traj))
         summary = jax.tree.map(np.asarray, summary)
-        summary.update(_sample_statistics(np.asarray(draws), y_traj))
+        draws = np.asarray(draws)[:n_out]  # (T, S, C, *fine)
+        summary.update(_sample_statistics(draws, y_traj))
         if levels is not None:
-            summary.update(_interval_bounds(np.asarray(draws), levels))
+            summary.update(_interval_bounds(draws, levels))
         if return_samples:
-            summary["samples"] = np.asarray(draws)
+            summary["samples"] = np.moveaxis(draws, 1, 0)
         parts.append(summary)
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     result = _as_dataset(out, ds, split, n_out)
@@ -166,16 +201,16 @@ def forecast(
 
 
 def _interval_bounds(draws: np.ndarray, levels: Sequence[float], block: int = 64) -> dict:
-    """Central-interval bounds ``(level, T, ...)`` of predictive draws ``(S, T, ...)``."""
+    """Central-interval bounds ``(level, T, ...)`` of predictive draws ``(T, S, ...)``."""
     probs = np.asarray(levels, np.float64)
     if probs.ndim != 1 or np.any((probs <= 0) | (probs >= 1)):
         raise ValueError(f"levels must be probabilities in (0, 1), got {levels}")
-    lower = np.empty((len(probs), *draws.shape[1:]), draws.dtype)
+    lower = np.empty((len(probs), draws.shape[0], *draws.shape[2:]), draws.dtype)
     upper = np.empty_like(lower)
-    for start in range(0, draws.shape[1], block):
-        chunk = draws[:, start : start + block]
-        lower[:, start : start + block] = np.quantile(chunk, (1 - probs) / 2, axis=0)
-        upper[:, start : start + block] = np.quantile(chunk, (1 + probs) / 2, axis=0)
+    for start in range(0, draws.shape[0], block):
+        chunk = draws[start : start + block]
+        lower[:, start : start + block] = np.quantile(chunk, (1 - probs) / 2, axis=1)
+        upper[:, start : start + block] = np.quantile(chunk, (1 + probs) / 2, axis=1)
     return {"lower": lower, "upper": upper}
 
 
@@ -200,16 +235,16 @@ def _add_optional(result: xr.Dataset, out: dict, levels: Sequence[float] | None)
 
 def _sample_statistics(draws: np.ndarray, obs: np.ndarray, block: int = 64) -> dict:
     """5% and 95% quantiles (linear interpolation) and the fair ensemble CRPS per time, from
-    predictive draws ``(S, T, ...)``; sorted in NumPy by blocks of times (XLA's CPU sort is
+    predictive draws ``(T, S, ...)``; sorted in NumPy by blocks of times (XLA's CPU sort is
     several times slower, and blocks bound the memory)."""
-    n = draws.shape[0]
+    n = draws.shape[1]
     pos = np.array([0.05, 0.95]) * (n - 1)
     lo, frac = np.floor(pos).astype(int), pos - np.floor(pos)
     weights = (2 * np.arange(n) - n + 1).astype(np.float64)
-    q = np.empty((2, *draws.shape[1:]), draws.dtype)
-    crps = np.empty(draws.shape[1])
-    for start in range(0, draws.shape[1], block):
-        chunk = np.sort(np.moveaxis(draws[:, start : start + block], 0, -1), axis=-1)
+    q = np.empty((2, draws.shape[0], *draws.shape[2:]), draws.dtype)
+    crps = np.empty(draws.shape[0])
+    for start in range(0, draws.shape[0], block):
+        chunk = np.sort(np.moveaxis(draws[start : start + block], 1, -1), axis=-1)
         hi = np.minimum(lo + 1, n - 1)
         for j in range(2):
             q[j, start : start + block] = ((1 - frac[j]) * chunk[..., lo[j]]

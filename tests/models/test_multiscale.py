@@ -24,7 +24,13 @@ from msde_ppl.models.training import (
     make_model,
     save_fitted,
 )
-from msde_ppl.predict.forecast import _sample_statistics, forecast, forecast_metrics, rollout
+from msde_ppl.predict.forecast import (
+    _sample_statistics,
+    _trajectory_ensemble,
+    forecast,
+    forecast_metrics,
+    rollout,
+)
 
 TINY = MultiscaleConfig(fine_shape=(64,), coarse_shape=(8,), n_micro=2, macro_hidden=(16, 16),
                         micro_hidden=(16,), codec_hidden=(16,))
@@ -117,11 +123,13 @@ def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
     for key in ("rel_l2_mean", "rel_l2_clean_mean", "crps", "coverage_90"):
         assert np.isfinite(metrics[key])
     assert 0.0 <= metrics["coverage_90"] <= 1.0
-    # a saved and reloaded model forecasts identically
+    # a saved and reloaded model forecasts identically, without compiling again
+    compiled = _trajectory_ensemble._cache_size()
     save_fitted(fitted, tmp_path, TRAIN)
     again = forecast(jax.random.key(0), load_fitted(tmp_path), tiny_data, split="test",
                      n_samples=16)
     np.testing.assert_allclose(again["mean"], fc["mean"], rtol=1e-5, atol=1e-6)
+    assert _trajectory_ensemble._cache_size() == compiled
 
 
 @pytest.mark.slow  # ~20 s; the exact surgery check above is the fast version
@@ -149,7 +157,7 @@ def test_rollout_matches_ou_moments(rng_key):
 
 def test_ensemble_statistics_match_gaussian_closed_forms(np_rng):
     mu, sigma, y = 0.3, 0.7, np.array([[0.0, 1.0, -1.5]])
-    draws = mu + sigma * np.asarray(np_rng.normal(size=(20000, 1, 3)), np.float32)
+    draws = mu + sigma * np.asarray(np_rng.normal(size=(1, 20000, 3)), np.float32)  # (T, S, x)
     stats_ = _sample_statistics(draws, y, block=1)
     z = (y - mu) / sigma
     exact = sigma * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
