@@ -18,7 +18,8 @@ Sections (``--sections``, default all):
   the reference measures it) is scored every ``--eval-every`` steps; evaluation time is excluded
   from the training wall time. Reports the first training time at which rel-L2 <= 0.040 and
   <= 0.015. ``--kdv`` adds KdV 1D's time to 0.042 (long).
-- ``forecast``: ensemble forecast (64 paths, the whole test horizon, decoded to the fine grid)
+- ``forecast``: ensemble forecast (64 paths, the whole test horizon, decoded to the fine grid,
+  one predictive draw per path: the compiled part of :func:`~msde_ppl.predict.forecast`)
   against the fine-grid solver over the same horizon (one trajectory, and 64 trajectories in one
   batch), compile excluded; the full :func:`~msde_ppl.predict.forecast` (which adds quantiles
   and CRPS in NumPy) is timed too.
@@ -248,35 +249,17 @@ def section_accuracy(ds, args) -> tuple[dict, FittedModel]:
 
 # ----------------------------------------------------------------------------- forecast
 def section_forecast(ds, fitted: FittedModel, args) -> dict:
-    from msde_ppl.models.multiscale import decode
-    from msde_ppl.models.training import fitted_networks, observations
-    from msde_ppl.predict.forecast import rollout
+    from msde_ppl.models.training import observations
+    from msde_ppl.predict.forecast import trajectory_ensemble
 
     case = get_case(ds.attrs["case"])
     y, times = observations(ds, "test")
     n_out = y.shape[1]
-    dt = float(times[1] - times[0])
-    cfg = fitted.config
-    encoder, drift, decoder = fitted_networks(fitted)
     s = 64
-
-    @jax.jit
-    def ensemble(key, y0):
-        """Encode, roll 64 paths over the horizon, decode: the forecast's mean and std."""
-        k_z, k_path = jax.random.split(key)
-        mean0, logvar0 = encoder(y0)
-        z0 = mean0 + jnp.exp(0.5 * logvar0) * jax.random.normal(k_z, (s, cfg.n_latent))
-        diffusion = jnp.broadcast_to(jnp.exp(fitted.params["diffusion_auto_loc"]),
-                                     (s, cfg.n_latent))
-        paths = rollout(k_path, drift, diffusion, z0, times[0], dt, n_out)
-        macro, micro = decode(encoder, decoder, cfg, paths)
-        var_macro = jnp.exp(fitted.params["obs_var_macro_auto_loc"])
-        var_micro = jnp.exp(fitted.params["obs_var_micro_auto_loc"])
-        mu = macro + (var_macro / (var_macro + var_micro))[:, None] * micro
-        return mu.mean(0), mu.std(0)
+    ensemble = trajectory_ensemble(fitted, times, s)  # what forecast() runs per trajectory
 
     repeats = 3 if args.quick else 7
-    y0 = jnp.asarray(y[0, 0])
+    y_traj = jnp.asarray(y[0])
 
     def median_time(fn) -> float:
         jax.block_until_ready(fn())
@@ -287,7 +270,7 @@ def section_forecast(ds, fitted: FittedModel, args) -> dict:
             samples.append(time.perf_counter() - start)
         return float(np.median(samples))
 
-    ens_s = median_time(lambda: ensemble(jax.random.key(0), y0))
+    ens_s = median_time(lambda: ensemble(jax.random.key(0), y_traj))
     u0 = np.asarray(ds["u_clean"].isel(traj=0, time=0).values, np.float64)[None]
     grid = case.spacing(u0.shape[1:])
     fine_one_s = median_time(lambda: case.solve(u0, grid, case.times()[:n_out]))
@@ -448,7 +431,8 @@ def markdown(res: dict) -> str:
                 f"{f['speedup_vs_one_fine_solve']:.2f}x / {f['speedup_vs_64_fine_solves']:.2f}x | "
                 f"{f['forecast_full_s'] / f['test_trajectories']:.2f} | "
                 f"{f['speedup_full_vs_reference_eval']:.0f}x |")
-        lines += ["", "Ensemble: encode, roll 64 paths, decode to the fine grid, mean and std. "
+        lines += ["", "Ensemble: encode, roll 64 paths, decode to the fine grid, one predictive "
+                  "draw per path, mean and std. "
                   "Full `forecast()` adds quantiles, CRPS and the xarray output.", ""]
     if "memory" in res:
         m = res["memory"]

@@ -65,24 +65,27 @@ class CircularConv1d(eqx.Module):
         self.bias = jnp.zeros((out_channels,))
         self.stride = stride
 
+    def _phase_offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per tap ``k``: phase offset ``q`` and phase ``r`` with ``k - p = s q + r``."""
+        k = self.weight.shape[-1]
+        offset = np.arange(k) - (k - 1) // 2
+        return offset // self.stride, offset % self.stride
+
     def phase_weight(self) -> Float[Array, "C_out sC_in J"]:
         """Weights of the equivalent stride-1 correlation over the input phases."""
         c_out, c_in, k = self.weight.shape
-        s = self.stride
-        offset = np.arange(k) - (k - 1) // 2
-        q, r = offset // s, offset % s
-        select = np.zeros((k, s, q.max() - q.min() + 1), np.float32)
+        q, r = self._phase_offsets()
+        select = np.zeros((k, self.stride, q.max() - q.min() + 1), np.float32)
         select[np.arange(k), r, q - q.min()] = 1.0
         phased = jnp.einsum("oik,ksj->osij", self.weight, select)
-        return phased.reshape(c_out, s * c_in, -1)
+        return phased.reshape(c_out, self.stride * c_in, -1)
 
     def __call__(self, x: Float[Array, "C_in L"]) -> Float[Array, "C_out L_out"]:
         c_in, length = x.shape
-        s, k = self.stride, self.weight.shape[-1]
+        s = self.stride
         if length % s:
             raise ValueError(f"input length {length} is not a multiple of the stride {s}")
-        offset = np.arange(k) - (k - 1) // 2
-        q = offset // s
+        q, _ = self._phase_offsets()
         phases = x.reshape(c_in, length // s, s).transpose(2, 0, 1).reshape(s * c_in, -1)
         padded = jnp.pad(phases, ((0, 0), (-q.min(), q.max())), mode="wrap")
         return _conv(padded, self.phase_weight()) + self.bias[:, None]

@@ -302,15 +302,18 @@ def make_chunk_runner(
         jitted_step = jax.jit(one_step)
 
         def run_python(state: FitState, n_active: Array):
-            failed = jnp.zeros((), bool)
-            n = int(n_active)
+            """Only the ``n_active`` steps run; the rest of the chunk is reported inactive."""
+            failed, active = jnp.zeros((), bool), jnp.ones((), bool)
             infos, actives = [], []
-            for i in range(chunk_size):
-                state, failed, info, active = jitted_step(state, jnp.asarray(i < n), failed)
+            for _ in range(int(n_active)):
+                state, failed, info, was_active = jitted_step(state, active, failed)
                 infos.append(info)
-                actives.append(active)
-            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *infos)
-            return state, stacked, jnp.stack(actives), failed
+                actives.append(was_active)
+            idle = chunk_size - len(infos)
+            stacked = jax.tree.map(lambda *xs: jnp.concatenate(
+                [jnp.stack(xs), jnp.zeros((idle, *xs[0].shape), xs[0].dtype)]), *infos)
+            return state, stacked, jnp.concatenate(
+                [jnp.stack(actives), jnp.zeros(idle, bool)]), failed
 
         run_python.cache_size = jitted_step._cache_size
         return run_python

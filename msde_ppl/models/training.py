@@ -141,6 +141,7 @@ class TrainingSetup(NamedTuple):
     beta_schedule: Callable | None
     batch_fn: Callable
     loop: str
+    fit_key: jax.Array
 
 
 def training_setup(
@@ -174,8 +175,9 @@ def training_setup(
         return constrain({"y": u[traj[:, None], idx], "times": t[idx]})
 
     n_windows = n_traj * max(1, (n_time - 1) // (m - 1))
+    key_modules, key_fit = jax.random.split(jax.random.key(train.seed))
     if warm_start is None:
-        modules = build_modules(config, key=jax.random.split(jax.random.key(train.seed))[0])
+        modules = build_modules(config, key=key_modules)
         model = make_model(config, modules, n_windows)
         guide = AutoAmortizedSDE(model, modules.encoder)
     else:
@@ -192,7 +194,7 @@ def training_setup(
     loop = train.loop
     if loop == "auto":
         loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
-    return TrainingSetup(modules, model, guide, elbo, optimizer, beta, batch_fn, loop)
+    return TrainingSetup(modules, model, guide, elbo, optimizer, beta, batch_fn, loop, key_fit)
 
 
 def fit_multiscale(
@@ -213,7 +215,6 @@ def fit_multiscale(
     any wall time, and returning ``True`` stops the fit there.
     """
     setup = training_setup(ds, config, train, warm_start=warm_start)
-    key_fit = jax.random.split(jax.random.key(train.seed))[1]
     spent = [0.0]
     timed_callback = None
     if callback is not None:
@@ -226,8 +227,8 @@ def fit_multiscale(
             return stop
 
     start = time.perf_counter()
-    result = fit(key_fit, setup.model, setup.guide, setup.elbo, setup.optimizer, setup.batch_fn,
-                 num_steps=train.steps, chunk_size=train.chunk_size,
+    result = fit(setup.fit_key, setup.model, setup.guide, setup.elbo, setup.optimizer,
+                 setup.batch_fn, num_steps=train.steps, chunk_size=train.chunk_size,
                  beta_schedule=setup.beta_schedule, checkpoint_path=checkpoint_path,
                  progress=progress, callback=timed_callback, loop=setup.loop)
     wall = time.perf_counter() - start - spent[0]
@@ -277,20 +278,15 @@ def fit_progressive(
 
     fitted: list[FittedModel] = []
     for i, (n_micro, train) in enumerate(stages):
-        if not fitted:
-            stage_config = dataclasses.replace(config, n_micro=n_micro)
-            result = fit_multiscale(ds, stage_config, train, progress=progress,
-                                    callback=callback)
-        else:
+        stage_config, warm = dataclasses.replace(config, n_micro=n_micro), None
+        if fitted:
             prev = fitted[-1]
-            old = fitted_networks(prev)
-            stage_config, modules = grow_modules(old, prev.config, n_micro,
+            stage_config, modules = grow_modules(fitted_networks(prev), prev.config, n_micro,
                                                  key=jax.random.key(train.seed + 1000 * i))
             warm = WarmStart(modules, fitted_kernel(prev.params),
                              grown_global_values(prev.params, prev.config, n_micro))
-            result = fit_multiscale(ds, stage_config, train, progress=progress, warm_start=warm,
-                                    callback=callback)
-        fitted.append(result)
+        fitted.append(fit_multiscale(ds, stage_config, train, progress=progress,
+                                     warm_start=warm, callback=callback))
     return fitted
 
 

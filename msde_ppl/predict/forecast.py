@@ -31,7 +31,7 @@ from msde_ppl.models.multiscale import decode
 from msde_ppl.models.training import FittedModel, fitted_networks, observations
 from msde_ppl.predict.metrics import pooled_relative_l2
 
-__all__ = ["forecast", "forecast_metrics", "rollout"]
+__all__ = ["forecast", "forecast_metrics", "rollout", "trajectory_ensemble"]
 
 
 def _posterior_draws(rng_key: jax.Array, params: dict, name: str, n: int) -> jax.Array:
@@ -140,6 +140,19 @@ def _trajectory_ensemble(key, y_traj, *, t0, dt, networks, params, config, n_sam
     return merge(draws), summary
 
 
+def trajectory_ensemble(fitted: FittedModel, times: np.ndarray, n_samples: int = 64,
+                        substeps: int = 1):
+    """``ensemble(key, y_traj) -> (draws, summary)``: the compiled per-trajectory forecast of
+    :func:`forecast` over ``times`` (``y_traj``: ``(T, C, *fine)``, draws ``(T', S, C, *fine)``)."""
+    networks = jax.tree.map(jnp.asarray, fitted_networks(fitted))  # one jit signature
+    global_params = {k: jnp.asarray(v) for k, v in fitted.params.items()
+                     if k.endswith(("_auto_loc", "_auto_scale"))}
+    return partial(_trajectory_ensemble, t0=jnp.float32(times[0]),
+                   dt=jnp.float32(times[1] - times[0]), networks=networks, params=global_params,
+                   config=fitted.config, n_samples=n_samples, n_out=len(times),
+                   substeps=substeps)
+
+
 def forecast(
     rng_key: jax.Array,
     fitted: FittedModel,
@@ -168,18 +181,11 @@ def forecast(
         ``crps`` (per trajectory and time, against the noisy data), and ``latent_mean``,
         ``latent_std`` (``traj, time, latent``).
     """
-    cfg = fitted.config
     y, times = observations(ds, split)
     if n_steps is not None:
         y, times = y[:, :n_steps], times[:n_steps]
     n_out = y.shape[1]
-    dt = float(times[1] - times[0])
-    networks = jax.tree.map(jnp.asarray, fitted_networks(fitted))  # one jit signature
-    global_params = {k: jnp.asarray(v) for k, v in fitted.params.items()
-                     if k.endswith(("_auto_loc", "_auto_scale"))}
-    one_trajectory = partial(_trajectory_ensemble, t0=jnp.float32(times[0]), dt=jnp.float32(dt),
-                             networks=networks, params=global_params, config=cfg,
-                             n_samples=n_samples, n_out=n_out, substeps=substeps)
+    one_trajectory = trajectory_ensemble(fitted, times, n_samples, substeps)
 
     keys = jax.random.split(rng_key, y.shape[0])
     parts = []
