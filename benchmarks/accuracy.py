@@ -23,7 +23,7 @@ import jax  # noqa: E402
 
 from msde_ppl.data import make_dataset  # noqa: E402
 from msde_ppl.models.multiscale import config_for  # noqa: E402
-from msde_ppl.models.training import TrainConfig, fit_progressive  # noqa: E402
+from msde_ppl.models.training import TrainConfig, fit_progressive, save_fitted  # noqa: E402
 from msde_ppl.predict import evaluate_coarse_dns, noise_floor  # noqa: E402
 from msde_ppl.predict.coarse_dns import select_split  # noqa: E402
 from msde_ppl.predict.forecast import forecast, forecast_metrics  # noqa: E402
@@ -38,7 +38,12 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     ds = make_dataset(case, seed=args.seed)
-    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, decoder=args.decoder)
+    overrides = {}
+    if args.decoder is not None:
+        overrides["decoder"] = args.decoder
+    if args.scale_kernel is not None:
+        overrides["learn_kernel"] = args.scale_kernel == "learned"
+    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, **overrides)
     stages = [
         (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250,
                         windows_per_step=args.windows)),
@@ -47,6 +52,11 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
                                  windows_per_step=args.windows)),
     ]
     fits = fit_progressive(ds, config, stages, progress=False)
+    if args.save:
+        for name, fitted in (("implicit_scale", fits[0]), ("multiscale", fits[1])):
+            run_dir = Path(args.save) / f"{args.tag}_{case}_{name}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_fitted(fitted, run_dir)
     eval_steps = ds.attrs["eval_steps"]
     out: dict = {}
     for key, fitted, wall in (
@@ -55,7 +65,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     ):
         start = time.perf_counter()
         fc = forecast(jax.random.key(args.seed), fitted, ds, split=args.split, n_samples=64,
-                      n_steps=eval_steps)
+                      n_steps=eval_steps, method=args.integrator)
         metrics = forecast_metrics(fc, eval_steps)
         metrics.update(train_wall_s=wall, forecast_wall_s=time.perf_counter() - start,
                        steps=int(sum(len(f.losses) for f in fits[: 1 + (key == "multiscale")])))
@@ -74,7 +84,9 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         "",
         f"Stage 0 (implicit-scale): {args.stage0_steps} steps; stage 1 (multiscale, "
         f"K={args.micro}): {args.stage1_steps} more steps; {args.windows} windows of 64 "
-        f"snapshots per step; micro decoder: {args.decoder}. Machine: {platform.processor() or ''} "
+        f"snapshots per step; stage-1 lr {args.stage1_lr}; micro decoder: "
+        f"{args.decoder or 'case default'}; scale kernel: {args.scale_kernel or 'case default'}; "
+        f"integrator: {args.integrator}. Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
         "",
         "| case | model | rel-L2 vs noisy | rel-L2 vs clean | CRPS | 90% coverage | train s | "
@@ -102,9 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=list(REFERENCE))
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--micro", type=int, default=5)
-    parser.add_argument("--decoder", default="mlp", choices=["mlp", "stencil"],
-                        help="micro decoder: g(eta) (reference form) or g(zeta, eta)")
-    parser.add_argument("--windows", type=int, default=4, help="windows of 64 snapshots per step")
+    parser.add_argument("--decoder", default=None, choices=["mlp", "stencil"],
+                        help="micro decoder: g(eta) (reference form) or g(zeta, eta); default: "
+                        "the case's (CASE_CONFIGS)")
+    parser.add_argument("--scale-kernel", default=None, choices=["learned", "frozen"],
+                        help="default: the case's (CASE_CONFIGS)")
+    parser.add_argument("--integrator", default="heun", choices=["heun", "euler"])
+    parser.add_argument("--windows", type=int, default=1, help="windows of 64 snapshots per step")
     parser.add_argument("--stage0-steps", type=int, default=4000)
     parser.add_argument("--stage1-steps", type=int, default=20000)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -112,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage1-warmup", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="accuracy")
+    parser.add_argument("--save", default=None, help="directory to save the fitted models in")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     results = {case: run_case(case, args) for case in args.cases}

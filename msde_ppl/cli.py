@@ -107,10 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
-    fit.add_argument("--codec", choices=["mlp", "cnn"], default="mlp",
-                     help="micro encoder/decoder networks: 'mlp' (default, cheap) or 'cnn' "
-                     "(the reference's strided convolutional stacks; 1D grids, length "
-                     "divisible by 8)")
+    fit.add_argument("--codec", choices=["mlp", "cnn", "stencil"], default=None,
+                     help="micro encoder/decoder networks: 'mlp' (cheap), 'cnn' (the "
+                     "reference's strided convolutional stacks; 1D grids, length divisible by "
+                     "8) or 'stencil' (MLP encoder, translation-equivariant decoder reading the "
+                     "local coarse field); default: the built-in case's choice, else 'mlp'")
+    fit.add_argument("--scale-kernel", choices=["learned", "frozen"], default=None,
+                     help="learn the restriction/prolongation kernel (the reference) or hold it "
+                     "at its initial profile; default: the built-in case's choice, else "
+                     "'learned'")
     fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     fit.add_argument("--out", required=True, type=Path, help="run directory to create")
     fit.set_defaults(handler=cmd_fit)
@@ -126,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--split", default="test", help="split to forecast (default test)")
     fc.add_argument("--samples", type=_positive_int, default=64, help="ensemble size (64)")
     fc.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    fc.add_argument("--integrator", choices=["heun", "euler"], default="heun",
+                    help="SDE integrator: stochastic Heun (default) or Euler-Maruyama")
+    fc.add_argument("--substeps", type=_positive_int, default=1,
+                    help="integrator steps per data interval (default 1)")
     fc.add_argument("--out", required=True, type=Path, help="output directory to create")
     fc.set_defaults(handler=cmd_forecast)
 
@@ -287,17 +296,25 @@ def _new_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _fit_models(ds, case, coarse, n_micro, stages, codec: str = "mlp") -> list:
-    """Fit ``stages = [(K, TrainConfig), ...]`` (progressively when more than one)."""
+def _fit_models(ds, case, coarse, n_micro, stages, codec: str | None = None,
+                scale_kernel: str | None = None) -> list:
+    """Fit ``stages = [(K, TrainConfig), ...]`` (progressively when more than one); ``None``
+    options keep the case's defaults (:data:`msde_ppl.models.multiscale.CASE_CONFIGS`)."""
     from msde_ppl.models.multiscale import config_for
     from msde_ppl.models.training import fit_progressive
 
+    overrides = {}
+    if codec is not None:
+        overrides.update(encoder="cnn" if codec == "cnn" else "mlp", decoder=codec)
+    if scale_kernel is not None:
+        overrides["learn_kernel"] = scale_kernel == "learned"
     config = config_for(case, grid_shape(ds), coarse, n_micro=n_micro,
-                        n_channels=ds.sizes.get("field", 1), encoder=codec, decoder=codec)
+                        n_channels=ds.sizes.get("field", 1), **overrides)
     return fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
 
 
-def _forecast(fitted, ds, split: str, samples: int, seed: int):
+def _forecast(fitted, ds, split: str, samples: int, seed: int, integrator: str = "heun",
+              substeps: int = 1):
     import jax
 
     from msde_ppl.predict.forecast import forecast, forecast_metrics
@@ -305,7 +322,7 @@ def _forecast(fitted, ds, split: str, samples: int, seed: int):
     start = time.perf_counter()
     # forecast the evaluation horizon only (the reference scores wave 1D on t <= 0.2)
     fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=samples,
-                  n_steps=ds.attrs.get("eval_steps"))
+                  substeps=substeps, method=integrator, n_steps=ds.attrs.get("eval_steps"))
     metrics = forecast_metrics(fc, ds.attrs.get("eval_steps"))
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
     metrics["fit_wall_time_s"] = fitted.wall_time_s
@@ -338,7 +355,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         rest = dataclasses.replace(train, steps=args.steps - first.steps, warmup_steps=0)
         stages = [(0, first), (args.micro, rest)]
     out = _new_dir(args.out, "run directory")
-    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages, args.codec)
+    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages, args.codec,
+                       args.scale_kernel)
     save_fitted(fits[-1], out, train)
     wall = sum(f.wall_time_s for f in fits)
     print(f"fitted {args.steps} steps in {wall:.0f} s; final loss "
@@ -357,7 +375,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                          f"{fitted.config.fine_shape}")
     if args.out.exists():
         raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
-    fc, metrics = _forecast(fitted, ds, args.split, args.samples, args.seed)
+    fc, metrics = _forecast(fitted, ds, args.split, args.samples, args.seed, args.integrator,
+                            args.substeps)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     report = {"model": metrics}

@@ -86,12 +86,15 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
     # the reference's CNN codec here (msde run covers the default MLP codec)
     fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
-                  "20", "--window", "16", "--codec", "cnn", "--out", str(run_dir))
+                  "20", "--window", "16", "--codec", "cnn", "--scale-kernel", "frozen", "--out",
+                  str(run_dir))
     assert fit.returncode == 0, fit.stderr
     assert (run_dir / "params.pkl").is_file() and (run_dir / "config.json").is_file()
-    assert json.loads((run_dir / "config.json").read_text())["model"]["encoder"] == "cnn"
-    fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "8", "--out",
-                 str(out_dir))
+    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert model["encoder"] == "cnn" and model["decoder"] == "cnn"
+    assert model["learn_kernel"] is False
+    fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "8",
+                 "--integrator", "euler", "--substeps", "2", "--out", str(out_dir))
     assert fc.returncode == 0, fc.stderr
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert set(metrics) == {"model", "meta"}  # no PDE behind user data: no coarse DNS

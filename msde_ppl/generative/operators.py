@@ -65,6 +65,8 @@ class ScaleOperator(eqx.Module):
         gain: kernel scale (static).
         fine_shape: fine grid shape (static).
         stride: ``sigma`` per axis, ``fine // coarse`` (static).
+        learn_kernel: if ``False`` the kernel is held at its initial value (gradients to
+            ``weight`` are stopped; the bias stays learnable) (static).
     """
 
     weight: Float[Array, "C ..."]
@@ -72,6 +74,7 @@ class ScaleOperator(eqx.Module):
     gain: float = eqx.field(static=True)
     fine_shape: tuple[int, ...] = eqx.field(static=True)
     stride: tuple[int, ...] = eqx.field(static=True)
+    learn_kernel: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class ScaleOperator(eqx.Module):
         n_channels: int = 1,
         n_sigma: int = 2,
         init: str = "bspline",
+        learn_kernel: bool = True,
     ) -> None:
         fine_shape, coarse_shape = tuple(fine_shape), tuple(coarse_shape)
         if len(fine_shape) != len(coarse_shape):
@@ -105,6 +109,7 @@ class ScaleOperator(eqx.Module):
         self.bias = jnp.zeros((n_channels,), jnp.float32)
         self.fine_shape = fine_shape
         self.stride = stride
+        self.learn_kernel = learn_kernel
 
     @property
     def coarse_shape(self) -> tuple[int, ...]:
@@ -113,7 +118,8 @@ class ScaleOperator(eqx.Module):
     @property
     def kernel(self) -> Float[Array, "C ..."]:
         """The kernel :math:`G`, ``(C, *taps)``."""
-        return self.gain * self.weight
+        weight = self.weight if self.learn_kernel else jax.lax.stop_gradient(self.weight)
+        return self.gain * weight
 
     @property
     def n_channels(self) -> int:

@@ -75,6 +75,22 @@ def test_gaussian_init_is_the_reference_kernel():
         ScaleOperator((1000,), (20,), init="box")
 
 
+def test_frozen_kernel_gets_no_gradient_but_bias_does(rng_key):
+    y = jax.random.normal(rng_key, (1, 60))
+
+    def loss(op):
+        return jnp.sum(op.prolong(op.restrict(y)) ** 2)
+
+    learned = jax.grad(loss)(ScaleOperator((60,), (6,)))
+    frozen_op = ScaleOperator((60,), (6,), learn_kernel=False)
+    frozen = jax.grad(loss)(frozen_op)
+    assert float(jnp.abs(learned.weight).max()) > 0
+    np.testing.assert_array_equal(frozen.weight, 0.0)
+    np.testing.assert_allclose(frozen.bias, learned.bias, rtol=1e-5)
+    # the forward map is unchanged by freezing
+    np.testing.assert_array_equal(frozen_op.restrict(y), ScaleOperator((60,), (6,)).restrict(y))
+
+
 def test_operator_refuses_non_dividing_grid():
     with pytest.raises(ValueError, match="does not divide"):
         ScaleOperator((100,), (30,))

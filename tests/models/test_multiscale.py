@@ -143,16 +143,44 @@ def test_progressive_stage_starts_where_the_previous_ended(tiny_data):
     np.testing.assert_allclose(new.drift(0.1, z)[:8], old.drift(0.1, z[:8]), atol=1e-4)
 
 
-def test_rollout_matches_ou_moments(rng_key):
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_rollout_matches_ou_moments(method, rng_key):
     theta, s = 2.0, 0.5
     drift = lambda t, z, args: -theta * z  # noqa: E731
     z0 = jnp.ones((4000, 1))
-    paths = rollout(rng_key, drift, jnp.full((4000, 1), s), z0, 0.0, 0.05, 11, substeps=20)
+    paths = rollout(rng_key, drift, jnp.full((4000, 1), s), z0, 0.0, 0.05, 11, substeps=20,
+                    method=method)
     t = 0.5
     mean, var = np.exp(-theta * t), s**2 / (2 * theta) * (1 - np.exp(-2 * theta * t))
     got = np.asarray(paths[:, -1, 0])
     assert abs(got.mean() - mean) < 5 * np.sqrt(var / 4000) + 0.01  # + Euler bias, dt = 2.5e-3
     assert abs(got.var() - var) < 5 * var * np.sqrt(2 / 4000) + 0.01
+
+
+def test_rollout_convergence_orders_on_a_rotation(rng_key):
+    """Noise-free rotation ``z' = (-w z_2, w z_1)``, exact ``z(t) = R(w t) z_0``: the global
+    error of Heun falls 4x per halved step (second order), Euler's 2x (first order), and Euler
+    inflates the radius by ``sqrt(1 + w^2 h^2)`` per step."""
+    omega, t_end = 2 * np.pi, 1.0
+    drift = lambda t, z, args: omega * jnp.stack([-z[1], z[0]])  # noqa: E731
+    z0 = jnp.array([[1.0, 0.0]])
+
+    def error(method, substeps):
+        with jax.enable_x64(True):
+            path = rollout(rng_key, drift, jnp.zeros((1, 2), jnp.float64),
+                           z0.astype(jnp.float64), 0.0, 0.1, 11, substeps, method)
+            end = np.asarray(path[0, -1])
+        return float(np.linalg.norm(end - np.asarray(z0[0]))), float(np.linalg.norm(end))
+
+    for method, order in (("heun", 2), ("euler", 1)):
+        coarse, _ = error(method, 8)
+        fine, _ = error(method, 16)
+        assert abs(np.log2(coarse / fine) - order) < 0.15, (method, coarse, fine)
+    _, radius = error("euler", 8)
+    h = t_end / 80
+    np.testing.assert_allclose(radius, (1 + (omega * h) ** 2) ** 40, rtol=1e-10)
+    with pytest.raises(ValueError, match="unknown integration method"):
+        rollout(rng_key, drift, jnp.zeros((1, 2)), z0, 0.0, 0.1, 3, method="rk4")
 
 
 def test_ensemble_statistics_match_gaussian_closed_forms(np_rng):
