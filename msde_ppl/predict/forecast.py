@@ -63,9 +63,9 @@ def rollout(
     - ``"heun"`` (stochastic Heun): :math:`\tilde z = z + f(t, z) h + s\Delta W`,
       :math:`z' = z + \tfrac12 [f(t, z) + f(t + h, \tilde z)] h + s\Delta W`. For additive
       noise both methods converge with strong order 1, but Heun is second order on the
-      drift and, unlike Euler, it does not amplify oscillatory modes :math:`f = i\omega z` by
-      :math:`\sqrt{1 + \omega^2 h^2}` per step (the learned drifts of advective cases have such
-      modes); it costs two drift evaluations per step.
+      drift: an oscillatory mode :math:`f = i\omega z` grows by :math:`\sqrt{1 + \omega^4
+      h^4/4}` per step instead of Euler's :math:`\sqrt{1 + \omega^2 h^2}` (the learned drifts
+      of advective cases have such modes); it costs two drift evaluations per step.
 
     Args:
         rng_key: PRNG key.

@@ -159,8 +159,8 @@ def test_rollout_matches_ou_moments(method, rng_key):
 
 def test_rollout_convergence_orders_on_a_rotation(rng_key):
     """Noise-free rotation ``z' = (-w z_2, w z_1)``, exact ``z(t) = R(w t) z_0``: the global
-    error of Heun falls 4x per halved step (second order), Euler's 2x (first order), and Euler
-    inflates the radius by ``sqrt(1 + w^2 h^2)`` per step."""
+    error of Heun falls 4x per halved step (second order), Euler's 2x (first order); per step
+    Euler inflates the radius by ``sqrt(1 + w^2 h^2)``, Heun by ``sqrt(1 + w^4 h^4 / 4)``."""
     omega, t_end = 2 * np.pi, 1.0
     drift = lambda t, z, args: omega * jnp.stack([-z[1], z[0]])  # noqa: E731
     z0 = jnp.array([[1.0, 0.0]])
@@ -179,6 +179,8 @@ def test_rollout_convergence_orders_on_a_rotation(rng_key):
     _, radius = error("euler", 8)
     h = t_end / 80
     np.testing.assert_allclose(radius, (1 + (omega * h) ** 2) ** 40, rtol=1e-10)
+    _, radius = error("heun", 8)
+    np.testing.assert_allclose(radius, (1 + (omega * h) ** 4 / 4) ** 40, rtol=1e-10)
     with pytest.raises(ValueError, match="unknown integration method"):
         rollout(rng_key, drift, jnp.zeros((1, 2)), z0, 0.0, 0.1, 3, method="rk4")
 
