@@ -34,16 +34,19 @@ REFERENCE = {  # method.md §7.1 (vs noisy data): implicit-scale, multiscale
     "burgers_1d": (0.105, 0.011),
 }
 RESULTS = Path(__file__).parent / "results"
+MODELS = ("implicit_scale", "multiscale")
+
+
+def save_dir(args: argparse.Namespace, case: str, model: str) -> Path:
+    """Where ``--save`` writes a fitted model."""
+    return Path(args.save) / f"{args.tag}_{case}_{model}"
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     ds = make_dataset(case, seed=args.seed)
-    overrides = {}
-    if args.decoder is not None:
-        overrides["decoder"] = args.decoder
-    if args.scale_kernel is not None:
-        overrides["learn_kernel"] = args.scale_kernel == "learned"
-    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, **overrides)
+    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, decoder=args.decoder,
+                        learn_kernel=None if args.scale_kernel is None
+                        else args.scale_kernel == "learned")
     stages = [
         (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250,
                         windows_per_step=args.windows)),
@@ -53,9 +56,9 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     ]
     fits = fit_progressive(ds, config, stages, progress=False)
     if args.save:
-        for name, fitted in (("implicit_scale", fits[0]), ("multiscale", fits[1])):
-            run_dir = Path(args.save) / f"{args.tag}_{case}_{name}"
-            run_dir.mkdir(parents=True, exist_ok=True)
+        for name, fitted in zip(MODELS, fits, strict=True):
+            run_dir = save_dir(args, case, name)
+            run_dir.mkdir(parents=True)
             save_fitted(fitted, run_dir)
     eval_steps = ds.attrs["eval_steps"]
     out: dict = {}
@@ -130,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="accuracy")
     parser.add_argument("--save", default=None, help="directory to save the fitted models in")
     args = parser.parse_args(argv)
+    taken = [d for case in args.cases for m in MODELS
+             if args.save and (d := save_dir(args, case, m)).exists()]
+    if taken:
+        parser.error(f"--save: {taken[0]} already exists; choose another --tag or --save")
     RESULTS.mkdir(exist_ok=True)
     results = {case: run_case(case, args) for case in args.cases}
     payload = {"settings": vars(args), "results": results}

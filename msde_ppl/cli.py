@@ -304,13 +304,10 @@ def _fit_models(ds, case, coarse, n_micro, stages, codec: str | None = None,
     from msde_ppl.models.multiscale import config_for
     from msde_ppl.models.training import fit_progressive
 
-    overrides = {}
-    if codec is not None:
-        overrides.update(encoder="cnn" if codec == "cnn" else "mlp", decoder=codec)
-    if scale_kernel is not None:
-        overrides["learn_kernel"] = scale_kernel == "learned"
-    config = config_for(case, grid_shape(ds), coarse, n_micro=n_micro,
-                        n_channels=ds.sizes.get("field", 1), **overrides)
+    config = config_for(
+        case, grid_shape(ds), coarse, n_micro=n_micro, n_channels=ds.sizes.get("field", 1),
+        decoder=codec, encoder=None if codec is None else ("cnn" if codec == "cnn" else "mlp"),
+        learn_kernel=None if scale_kernel is None else scale_kernel == "learned")
     return fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
 
 

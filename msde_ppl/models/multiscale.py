@@ -238,13 +238,14 @@ def multiscale_model(
 
 
 def config_for(case: str | None, fine_shape, coarse_shape=None, **overrides) -> MultiscaleConfig:
-    """A config for a built-in case's reference sizes (or generic defaults), with overrides."""
+    """A config for a built-in case's sizes (or generic defaults), with ``overrides``; an
+    override of ``None`` keeps the case's (or the default) value."""
     base = dict(CASE_CONFIGS.get(case, {})) if case else {}
     if coarse_shape is not None:
         base["coarse_shape"] = tuple(coarse_shape)
     if "coarse_shape" not in base:
         raise ValueError("a coarse grid size is needed for data that is not a built-in case")
-    base.update(overrides)
+    base.update({k: v for k, v in overrides.items() if v is not None})
     return MultiscaleConfig(fine_shape=tuple(fine_shape), **base)
 
 

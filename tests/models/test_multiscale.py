@@ -195,3 +195,13 @@ def test_ensemble_statistics_match_gaussian_closed_forms(np_rng):
     # sample quantiles: standard error sqrt(p (1 - p) / n) / density = 0.011 sigma at 5%
     np.testing.assert_allclose(stats_["q05"], mu - 1.6449 * sigma, atol=5 * 0.011 * sigma)
     np.testing.assert_allclose(stats_["q95"], mu + 1.6449 * sigma, atol=5 * 0.011 * sigma)
+
+
+def test_config_for_keeps_case_choices_unless_overridden():
+    from msde_ppl.models.multiscale import config_for
+
+    wave = config_for("wave_1d", (1000,), decoder=None, learn_kernel=None)
+    assert (wave.decoder, wave.learn_kernel, wave.kernel_init) == ("stencil", False, "gaussian")
+    mlp = config_for("wave_1d", (1000,), decoder="mlp", learn_kernel=True)
+    assert (mlp.decoder, mlp.learn_kernel) == ("mlp", True)
+    assert config_for(None, (120,), (12,), decoder=None).decoder == "mlp"
