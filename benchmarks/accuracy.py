@@ -44,8 +44,8 @@ def save_dir(args: argparse.Namespace, case: str, model: str) -> Path:
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     ds = make_dataset(case, seed=args.seed)
-    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, decoder=args.decoder,
-                        learn_kernel=None if args.scale_kernel is None
+    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, encoder=args.encoder,
+                        decoder=args.decoder, learn_kernel=None if args.scale_kernel is None
                         else args.scale_kernel == "learned")
     stages = [
         (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250,
@@ -87,7 +87,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         "",
         f"Stage 0 (implicit-scale): {args.stage0_steps} steps; stage 1 (multiscale, "
         f"K={args.micro}): {args.stage1_steps} more steps; {args.windows} windows of 64 "
-        f"snapshots per step; stage-1 lr {args.stage1_lr}; micro decoder: "
+        f"snapshots per step; stage-1 lr {args.stage1_lr}; micro encoder: "
+        f"{args.encoder or 'case default'}; micro decoder: "
         f"{args.decoder or 'case default'}; scale kernel: {args.scale_kernel or 'case default'}; "
         f"integrator: {args.integrator}. Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=list(REFERENCE))
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--micro", type=int, default=5)
+    parser.add_argument("--encoder", default=None, choices=["mlp", "cnn"],
+                        help="micro encoder: an MLP or the reference's CNN on the residual; "
+                        "default: the case's (CASE_CONFIGS)")
     parser.add_argument("--decoder", default=None, choices=["mlp", "stencil"],
                         help="micro decoder: g(eta) (reference form) or g(zeta, eta); default: "
                         "the case's (CASE_CONFIGS)")

@@ -108,11 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
-    fit.add_argument("--codec", choices=["mlp", "cnn", "stencil"], default=None,
-                     help="micro encoder/decoder networks: 'mlp' (cheap), 'cnn' (the "
-                     "reference's strided convolutional stacks; 1D grids, length divisible by "
-                     "8) or 'stencil' (MLP encoder, translation-equivariant decoder reading the "
-                     "local coarse field); default: the built-in case's choice, else 'mlp'")
+    fit.add_argument("--encoder", choices=["mlp", "cnn"], default=None,
+                     help="micro encoder on the residual y - G*y: 'mlp' (cheap) or 'cnn' (the "
+                     "reference's strided convolutions; 1D grids, length divisible by 8); "
+                     "default: the built-in case's choice, else 'mlp'")
+    fit.add_argument("--decoder", choices=["mlp", "cnn", "stencil"], default=None,
+                     help="micro decoder: 'mlp' g(eta), 'cnn' g(eta) by the reference's "
+                     "transposed convolutions (1D, length divisible by 8) or 'stencil' "
+                     "(translation-equivariant g(zeta, eta) reading the local coarse field); "
+                     "default: the built-in case's choice, else 'mlp'")
     fit.add_argument("--scale-kernel", choices=["learned", "frozen"], default=None,
                      help="learn the restriction/prolongation kernel (the reference) or hold it "
                      "at its initial profile; default: the built-in case's choice, else "
@@ -297,8 +301,8 @@ def _new_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _fit_models(ds, case, coarse, n_micro, stages, codec: str | None = None,
-                scale_kernel: str | None = None) -> list:
+def _fit_models(ds, case, coarse, n_micro, stages, encoder: str | None = None,
+                decoder: str | None = None, scale_kernel: str | None = None) -> list:
     """Fit ``stages = [(K, TrainConfig), ...]`` (progressively when more than one); ``None``
     options keep the case's defaults (:data:`msde_ppl.models.multiscale.CASE_CONFIGS`)."""
     from msde_ppl.models.multiscale import config_for
@@ -306,7 +310,7 @@ def _fit_models(ds, case, coarse, n_micro, stages, codec: str | None = None,
 
     config = config_for(
         case, grid_shape(ds), coarse, n_micro=n_micro, n_channels=ds.sizes.get("field", 1),
-        decoder=codec, encoder=None if codec is None else ("cnn" if codec == "cnn" else "mlp"),
+        encoder=encoder, decoder=decoder,
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned")
     return fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
 
@@ -339,9 +343,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise FileExistsError(f"run directory {args.out} already exists; choose another --out")
     if args.window < 2:
         raise ValueError(f"--window must be at least 2, got {args.window}")
-    if args.codec == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
-        raise ValueError(f"--codec cnn needs a 1D grid of length divisible by 8, got "
-                         f"{tuple(grid_shape(ds))}")
+    for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
+        if choice == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
+            raise ValueError(f"{flag} cnn needs a 1D grid of length divisible by 8, got "
+                             f"{tuple(grid_shape(ds))}")
     if ds.sizes["time"] < args.window:
         raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
                          "snapshots per trajectory")
@@ -353,8 +358,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         rest = dataclasses.replace(train, steps=args.steps - first.steps, warmup_steps=0)
         stages = [(0, first), (args.micro, rest)]
     out = _new_dir(args.out, "run directory")
-    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages, args.codec,
-                       args.scale_kernel)
+    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages, args.encoder,
+                       args.decoder, args.scale_kernel)
     save_fitted(fits[-1], out, train)
     wall = sum(f.wall_time_s for f in fits)
     print(f"fitted {args.steps} steps in {wall:.0f} s; final loss "

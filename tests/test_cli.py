@@ -84,9 +84,10 @@ def user_data(tmp_path_factory):
 
 def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
-    # the reference's CNN codec here (msde run covers the default MLP codec)
+    # the reference's CNN encoder and decoder here (msde run covers the case's choice)
     fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
-                  "20", "--window", "16", "--codec", "cnn", "--scale-kernel", "frozen", "--out",
+                  "20", "--window", "16", "--encoder", "cnn", "--decoder", "cnn",
+                  "--scale-kernel", "frozen", "--out",
                   str(run_dir))
     assert fit.returncode == 0, fit.stderr
     assert (run_dir / "params.pkl").is_file() and (run_dir / "config.json").is_file()
@@ -111,6 +112,19 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
 def test_fit_refuses_bad_arguments(tmp_path, user_data, args, message):
     out = run_cli("fit", "--data", str(user_data), *args, "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag", ["--encoder", "--decoder"])
+def test_fit_refuses_cnn_codec_on_grid_not_divisible_by_8(tmp_path, flag):
+    x = np.arange(60) / 60
+    u = np.sin(2 * np.pi * (x[None, None] - 0.01 * np.arange(20)[None, :, None]))
+    path = tmp_path / "odd.nc"
+    save(from_arrays(u.astype(np.float32), time=0.01 * np.arange(20), x=x), path)
+    out = run_cli("fit", "--data", str(path), "--coarse", "6", "--micro", "2", flag, "cnn",
+                  "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and f"{flag} cnn needs a 1D grid of length divisible by 8" \
+        in out.stderr, out.stderr
     assert not (tmp_path / "r").exists()
 
 
