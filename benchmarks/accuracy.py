@@ -47,33 +47,42 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, encoder=args.encoder,
                         decoder=args.decoder, learn_kernel=None if args.scale_kernel is None
                         else args.scale_kernel == "learned")
-    stages = [
-        (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=args.seed, chunk_size=250,
-                        windows_per_step=args.windows)),
-        (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr, seed=args.seed,
-                                 warmup_steps=args.stage1_warmup, chunk_size=250,
-                                 windows_per_step=args.windows)),
-    ]
-    fits = fit_progressive(ds, config, stages, progress=False)
-    if args.save:
-        for name, fitted in zip(MODELS, fits, strict=True):
-            run_dir = save_dir(args, case, name)
-            run_dir.mkdir(parents=True)
-            save_fitted(fitted, run_dir)
+    runs = []  # per training seed: [implicit-scale fit, multiscale fit]
+    for seed in range(args.seed, args.seed + args.fits):
+        stages = [
+            (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=seed, chunk_size=250,
+                            windows_per_step=args.windows)),
+            (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr, seed=seed,
+                                     warmup_steps=args.stage1_warmup, chunk_size=250,
+                                     windows_per_step=args.windows)),
+        ]
+        runs.append(fit_progressive(ds, config, stages, progress=False))
+        if args.save:
+            for name, fitted in zip(MODELS, runs[-1], strict=True):
+                run_dir = save_dir(args, case, name + (f"_seed{seed}" if args.fits > 1 else ""))
+                run_dir.mkdir(parents=True)
+                save_fitted(fitted, run_dir)
     eval_steps = ds.attrs["eval_steps"]
     out: dict = {}
-    for key, fitted, wall in (
-        ("implicit_scale", fits[0], fits[0].wall_time_s),
-        ("multiscale", fits[1], fits[0].wall_time_s + fits[1].wall_time_s),
-    ):
-        start = time.perf_counter()
-        fc = forecast(jax.random.key(args.seed), fitted, ds, split=args.split, n_samples=64,
-                      n_steps=eval_steps, method=args.integrator)
-        metrics = forecast_metrics(fc, eval_steps)
-        metrics.update(train_wall_s=wall, forecast_wall_s=time.perf_counter() - start,
-                       steps=int(sum(len(f.losses) for f in fits[: 1 + (key == "multiscale")])))
-        out[key] = metrics
-        print(f"{case} {key}: {json.dumps(metrics)}", flush=True)
+    for index, key in enumerate(MODELS):
+        # a model's training covers its own stage and the stages it grew from
+        walls = [sum(f.wall_time_s for f in fits[: index + 1]) for fits in runs]
+        steps = int(sum(len(f.losses) for f in runs[0][: index + 1]))
+        members = [fits[index] for fits in runs]
+        labelled = [(key, members, sum(walls))]
+        if args.fits > 1:  # each seed alone too, then their mixture (a deep ensemble)
+            labelled = [(f"{key} (seed {args.seed + i})", [m], w)
+                        for i, (m, w) in enumerate(zip(members, walls, strict=True))] + labelled
+        for label, fitted, wall in labelled:
+            start = time.perf_counter()
+            fc = forecast(jax.random.key(args.seed), fitted if len(fitted) > 1 else fitted[0],
+                          ds, split=args.split, n_samples=64, n_steps=eval_steps,
+                          method=args.integrator)
+            metrics = forecast_metrics(fc, eval_steps)
+            metrics.update(train_wall_s=wall, forecast_wall_s=time.perf_counter() - start,
+                           steps=steps * len(fitted))
+            out[label] = metrics
+            print(f"{case} {label}: {json.dumps(metrics)}", flush=True)
     out["coarse_dns"] = evaluate_coarse_dns(ds, split=args.split)
     split = select_split(ds, args.split)
     out["noise_floor"] = noise_floor(split, eval_steps)["mean"]
@@ -90,7 +99,9 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         f"snapshots per step; stage-1 lr {args.stage1_lr}; micro encoder: "
         f"{args.encoder or 'case default'}; micro decoder: "
         f"{args.decoder or 'case default'}; scale kernel: {args.scale_kernel or 'case default'}; "
-        f"integrator: {args.integrator}. Machine: {platform.processor() or ''} "
+        f"integrator: {args.integrator}; {args.fits} training seed(s) from {args.seed} "
+        "(an ensemble mixes their forecasts, 64 members each; its train s is the sum). "
+        f"Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
         "",
         "| case | model | rel-L2 vs noisy | rel-L2 vs clean | CRPS | 90% coverage | train s | "
@@ -99,8 +110,13 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
     ]
     for case, res in results.items():
         ref = REFERENCE.get(case, (None, None))
-        for key, r_ref in (("implicit_scale", ref[0]), ("multiscale", ref[1])):
+        rows = [(label, r_ref) for key, r_ref in (("implicit_scale", ref[0]),
+                                                  ("multiscale", ref[1]))
+                for label in res if label.split(" ")[0] == key]
+        for key, r_ref in rows:
             m = res[key]
+            if args.fits > 1 and " " not in key:
+                key = f"{key}, {args.fits}-seed ensemble"
             lines.append(
                 f"| {case} | {key} | {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f} | "
                 f"{m.get('rel_l2_clean_mean', float('nan')):.4f} | {m['crps']:.4g} | "
@@ -133,12 +149,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--stage1-lr", type=float, default=1e-3)
     parser.add_argument("--stage1-warmup", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="dataset seed and first training seed")
+    parser.add_argument("--fits", type=int, default=1,
+                        help="models trained per case (training seeds seed, seed+1, ...); with "
+                        "more than one, also the forecast of their mixture (a deep ensemble)")
     parser.add_argument("--tag", default="accuracy")
     parser.add_argument("--save", default=None, help="directory to save the fitted models in")
     args = parser.parse_args(argv)
+    if args.fits < 1:
+        parser.error(f"--fits must be at least 1, got {args.fits}")
+    suffixes = [f"_seed{seed}" for seed in range(args.seed, args.seed + args.fits)]
     taken = [d for case in args.cases for m in MODELS
-             if args.save and (d := save_dir(args, case, m)).exists()]
+             for suffix in (suffixes if args.fits > 1 else [""])
+             if args.save and (d := save_dir(args, case, m + suffix)).exists()]
     if taken:
         parser.error(f"--save: {taken[0]} already exists; choose another --tag or --save")
     RESULTS.mkdir(exist_ok=True)

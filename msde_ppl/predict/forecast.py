@@ -173,7 +173,7 @@ def trajectory_ensemble(fitted: FittedModel, times: np.ndarray, n_samples: int =
 
 def forecast(
     rng_key: jax.Array,
-    fitted: FittedModel,
+    fitted: FittedModel | Sequence[FittedModel],
     ds: xr.Dataset,
     *,
     split: str | None = "test",
@@ -185,6 +185,14 @@ def forecast(
     return_samples: bool = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
+
+    ``fitted`` may be a sequence of ``R`` models fitted to the same data (e.g. from different
+    seeds): the forecast is then the equal-weight mixture of their ensembles (a deep
+    ensemble), ``n_samples`` members per model. Its mean is the average of the models' means,
+    its variance the mixture's (:math:`\\overline{\\mathrm{std}^2 + \\mathrm{mean}^2} -
+    \\mathrm{mean}^2`), and quantiles and CRPS use all ``R * n_samples`` draws. The models'
+    latent spaces are not comparable, so ``latent_mean`` and ``latent_std`` gain a leading
+    ``fit`` dim.
 
     Optional outputs (nothing else changes when they are requested):
 
@@ -204,14 +212,19 @@ def forecast(
     if n_steps is not None:
         y, times = y[:, :n_steps], times[:n_steps]
     n_out = y.shape[1]
-    one_trajectory = trajectory_ensemble(fitted, times, n_samples, substeps, method)
+    fits = [fitted] if isinstance(fitted, FittedModel) else list(fitted)
+    if not fits:
+        raise ValueError("forecast needs at least one fitted model")
+    ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
 
     keys = jax.random.split(rng_key, y.shape[0])
     parts = []
     for key, y_traj in zip(keys, y, strict=True):
-        draws, summary = one_trajectory(key, jnp.asarray(y_traj))
-        summary = jax.tree.map(np.asarray, summary)
-        draws = np.asarray(draws)[:n_out]  # (T, S, C, *fine)
+        fit_keys = [key] if len(fits) == 1 else jax.random.split(key, len(fits))
+        runs = [jax.tree.map(np.asarray, ensemble(k, jnp.asarray(y_traj)))
+                for ensemble, k in zip(ensembles, fit_keys, strict=True)]
+        draws, summary = runs[0] if len(runs) == 1 else _mixture(runs)
+        draws = draws[:n_out]  # (T, R * S, C, *fine)
         summary.update(_sample_statistics(draws, y_traj))
         if levels is not None:
             summary.update(_interval_bounds(draws, levels))
@@ -219,10 +232,23 @@ def forecast(
             summary["samples"] = np.moveaxis(draws, 1, 0)
         parts.append(summary)
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
-    result = _as_dataset(out, ds, split, n_out)
+    result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
     if levels is not None or return_samples:
         result = _add_optional(result, out, levels)
     return result
+
+
+def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
+    """Pool the ensembles ``(draws, summary)`` of several models with equal weights."""
+    draws = np.concatenate([d for d, _ in runs], axis=1)
+    summaries = [s for _, s in runs]
+    stack = lambda name: np.stack([s[name] for s in summaries])  # noqa: E731
+    mean = stack("mean").mean(0)
+    second = (stack("std") ** 2 + stack("mean") ** 2).mean(0)
+    summary = dict(mean=mean, std=np.sqrt(np.maximum(second - mean**2, 0.0)),
+                   macro=stack("macro").mean(0), micro=stack("micro").mean(0),
+                   latent_mean=stack("latent_mean"), latent_std=stack("latent_std"))
+    return draws, summary
 
 
 def _interval_bounds(draws: np.ndarray, levels: Sequence[float], block: int = 64) -> dict:
@@ -282,7 +308,8 @@ def _sample_statistics(draws: np.ndarray, obs: np.ndarray, block: int = 64) -> d
     return {"q05": q[0], "q95": q[1], "crps": crps}
 
 
-def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int) -> xr.Dataset:
+def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
+                ensemble: bool = False) -> xr.Dataset:
     sel = ds
     if split is not None and "split" in ds.coords:
         sel = ds.isel(traj=np.flatnonzero(np.asarray(ds["split"].values).astype(str) == split))
@@ -294,8 +321,9 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int) -> xr.
         arr = out[name] if has_field else out[name][:, :, 0]
         data[name] = (dims, arr.astype(np.float32))
     data["crps"] = (("traj", "time"), out["crps"])
-    data["latent_mean"] = (("traj", "time", "latent"), out["latent_mean"])
-    data["latent_std"] = (("traj", "time", "latent"), out["latent_std"])
+    for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)
+        data[name] = ((("fit",) if ensemble else ()) + ("traj", "time", "latent"),
+                      np.moveaxis(out[name], 1, 0) if ensemble else out[name])
     coords = {k: v for k, v in sel.coords.items()}
     result = xr.Dataset(data, coords=coords, attrs={"boundary": ds.attrs["boundary"]})
     for name in ("u", "u_clean"):
