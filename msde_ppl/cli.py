@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Forecast every trajectory of a split from its first snapshot and write "
         "forecast.nc and metrics.json into a new directory.",
     )
-    fc.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by msde fit")
+    fc.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                    help="directory written by msde fit; several (fits of the same data, e.g. "
+                    "other seeds) forecast as one equal-weight mixture, --samples per model")
     fc.add_argument("--data", required=True, type=Path, help="dataset (.nc)")
     fc.add_argument("--split", default="test", help="split to forecast (default test)")
     fc.add_argument("--samples", type=_positive_int, default=64, help="ensemble size (64)")
@@ -327,9 +329,11 @@ def _forecast(fitted, ds, split: str, samples: int, seed: int, integrator: str =
                   substeps=substeps, method=integrator, n_steps=ds.attrs.get("eval_steps"))
     metrics = forecast_metrics(fc, ds.attrs.get("eval_steps"))
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
-    metrics["fit_wall_time_s"] = fitted.wall_time_s
-    metrics["fit_steps"] = int(len(fitted.losses))
-    metrics["final_loss"] = float(fitted.losses[-1]) if len(fitted.losses) else None
+    fits = fitted if isinstance(fitted, list) else [fitted]
+    metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
+    metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))
+    losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
+    metrics["final_loss"] = losses[0] if len(losses) == 1 else (losses or None)
     return fc, metrics
 
 
@@ -371,15 +375,17 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load
     from msde_ppl.models.training import load_fitted
 
-    fitted = load_fitted(args.run_dir)
+    fits = [load_fitted(run_dir) for run_dir in args.run_dirs]
+    fitted = fits[0]
     ds = load(args.data)
-    if tuple(grid_shape(ds)) != tuple(fitted.config.fine_shape):
-        raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
-                         f"{fitted.config.fine_shape}")
+    for run_dir, f in zip(args.run_dirs, fits, strict=True):
+        if tuple(grid_shape(ds)) != tuple(f.config.fine_shape):
+            raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
+                             f"{f.config.fine_shape} ({run_dir})")
     if args.out.exists():
         raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
-    fc, metrics = _forecast(fitted, ds, args.split, args.samples, args.seed, args.integrator,
-                            args.substeps)
+    fc, metrics = _forecast(fits if len(fits) > 1 else fitted, ds, args.split, args.samples,
+                            args.seed, args.integrator, args.substeps)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     report = {"model": metrics}

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from msde_ppl.cli import main
 from msde_ppl.data import from_arrays, load, save
@@ -102,6 +103,14 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     assert np.isfinite(metrics["model"]["rel_l2_mean"])
     again = run_cli("forecast", str(run_dir), "--data", str(user_data), "--out", str(out_dir))
     assert again.returncode == 2 and "already exists" in again.stderr
+    # several run directories: one mixture forecast (here the same fit twice)
+    mixed = run_cli("forecast", str(run_dir), str(run_dir), "--data", str(user_data),
+                    "--samples", "4", "--out", str(tmp_path / "mix"))
+    assert mixed.returncode == 0, mixed.stderr
+    mix_metrics = json.loads((tmp_path / "mix" / "metrics.json").read_text())["model"]
+    assert mix_metrics["fit_steps"] == 2 * metrics["model"]["fit_steps"]
+    with xr.open_dataset(tmp_path / "mix" / "forecast.nc", engine="h5netcdf") as fc_mix:
+        assert fc_mix.sizes["fit"] == 2
 
 
 @pytest.mark.parametrize("args, message", [
