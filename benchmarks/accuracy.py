@@ -75,9 +75,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
                         for i, (m, w) in enumerate(zip(members, walls, strict=True))] + labelled
         for label, fitted, wall in labelled:
             start = time.perf_counter()
-            fc = forecast(jax.random.key(args.seed), fitted if len(fitted) > 1 else fitted[0],
-                          ds, split=args.split, n_samples=64, n_steps=eval_steps,
-                          method=args.integrator)
+            fc = forecast(jax.random.key(args.seed), fitted, ds, split=args.split,
+                          n_samples=64, n_steps=eval_steps, method=args.integrator)
             metrics = forecast_metrics(fc, eval_steps)
             metrics.update(train_wall_s=wall, forecast_wall_s=time.perf_counter() - start,
                            steps=steps * len(fitted))

@@ -319,6 +319,7 @@ def _fit_models(ds, case, coarse, n_micro, stages, encoder: str | None = None,
 
 def _forecast(fitted, ds, split: str, samples: int, seed: int, integrator: str = "heun",
               substeps: int = 1):
+    """Forecast and metrics of one fitted model or a list (one mixture, see ``forecast``)."""
     import jax
 
     from msde_ppl.predict.forecast import forecast, forecast_metrics
@@ -329,7 +330,7 @@ def _forecast(fitted, ds, split: str, samples: int, seed: int, integrator: str =
                   substeps=substeps, method=integrator, n_steps=ds.attrs.get("eval_steps"))
     metrics = forecast_metrics(fc, ds.attrs.get("eval_steps"))
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
-    fits = fitted if isinstance(fitted, list) else [fitted]
+    fits = list(fitted) if isinstance(fitted, list | tuple) else [fitted]
     metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
     metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))
     losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
@@ -384,8 +385,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                              f"{f.config.fine_shape} ({run_dir})")
     if args.out.exists():
         raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
-    fc, metrics = _forecast(fits if len(fits) > 1 else fitted, ds, args.split, args.samples,
-                            args.seed, args.integrator, args.substeps)
+    fc, metrics = _forecast(fits, ds, args.split, args.samples, args.seed, args.integrator,
+                            args.substeps)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     report = {"model": metrics}
