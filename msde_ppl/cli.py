@@ -330,7 +330,7 @@ def _forecast(fitted, ds, split: str, samples: int, seed: int, integrator: str =
                   substeps=substeps, method=integrator, n_steps=ds.attrs.get("eval_steps"))
     metrics = forecast_metrics(fc, ds.attrs.get("eval_steps"))
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
-    fits = list(fitted) if isinstance(fitted, list | tuple) else [fitted]
+    fits = fitted if isinstance(fitted, list) else [fitted]  # FittedModel is a NamedTuple
     metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
     metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))
     losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
