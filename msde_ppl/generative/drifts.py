@@ -9,7 +9,7 @@ vector ``z`` of length ``C * prod(coarse) + n_micro``.
   activation :math:`a_\eta(\eta)` to :math:`d\zeta_j/dt`. It is local and translation-equivariant
   (shifting :math:`\zeta` on the periodic grid shifts the drift), the "physics prior" of the method.
 - :class:`MicroDrift`: a global MLP :math:`[t, \zeta, \eta] \mapsto d\eta/dt` (non-autonomous:
-  absolute time, as the reference).
+  absolute time, as the reference), or :math:`[\zeta, \eta] \mapsto d\eta/dt` (autonomous).
 - :class:`MultiscaleDrift`: both, on the flat state, with the ``drift(t, z, args)`` signature of
   :class:`~msde_ppl.generative.SDEPath`. With ``n_micro = 0`` it is the implicit-scale (closure)
   model's drift.
@@ -103,18 +103,26 @@ class StencilDrift(eqx.Module):
 
 
 class MicroDrift(eqx.Module):
-    r"""Global micro drift :math:`f_\eta(t, \zeta, \eta) = \mathrm{MLP}([t, \zeta, \eta])`."""
+    r"""Global micro drift :math:`f_\eta(t, \zeta, \eta) = \mathrm{MLP}([t, \zeta, \eta])`, or
+    :math:`\mathrm{MLP}([\zeta, \eta])` with ``time_input=False`` (autonomous dynamics: the
+    drift cannot key on the time since the data's start, only on the state)."""
 
     mlp: MLP
+    time_input: bool = eqx.field(static=True)
 
     def __init__(
-        self, n_macro: int, n_micro: int, hidden: tuple[int, ...] = (128, 512, 128), *,
-        key: PRNGKeyArray,
+        self, n_macro: int, n_micro: int, hidden: tuple[int, ...] = (128, 512, 128),
+        time_input: bool = True, *, key: PRNGKeyArray,
     ) -> None:
-        self.mlp = MLP(1 + n_macro + n_micro, hidden, n_micro, activation=jax.nn.relu, key=key)
+        self.time_input = time_input
+        self.mlp = MLP(int(time_input) + n_macro + n_micro, hidden, n_micro,
+                       activation=jax.nn.relu, key=key)
 
     def __call__(self, t: Array, zeta: Array, eta: Array) -> Array:
-        return self.mlp(jnp.concatenate([jnp.reshape(t, (1,)), zeta.ravel(), eta]))
+        inputs = [zeta.ravel(), eta]
+        if self.time_input:
+            inputs.insert(0, jnp.reshape(t, (1,)))
+        return self.mlp(jnp.concatenate(inputs))
 
 
 class MultiscaleDrift(eqx.Module):
@@ -133,6 +141,7 @@ class MultiscaleDrift(eqx.Module):
         radius: int = 2,
         macro_hidden: tuple[int, ...] = (128, 128, 128),
         micro_hidden: tuple[int, ...] = (128, 512, 128),
+        micro_time: bool = True,
         *,
         key: PRNGKeyArray,
     ) -> None:
@@ -141,7 +150,9 @@ class MultiscaleDrift(eqx.Module):
         self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
                                   key=key_macro)
         n_macro = n_channels * int(np.prod(coarse_shape))
-        self.micro = MicroDrift(n_macro, n_micro, micro_hidden, key=key_micro) if n_micro else None
+        self.micro = None
+        if n_micro:
+            self.micro = MicroDrift(n_macro, n_micro, micro_hidden, micro_time, key=key_micro)
 
     @property
     def n_macro(self) -> int:

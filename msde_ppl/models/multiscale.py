@@ -83,6 +83,8 @@ class MultiscaleConfig:
         n_sigma: scale-kernel half-width in coarse cells (taps ``2 n_sigma sigma + 1``).
         radius: stencil radius of the macro drift.
         macro_hidden, micro_hidden: drift MLP widths.
+        micro_time: the micro drift reads the absolute time :math:`t` (the reference), or not
+            (autonomous dynamics).
         codec_hidden: micro encoder/decoder MLP widths.
         kernel_init: scale kernel initialisation, ``"bspline"`` or ``"gaussian"``.
         learn_kernel: learn the scale kernel :math:`G` (the reference), or hold it at its
@@ -105,6 +107,7 @@ class MultiscaleConfig:
     radius: int = 2
     macro_hidden: tuple[int, ...] = (128, 128, 128)
     micro_hidden: tuple[int, ...] = (128, 512, 128)
+    micro_time: bool = True
     codec_hidden: tuple[int, ...] = field(default=(256,))
     kernel_init: str = "bspline"
     learn_kernel: bool = True
@@ -156,7 +159,8 @@ def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModu
     encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, config.encoder,
                                 key=k_enc)
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
-                            config.radius, config.macro_hidden, config.micro_hidden, key=k_drift)
+                            config.radius, config.macro_hidden, config.micro_hidden,
+                            config.micro_time, key=k_drift)
     if config.decoder not in ("mlp", "cnn", "stencil"):
         raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'cnn' or "
                          "'stencil'")

@@ -1,8 +1,12 @@
 """Training recipe for the multiscale model on a dataset in the schema (method.md §4).
 
 - minibatches: ``windows_per_step`` windows of ``window`` consecutive snapshots of the training
-  split, drawn uniformly over all (trajectory, start) pairs at every step (fixed shapes, so the
-  jitted step compiles once);
+  split, drawn uniformly at every step over (trajectory, start) pairs (fixed shapes, so the
+  jitted step compiles once). ``sampling="uniform"``: every start, so snapshot ``i`` lies in
+  ``min(i + 1, window, n_time - i)`` windows and the first and last ``window - 1`` snapshots
+  (the initial condition above all) are seen up to ``window`` times less often than the rest;
+  ``"tiled"``: the reference's chunks overlapping by one snapshot
+  (:func:`~msde_ppl.data.window_starts`), every snapshot seen equally often;
 - objective: the forward-solver-free ELBO, normalised per observed scalar (ELBO / (N n_y), the
   reference's scale), KL-rate integral by the reference's ``T_B mean_i`` rule, with a linear
   KL warm-up over ``warmup_steps``;
@@ -33,6 +37,7 @@ import optax
 import xarray as xr
 from numpyro.infer.initialization import init_to_value
 
+from msde_ppl.data.sampler import window_starts
 from msde_ppl.data.schema import SchemaError, check_coarse, grid_shape, validate
 from msde_ppl.inference import (
     AutoAmortizedSDE,
@@ -58,6 +63,8 @@ class TrainConfig:
     ``loop`` is how a chunk of ``chunk_size`` steps runs (:func:`~msde_ppl.inference.fit`):
     ``"scan"``, ``"python"``, or ``"auto"`` (``"python"`` when the model has convolutional
     networks, which XLA's CPU backend runs slowly inside a loop, else ``"scan"``).
+    ``sampling`` is how window starts are drawn, ``"uniform"`` or ``"tiled"`` (module
+    docstring).
     """
 
     steps: int = 2000
@@ -72,6 +79,7 @@ class TrainConfig:
     chunk_size: int = 100
     seed: int = 0
     loop: str = "auto"
+    sampling: str = "uniform"
 
 
 class FittedModel(NamedTuple):
@@ -167,10 +175,15 @@ def training_setup(
     m, b = train.window, train.windows_per_step
     constrain = _window_sharding(b) if train.data_parallel else (lambda batch: batch)
 
+    if train.sampling not in ("uniform", "tiled"):
+        raise ValueError(f"unknown window sampling {train.sampling!r}; use 'uniform' or 'tiled'")
+    # uniform: every start (stride 1); tiled: the reference's chunks, overlapping by one
+    starts = jnp.asarray(window_starts(n_time, m, m - 1 if train.sampling == "uniform" else 1))
+
     def batch_fn(rng_key: jax.Array, step: jax.Array) -> dict:
         key_traj, key_start = jax.random.split(rng_key)
         traj = jax.random.randint(key_traj, (b,), 0, n_traj)
-        start = jax.random.randint(key_start, (b,), 0, n_time - m + 1)
+        start = starts[jax.random.randint(key_start, (b,), 0, starts.shape[0])]
         idx = start[:, None] + jnp.arange(m)[None, :]
         return constrain({"y": u[traj[:, None], idx], "times": t[idx]})
 

@@ -133,6 +133,17 @@ def test_multiscale_drift_shapes_and_closure_case(rng_key):
     assert closure(0.3, jnp.ones(20)).shape == (20,) and closure.micro is None
 
 
+def test_autonomous_micro_drift_ignores_time(rng_key):
+    k_z, k_drift = jax.random.split(rng_key)
+    z = jax.random.normal(k_z, (25,))
+    autonomous = MultiscaleDrift((20,), 5, micro_time=False, key=k_drift)
+    np.testing.assert_array_equal(autonomous(0.0, z), autonomous(0.7, z))
+    assert autonomous.micro.mlp.layers[0].weight.shape[1] == 25
+    timed = MultiscaleDrift((20,), 5, key=k_drift)
+    assert timed.micro.mlp.layers[0].weight.shape[1] == 26
+    assert not np.allclose(timed(0.0, z)[20:], timed(0.7, z)[20:])
+
+
 def test_product_of_experts_against_hand_computed_gaussians(np_rng):
     macro, micro, y = np_rng.normal(size=(3, 4, 7))
     var_m, var_mu = 0.04, 0.01

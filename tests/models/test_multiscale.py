@@ -23,6 +23,7 @@ from msde_ppl.models.training import (
     load_fitted,
     make_model,
     save_fitted,
+    training_setup,
 )
 from msde_ppl.predict.forecast import (
     _sample_statistics,
@@ -110,6 +111,36 @@ def test_grown_model_computes_the_old_model(rng_key, encoder, decoder):
                                trained(zeta2, eta3), atol=1e-5)
     with pytest.raises(ValueError, match="cannot shrink"):
         grow_modules(new, cfg, 1, key=k_old)
+
+
+def test_grown_autonomous_micro_drift_computes_the_old_one(rng_key):
+    k_old, k_new, k_z = jax.random.split(rng_key, 3)
+    old_cfg = dataclasses.replace(TINY, micro_time=False)
+    old = build_modules(old_cfg, key=k_old)
+    cfg, new = grow_modules(old, old_cfg, 4, key=k_new)
+    assert not cfg.micro_time and not new.drift.micro.time_input
+    z_old = jax.random.normal(k_z, (old_cfg.n_latent,))
+    z_new = jnp.concatenate([z_old, jnp.zeros(2)])
+    np.testing.assert_allclose(new.drift(0.3, z_new)[:old_cfg.n_latent], old.drift(0.9, z_old),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "tiled"])
+def test_window_sampling_draws_its_starts(tiny_data, sampling):
+    setup = training_setup(tiny_data, TINY, dataclasses.replace(TRAIN, sampling=sampling))
+    times = np.asarray(tiny_data["time"].values, np.float32)
+    starts = set()
+    for i in range(200):
+        batch = setup.batch_fn(jax.random.key(i), 0)
+        assert batch["y"].shape == (2, 16, 1, 64)
+        starts |= {int(np.argmin(np.abs(times - t0))) for t0 in np.asarray(batch["times"][:, 0])}
+    # 40 snapshots, windows of 16: every start 0..24, or the chunks 0, 15 and the last, 24
+    assert starts == (set(range(25)) if sampling == "uniform" else {0, 15, 24})
+
+
+def test_unknown_window_sampling_is_refused(tiny_data):
+    with pytest.raises(ValueError, match="window sampling 'random'"):
+        training_setup(tiny_data, TINY, dataclasses.replace(TRAIN, sampling="random"))
 
 
 def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
