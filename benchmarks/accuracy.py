@@ -37,9 +37,11 @@ RESULTS = Path(__file__).parent / "results"
 MODELS = ("implicit_scale", "multiscale")
 
 
-def save_dir(args: argparse.Namespace, case: str, model: str) -> Path:
-    """Where ``--save`` writes a fitted model."""
-    return Path(args.save) / f"{args.tag}_{case}_{model}"
+def save_dir(args: argparse.Namespace, case: str, model: str, seed: int) -> Path:
+    """Where ``--save`` writes a fitted model (named by its training seed when there are
+    several)."""
+    suffix = f"_seed{seed}" if args.fits > 1 else ""
+    return Path(args.save) / f"{args.tag}_{case}_{model}{suffix}"
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
@@ -59,7 +61,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         runs.append(fit_progressive(ds, config, stages, progress=False))
         if args.save:
             for name, fitted in zip(MODELS, runs[-1], strict=True):
-                run_dir = save_dir(args, case, name + (f"_seed{seed}" if args.fits > 1 else ""))
+                run_dir = save_dir(args, case, name, seed)
                 run_dir.mkdir(parents=True)
                 save_fitted(fitted, run_dir)
     eval_steps = ds.attrs["eval_steps"]
@@ -158,10 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.fits < 1:
         parser.error(f"--fits must be at least 1, got {args.fits}")
-    suffixes = [f"_seed{seed}" for seed in range(args.seed, args.seed + args.fits)]
     taken = [d for case in args.cases for m in MODELS
-             for suffix in (suffixes if args.fits > 1 else [""])
-             if args.save and (d := save_dir(args, case, m + suffix)).exists()]
+             for seed in range(args.seed, args.seed + args.fits)
+             if args.save and (d := save_dir(args, case, m, seed)).exists()]
     if taken:
         parser.error(f"--save: {taken[0]} already exists; choose another --tag or --save")
     RESULTS.mkdir(exist_ok=True)
