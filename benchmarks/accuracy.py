@@ -53,10 +53,10 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     for seed in range(args.seed, args.seed + args.fits):
         stages = [
             (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=seed, chunk_size=250,
-                            windows_per_step=args.windows)),
+                            window=args.window, windows_per_step=args.windows)),
             (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr, seed=seed,
                                      warmup_steps=args.stage1_warmup, chunk_size=250,
-                                     windows_per_step=args.windows)),
+                                     window=args.window, windows_per_step=args.windows)),
         ]
         runs.append(fit_progressive(ds, config, stages, progress=False))
         if args.save:
@@ -96,8 +96,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         "(trajectory, time) pairs)",
         "",
         f"Stage 0 (implicit-scale): {args.stage0_steps} steps; stage 1 (multiscale, "
-        f"K={args.micro}): {args.stage1_steps} more steps; {args.windows} windows of 64 "
-        f"snapshots per step; stage-1 lr {args.stage1_lr}; micro encoder: "
+        f"K={args.micro}): {args.stage1_steps} more steps; {args.windows} windows of "
+        f"{args.window} snapshots per step; stage-1 lr {args.stage1_lr}; micro encoder: "
         f"{args.encoder or 'case default'}; micro decoder: "
         f"{args.decoder or 'case default'}; scale kernel: {args.scale_kernel or 'case default'}; "
         f"integrator: {args.integrator}; {args.fits} training seed(s) from {args.seed} "
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-kernel", default=None, choices=["learned", "frozen"],
                         help="default: the case's (CASE_CONFIGS)")
     parser.add_argument("--integrator", default="heun", choices=["heun", "euler"])
-    parser.add_argument("--windows", type=int, default=1, help="windows of 64 snapshots per step")
+    parser.add_argument("--windows", type=int, default=1, help="windows per step")
+    parser.add_argument("--window", type=int, default=64, help="snapshots per window")
     parser.add_argument("--stage0-steps", type=int, default=4000)
     parser.add_argument("--stage1-steps", type=int, default=20000)
     parser.add_argument("--lr", type=float, default=1e-3)
