@@ -51,12 +51,12 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
                         else args.scale_kernel == "learned")
     runs = []  # per training seed: [implicit-scale fit, multiscale fit]
     for seed in range(args.seed, args.seed + args.fits):
+        common = dict(seed=seed, chunk_size=250, window=args.window,
+                      windows_per_step=args.windows)
         stages = [
-            (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=seed, chunk_size=250,
-                            window=args.window, windows_per_step=args.windows)),
-            (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr, seed=seed,
-                                     warmup_steps=args.stage1_warmup, chunk_size=250,
-                                     window=args.window, windows_per_step=args.windows)),
+            (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, **common)),
+            (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr,
+                                     warmup_steps=args.stage1_warmup, **common)),
         ]
         runs.append(fit_progressive(ds, config, stages, progress=False))
         if args.save:
