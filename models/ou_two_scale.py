@@ -18,7 +18,8 @@ Priors: :math:`a \sim \mathrm{LogNormal}(0, 0.5)`, :math:`c \sim \mathcal N(0, 1
 :math:`s \sim \mathrm{LogNormal}(\log 0.5, 0.5)^{\otimes 2}`; :math:`\varepsilon` and
 :math:`\sigma_o` are known. Everything is linear-Gaussian given :math:`(a, c, s)`, so the exact
 log evidence (Kalman filter with exact transitions :math:`e^{F\Delta t}`, Van Loan covariance)
-and exact simulation are available below: this file is the test oracle.
+and exact simulation are available: the simulator is below, the Kalman filter is the tests'
+oracle (``tests/oracles/kalman.py``).
 
 Sample sites (``W`` windows in the batch, ``T`` grid times, ``T_o = ceil(T / r)``):
 
@@ -127,45 +128,6 @@ def exact_transition(
     phi = e[n:, n:].T
     q = phi @ e[:n, n:]
     return phi, 0.5 * (q + q.T)
-
-
-def kalman_log_evidence(
-    times: np.ndarray,
-    obs: np.ndarray,
-    *,
-    a: float,
-    c: float,
-    s: np.ndarray,
-    eps: float,
-    obs_std: float,
-    obs_every: int = 1,
-    init_cov: np.ndarray,
-) -> float:
-    r"""Exact :math:`\log p(o_{0:K})` of the continuous-time model (Kalman filter).
-
-    Args:
-        times: grid, shape ``(T,)``.
-        obs: observations, shape ``(T_o, 2)`` at ``times[::obs_every]``.
-        a, c, s, eps, obs_std: model parameters.
-        obs_every: observation stride on the grid.
-        init_cov: covariance of :math:`z(t_0)` (mean 0), shape ``(2, 2)``.
-    """
-    f_matrix = drift_matrix(a, c, eps)
-    obs_times = np.asarray(times, float)[::obs_every]
-    mean, cov = np.zeros(2), np.asarray(init_cov, float)
-    r = obs_std**2 * np.eye(2)
-    total = 0.0
-    for k, t in enumerate(obs_times):
-        if k > 0:
-            phi, q = exact_transition(f_matrix, s, t - obs_times[k - 1])
-            mean, cov = phi @ mean, phi @ cov @ phi.T + q
-        innov_cov = cov + r
-        resid = obs[k] - mean
-        sol = np.linalg.solve(innov_cov, resid)
-        total += -0.5 * (resid @ sol + np.linalg.slogdet(2 * np.pi * innov_cov)[1])
-        gain = np.linalg.solve(innov_cov, cov).T
-        mean, cov = mean + gain @ resid, cov - gain @ cov
-    return float(total)
 
 
 def simulate(

@@ -24,7 +24,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see design.md §1: before jax is imported
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before jax is imported: see README
+os.environ.setdefault("MPLBACKEND", "Agg")  # the command line draws into files only
 
 import msde_ppl  # noqa: E402
 from msde_ppl.data import CASES, DEFAULT_CASE, SchemaError, make_dataset, save  # noqa: E402
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="learn the restriction/prolongation kernel (the reference) or hold it "
                      "at its initial profile; default: the built-in case's choice, else "
                      "'learned'")
+    fit.add_argument("--physics", choices=["burgers", "kdv"], default=None,
+                     help="physics-informed macro drift: a known coarse finite-difference PDE "
+                     "operator (Burgers -u u_x + nu u_xx, KdV -u u_x - delta u_xxx) with its "
+                     "coefficient as a sample site, plus the learned stencil correction; needs "
+                     "a periodic 1D dataset with a 'domain' attribute (default: none)")
     fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     fit.add_argument("--out", required=True, type=Path, help="run directory to create")
     fit.set_defaults(handler=cmd_fit)
@@ -213,9 +219,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from msde_ppl.models.training import TrainConfig, save_fitted
+    from msde_ppl.data.splits import select_split
+    from msde_ppl.pipeline.run import model_config, progressive_stages, run_case
+    from msde_ppl.pipeline.training import TrainConfig
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
-    from msde_ppl.predict.coarse_dns import select_split
 
     _check_case(args.case)
     run_dir: Path = args.out or Path("runs") / f"{args.case}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -224,39 +231,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[1/5] generating {args.case} ...", flush=True)
     ds = make_dataset(args.case, n_traj=args.n_traj, seed=args.seed)
     save(ds, run_dir / "data.nc")
-    case = CASES[args.case]
     first = TrainConfig(steps=args.steps, seed=args.seed, windows_per_step=RUN_WINDOWS)
-    stages = [(0, first),
-              (args.micro, dataclasses.replace(first, steps=args.micro_steps, warmup_steps=0))]
+    stages = progressive_stages(args.micro, first, args.micro_steps)
     print(f"[2/5] fitting the implicit-scale model ({args.steps} steps), then growing it into "
           f"the multiscale model (micro dimension {args.micro}, {args.micro_steps} steps) ...",
           flush=True)
-    fits = _fit_models(ds, args.case, case.coarse, args.micro, stages)
-    metrics: dict = {}
-    forecasts = {}
-    print("[3/5] forecasting the test split ...", flush=True)
-    for key, fitted in (("multiscale", fits[1]), ("implicit_scale", fits[0])):
-        model_dir = _new_dir(run_dir / key, "model directory")
-        save_fitted(fitted, model_dir, stages[1 if key == "multiscale" else 0][1])
-        fc, metrics[key] = _forecast(fitted, ds, "test", 64, args.seed)
-        if key == "multiscale":  # the multiscale model's fit includes its implicit-scale stage
-            metrics[key]["fit_wall_time_s"] += fits[0].wall_time_s
-            metrics[key]["fit_steps"] += int(len(fits[0].losses))
-        fc.to_netcdf(model_dir / "forecast.nc", engine="h5netcdf")
-        _write_posterior(fitted, model_dir / "posterior.nc")
-        forecasts[key] = fc
-        print(f"      rel-L2 {metrics[key]['rel_l2_mean']:.4f} "
+    config = model_config(ds, CASES[args.case].coarse, args.micro)
+    result = run_case(ds, config, stages, split="test", n_samples=64, seed=args.seed,
+                      progress=sys.stderr.isatty())
+    metrics = dict(result["metrics"])
+    print("[3/5] writing the fitted models, forecasts and posteriors ...", flush=True)
+    for key, fitted in (("multiscale", result["fits"][-1]), ("implicit_scale", result["fits"][0])):
+        model_dir = fitted.save(run_dir / key)
+        result["forecasts"][key].to_netcdf(model_dir / "forecast.nc", engine="h5netcdf")
+        _write_posterior(fitted, ds, model_dir / "posterior.nc", args.seed)
+        print(f"      {key}: rel-L2 {metrics[key]['rel_l2_mean']:.4f} "
               f"(clean {metrics[key].get('rel_l2_clean_mean', float('nan')):.4f}), "
               f"fit {metrics[key]['fit_wall_time_s']:.0f} s", flush=True)
     print("[4/5] coarse-DNS baseline on the test split ...", flush=True)
     metrics["coarse_dns"] = evaluate_coarse_dns(ds)
     print("[5/5] figures ...", flush=True)
-    _write_figures(forecasts, run_dir)
+    _write_figures(result["forecasts"], run_dir)
     test = select_split(ds, "test")
     floor = noise_floor(test, test.attrs.get("eval_steps"))
     metrics["meta"] = _meta(ds, grid_shape(ds), args.seed)
     metrics["meta"].update({
         "steps": args.steps,
+        "micro_steps": args.micro_steps,
         "noise_floor_rel_l2": None if floor is None else floor["mean"],
         "wall_time_s": time.perf_counter() - start,
     })
@@ -269,17 +270,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_posterior(fitted, path: Path) -> None:
-    """Variational posterior of the global sites (LogNormal loc/scale) as netCDF."""
-    import numpy as np
-    import xarray as xr
+def _write_posterior(fitted, ds, path: Path, seed: int) -> None:
+    """The ArviZ tree of a fit (posterior of the globals and of a test window's latent path;
+    :func:`msde_ppl.diagnostics.to_datatree`) as netCDF."""
+    from msde_ppl.diagnostics import arviz_io
 
-    data = {}
-    for name, value in fitted.params.items():
-        if name.endswith("_auto_loc") or name.endswith("_auto_scale"):
-            data[name] = ((f"{name.rsplit('_auto_', 1)[0]}_dim",), np.asarray(value))
-    xr.Dataset(data, attrs={"family": "LogNormal(loc, scale) per coordinate"}).to_netcdf(
-        path, engine="h5netcdf")
+    tree = arviz_io.to_datatree(fitted, ds, split="test", n_draws=100, seed=seed)
+    arviz_io.save_datatree(tree, path)
 
 
 def _write_figures(forecasts: dict, run_dir: Path) -> None:
@@ -303,44 +300,10 @@ def _new_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _fit_models(ds, case, coarse, n_micro, stages, encoder: str | None = None,
-                decoder: str | None = None, scale_kernel: str | None = None) -> list:
-    """Fit ``stages = [(K, TrainConfig), ...]`` (progressively when more than one); ``None``
-    options keep the case's defaults (:data:`msde_ppl.models.multiscale.CASE_CONFIGS`)."""
-    from msde_ppl.models.multiscale import config_for
-    from msde_ppl.models.training import fit_progressive
-
-    config = config_for(
-        case, grid_shape(ds), coarse, n_micro=n_micro, n_channels=ds.sizes.get("field", 1),
-        encoder=encoder, decoder=decoder,
-        learn_kernel=None if scale_kernel is None else scale_kernel == "learned")
-    return fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
-
-
-def _forecast(fitted, ds, split: str, samples: int, seed: int, integrator: str = "heun",
-              substeps: int = 1):
-    """Forecast and metrics of one fitted model or a list (one mixture, see ``forecast``)."""
-    import jax
-
-    from msde_ppl.predict.forecast import forecast, forecast_metrics
-
-    start = time.perf_counter()
-    # forecast the evaluation horizon only (the reference scores wave 1D on t <= 0.2)
-    fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=samples,
-                  substeps=substeps, method=integrator, n_steps=ds.attrs.get("eval_steps"))
-    metrics = forecast_metrics(fc, ds.attrs.get("eval_steps"))
-    metrics["forecast_wall_time_s"] = time.perf_counter() - start
-    fits = fitted if isinstance(fitted, list) else [fitted]  # FittedModel is a NamedTuple
-    metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
-    metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))
-    losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
-    metrics["final_loss"] = losses[0] if len(losses) == 1 else (losses or None)
-    return fc, metrics
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
     from msde_ppl.data import load, validate
-    from msde_ppl.models.training import TrainConfig, save_fitted
+    from msde_ppl.pipeline.run import model_config, progressive_stages
+    from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 
     ds = load(args.data)
     validate(ds, coarse=args.coarse)
@@ -348,6 +311,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise FileExistsError(f"run directory {args.out} already exists; choose another --out")
     if args.window < 2:
         raise ValueError(f"--window must be at least 2, got {args.window}")
+    if not (args.lr > 0 and args.lr < float("inf")):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
     for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
         if choice == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
             raise ValueError(f"{flag} cnn needs a 1D grid of length divisible by 8, got "
@@ -355,50 +320,56 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if ds.sizes["time"] < args.window:
         raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
                          "snapshots per trajectory")
+    if args.physics and "domain" not in ds.attrs:
+        raise ValueError("--physics needs the dataset's 'domain' attribute (the grid spacing)")
     train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
                         windows_per_step=args.windows)
     stages = [(args.micro, train)]
     if args.micro and not args.no_progressive and args.steps >= 4:
         first = dataclasses.replace(train, steps=args.steps // 4)
-        rest = dataclasses.replace(train, steps=args.steps - first.steps, warmup_steps=0)
-        stages = [(0, first), (args.micro, rest)]
-    out = _new_dir(args.out, "run directory")
-    fits = _fit_models(ds, ds.attrs.get("case"), args.coarse, args.micro, stages, args.encoder,
-                       args.decoder, args.scale_kernel)
-    save_fitted(fits[-1], out, train)
-    wall = sum(f.wall_time_s for f in fits)
-    print(f"fitted {args.steps} steps in {wall:.0f} s; final loss "
-          f"{fits[-1].losses[-1]:.4f}; model in {out}")
+        stages = progressive_stages(args.micro, first, args.steps - first.steps)
+    config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
+                          decoder=args.decoder, scale_kernel=args.scale_kernel,
+                          physics=args.physics)
+    fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
+    fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits))
+    fitted.save(args.out)
+    print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s; final loss "
+          f"{fitted.losses[-1]:.4f}; model in {args.out}")
     return 0
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load
-    from msde_ppl.models.training import load_fitted
+    from msde_ppl.pipeline.fitted import Fitted
+    from msde_ppl.pipeline.run import score
 
-    fits = [load_fitted(run_dir) for run_dir in args.run_dirs]
-    fitted = fits[0]
+    fits = [Fitted.load(run_dir) for run_dir in args.run_dirs]
     ds = load(args.data)
     for run_dir, f in zip(args.run_dirs, fits, strict=True):
-        if tuple(grid_shape(ds)) != tuple(f.config.fine_shape):
+        if list(grid_shape(ds)) != list(f.grid["fine_shape"]):
             raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
-                             f"{f.config.fine_shape} ({run_dir})")
+                             f"{tuple(f.grid['fine_shape'])} ({run_dir})")
     if args.out.exists():
         raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
-    fc, metrics = _forecast(fits, ds, args.split, args.samples, args.seed, args.integrator,
-                            args.substeps)
+    fc, metrics = score(fits, ds, split=args.split, n_samples=args.samples, seed=args.seed,
+                        integrator=args.integrator, substeps=args.substeps)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     report = {"model": metrics}
     if ds.attrs.get("case") in CASES and "split" in ds.coords:
         from msde_ppl.predict import evaluate_coarse_dns
 
-        report["coarse_dns"] = evaluate_coarse_dns(ds, fitted.config.coarse_shape,
-                                                   split=args.split)
-    report["meta"] = _meta(ds, fitted.config.fine_shape, args.seed)
+        config = fits[0].config
+        report["coarse_dns"] = evaluate_coarse_dns(
+            ds, None if config is None else config.coarse_shape, split=args.split)
+    report["meta"] = _meta(ds, grid_shape(ds), args.seed)
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
           f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}")
+    if not metrics["finite"]:
+        print("warning: the forecast holds non-finite values (it diverged); its scores are "
+              "not finite", file=sys.stderr)
     print(f"report: {out / 'metrics.json'}")
     return 0
 

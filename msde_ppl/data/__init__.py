@@ -1,10 +1,9 @@
 """The data layer: schema and validation, netCDF I/O, built-in PDE datasets, coarse-graining,
-and the window sampler."""
+splits and windows."""
 
 from msde_ppl.data.cases import CASES, DEFAULT_CASE, PDECase, get_case
 from msde_ppl.data.coarse import coarse_coordinates, interpolate, restrict
 from msde_ppl.data.io import load, save
-from msde_ppl.data.sampler import WindowSampler, window_starts
 from msde_ppl.data.schema import (
     SchemaError,
     check_coarse,
@@ -13,6 +12,8 @@ from msde_ppl.data.schema import (
     spatial_dims,
     validate,
 )
+from msde_ppl.data.splits import observations, select_split
+from msde_ppl.data.windows import n_windows, random_windows, window_starts
 
 
 def make_dataset(case: str, n_traj: int | None = None, seed: int = 0):
@@ -25,7 +26,6 @@ __all__ = [
     "DEFAULT_CASE",
     "PDECase",
     "SchemaError",
-    "WindowSampler",
     "check_coarse",
     "coarse_coordinates",
     "from_arrays",
@@ -34,8 +34,12 @@ __all__ = [
     "interpolate",
     "load",
     "make_dataset",
+    "n_windows",
+    "observations",
+    "random_windows",
     "restrict",
     "save",
+    "select_split",
     "spatial_dims",
     "validate",
     "window_starts",

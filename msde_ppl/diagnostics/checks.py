@@ -27,6 +27,8 @@ import numpy as np
 import xarray as xr
 from scipy import special, stats
 
+from msde_ppl.predict.metrics import crps_ensemble, interval_coverage
+
 __all__ = [
     "DEFAULT_LEVELS",
     "ConvergenceCheck",
@@ -44,13 +46,6 @@ __all__ = [
 
 #: Nominal probabilities of the central intervals checked by default.
 DEFAULT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-
-
-def interval_coverage(obs: xr.DataArray | np.ndarray, lower: xr.DataArray | np.ndarray,
-                      upper: xr.DataArray | np.ndarray) -> float:
-    """Fraction of ``obs`` inside ``[lower, upper]`` (all broadcast together)."""
-    obs, lower, upper = (np.asarray(a) for a in (obs, lower, upper))
-    return float(((obs >= lower) & (obs <= upper)).mean())
 
 
 def _curve(levels: np.ndarray, empirical: np.ndarray, n: int) -> xr.Dataset:
@@ -164,17 +159,6 @@ def crps_gaussian(mean: np.ndarray, std: np.ndarray, obs: np.ndarray) -> np.ndar
     pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
     cdf = 0.5 * (1 + special.erf(z / np.sqrt(2)))
     return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
-
-
-def crps_ensemble(samples: np.ndarray, obs: np.ndarray, *, sample_axis: int = 0) -> np.ndarray:
-    r"""Fair (unbiased) ensemble CRPS :math:`\frac1S\sum|X_i - y| - \frac{1}{2S(S-1)}
-    \sum_{i,j}|X_i - X_j|` per observation (by sorting, :math:`O(S \log S)`)."""
-    draws = np.sort(np.moveaxis(np.asarray(samples, np.float64), sample_axis, -1), axis=-1)
-    n = draws.shape[-1]
-    skill = np.abs(draws - np.asarray(obs, np.float64)[..., None]).mean(-1)
-    weights = 2 * np.arange(n) - n + 1
-    spread = (draws * weights).sum(-1) * 2 / (n * (n - 1))
-    return skill - 0.5 * spread
 
 
 class ConvergenceCheck(NamedTuple):

@@ -1,4 +1,5 @@
-"""Figures of forecasts (matplotlib, ``Agg``-safe; never imported by library code).
+"""Figures of forecasts (matplotlib; the backend is left to the caller: inline in notebooks,
+``Agg`` in the command line).
 
 - :func:`plot_space_time`: truth, forecast mean, std and |error| of one trajectory as space-time
   panels (1D data) with colour bars;
@@ -20,12 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
 
 __all__ = [
     "plot_coverage",
@@ -179,40 +177,56 @@ def _band(ax: plt.Axes, t: np.ndarray, draws: np.ndarray, color: str, label: str
 
 
 def plot_latent_paths(posterior: xr.Dataset, n_nodes: int = 4) -> plt.Figure:
-    """Posterior latent paths over the window: ``n_nodes`` macro nodes of ``zeta`` (left) and
-    every micro coordinate of ``eta`` (right), median with 5–95% bands.
+    """Posterior latent paths over the window, median with 5–95% bands: ``n_nodes`` macro nodes
+    of ``zeta`` and every micro coordinate of ``eta`` (the built-in model), or the first
+    ``n_nodes`` coordinates of each latent variable with a ``latent`` dim (any other program).
 
     Args:
         posterior: the ``posterior`` group of the ArviZ tree (dims ``chain, draw, time, ...``).
-        n_nodes: macro nodes shown (evenly spaced over the coarse grid).
+        n_nodes: macro nodes / coordinates shown (evenly spaced).
     """
-    has_micro = "eta" in posterior
-    fig, axes = plt.subplots(1, 2 if has_micro else 1, figsize=(12 if has_micro else 6, 3.8),
-                             constrained_layout=True, squeeze=False)
-    zeta = posterior["zeta"].stack(sample=("chain", "draw")).transpose("sample", "time", ...)
-    zeta = zeta.isel(field=0) if "field" in zeta.dims else zeta
-    coarse = [d for d in zeta.dims if d.startswith("coarse_")]
-    flat = zeta.stack(node=coarse).transpose("sample", "time", "node")
     t = posterior["time"].values
-    picks = np.linspace(0, flat.sizes["node"] - 1, min(n_nodes, flat.sizes["node"])).astype(int)
-    ax = axes[0, 0]
-    for j, node in enumerate(picks):
-        where = flat["node"].values[node]
-        where = where if isinstance(where, tuple) else (where,)
-        label = ", ".join(f"{c[7:]}={float(v):.3g}" for c, v in zip(coarse, where, strict=True))
-        _band(ax, t, flat.values[:, :, node], f"C{j}", f"ζ at {label}")
-    ax.set_xlabel("t")
-    ax.set_ylabel("ζ (macro state, u)")
-    ax.set_title("macro latent nodes (median, 5–95%)")
-    ax.legend(fontsize=8)
-    if has_micro:
-        eta = posterior["eta"].stack(sample=("chain", "draw")).transpose("sample", "time", "micro")
-        ax = axes[0, 1]
-        for j in range(eta.sizes["micro"]):
-            _band(ax, t, eta.values[:, :, j], f"C{j}", f"η[{j}]")
+    panels = []  # (title, ylabel, [(label, draws (S, T))])
+    if "zeta" in posterior:
+        zeta = posterior["zeta"].stack(sample=("chain", "draw")).transpose("sample", "time", ...)
+        zeta = zeta.isel(field=0) if "field" in zeta.dims else zeta
+        coarse = [d for d in zeta.dims if d.startswith("coarse_")]
+        flat = zeta.stack(node=coarse).transpose("sample", "time", "node")
+        picks = np.linspace(0, flat.sizes["node"] - 1,
+                            min(n_nodes, flat.sizes["node"])).astype(int)
+        lines = []
+        for node in picks:
+            where = flat["node"].values[node]
+            where = where if isinstance(where, tuple) else (where,)
+            label = ", ".join(f"{c[7:]}={float(v):.3g}" for c, v in zip(coarse, where,
+                                                                          strict=True))
+            lines.append((f"ζ at {label}", flat.values[:, :, node]))
+        panels.append(("macro latent nodes", "ζ (macro state)", lines))
+        if "eta" in posterior:
+            eta = posterior["eta"].stack(sample=("chain", "draw")).transpose("sample", "time",
+                                                                              "micro")
+            panels.append(("micro latent coordinates", "η (micro state)",
+                           [(f"η[{j}]", eta.values[:, :, j]) for j in range(eta.sizes["micro"])]))
+    else:
+        for name in posterior.data_vars:
+            da = posterior[name]
+            if "latent" not in da.dims:
+                continue
+            da = da.stack(sample=("chain", "draw")).transpose("sample", "time", "latent")
+            picks = np.linspace(0, da.sizes["latent"] - 1,
+                                min(n_nodes, da.sizes["latent"])).astype(int)
+            panels.append((f"latent path {name}", name,
+                           [(f"{name}[{j}]", da.values[:, :, j]) for j in picks]))
+    if not panels:
+        raise ValueError("the posterior has no latent path (zeta/eta, or a 'latent' dim)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8),
+                             constrained_layout=True, squeeze=False)
+    for ax, (title, ylabel, lines) in zip(axes[0], panels, strict=True):
+        for j, (label, draws) in enumerate(lines):
+            _band(ax, t, draws, f"C{j}", label)
         ax.set_xlabel("t")
-        ax.set_ylabel("η (micro state)")
-        ax.set_title("micro latent coordinates (median, 5–95%)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} (median, 5–95%)")
         ax.legend(fontsize=8)
     fig.suptitle("posterior latent paths over the window")
     return fig
@@ -220,12 +234,14 @@ def plot_latent_paths(posterior: xr.Dataset, n_nodes: int = 4) -> plt.Figure:
 
 def plot_forest(
     posterior: xr.Dataset,
-    var_names: Sequence[str] = ("diffusion_macro", "diffusion_micro", "obs_var_macro",
-                                "obs_var_micro"),
-    log: bool = True,
+    var_names: Sequence[str] | None = None,
+    log: bool | None = None,
 ) -> plt.Figure:
-    """Forest plot of positive physical parameters: median, 50% and 90% equal-tailed intervals
-    for every coordinate (log axis by default)."""
+    """Forest plot of the global parameters: median, 50% and 90% equal-tailed intervals for
+    every coordinate. ``var_names`` default: every posterior variable without a ``time`` dim;
+    ``log`` default: a log axis when every draw is positive."""
+    if var_names is None:
+        var_names = [v for v in posterior.data_vars if "time" not in posterior[v].dims]
     rows = []
     for name in var_names:
         if name not in posterior:
@@ -248,10 +264,12 @@ def plot_forest(
         ax.plot([q25, q75], [y, y], color="C0", lw=3)
         ax.plot(q50, y, "o", color="k", ms=3)
     ax.set_yticks(ypos, [name for name, _ in rows], fontsize=8)
+    if log is None:
+        log = all(np.all(draws > 0) for _, draws in rows)
     if log:
         ax.set_xscale("log")
     ax.set_xlabel("value (diffusion: u per √t; obs. variance: u²)")
-    ax.set_ylabel("parameter [coordinate: coarse x / micro index]")
+    ax.set_ylabel("parameter [coordinate]")
     ax.set_title("physical parameters: median, 50% and 90% intervals")
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -1,8 +1,9 @@
 """``msde report RUN_DIR``: figures, ArviZ posterior and a markdown report of a run directory.
 
 A run directory written by ``msde run`` holds ``metrics.json``, ``data.nc`` and, per fitted model
-(``multiscale``, ``implicit_scale``), ``config.json``, ``params.pkl``, ``losses.npy``,
-``forecast.nc`` and ``posterior.nc``. :func:`build_report` writes into a NEW directory (default
+(``multiscale``, ``implicit_scale``), a saved :class:`~msde_ppl.Fitted` (``fitted.json``,
+``params.eqx``, ``losses.npy``), ``forecast.nc`` and ``posterior.nc``. :func:`model_report`
+writes the same figures and section for any fitted program and dataset. :func:`build_report` writes into a NEW directory (default
 ``RUN_DIR/report``; an existing one is refused):
 
 - ``report.md``: the metrics table, and per model the ELBO convergence check, the calibration
@@ -28,11 +29,12 @@ import numpy as np
 import xarray as xr
 
 from msde_ppl.data import load
+from msde_ppl.data.splits import select_split
 from msde_ppl.diagnostics import arviz_io, checks, plots
-from msde_ppl.models.training import load_fitted
+from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.predict.forecast import forecast
 
-__all__ = ["MODEL_KEYS", "build_report"]
+__all__ = ["MODEL_KEYS", "build_report", "model_report"]
 
 MODEL_KEYS = ("multiscale", "implicit_scale")
 _METRIC_COLUMNS = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "crps", "coverage_90")
@@ -70,14 +72,14 @@ def _metrics_section(metrics: dict) -> list[str]:
     return lines
 
 
-def _model_section(key: str, model_dir: Path, ds: xr.Dataset, out: Path, *, n_samples: int,
-                   n_draws: int, seed: int) -> list[str]:
-    fitted = load_fitted(model_dir)
+def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
+                 fc: xr.Dataset | None = None, n_samples: int = 32, n_draws: int = 100,
+                 seed: int = 0) -> list[str]:
+    """Figures (``out/KEY_*.png``), the ArviZ tree (``out/KEY_posterior.nc``) and the markdown
+    lines of one fitted program on the test split of ``ds`` (forecast first if ``fc`` is
+    ``None``)."""
     eval_steps = ds.attrs.get("eval_steps")
-    if (model_dir / "forecast.nc").is_file():
-        with xr.open_dataset(model_dir / "forecast.nc", engine="h5netcdf") as f:
-            fc = f.load()
-    else:
+    if fc is None:
         fc = forecast(jax.random.key(seed), fitted, ds, split="test", n_samples=n_samples,
                       n_steps=eval_steps)
     lines = [f"## {key.replace('_', '-')} model", ""]
@@ -85,14 +87,13 @@ def _model_section(key: str, model_dir: Path, ds: xr.Dataset, out: Path, *, n_sa
     title = f"{key.replace('_', '-')} model, test trajectory 0"
     figs["space-time"] = _save(plots.plot_space_time(fc, 0, title=title),
                                out / f"{key}_space_time.png")
-    figs["macro/micro decomposition"] = _save(plots.plot_decomposition(fc, 0),
-                                              out / f"{key}_decomposition.png")
+    if "macro" in fc:
+        figs["macro/micro decomposition"] = _save(plots.plot_decomposition(fc, 0),
+                                                  out / f"{key}_decomposition.png")
     figs["time slices"] = _save(plots.plot_time_slices(fc, 0), out / f"{key}_time_slices.png")
 
     # calibration: re-forecast the first test trajectory keeping the members
-    test = ds
-    if "split" in ds.coords:
-        test = ds.isel(traj=np.flatnonzero(ds["split"].values.astype(str) == "test")[:1])
+    test = select_split(ds, "test").isel(traj=slice(0, 1))
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True)
     figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
@@ -133,10 +134,16 @@ def _model_section(key: str, model_dir: Path, ds: xr.Dataset, out: Path, *, n_sa
                                 seed=seed)
     arviz_io.save_datatree(tree, out / f"{key}_posterior.nc")
     table = arviz_io.summary(tree)
-    lines += ["", "### Posterior of the physical parameters (ArviZ)", "",
+    lines += ["", "### Posterior of the global parameters (ArviZ)", "",
               f"Variational posterior, {n_draws} draws; latent paths over a window of "
               f"{tree.attrs['window_length']} snapshots of test trajectory 0 "
               f"(`{key}_posterior.nc`).", ""]
+    stale = fitted.stale_scales()
+    if stale:
+        lines += ["**Warning**: the posterior scales of " + ", ".join(
+            f"`{k}` ({v:.0%} of its coordinates)" for k, v in stale.items())
+            + " are still within 5% of their initial value: their uncertainty was not "
+            "learned, read those intervals with care.", ""]
     lines += _table(["parameter", *map(str, table.columns)],
                     [[str(i), *(_fmt(float(v)) for v in row)] for i, row in
                      zip(table.index, table.to_numpy(), strict=True)])
@@ -171,10 +178,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     if not (run_dir / "data.nc").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory of `msde run`: "
                                 "data.nc is missing")
-    keys = [k for k in MODEL_KEYS if (run_dir / k / "params.pkl").is_file()]
+    keys = [k for k in MODEL_KEYS if (run_dir / k / "fitted.json").is_file()]
     if not keys:
         raise FileNotFoundError(f"{run_dir} has no fitted model ({', '.join(MODEL_KEYS)}/"
-                                "params.pkl)")
+                                "fitted.json)")
     out = run_dir / "report" if out_dir is None else Path(out_dir)
     if out.exists():
         raise FileExistsError(f"report directory {out} already exists; choose another "
@@ -187,8 +194,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     lines = [f"# Report of `{run_dir}`", "", "## Metrics (test split)", ""]
     lines += _metrics_section(metrics) + [""]
     for key in keys:
-        lines += _model_section(key, run_dir / key, ds, out, n_samples=n_samples,
-                                n_draws=n_draws, seed=seed)
+        fc = None
+        if (run_dir / key / "forecast.nc").is_file():
+            with xr.open_dataset(run_dir / key / "forecast.nc", engine="h5netcdf") as f:
+                fc = f.load()
+        lines += model_report(key, Fitted.load(run_dir / key), ds, out, fc=fc,
+                              n_samples=n_samples, n_draws=n_draws, seed=seed)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

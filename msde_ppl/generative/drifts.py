@@ -12,7 +12,10 @@ vector ``z`` of length ``C * prod(coarse) + n_micro``.
   absolute time, as the reference), or :math:`[\zeta, \eta] \mapsto d\eta/dt` (autonomous).
 - :class:`MultiscaleDrift`: both, on the flat state, with the ``drift(t, z, args)`` signature of
   :class:`~msde_ppl.generative.SDEPath`. With ``n_micro = 0`` it is the implicit-scale (closure)
-  model's drift.
+  model's drift. With a known coarse PDE operator :math:`F`
+  (:class:`~msde_ppl.generative.physics.CoarsePDE`) the macro drift is
+  :math:`F(\zeta; \theta) + \mathrm{MLP}(\zeta_{N(j)}, \eta)`, the coefficient :math:`\theta`
+  passed as ``args`` (a sample site of the model, so it is traced data).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from msde_ppl.generative.networks import MLP
+from msde_ppl.generative.physics import CoarsePDE
 
 __all__ = [
     "MicroDrift",
@@ -131,6 +135,7 @@ class MultiscaleDrift(eqx.Module):
 
     macro: StencilDrift
     micro: MicroDrift | None
+    physics: CoarsePDE | None
     n_micro: int = eqx.field(static=True)
 
     def __init__(
@@ -142,10 +147,12 @@ class MultiscaleDrift(eqx.Module):
         macro_hidden: tuple[int, ...] = (128, 128, 128),
         micro_hidden: tuple[int, ...] = (128, 512, 128),
         micro_time: bool = True,
+        physics: CoarsePDE | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
         key_macro, key_micro = jax.random.split(key)
+        self.physics = physics
         self.n_micro = n_micro
         self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
                                   key=key_macro)
@@ -164,8 +171,12 @@ class MultiscaleDrift(eqx.Module):
         return zeta, z[self.n_macro :]
 
     def __call__(self, t: Array, z: Float[Array, " n_z"], args: object = None) -> Array:
+        """``dz/dt``; ``args`` is the physics coefficient (unused without physics)."""
         zeta, eta = self.split(z)
-        d_zeta = self.macro(zeta, eta).ravel()
+        d_zeta = self.macro(zeta, eta)
+        if self.physics is not None:
+            d_zeta = d_zeta + self.physics(zeta, args)
+        d_zeta = d_zeta.ravel()
         if self.micro is None:
             return d_zeta
         return jnp.concatenate([d_zeta, self.micro(t, zeta, eta)])

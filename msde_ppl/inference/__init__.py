@@ -1,6 +1,7 @@
 """Inference: temporal kernel interpolation, amortized autoguide, solver-free ELBO, fit loop."""
 
 from msde_ppl.inference.autoguide import AutoAmortizedSDE as AutoAmortizedSDE
+from msde_ppl.inference.autoguide import tied_encoder as tied_encoder
 from msde_ppl.inference.elbo import SolverFreeELBO as SolverFreeELBO
 from msde_ppl.inference.elbo import linear_beta_warmup as linear_beta_warmup
 from msde_ppl.inference.elbo import path_kl_integral as path_kl_integral
@@ -41,5 +42,6 @@ __all__ = [
     "safe_cholesky",
     "save_checkpoint",
     "step",
+    "tied_encoder",
     "window_batches",
 ]

@@ -50,8 +50,24 @@ from numpyro.infer.initialization import init_to_median
 from msde_ppl.generative.sde_path import SDEPath
 from msde_ppl.inference.gauss_markov import GaussMarkovPath
 from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
+from msde_ppl.inference.param_store import (
+    encoder_name,
+    fitted_network,
+    global_param_names,
+    kernel_name,
+)
 
-__all__ = ["AutoAmortizedSDE"]
+__all__ = ["AutoAmortizedSDE", "tied_encoder"]
+
+
+def tied_encoder(site: str, encoder: eqx.Module) -> eqx.Module:
+    """Register, inside a MODEL, the amortized guide's encoder of path site ``site``.
+
+    The model and the guide then share one set of weights: e.g. a model whose prolongation
+    :math:`P` is the adjoint of the guide's restriction :math:`R` reads both from the same
+    scale operator. ``encoder`` must be the module the guide was built with (same structure).
+    """
+    return eqx_module(encoder_name(site), encoder)
 
 
 def _is_real_support(support: constraints.Constraint) -> bool:
@@ -214,10 +230,10 @@ class AutoAmortizedSDE(AutoGuide):
                 for pname, dim, size in info["frames"]:
                     stack.enter_context(numpyro.plate(pname, size, dim=dim))
                 event_dim = info["event_dim"]
-                loc = numpyro.param(f"{name}_{self.prefix}_loc", info["init_loc"],
-                                    event_dim=event_dim)
+                loc_name, scale_name = global_param_names(name, self.prefix)
+                loc = numpyro.param(loc_name, info["init_loc"], event_dim=event_dim)
                 scale = numpyro.param(
-                    f"{name}_{self.prefix}_scale",
+                    scale_name,
                     jnp.full(jnp.shape(info["init_loc"]), self.init_scale),
                     constraint=constraints.softplus_positive,
                     event_dim=event_dim,
@@ -244,8 +260,8 @@ class AutoAmortizedSDE(AutoGuide):
                 f"one snapshot per path time, i.e. leading shape {lead}"
             )
         obs_shape = jnp.shape(obs)[len(lead):]
-        encoder = eqx_module(f"{name}_encoder", self.encoders[name])
-        kernel = eqx_module(f"{name}_kernel", self.kernels[name])
+        encoder = eqx_module(encoder_name(name), self.encoders[name])
+        kernel = eqx_module(kernel_name(name), self.kernels[name])
         flat_obs = jnp.reshape(obs, (-1,) + tuple(obs_shape))
         enc_mean, enc_second = jax.vmap(encoder)(flat_obs)
         enc_logvar = enc_second if self.encoder_output == "logvar" else jnp.log(enc_second)
@@ -289,6 +305,57 @@ class AutoAmortizedSDE(AutoGuide):
                     stack.enter_context(p)
                 result[name] = numpyro.sample(name, posterior)
         return result
+
+    # ------------------------------------------------------------------ fitted pieces
+    @property
+    def path_sites(self) -> list[str]:
+        """Names of the model's SDE path sites (after the guide has been set up)."""
+        return list(self._path_sites)
+
+    @property
+    def global_sites(self) -> list[str]:
+        """Names of the model's other latent (global) sites (after set-up)."""
+        return list(self._global_sites)
+
+    def global_support(self, name: str) -> constraints.Constraint:
+        """Support of global site ``name``."""
+        return self._global_sites[name]["support"]
+
+    def global_scale(self, params: dict[str, Array], name: str) -> tuple[Array, Array]:
+        """``(current, initial)`` unconstrained scale of global site ``name``'s posterior."""
+        scale = params[global_param_names(name, self.prefix)[1]]
+        return scale, jnp.full(jnp.shape(scale), self.init_scale)
+
+    def encoder(self, params: dict[str, Array], site: str | None = None) -> eqx.Module:
+        """The fitted encoder of path site ``site`` (default: the only one): one snapshot
+        ``obs_shape -> (mean, second)`` with ``second`` as set by ``encoder_output``."""
+        site = self._only_path_site(site)
+        return fitted_network(params, encoder_name(site), self.encoders[site])
+
+    def kernel(self, params: dict[str, Array], site: str | None = None) -> TemporalKernel:
+        """The fitted temporal kernel of path site ``site`` (default: the only one)."""
+        site = self._only_path_site(site)
+        return fitted_network(params, kernel_name(site), self.kernels[site])
+
+    def encode(self, params: dict[str, Array], obs: Array, site: str | None = None,
+               ) -> tuple[Array, Array]:
+        """Per-snapshot posterior ``(mean, var)`` of path site ``site`` for ONE snapshot
+        ``obs`` (shape ``obs_shape``): the amortized encoder's output, before the temporal
+        kernel; it is the guide's distribution of a single state seen alone."""
+        mean, second = self.encoder(params, site)(obs)
+        var = jnp.exp(second) if self.encoder_output == "logvar" else second
+        return mean, var
+
+    def _only_path_site(self, site: str | None) -> str:
+        if self.prototype_trace is None:
+            raise RuntimeError("the guide has not been set up yet: call it (or fit) first")
+        if site is None:
+            if len(self._path_sites) != 1:
+                raise ValueError(f"the model has path sites {self._path_sites}; name one")
+            return self._path_sites[0]
+        if site not in self._path_sites:
+            raise ValueError(f"{site!r} is not a path site of the model {self._path_sites}")
+        return site
 
     # ------------------------------------------------------------------ posterior API
     def _ensure_setup(self, *args: Any, **kwargs: Any) -> None:
@@ -343,6 +410,20 @@ class AutoAmortizedSDE(AutoGuide):
         draws = jax.jit(jax.vmap(one))(jax.random.split(rng_key, n))
         return jax.tree.map(lambda x: jnp.reshape(x, sample_shape + x.shape[1:]), draws)
 
+    def global_quantiles(self, params: dict[str, Array], quantiles: Sequence[float] | Array,
+                         ) -> dict[str, Array]:
+        """Marginal posterior quantiles of the global sites only (no data needed), shape
+        ``(len(quantiles),) + site_shape``: the mean-field Normal's quantiles pushed through
+        the support transform (monotone per coordinate)."""
+        qs = jnp.asarray(quantiles)
+        out = {}
+        for name in self._global_sites:
+            loc_name, scale_name = global_param_names(name, self.prefix)
+            loc, scale = params[loc_name], params[scale_name]
+            z = dist.Normal(0.0, 1.0).icdf(jnp.reshape(qs, (-1,) + (1,) * jnp.ndim(loc)))
+            out[name] = self._global_transform(name, loc[None] + scale[None] * z)
+        return out
+
     def median(self, params: dict[str, Array], *args: Any, **kwargs: Any) -> dict[str, Array]:
         """Posterior medians: transformed ``loc`` for globals, :math:`m(t_i)` for paths.
 
@@ -366,12 +447,7 @@ class AutoAmortizedSDE(AutoGuide):
         if self.prototype_trace is None:
             self._ensure_setup(*args, **kwargs)
         qs = jnp.asarray(quantiles)
-        out = {}
-        for name in self._global_sites:
-            loc = params[f"{name}_{self.prefix}_loc"]
-            scale = params[f"{name}_{self.prefix}_scale"]
-            z = dist.Normal(0.0, 1.0).icdf(jnp.reshape(qs, (-1,) + (1,) * jnp.ndim(loc)))
-            out[name] = self._global_transform(name, loc[None] + scale[None] * z)
+        out = self.global_quantiles(params, qs)
         if self._path_sites:
             if not args and not kwargs:
                 raise ValueError("path sites need the model arguments (the guide is amortized)")

@@ -1,6 +1,15 @@
 """Forecasts, metrics and baselines."""
 
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
-from msde_ppl.predict.metrics import noise_floor, pooled_relative_l2, relative_l2
+from msde_ppl.predict.forecast import forecast, rollout
+from msde_ppl.predict.metrics import (
+    crps_ensemble,
+    forecast_metrics,
+    interval_coverage,
+    noise_floor,
+    pooled_relative_l2,
+    relative_l2,
+)
 
-__all__ = ["coarse_dns", "evaluate_coarse_dns", "noise_floor", "pooled_relative_l2", "relative_l2"]
+__all__ = ["coarse_dns", "crps_ensemble", "evaluate_coarse_dns", "forecast", "forecast_metrics",
+           "interval_coverage", "noise_floor", "pooled_relative_l2", "relative_l2", "rollout"]

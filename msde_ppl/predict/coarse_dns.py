@@ -22,6 +22,7 @@ import xarray as xr
 from msde_ppl.data.cases import CASES, PDECase, get_case
 from msde_ppl.data.coarse import interpolate, restrict
 from msde_ppl.data.schema import SchemaError, check_coarse, spatial_dims, validate
+from msde_ppl.data.splits import select_split
 from msde_ppl.predict.metrics import pooled_relative_l2
 
 
@@ -36,18 +37,6 @@ def case_of(ds: xr.Dataset) -> PDECase:
     case = get_case(name)
     physical = {k: float(ds.attrs[k]) for k in case.physical_parameters() if k in ds.attrs}
     return dataclasses.replace(case, **physical)
-
-
-def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:
-    """Trajectories of one split (all of them if ``split`` is ``None`` or there are no labels)."""
-    if split is None:
-        return ds
-    if "split" not in ds.coords:
-        raise SchemaError(f"split {split!r} requested but the dataset has no 'split' coordinate")
-    mask = np.asarray(ds["split"].values).astype(str) == split
-    if not mask.any():
-        raise SchemaError(f"the dataset has no trajectory in split {split!r}")
-    return ds.isel(traj=np.flatnonzero(mask))
 
 
 def coarse_dns(

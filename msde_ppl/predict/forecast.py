@@ -1,51 +1,55 @@
-r"""Ensemble forecasts of a fitted multiscale model on the fine grid (method.md §3).
+r"""Ensemble forecasts of ANY fitted program with one SDE path site (docs/method.md §6).
 
-From a trajectory's first snapshot :math:`y_0`:
+From a trajectory's first snapshot :math:`y_0`, for a :class:`~msde_ppl.Fitted` program with one
+:class:`~msde_ppl.generative.SDEPath` site and one observed site:
 
-1. encode :math:`z_0 \sim \mathcal N(\mathrm{enc}_\mu(y_0), \mathrm{enc}_{\sigma^2})`, one draw per
-   ensemble member, and draw the member's global parameters (diffusion, observation variances)
-   from their variational posterior;
-2. roll the learned SDE forward with the stochastic Heun method (default) or Euler–Maruyama
-   (``substeps`` equal steps per data interval, see :func:`rollout`) in one ``lax.scan``, all
-   members in parallel;
-3. decode every state through the product-of-experts likelihood: predictive mean
-   :math:`\mu_y = P\zeta + (\sigma_y^2/\sigma_m^2) g(\eta)` and variance :math:`\sigma_y^2`.
+1. **globals**: one joint draw of the global sites per ensemble member from the variational
+   posterior (``guide.sample_posterior``);
+2. **initial state**: :math:`z_0 \sim \mathcal N(m(y_0), v(y_0))`, the guide's amortized
+   encoder at the first snapshot;
+3. **dynamics**: the path site's own drift :math:`f(t, z, \text{args})` and diffusion
+   :math:`s`, read from the program's trace with the member's globals substituted (so a drift
+   coefficient that is a sample site, passed as ``drift_args``, varies across members), rolled
+   forward with the stochastic Heun method (default) or Euler–Maruyama (:func:`rollout`) in one
+   ``lax.scan``, all members in parallel;
+4. **observation**: the program itself, conditioned on the rolled-out path (NumPyro
+   ``substitute``), gives the observed site's distribution at every time: its ``mean`` and
+   ``variance`` and one predictive draw per member. A variant's own decoder and likelihood are
+   used with no extra code; for the built-in product-of-experts likelihood the macro part
+   :math:`P\zeta` and the weighted micro part are recorded too.
 
-The forecast mean is the ensemble average of :math:`\mu_y` (the exact expectation of the
-decoder noise), the standard deviation follows from the law of total variance
-(:math:`\mathrm{Var}[\mu_y] + \mathbb E[\sigma_y^2]`), and quantiles and CRPS use one predictive
-draw :math:`\mu_y + \sigma_y\varepsilon` per member.
+The forecast mean is the ensemble average of the conditional means, the standard deviation
+follows from the law of total variance (:math:`\mathrm{Var}[\mu_y] + \mathbb E[\sigma_y^2]`),
+and quantiles and CRPS use the predictive draws.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from jax import lax
+from jax.extend import core as jax_core
+from numpyro import handlers
 
-from msde_ppl.models.multiscale import decode
-from msde_ppl.models.training import FittedModel, fitted_networks, observations
-from msde_ppl.predict.metrics import pooled_relative_l2
+from msde_ppl.data.splits import observations, select_split
+from msde_ppl.generative.likelihood import ProductOfExpertsNormal
+from msde_ppl.pipeline.fitted import Fitted
+from msde_ppl.predict.metrics import crps_sorted
 
-__all__ = ["forecast", "forecast_metrics", "rollout", "trajectory_ensemble"]
+__all__ = ["forecast", "observe", "program_trace", "rollout", "trajectory_ensemble"]
 
-
-def _posterior_draws(rng_key: jax.Array, params: dict, name: str, n: int) -> jax.Array:
-    """``n`` draws of a positive global site from its mean-field LogNormal posterior."""
-    loc = jnp.asarray(params[f"{name}_auto_loc"])
-    scale = jnp.asarray(params[f"{name}_auto_scale"])
-    eps = jax.random.normal(rng_key, (n, *loc.shape))
-    return jnp.exp(loc[None] + scale[None] * eps)
+_DECODE_BLOCK = 32  # snapshots decoded at a time
 
 
 def rollout(
     rng_key: jax.Array,
-    drift,
+    drift: Callable,
     diffusion: jax.Array,
     z0: jax.Array,
     t0: float,
@@ -53,8 +57,11 @@ def rollout(
     n_out: int,
     substeps: int = 1,
     method: str = "heun",
+    *,
+    args: Any = None,
+    args_axes: Any = None,
 ) -> jax.Array:
-    r"""Paths of the additive-noise SDE ``dz = drift(t, z) dt + diag(diffusion) dW``.
+    r"""Paths of the additive-noise SDE ``dz = drift(t, z, args) dt + diag(diffusion) dW``.
 
     Each inner step of size :math:`h` draws :math:`\Delta W \sim \mathcal N(0, h)` and
     applies
@@ -69,29 +76,31 @@ def rollout(
 
     Args:
         rng_key: PRNG key.
-        drift: ``drift(t, z, args)`` on one state ``(n_z,)``.
-        diffusion: ``(S, n_z)`` per-member diffusion.
-        z0: ``(S, n_z)`` initial states.
+        drift: ``drift(t, z, args)`` on one state.
+        diffusion: ``(S, *state)`` per-member diffusion.
+        z0: ``(S, *state)`` initial states.
         t0: initial (absolute) time.
         dt: output spacing; the inner step is ``dt / substeps``.
         n_out: number of outputs including ``z0``.
         substeps: inner steps per output interval.
         method: ``"heun"`` or ``"euler"``.
+        args: the drift's third argument (a pytree), shared or per member.
+        args_axes: ``vmap`` axes of ``args`` (``0`` for per-member leaves, ``None`` shared).
 
     Returns:
-        ``(S, n_out, n_z)``.
+        ``(S, n_out, *state)``.
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown integration method {method!r}; use 'heun' or 'euler'")
     h = dt / substeps
-    batched = jax.vmap(lambda t, z: drift(t, z, None), in_axes=(None, 0))
+    batched = jax.vmap(drift, in_axes=(None, 0, args_axes))
 
     def inner(carry, key):
         t, z = carry
         kick = diffusion * jnp.sqrt(h) * jax.random.normal(key, z.shape, z.dtype)
-        slope = batched(t, z)
+        slope = batched(t, z, args)
         if method == "heun":
-            slope = 0.5 * (slope + batched(t + h, z + slope * h + kick))
+            slope = 0.5 * (slope + batched(t + h, z + slope * h + kick, args))
         return (t + h, z + slope * h + kick), None
 
     def outer(carry, key):
@@ -100,80 +109,159 @@ def rollout(
 
     keys = jax.random.split(rng_key, n_out - 1)
     _, path = lax.scan(outer, (jnp.asarray(t0, z0.dtype), z0), keys)
-    return jnp.concatenate([z0[None], path], axis=0).swapaxes(0, 1)
+    return jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
 
 
-_DECODE_BLOCK = 32  # snapshots decoded at a time
+def _depends_on_input(fn: Callable, *args: Any) -> Any:
+    """Which outputs of ``fn(*args)`` depend on ``args`` (a pytree of bools like the output),
+    by dependency propagation through ``fn``'s jaxpr (closed-over values are constants)."""
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    jaxpr = closed.jaxpr
+    live = set(jaxpr.invars)
+
+    def reads(var: Any) -> bool:
+        return not isinstance(var, jax_core.Literal) and var in live
+
+    for eqn in jaxpr.eqns:
+        if any(reads(v) for v in eqn.invars):
+            live.update(eqn.outvars)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), [reads(v) for v in jaxpr.outvars])
 
 
-@partial(jax.jit, static_argnames=("config", "n_samples", "n_out", "substeps", "method"))
-def _trajectory_ensemble(key, y_traj, *, t0, dt, networks, params, config, n_samples, n_out,
-                         substeps, method):
-    """Predictive draws ``(T', S, C, *fine)`` (``T' >= T``: the horizon padded to whole decode
-    blocks) and ensemble summaries of one trajectory (module docstring, steps 1-3).
-
-    Jitted once per model size and horizon: later trajectories and later calls with the same
-    sizes reuse the compiled program. Snapshots are decoded ``_DECODE_BLOCK`` at a time, so the
-    only full-horizon fine-grid array is the output."""
-    cfg = config
-    encoder, drift, decoder = networks
-    field_shape = (1,) * (1 + len(cfg.fine_shape))
-    k_z0, k_glob, k_path, k_obs = jax.random.split(key, 4)
-    mean0, logvar0 = encoder(y_traj[0])
-    eps = jax.random.normal(k_z0, (n_samples, cfg.n_latent))
-    z0 = mean0[None] + jnp.exp(0.5 * logvar0)[None] * eps
-    k_diff, k_vm, k_vmu = jax.random.split(k_glob, 3)
-    diffusion = _posterior_draws(k_diff, params, "diffusion", n_samples)
-    paths = rollout(k_path, drift, diffusion, z0, t0, dt, n_out, substeps, method)  # (S, T, n_z)
-    var_macro = _posterior_draws(k_vm, params, "obs_var_macro", n_samples)
-    var_macro = var_macro.reshape(n_samples, 1, cfg.n_channels, *field_shape[1:])
-    var_micro = None
-    if decoder is not None:
-        var_micro = _posterior_draws(k_vmu, params, "obs_var_micro", n_samples)
-        var_micro = var_micro.reshape(var_macro.shape)
-
-    def decode_block(args):
-        """Decode ``block`` times of every member: draws ``(block, S, C, *fine)`` and the
-        ensemble summaries (decoding by blocks bounds the memory to one output array)."""
-        z_block, key_block = args  # (S, block, n_z)
-        macro, micro = decode(encoder, decoder, cfg, z_block)  # (S, block, C, *fine)
-        if micro is None:
-            var_y, micro_part = var_macro, jnp.zeros_like(macro)
-        else:
-            var_y = 1.0 / (1.0 / var_macro + 1.0 / var_micro)
-            micro_part = var_macro / (var_macro + var_micro) * micro
-        mu = macro + micro_part
-        draws = mu + jnp.sqrt(var_y) * jax.random.normal(key_block, mu.shape)
-        std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var_y, mu.shape).mean(0))
-        return jnp.swapaxes(draws, 0, 1), dict(mean=mu.mean(0), std=std, macro=macro.mean(0),
-                                               micro=micro_part.mean(0))
-
-    n_blocks = -(-n_out // _DECODE_BLOCK)
-    padded = jnp.pad(paths, ((0, 0), (0, n_blocks * _DECODE_BLOCK - n_out), (0, 0)), mode="edge")
-    blocks = padded.reshape(n_samples, n_blocks, _DECODE_BLOCK, -1).swapaxes(0, 1)
-    draws, summary = lax.map(decode_block, (blocks, jax.random.split(k_obs, n_blocks)))
-    merge = lambda a: a.reshape(n_blocks * _DECODE_BLOCK, *a.shape[2:])  # noqa: E731
-    summary = {k: merge(v)[:n_out] for k, v in summary.items()}
-    summary.update(latent_mean=paths.mean(0), latent_std=paths.std(0))
-    return merge(draws), summary
+def _observed_parts(fn: Any) -> dict:
+    """Decomposition of the built-in likelihood (``macro`` and weighted ``micro``), if any."""
+    base = fn
+    while hasattr(base, "base_dist"):
+        base = base.base_dist
+    if isinstance(base, ProductOfExpertsNormal):
+        return {"macro": base.macro, "micro": base.micro_part}
+    return {}
 
 
-def trajectory_ensemble(fitted: FittedModel, times: np.ndarray, n_samples: int = 64,
+def program_trace(fitted: Fitted, params: dict, values: dict, key: jax.Array,
+                  times: jax.Array) -> dict:
+    """Trace of ``fitted``'s program with its parameters and the latent ``values`` substituted
+    (``times``: ``(B, M)``; the observed site is sampled, i.e. ``y=None``)."""
+    data = {**params, **values}
+    return handlers.trace(handlers.substitute(handlers.seed(fitted.model, key), data=data)
+                          ).get_trace(y=None, times=times)
+
+
+def observe(fitted: Fitted, params: dict, values: dict, key: jax.Array, times: jax.Array):
+    """The program's observation part on ONE window given its latent ``values`` (the path of
+    shape ``(1, M, *state)`` and the globals): ``(draw, mean, variance, parts)`` of the observed
+    site, each ``(M, C, *fine)`` (``parts``: :func:`_observed_parts`)."""
+    tr = program_trace(fitted, params, values, key, times)
+    fn, value = tr[fitted.obs_site]["fn"], tr[fitted.obs_site]["value"]
+    parts = {name: v[0] for name, v in _observed_parts(fn).items()}
+    return value[0], fn.mean[0], fn.variance[0], parts
+
+
+def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, substeps: int,
+                    method: str) -> Callable:
+    """The compiled per-trajectory forecast ``run(key, y_traj, t0, params)`` (module docstring,
+    steps 1-4): predictive draws ``(T', S, C, *fine)`` (``T' >= n_out``, padded to whole decode
+    blocks) and ensemble summaries."""
+    guide = fitted.guide
+    site, state_shape = fitted.path_site, fitted.state_shape
+    global_sites = fitted.global_sites
+
+    def trace(params: dict, values: dict, key: jax.Array, times: jax.Array) -> dict:
+        return program_trace(fitted, params, values, key, times)
+
+    def run(key, y_traj, t0, params):
+        k_z0, k_glob, k_path, k_obs, k_trace = jax.random.split(key, 5)
+        times2 = (t0 + dt * jnp.arange(2, dtype=jnp.float32))[None]
+        draws = guide.sample_posterior(k_glob, params, y=y_traj[None, :2], times=times2,
+                                       sample_shape=(n_samples,))
+        globals_ = {k: draws[k] for k in global_sites}
+        mean0, var0 = guide.encode(params, y_traj[0])
+        eps = jax.random.normal(k_z0, (n_samples, *state_shape))
+        z0 = mean0[None] + jnp.sqrt(var0)[None] * eps
+
+        still = jnp.zeros((1, 2, *state_shape))
+
+        def dynamics(g: dict):
+            path = trace(params, {**g, site: still}, k_trace, times2)[site]["fn"]
+            diffusion = jnp.reshape(path.batch_diffusion(), (-1, *state_shape))[0]
+            return (path.drift_params, path.drift_args), diffusion
+
+        one = jax.tree.map(lambda x: x[0], globals_)
+        static = trace(params, {**one, site: still}, k_trace, times2)[site]["fn"].drift_static
+        varies = _depends_on_input(lambda g: dynamics(g)[0], one)
+        (drift_params, drift_args), diffusion = jax.vmap(dynamics)(globals_)
+        args = jax.tree.map(lambda x, v: x if v else x[0], (drift_params, drift_args), varies)
+        axes = jax.tree.map(lambda v: 0 if v else None, varies)
+
+        def member_drift(t, z, a):
+            p, extra = a
+            return eqx.combine(p, static)(t, z, extra)
+
+        paths = rollout(k_path, member_drift, diffusion, z0, t0, dt, n_out, substeps, method,
+                        args=args, args_axes=axes)  # (S, T, *state)
+
+        def observe_member(g, z, k, tb):
+            return observe(fitted, params, {**g, site: z[None]}, k, tb[None])
+
+        def decode_block(inputs):
+            z_block, key_block, start = inputs  # (S, block, *state)
+            tb = t0 + dt * (start + jnp.arange(_DECODE_BLOCK, dtype=jnp.float32))
+            keys = jax.random.split(key_block, n_samples)
+            draw, mu, var, extra = jax.vmap(observe_member, in_axes=(0, 0, 0, None))(
+                globals_, z_block, keys, tb)  # (S, block, C, *fine)
+            std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var, mu.shape).mean(0))
+            summary = dict(mean=mu.mean(0), std=std, **{k: v.mean(0) for k, v in extra.items()})
+            return jnp.swapaxes(draw, 0, 1), summary
+
+        n_blocks = -(-n_out // _DECODE_BLOCK)
+        pad = [(0, 0), (0, n_blocks * _DECODE_BLOCK - n_out)] + [(0, 0)] * len(state_shape)
+        padded = jnp.pad(paths, pad, mode="edge")
+        blocks = jnp.swapaxes(padded.reshape(n_samples, n_blocks, _DECODE_BLOCK, *state_shape),
+                              0, 1)
+        starts = _DECODE_BLOCK * jnp.arange(n_blocks, dtype=jnp.float32)
+        draws_out, summary = lax.map(decode_block,
+                                     (blocks, jax.random.split(k_obs, n_blocks), starts))
+        merge = lambda a: a.reshape(n_blocks * _DECODE_BLOCK, *a.shape[2:])  # noqa: E731
+        summary = {k: merge(v)[:n_out] for k, v in summary.items()}
+        flat = paths.reshape(n_samples, n_out, -1)
+        summary.update(latent_mean=flat.mean(0), latent_std=flat.std(0))
+        return merge(draws_out), summary
+
+    return jax.jit(run)
+
+
+def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
                         substeps: int = 1, method: str = "heun"):
     """``ensemble(key, y_traj) -> (draws, summary)``: the compiled per-trajectory forecast of
-    :func:`forecast` over ``times`` (``y_traj``: ``(T, C, *fine)``, draws ``(T', S, C, *fine)``)."""
-    networks = jax.tree.map(jnp.asarray, fitted_networks(fitted))  # one jit signature
-    global_params = {k: jnp.asarray(v) for k, v in fitted.params.items()
-                     if k.endswith(("_auto_loc", "_auto_scale"))}
-    return partial(_trajectory_ensemble, t0=jnp.float32(times[0]),
-                   dt=jnp.float32(times[1] - times[0]), networks=networks, params=global_params,
-                   config=fitted.config, n_samples=n_samples, n_out=len(times),
-                   substeps=substeps, method=method)
+    :func:`forecast` over ``times`` (``y_traj``: ``(T, C, *fine)``, draws ``(T', S, C, *fine)``).
+
+    Compiled once per fitted model and horizon: later trajectories and later calls with the same
+    sizes reuse the program (``fitted`` keeps it)."""
+    times = np.asarray(times)
+    dt = float(times[1] - times[0])
+    signature = (len(times), dt, int(n_samples), int(substeps), method)
+    if signature not in fitted._compiled:
+        fitted._compiled[signature] = _build_ensemble(fitted, len(times), dt, int(n_samples),
+                                                      int(substeps), method)
+    run = fitted._compiled[signature]
+    params = jax.tree.map(jnp.asarray, fitted.params)
+    t0 = jnp.float32(times[0])
+    return lambda key, y_traj: run(key, jnp.asarray(y_traj), t0, params)
+
+
+def _check_grid(fitted: Fitted, ds: xr.Dataset) -> None:
+    grid = fitted.grid
+    dims = [d for d in ds["u"].dims if d not in ("traj", "time", "field")]
+    shape = [int(ds.sizes[d]) for d in dims]
+    channels = int(ds.sizes.get("field", 1))
+    if shape != list(grid["fine_shape"]) or channels != grid["n_channels"]:
+        raise ValueError(f"the data's grid {shape} with {channels} field(s) differs from the "
+                         f"model's {grid['fine_shape']} with {grid['n_channels']}")
 
 
 def forecast(
     rng_key: jax.Array,
-    fitted: FittedModel | Sequence[FittedModel],
+    fitted: Fitted | Sequence[Fitted],
     ds: xr.Dataset,
     *,
     split: str | None = "test",
@@ -199,29 +287,33 @@ def forecast(
     - ``levels``: nominal probabilities ``p`` of central predictive intervals; adds ``lower`` and
       ``upper`` (dims ``("level", *data dims)``, the ``(1 - p)/2`` and ``(1 + p)/2`` quantiles of
       the predictive draws, linear interpolation);
-    - ``return_samples``: adds ``samples`` (dims ``("sample", *data dims)``), the predictive draws
-      :math:`\\mu_y + \\sigma_y\\varepsilon`, one per member (memory: ``n_samples`` fields).
+    - ``return_samples``: adds ``samples`` (dims ``("sample", *data dims)``), the predictive
+      draws, one per member (memory: ``n_samples`` fields).
 
     Returns:
-        ``xarray.Dataset`` with ``mean``, ``std``, ``q05``, ``q95``, ``macro`` and ``micro``
-        (ensemble means of :math:`P\\zeta` and of the weighted micro part) on the data's dims,
-        ``crps`` (per trajectory and time, against the noisy data), and ``latent_mean``,
-        ``latent_std`` (``traj, time, latent``).
+        ``xarray.Dataset`` with ``mean``, ``std``, ``q05``, ``q95`` on the data's dims (and,
+        for the product-of-experts likelihood, ``macro`` and ``micro``: ensemble means of
+        :math:`P\\zeta` and of the weighted micro part), ``crps`` (per trajectory and time,
+        against the noisy data), and ``latent_mean``, ``latent_std`` (``traj, time, latent``).
     """
+    fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
+    if not fits:
+        raise ValueError("forecast needs at least one fitted model")
+    for f in fits:
+        _check_grid(f, ds)
     y, times = observations(ds, split)
     if n_steps is not None:
         y, times = y[:, :n_steps], times[:n_steps]
     n_out = y.shape[1]
-    fits = [fitted] if isinstance(fitted, FittedModel) else list(fitted)
-    if not fits:
-        raise ValueError("forecast needs at least one fitted model")
+    if n_out < 2:
+        raise ValueError(f"a forecast needs at least 2 snapshots, got {n_out}")
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
 
     keys = jax.random.split(rng_key, y.shape[0])
     parts = []
     for key, y_traj in zip(keys, y, strict=True):
         fit_keys = [key] if len(fits) == 1 else jax.random.split(key, len(fits))
-        runs = [jax.tree.map(np.asarray, ensemble(k, jnp.asarray(y_traj)))
+        runs = [jax.tree.map(np.asarray, ensemble(k, y_traj))
                 for ensemble, k in zip(ensembles, fit_keys, strict=True)]
         draws, summary = runs[0] if len(runs) == 1 else _mixture(runs)
         draws = draws[:n_out]  # (T, R * S, C, *fine)
@@ -246,8 +338,10 @@ def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
     mean = stack("mean").mean(0)
     second = (stack("std") ** 2 + stack("mean") ** 2).mean(0)
     summary = dict(mean=mean, std=np.sqrt(np.maximum(second - mean**2, 0.0)),
-                   macro=stack("macro").mean(0), micro=stack("micro").mean(0),
                    latent_mean=stack("latent_mean"), latent_std=stack("latent_std"))
+    for name in ("macro", "micro"):
+        if all(name in s for s in summaries):
+            summary[name] = stack(name).mean(0)
     return draws, summary
 
 
@@ -291,7 +385,6 @@ def _sample_statistics(draws: np.ndarray, obs: np.ndarray, block: int = 64) -> d
     n = draws.shape[1]
     pos = np.array([0.05, 0.95]) * (n - 1)
     lo, frac = np.floor(pos).astype(int), pos - np.floor(pos)
-    weights = (2 * np.arange(n) - n + 1).astype(np.float64)
     q = np.empty((2, draws.shape[0], *draws.shape[2:]), draws.dtype)
     crps = np.empty(draws.shape[0])
     for start in range(0, draws.shape[0], block):
@@ -300,49 +393,29 @@ def _sample_statistics(draws: np.ndarray, obs: np.ndarray, block: int = 64) -> d
         for j in range(2):
             q[j, start : start + block] = ((1 - frac[j]) * chunk[..., lo[j]]
                                            + frac[j] * chunk[..., hi[j]])
-        o = obs[start : start + block][..., None]
-        skill = np.abs(chunk - o).mean(-1)
-        spread = (chunk * weights).sum(-1) * 2 / (n * (n - 1))
-        value = skill - 0.5 * spread
+        value = crps_sorted(chunk, obs[start : start + block])
         crps[start : start + block] = value.reshape(value.shape[0], -1).mean(-1)
     return {"q05": q[0], "q95": q[1], "crps": crps}
 
 
 def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
                 ensemble: bool = False) -> xr.Dataset:
-    sel = ds
-    if split is not None and "split" in ds.coords:
-        sel = ds.isel(traj=np.flatnonzero(np.asarray(ds["split"].values).astype(str) == split))
+    sel = select_split(ds, split) if "split" in ds.coords else ds
     sel = sel.isel(time=slice(0, n_out))
     dims = sel["u"].dims
     has_field = "field" in dims
     data = {}
     for name in ("mean", "std", "q05", "q95", "macro", "micro"):
-        arr = out[name] if has_field else out[name][:, :, 0]
-        data[name] = (dims, arr.astype(np.float32))
+        if name in out:
+            arr = out[name] if has_field else out[name][:, :, 0]
+            data[name] = (dims, arr.astype(np.float32))
     data["crps"] = (("traj", "time"), out["crps"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)
         data[name] = ((("fit",) if ensemble else ()) + ("traj", "time", "latent"),
                       np.moveaxis(out[name], 1, 0) if ensemble else out[name])
     coords = {k: v for k, v in sel.coords.items()}
-    result = xr.Dataset(data, coords=coords, attrs={"boundary": ds.attrs["boundary"]})
+    result = xr.Dataset(data, coords=coords, attrs={"boundary": ds.attrs.get("boundary", "")})
     for name in ("u", "u_clean"):
         if name in sel:
             result[f"obs_{name}" if name == "u_clean" else "obs"] = sel[name]
-    return result
-
-
-def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
-    """Rel-L2 of the mean (vs noisy and clean data), CRPS and 90% coverage (method.md §6)."""
-    n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
-    window = fc.isel(time=slice(0, n))
-    noisy = pooled_relative_l2(window["obs"], window["mean"])
-    result = {"rel_l2_mean": noisy["mean"], "rel_l2_std": noisy["std"], "n_pairs": noisy["n"]}
-    if "obs_u_clean" in window:
-        clean = pooled_relative_l2(window["obs_u_clean"], window["mean"])
-        result["rel_l2_clean_mean"] = clean["mean"]
-        result["rel_l2_clean_std"] = clean["std"]
-    inside = (window["obs"] >= window["q05"]) & (window["obs"] <= window["q95"])
-    result["coverage_90"] = float(inside.mean())
-    result["crps"] = float(window["crps"].mean())
     return result

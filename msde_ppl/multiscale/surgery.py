@@ -21,7 +21,7 @@ import numpy as np
 
 from msde_ppl.generative.codec import ConvMicroDecoder
 from msde_ppl.generative.networks import MLP
-from msde_ppl.models.multiscale import (
+from msde_ppl.multiscale.program import (
     MultiscaleConfig,
     MultiscaleModules,
     build_modules,
@@ -95,19 +95,15 @@ def grow_modules(
     return config, MultiscaleModules(enc, drift, decoder)
 
 
-def grown_global_values(params: dict, old_config: MultiscaleConfig, n_micro: int) -> dict:
-    """Initial values (constrained) of the global sites of the grown model: the old posterior
-    medians, new diffusion coordinates at the old micro (or macro) median, and the micro
-    observation variance at the macro one when it is new."""
-    diffusion = np.exp(np.asarray(params["diffusion_auto_loc"]))
+def grown_global_values(medians: dict, old_config: MultiscaleConfig, n_micro: int) -> dict:
+    """Initial values (constrained) of the global sites of the grown model from the old model's
+    posterior ``medians`` (``{site: value}``): the old medians, new diffusion coordinates at the
+    old micro (or macro) median, and the micro observation variance at the macro one when it is
+    new."""
+    diffusion = np.asarray(medians["diffusion"])
     donor = diffusion[old_config.n_macro:] if old_config.n_micro else diffusion[:old_config.n_macro]
     extra = np.full(n_micro - old_config.n_micro, float(np.median(donor)))
-    values = {
-        "diffusion": jnp.asarray(np.concatenate([diffusion, extra]), jnp.float32),
-        "obs_var_macro": jnp.exp(jnp.asarray(params["obs_var_macro_auto_loc"])),
-    }
-    micro_key = "obs_var_micro_auto_loc"
-    values["obs_var_micro"] = jnp.exp(jnp.asarray(params.get(micro_key,
-                                                             params["obs_var_macro_auto_loc"])))
+    values = {name: jnp.asarray(value) for name, value in medians.items()}
+    values["diffusion"] = jnp.asarray(np.concatenate([diffusion, extra]), jnp.float32)
+    values.setdefault("obs_var_micro", jnp.asarray(medians["obs_var_macro"]))
     return values
-

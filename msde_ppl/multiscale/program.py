@@ -27,16 +27,24 @@ site               distribution                           shape
 ``diffusion``      LogNormal(log 0.1, 2)                  ``(n_z,)``, ``n_z = C*prod(coarse)+K``
 ``obs_var_macro``  LogNormal(log 1e-2, 3)                 ``(C,)``
 ``obs_var_micro``  LogNormal(log 1e-2, 3) (only ``K>0``)  ``(C,)``
+``viscosity`` or   LogNormal(median, 2) (only with         ``()``
+``dispersion``     ``physics``, :data:`PHYSICS`)
 ``z``              SDEPath (plate ``windows``)            ``(B, M, n_z)``
 ``y`` (observed)   ProductOfExpertsNormal, to_event(1)    ``(B, M, C, *fine)``
 =================  =====================================  ==================================
 
-Parameters (``eqx_module``): ``z_encoder`` (the scale operator :math:`G, b` and micro encoder;
-shared with the amortized guide, which registers the same name, so :math:`R` in the guide and
-:math:`P` here are tied), ``drift``, ``micro_decoder``.
+With ``physics`` set (``"burgers"`` or ``"kdv"``), the macro drift is a known coarse
+finite-difference operator plus the learned stencil correction,
+:math:`f_\zeta = F(\zeta; \theta) + \mathrm{MLP}(\zeta_{N(j)}, \eta)`
+(:class:`~msde_ppl.generative.physics.CoarsePDE`), and its coefficient :math:`\theta` is a sample
+site with a LogNormal prior, so it gets a posterior like the other global sites.
 
-To write a variant, copy this file and change :func:`build_modules` (e.g. another drift module
-with the ``drift(t, z, args)`` signature) or the sites of :func:`multiscale_model`.
+Networks (``eqx_module``): the guide's encoder of the path site (the scale operator
+:math:`G, b` and the micro encoder), registered here with
+:func:`~msde_ppl.inference.autoguide.tied_encoder` so that the guide's restriction :math:`R` and
+this program's prolongation :math:`P` share their weights; ``drift``; ``micro_decoder``.
+
+Model variants are separate programs in the repository's ``models/`` folder.
 
 References:
     1. A. Ilersich, P. Nair. Learning Stochastic Multiscale Models. NeurIPS 2025.
@@ -65,10 +73,12 @@ from msde_ppl.generative.codec import (
 from msde_ppl.generative.drifts import MultiscaleDrift
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.generative.operators import ScaleOperator
+from msde_ppl.generative.physics import PHYSICS, CoarsePDE
 from msde_ppl.generative.sde_path import SDEPath
+from msde_ppl.inference.autoguide import tied_encoder
+from msde_ppl.inference.param_store import encoder_name, fitted_network
 
 PATH_SITE = "z"
-ENCODER_NAME = f"{PATH_SITE}_encoder"  # the autoguide's name for the path site's encoder
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,9 @@ class MultiscaleConfig:
             ``"cnn"`` (:math:`g(\eta)` by the reference's network, 1D) or ``"stencil"``
             (translation-equivariant :math:`g(\zeta, \eta)`, see
             :class:`~msde_ppl.generative.codec.StencilMicroDecoder`).
+        physics: known coarse PDE operator of the macro drift (``"burgers"``, ``"kdv"``) or
+            ``None`` (a purely learned drift); see :mod:`msde_ppl.generative.physics`.
+        domain: domain lengths per axis (needed with ``physics``: the coarse spacing).
     """
 
     fine_shape: tuple[int, ...]
@@ -113,6 +126,8 @@ class MultiscaleConfig:
     learn_kernel: bool = True
     encoder: str = "mlp"
     decoder: str = "mlp"
+    physics: str | None = None
+    domain: tuple[float, ...] | None = None
 
     @property
     def n_macro(self) -> int:
@@ -158,9 +173,15 @@ def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModu
                           config.n_sigma, config.kernel_init, config.learn_kernel)
     encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, config.encoder,
                                 key=k_enc)
+    physics = None
+    if config.physics is not None:
+        if config.domain is None:
+            raise ValueError("a physics-informed drift needs the domain lengths (config.domain)")
+        spacing = tuple(d / n for d, n in zip(config.domain, config.coarse_shape, strict=True))
+        physics = CoarsePDE(config.physics, spacing)
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden,
-                            config.micro_time, key=k_drift)
+                            config.micro_time, physics, key=k_drift)
     if config.decoder not in ("mlp", "cnn", "stencil"):
         raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'cnn' or "
                          "'stencil'")
@@ -211,7 +232,7 @@ def multiscale_model(
             defaults to ``B`` (no subsampling).
     """
     n_batch = times.shape[0]
-    encoder = eqx_module(ENCODER_NAME, modules.encoder)
+    encoder = tied_encoder(PATH_SITE, modules.encoder)
     drift = eqx_module("drift", modules.drift)
     decoder = None if modules.decoder is None else eqx_module("micro_decoder", modules.decoder)
 
@@ -225,12 +246,18 @@ def multiscale_model(
         var_micro = numpyro.sample(
             "obs_var_micro", dist.LogNormal(jnp.log(1e-2), 3.0).expand([c]).to_event(1))
 
+    coefficient = None
+    if config.physics is not None:
+        name, median, log_sd, _ = PHYSICS[config.physics]
+        coefficient = numpyro.sample(name, dist.LogNormal(jnp.log(median), log_sd))
+
     n_space = len(config.fine_shape)
     per_field = (c,) + (1,) * n_space
     with numpyro.plate("windows", n_windows or n_batch, subsample_size=n_batch):
         z = numpyro.sample(
             PATH_SITE,
-            SDEPath(drift, diffusion, times, None, state_shape=(config.n_latent,)),
+            SDEPath(drift, diffusion, times, None, drift_args=coefficient,
+                    state_shape=(config.n_latent,)),
         )
         macro, micro = decode(encoder, decoder, config, z)
         likelihood = ProductOfExpertsNormal(
@@ -241,6 +268,17 @@ def multiscale_model(
             event_ndim=1 + n_space,
         ).to_event(1)
         numpyro.sample("y", likelihood, obs=y)
+
+
+def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
+    """The networks of ``config`` with their fitted weights from ``params``."""
+    template = build_modules(config, key=jax.random.key(0))  # structure only
+    return MultiscaleModules(
+        fitted_network(params, encoder_name(PATH_SITE), template.encoder),
+        fitted_network(params, "drift", template.drift),
+        None if template.decoder is None
+        else fitted_network(params, "micro_decoder", template.decoder),
+    )
 
 
 def config_for(case: str | None, fine_shape, coarse_shape=None, **overrides) -> MultiscaleConfig:

@@ -1,0 +1,43 @@
+"""Split selection and the model-facing view of a dataset (the one owner of both).
+
+A dataset's optional ``split`` coordinate labels every trajectory ``"train"``, ``"val"`` or
+``"test"``. :func:`select_split` picks one split; :func:`observations` returns it as the arrays a
+model program reads: ``u`` as ``(traj, time, C, *fine)`` float32 (``C = 1`` without a ``field``
+dim) and the time stamps ``(time,)`` float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from msde_ppl.data.schema import SchemaError
+
+__all__ = ["observations", "select_split"]
+
+
+def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:
+    """Trajectories of one split; all of them if ``split`` is ``None``.
+
+    Raises:
+        SchemaError: a split is requested but the dataset has no labels, or none in ``split``.
+    """
+    if split is None:
+        return ds
+    if "split" not in ds.coords:
+        raise SchemaError(f"split {split!r} requested but the dataset has no 'split' coordinate")
+    mask = np.asarray(ds["split"].values).astype(str) == split
+    if not mask.any():
+        raise SchemaError(f"the dataset has no trajectory in split {split!r}")
+    return ds.isel(traj=np.flatnonzero(mask))
+
+
+def observations(ds: xr.Dataset, split: str | None = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``u`` of one split as ``(traj, time, C, *fine)`` float32, and the times ``(time,)``."""
+    sel = select_split(ds, split) if split is not None and "split" in ds.coords else ds
+    if split is not None and "split" not in ds.coords and split != "train":
+        raise SchemaError(f"split {split!r} requested but the dataset has no 'split' coordinate")
+    u = np.asarray(sel["u"].values, np.float32)
+    if "field" not in sel["u"].dims:
+        u = u[:, :, None]
+    return u, np.asarray(sel["time"].values, np.float32)

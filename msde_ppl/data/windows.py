@@ -1,0 +1,85 @@
+"""Minibatches of windows of consecutive snapshots (method: docs/method.md §5), fixed shapes.
+
+A *window* is ``M`` consecutive snapshots of one trajectory. :func:`window_starts` gives the
+starts ``0, s, 2s, ...`` with stride ``s = M - overlap`` (the reference overlaps consecutive
+windows by one snapshot), plus a last window ending at ``T - 1`` so every snapshot is covered;
+every window has exactly ``M`` snapshots, so a jitted step never recompiles.
+
+:func:`random_windows` is the training minibatch source: ``B`` windows per step, each a
+uniformly drawn trajectory and a uniformly drawn start among ``starts``:
+
+- ``sampling="uniform"``: every start (stride 1), so snapshot ``i`` lies in
+  ``min(i + 1, M, T - i)`` windows and the first and last ``M - 1`` snapshots are seen up to
+  ``M`` times less often than the rest;
+- ``sampling="tiled"``: the reference's chunks overlapping by one snapshot, so every snapshot is
+  seen equally often.
+
+:func:`n_windows` is the number of windows the data set is cut into, the plate size that scales a
+minibatch to the whole data set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["n_windows", "random_windows", "window_starts"]
+
+
+def window_starts(n_time: int, window: int, overlap: int = 1) -> np.ndarray:
+    """Start indices of the windows along one trajectory (see module docstring)."""
+    if window < 2:
+        raise ValueError(f"window must hold at least 2 snapshots, got {window}")
+    if window > n_time:
+        raise ValueError(f"window of {window} snapshots is longer than the {n_time} available")
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, {window - 1}], got {overlap}")
+    starts = np.arange(0, n_time - window + 1, window - overlap)
+    if starts[-1] != n_time - window:
+        starts = np.append(starts, n_time - window)
+    return starts
+
+
+def n_windows(n_traj: int, n_time: int, window: int) -> int:
+    """Windows (overlapping by one snapshot) the data set holds: the minibatch plate size."""
+    return n_traj * max(1, (n_time - 1) // (window - 1))
+
+
+def random_windows(
+    u: jax.Array,
+    times: jax.Array,
+    window: int,
+    windows_per_step: int = 1,
+    sampling: str = "uniform",
+    constrain: Callable[[dict], dict] | None = None,
+) -> Callable[[jax.Array, jax.Array], dict]:
+    """Minibatch source ``batch_fn(rng_key, step) -> {"y": (B, M, ...), "times": (B, M)}``.
+
+    Args:
+        u: observations ``(traj, time, ...)``.
+        times: time stamps ``(time,)``.
+        window: snapshots per window ``M``.
+        windows_per_step: windows per minibatch ``B``.
+        sampling: ``"uniform"`` or ``"tiled"`` (module docstring).
+        constrain: optional map applied to every batch (e.g. a sharding constraint).
+    """
+    if sampling not in ("uniform", "tiled"):
+        raise ValueError(f"unknown window sampling {sampling!r}; use 'uniform' or 'tiled'")
+    u, times = jnp.asarray(u), jnp.asarray(times)
+    n_traj, n_time = u.shape[:2]
+    starts = jnp.asarray(window_starts(n_time, window,
+                                      window - 1 if sampling == "uniform" else 1))
+    b = windows_per_step
+
+    def batch_fn(rng_key: jax.Array, step: jax.Array) -> dict:
+        key_traj, key_start = jax.random.split(rng_key)
+        traj = jax.random.randint(key_traj, (b,), 0, n_traj)
+        start = starts[jax.random.randint(key_start, (b,), 0, starts.shape[0])]
+        idx = start[:, None] + jnp.arange(window)[None, :]
+        batch = {"y": u[traj[:, None], idx], "times": times[idx]}
+        return batch if constrain is None else constrain(batch)
+
+    return batch_fn

@@ -1,0 +1,71 @@
+"""Recipes of the built-in program: rebuild the multiscale model and its guide from JSON.
+
+A recipe is ``{"program": "multiscale", "config": {...MultiscaleConfig...}, "n_windows": N}``.
+It is what :meth:`msde_ppl.Fitted.save` stores instead of code, so :meth:`msde_ppl.Fitted.load`
+can rebuild the program with no user code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+from numpyro.infer.initialization import init_to_median, init_to_value
+
+from msde_ppl.inference import AutoAmortizedSDE, TemporalKernel
+from msde_ppl.multiscale.program import (
+    MultiscaleConfig,
+    MultiscaleModules,
+    build_modules,
+    multiscale_model,
+)
+
+__all__ = ["build_program", "latent_parts", "multiscale_recipe", "recipe_config"]
+
+
+def multiscale_recipe(config: MultiscaleConfig, n_windows: int) -> dict:
+    """The recipe of the multiscale program of ``config`` over ``n_windows`` windows."""
+    return {"program": "multiscale", "config": dataclasses.asdict(config),
+            "n_windows": int(n_windows)}
+
+
+def recipe_config(recipe: dict) -> MultiscaleConfig:
+    """The :class:`MultiscaleConfig` of a recipe."""
+    if recipe.get("program") != "multiscale":
+        raise ValueError(f"unknown built-in program {recipe.get('program')!r}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["config"].items()}
+    return MultiscaleConfig(**values)
+
+
+def build_program(
+    recipe: dict,
+    modules: MultiscaleModules | None = None,
+    kernel: TemporalKernel | None = None,
+    init_values: dict | None = None,
+    *,
+    key: jax.Array | None = None,
+):
+    """``(model, guide)`` of a recipe: the program bound to its config, networks and plate
+    size, and its amortized guide (sharing the encoder). Fresh networks are drawn from ``key``
+    unless ``modules`` are given (``key`` may then be ``None``); ``kernel`` and ``init_values``
+    (constrained global-site values) warm-start the guide."""
+    config = recipe_config(recipe)
+    if modules is None:
+        # without a key the networks only give the program its structure (e.g. to load)
+        modules = build_modules(config, key=jax.random.key(0) if key is None else key)
+    model = partial(multiscale_model, config=config, modules=modules,
+                    n_windows=int(recipe["n_windows"]))
+    init_loc = init_to_median if init_values is None else init_to_value(values=init_values)
+    guide = AutoAmortizedSDE(model, modules.encoder, kernel=kernel, init_loc_fn=init_loc)
+    return model, guide
+
+
+def latent_parts(config: MultiscaleConfig) -> dict:
+    """Named slices of the multiscale latent state: the macro field ``zeta`` and micro ``eta``."""
+    parts = {"zeta": {"start": 0, "stop": config.n_macro,
+                      "shape": [config.n_channels, *config.coarse_shape]}}
+    if config.n_micro:
+        parts["eta"] = {"start": config.n_macro, "stop": config.n_latent,
+                        "shape": [config.n_micro]}
+    return parts

@@ -1,0 +1,324 @@
+r"""A fitted model: everything after training, in one object (:class:`Fitted`).
+
+A :class:`Fitted` owns
+
+- the model **program** (a NumPyro callable ``model(y=..., times=...)``, its other arguments
+  bound) and its amortized **guide** (:class:`~msde_ppl.inference.AutoAmortizedSDE`, set up);
+- the fitted **parameters** (NumPyro's constrained parameter store: networks as equinox
+  partitions, the guide's encoder and temporal kernel, the global sites' variational
+  parameters). Networks with their fitted weights come from :meth:`Fitted.network` (or, for
+  the built-in model, :attr:`Fitted.modules`); posterior draws of the global sites from
+  :meth:`Fitted.sample_globals` (through ``guide.sample_posterior``);
+- the training **log** (losses per step, wall time, the training settings) and the data's
+  **grid** (shape, fields, dims, coordinates, time step, boundary).
+
+``fitted.save(dir)`` writes ``fitted.json`` (the recipe, grid, log metadata), ``params.eqx``
+(:func:`equinox.tree_serialise_leaves` of the parameters) and ``losses.npy`` into a temporary
+directory next to ``dir`` and renames it into place, so a directory is either complete or
+absent; nothing is pickled. ``Fitted.load(dir)`` rebuilds the program of a built-in model from
+its recipe; a user's program is passed back in (``Fitted.load(dir, model=..., guide=...)``),
+since code is never stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+
+from msde_ppl.inference.autoguide import AutoAmortizedSDE
+from msde_ppl.inference.fit import init
+from msde_ppl.inference.param_store import fitted_network
+
+__all__ = ["Fitted", "grid_info"]
+
+_FORMAT = "msde_ppl.Fitted"
+_VERSION = 1
+
+
+def grid_info(ds: xr.Dataset) -> dict:
+    """The data's grid as JSON-able metadata: ``fine_shape``, ``n_channels``, ``dims`` (spatial),
+    ``coords`` (per spatial dim), ``fields`` (names or ``None``), ``dt`` and ``boundary``."""
+    dims = [d for d in ds["u"].dims if d not in ("traj", "time", "field")]
+    times = np.asarray(ds["time"].values, np.float64)
+    return {
+        "fine_shape": [int(ds.sizes[d]) for d in dims],
+        "n_channels": int(ds.sizes.get("field", 1)),
+        "dims": dims,
+        "coords": {d: np.asarray(ds[d].values, np.float64).tolist() for d in dims},
+        "fields": (None if "field" not in ds["u"].dims
+                   else [str(f) for f in np.asarray(ds["field"].values)]),
+        "dt": float(times[1] - times[0]) if times.size > 1 else None,
+        "boundary": str(ds.attrs.get("boundary", "")),
+    }
+
+
+def _example_batch(grid: dict) -> dict:
+    """A one-window, two-snapshot batch of the grid's shapes (only shapes matter)."""
+    shape = (1, 2, grid["n_channels"], *grid["fine_shape"])
+    dt = grid.get("dt") or 1.0
+    return {"y": jnp.zeros(shape, jnp.float32),
+            "times": jnp.asarray([[0.0, dt]], jnp.float32)}
+
+
+def _initial_params(model: Callable, guide: AutoAmortizedSDE, grid: dict) -> dict:
+    """The parameter store of (model, guide) at initialisation: the structure to load into."""
+    # the key only draws initial values that are replaced by the loaded ones
+    problem, state = init(jax.random.key(0), model, guide, None, optax.identity(),
+                          _example_batch(grid))
+    return problem.constrain(state.params)
+
+
+class Fitted:
+    """A fitted model program with its guide, parameters, training log and data grid.
+
+    Args:
+        model: the NumPyro program, called as ``model(y=..., times=...)``.
+        guide: its :class:`~msde_ppl.inference.AutoAmortizedSDE` (set up by the fit).
+        params: constrained parameter store from the fit.
+        losses: training loss per step.
+        grid: :func:`grid_info` of the training data.
+        wall_time_s: training wall time.
+        recipe: how to rebuild ``model`` and ``guide`` without code (built-in models only):
+            ``{"program": name, ...}``, see :mod:`msde_ppl.pipeline.builtin`.
+        train: the training settings (JSON-able dict).
+        latent_parts: optional named slices of the flat latent state,
+            ``{name: {"start": i, "stop": j, "shape": [...], "dims": [...]}}`` (e.g. the
+            macro field and the micro vector), used by diagnostics.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: AutoAmortizedSDE,
+        params: dict,
+        *,
+        losses: np.ndarray,
+        grid: dict,
+        wall_time_s: float = 0.0,
+        recipe: dict | None = None,
+        train: dict | None = None,
+        latent_parts: dict | None = None,
+    ) -> None:
+        if guide.prototype_trace is None:
+            raise ValueError("the guide has not been set up: fit it (or call it) first")
+        if len(guide.path_sites) != 1:
+            raise ValueError(f"a Fitted model needs exactly one SDEPath site, the program has "
+                             f"{guide.path_sites}")
+        self.model = model
+        self.guide = guide
+        self.params = params
+        self.losses = np.asarray(losses)
+        self.grid = grid
+        self.wall_time_s = float(wall_time_s)
+        self.recipe = recipe
+        self.train = train
+        self.latent_parts = latent_parts
+        self._compiled: dict = {}  # per-horizon compiled forecasts (msde_ppl.predict)
+
+    def __repr__(self) -> str:
+        program = (self.recipe or {}).get("program", getattr(self.model, "__name__", "model"))
+        return (f"Fitted({program}, path site {self.path_site!r}, globals {self.global_sites}, "
+                f"{self.losses.size} steps, {self.wall_time_s:.0f} s)")
+
+    # ------------------------------------------------------------------ what it holds
+    @property
+    def path_site(self) -> str:
+        """The program's SDE path site."""
+        return self.guide.path_sites[0]
+
+    @property
+    def obs_site(self) -> str:
+        """The program's observed site."""
+        return self.guide.obs_site
+
+    @property
+    def global_sites(self) -> list[str]:
+        """The program's global latent sites (diffusion, observation variances, physics...)."""
+        return self.guide.global_sites
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one latent state of the path site."""
+        return tuple(self.guide.prototype_trace[self.path_site]["fn"].state_shape)
+
+    @property
+    def config(self) -> Any:
+        """The built-in model's config (``None`` for a user's program)."""
+        if self.recipe is None:
+            return None
+        from msde_ppl.pipeline.builtin import recipe_config
+
+        return recipe_config(self.recipe)
+
+    @property
+    def modules(self) -> Any:
+        """The built-in model's networks with their fitted weights."""
+        if self.recipe is None:
+            raise AttributeError("modules exist for built-in models; use fitted.network(name, "
+                                 "template) for the networks of your own program")
+        from msde_ppl.multiscale.program import fitted_modules
+
+        return fitted_modules(self.config, self.params)
+
+    def network(self, name: str, template: eqx.Module) -> eqx.Module:
+        """The program's network registered as ``name`` (``eqx_module(name, template)``) with
+        its fitted weights."""
+        return fitted_network(self.params, name, template)
+
+    @property
+    def encoder(self) -> eqx.Module:
+        """The guide's fitted encoder of the path site."""
+        return self.guide.encoder(self.params)
+
+    @property
+    def kernel(self) -> eqx.Module:
+        """The guide's fitted temporal kernel of the path site."""
+        return self.guide.kernel(self.params)
+
+    # ------------------------------------------------------------------ posterior
+    def sample_globals(self, rng_key: jax.Array, n: int) -> dict[str, jax.Array]:
+        """``n`` joint posterior draws of the global sites (``guide.sample_posterior``), each
+        ``(n, *site_shape)``. The globals' posterior does not depend on the data (mean field),
+        so a placeholder window of the data's shape is passed to the amortized guide."""
+        draws = self.guide.sample_posterior(rng_key, self.params, **_example_batch(self.grid),
+                                            sample_shape=(n,))
+        return {k: v for k, v in draws.items() if k in self.global_sites}
+
+    def global_quantiles(self, quantiles) -> dict[str, jax.Array]:
+        """Marginal posterior quantiles of the global sites (``(len(q), *site_shape)``)."""
+        return self.guide.global_quantiles(self.params, quantiles)
+
+    def global_medians(self) -> dict[str, np.ndarray]:
+        """Posterior medians of the global sites."""
+        return {k: np.asarray(v[0]) for k, v in self.global_quantiles([0.5]).items()}
+
+    def stale_scales(self, rtol: float = 0.05) -> dict[str, float]:
+        """Global sites whose variational scales are still within ``rtol`` of their initial
+        value: ``{site: fraction of coordinates}``, only sites with such coordinates (a sign
+        that the fit did not learn their uncertainty)."""
+        out = {}
+        for name in self.global_sites:
+            now, start = (np.asarray(a) for a in self.guide.global_scale(self.params, name))
+            stale = np.abs(now - start) <= rtol * np.abs(start)
+            if stale.any():
+                out[name] = float(stale.mean())
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted model to directory ``path`` atomically (module docstring).
+
+        ``path`` must not exist, or be an empty directory. Raises ``FileExistsError``
+        otherwise; nothing is written then.
+        """
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} already exists and is not an empty directory; "
+                                  "choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "recipe": self.recipe,
+            "grid": self.grid,
+            "train": self.train,
+            "latent_parts": self.latent_parts,
+            "wall_time_s": self.wall_time_s,
+            "path_site": self.path_site,
+            "global_sites": self.global_sites,
+            "n_steps": int(self.losses.size),
+        }
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; use the user's umask
+            (tmp / "fitted.json").write_text(json.dumps(meta, indent=2) + "\n")
+            eqx.tree_serialise_leaves(tmp / "params.eqx", jax.device_get(self.params))
+            np.save(tmp / "losses.npy", self.losses)
+            if path.exists():
+                path.rmdir()  # empty (checked above)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, model: Callable | None = None,
+             guide: AutoAmortizedSDE | None = None) -> Fitted:
+        """Read a model written by :meth:`save`.
+
+        Built-in models are rebuilt from their recipe; a user's program needs ``model`` and a
+        fresh ``guide`` for it (the same code that was fitted).
+
+        Raises:
+            FileNotFoundError: ``path`` is not a saved model.
+            ValueError: the files are damaged or do not match the program.
+        """
+        path = Path(path)
+        meta_file = path / "fitted.json"
+        if not meta_file.is_file() or not (path / "params.eqx").is_file():
+            raise FileNotFoundError(f"{path} is not a saved fitted model: fitted.json or "
+                                    "params.eqx is missing")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_file} is not valid JSON: {err}") from err
+        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+            raise ValueError(f"{meta_file} is not a {_FORMAT} v{_VERSION} file")
+        recipe = meta.get("recipe")
+        if model is None or guide is None:
+            if recipe is None:
+                raise ValueError(f"{path} holds a fit of your own program: pass the program "
+                                 "and a new guide for it, Fitted.load(path, model=..., "
+                                 "guide=...)")
+            from msde_ppl.pipeline.builtin import build_program
+
+            try:
+                model, guide = build_program(recipe)
+            except (TypeError, KeyError, ValueError) as err:
+                raise ValueError(f"{meta_file}: the model recipe is not valid ({err})") from err
+        template = _initial_params(model, guide, meta["grid"])
+        try:
+            params = eqx.tree_deserialise_leaves(path / "params.eqx", template)
+        except Exception as err:  # equinox raises several kinds on a mismatch
+            raise ValueError(f"{path / 'params.eqx'} does not match the model described by "
+                             f"fitted.json (damaged, or from another model): {err}") from err
+        losses = np.load(path / "losses.npy") if (path / "losses.npy").is_file() else np.zeros(0)
+        return cls(model, guide, params, losses=losses, grid=meta["grid"],
+                   wall_time_s=meta.get("wall_time_s", 0.0), recipe=recipe,
+                   train=meta.get("train"), latent_parts=meta.get("latent_parts"))
+
+    def replace(self, **changes: Any) -> Fitted:
+        """A copy with some fields changed (``losses``, ``wall_time_s``, ``params``, ...)."""
+        fields = dict(model=self.model, guide=self.guide, params=self.params,
+                      losses=self.losses, grid=self.grid, wall_time_s=self.wall_time_s,
+                      recipe=self.recipe, train=self.train, latent_parts=self.latent_parts)
+        fields.update(changes)
+        model, guide, params = fields.pop("model"), fields.pop("guide"), fields.pop("params")
+        return Fitted(model, guide, params, **fields)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def train_dict(train: Any) -> dict | None:
+    """A training-settings dataclass (or dict) as a JSON-able dict."""
+    if train is None or isinstance(train, dict):
+        return train
+    return dataclasses.asdict(train)

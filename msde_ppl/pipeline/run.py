@@ -1,0 +1,120 @@
+"""The run pipeline: data -> progressive fit -> forecasts -> metrics (one owner).
+
+``msde run``, ``msde fit``/``msde forecast``, ``benchmarks/accuracy.py`` and the example
+``models/multiscale.py`` all go through these functions:
+
+- :func:`model_config`: the multiscale config for a dataset (a built-in case's choices, with
+  overrides);
+- :func:`progressive_stages`: the two-stage schedule (implicit-scale ``K = 0``, then grown to
+  ``K``);
+- :func:`score`: forecast a split with a fitted model (or a mixture of several) and score it;
+- :func:`run_case`: all of it for one dataset, returning the fits, forecasts and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import xarray as xr
+
+from msde_ppl.data.schema import grid_shape
+from msde_ppl.multiscale.program import MultiscaleConfig, config_for
+from msde_ppl.pipeline.fitted import Fitted
+from msde_ppl.pipeline.training import TrainConfig, fit_progressive
+from msde_ppl.predict.forecast import forecast
+from msde_ppl.predict.metrics import forecast_metrics
+
+__all__ = ["model_config", "progressive_stages", "run_case", "score"]
+
+
+def model_config(
+    ds: xr.Dataset,
+    coarse: Sequence[int] | None = None,
+    n_micro: int = 5,
+    *,
+    encoder: str | None = None,
+    decoder: str | None = None,
+    scale_kernel: str | None = None,
+    physics: str | None = None,
+) -> MultiscaleConfig:
+    """The multiscale config for ``ds``: the built-in case's choices (if ``ds`` is one) with
+    the given overrides (``None`` keeps the case's or the generic default)."""
+    domain = ds.attrs.get("domain")
+    domain = None if domain is None else tuple(float(d) for d in list(domain))
+    return config_for(
+        ds.attrs.get("case"), grid_shape(ds), coarse, n_micro=n_micro,
+        n_channels=ds.sizes.get("field", 1), encoder=encoder, decoder=decoder,
+        learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
+        physics=physics, domain=domain if physics else None)
+
+
+def progressive_stages(n_micro: int, train: TrainConfig, micro_steps: int,
+                       micro_lr: float | None = None, micro_warmup: int = 0,
+                       ) -> list[tuple[int, TrainConfig]]:
+    """``[(0, train), (n_micro, train with micro_steps)]``: the implicit-scale model, then the
+    multiscale model grown from it (no warm-up by default: it starts at the fitted model)."""
+    rest = dataclasses.replace(train, steps=micro_steps, warmup_steps=micro_warmup,
+                               lr=train.lr if micro_lr is None else micro_lr)
+    return [(0, train), (n_micro, rest)]
+
+
+def score(
+    fitted: Fitted | Sequence[Fitted],
+    ds: xr.Dataset,
+    *,
+    split: str = "test",
+    n_samples: int = 64,
+    seed: int = 0,
+    integrator: str = "heun",
+    substeps: int = 1,
+) -> tuple[xr.Dataset, dict]:
+    """Forecast ``split`` over the dataset's evaluation horizon and score it: ``(forecast,
+    metrics)`` with the fits' training time and steps (a list of fits is one mixture)."""
+    eval_steps = ds.attrs.get("eval_steps")
+    start = time.perf_counter()
+    fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=n_samples,
+                  substeps=substeps, method=integrator, n_steps=eval_steps)
+    metrics = forecast_metrics(fc, eval_steps)
+    metrics["forecast_wall_time_s"] = time.perf_counter() - start
+    fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
+    metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
+    metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))
+    losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
+    metrics["final_loss"] = losses[0] if len(losses) == 1 else (losses or None)
+    return fc, metrics
+
+
+def run_case(
+    ds: xr.Dataset,
+    config: MultiscaleConfig,
+    stages: list[tuple[int, TrainConfig]],
+    *,
+    split: str = "test",
+    n_samples: int = 64,
+    seed: int = 0,
+    integrator: str = "heun",
+    progress: bool = False,
+    callback=None,
+) -> dict:
+    """Fit ``stages`` progressively and score the implicit-scale (first stage) and multiscale
+    (last stage) models on ``split``.
+
+    Returns:
+        ``{"fits": [Fitted, ...], "forecasts": {name: Dataset}, "metrics": {name: dict}}`` with
+        names ``"implicit_scale"`` and ``"multiscale"``; the multiscale model's training time
+        and steps include the stages it grew from.
+    """
+    fits = fit_progressive(ds, config, stages, progress=progress, callback=callback)
+    named = {"implicit_scale": fits[0], "multiscale": fits[-1]} if len(fits) > 1 else {
+        ("multiscale" if config.n_micro else "implicit_scale"): fits[-1]}
+    forecasts, metrics = {}, {}
+    for name, fitted in named.items():
+        forecasts[name], metrics[name] = score(fitted, ds, split=split, n_samples=n_samples,
+                                               seed=seed, integrator=integrator)
+        if name == "multiscale" and len(fits) > 1:
+            metrics[name]["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
+            metrics[name]["fit_steps"] = int(sum(len(f.losses) for f in fits))
+    return {"fits": fits, "forecasts": forecasts, "metrics": metrics}

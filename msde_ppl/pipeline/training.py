@@ -1,0 +1,292 @@
+"""Training recipe: fit any program to a dataset (:func:`fit`), and the built-in multiscale model
+(:func:`fit_multiscale`, :func:`fit_progressive`), each returning a :class:`~msde_ppl.Fitted`.
+
+Recipe (docs/method.md §5; defaults are the reference's):
+
+- minibatches: ``windows_per_step`` windows of ``window`` consecutive snapshots of the training
+  split (:func:`msde_ppl.data.random_windows`; fixed shapes, so the jitted step compiles once);
+- objective: the forward-solver-free ELBO, normalised per observed scalar (ELBO / (N n_y), the
+  reference's scale), KL-rate integral by the reference's ``T_B mean_i`` rule, with a linear
+  KL warm-up over ``warmup_steps``;
+- optimiser: Adam, learning rate ``lr`` decayed by 10% every 2000 steps (continuously), as the
+  reference; gradient norm clipped at ``clip_norm``;
+- ``data_parallel=True`` shards the windows of every step over ``jax.devices()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+import xarray as xr
+
+from msde_ppl.data.schema import SchemaError, check_coarse, grid_shape, validate
+from msde_ppl.data.splits import observations
+from msde_ppl.data.windows import n_windows, random_windows
+from msde_ppl.inference import AutoAmortizedSDE, SolverFreeELBO, TemporalKernel, linear_beta_warmup
+from msde_ppl.inference import fit as run_fit
+from msde_ppl.multiscale.program import MultiscaleConfig, MultiscaleModules
+from msde_ppl.pipeline.builtin import build_program, latent_parts, multiscale_recipe
+from msde_ppl.pipeline.fitted import Fitted, grid_info, train_dict
+
+__all__ = ["TrainConfig", "WarmStart", "fit", "fit_multiscale", "fit_progressive"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (defaults: the reference's, see module docstring).
+
+    ``loop`` is how a chunk of ``chunk_size`` steps runs (:func:`~msde_ppl.inference.fit`):
+    ``"scan"``, ``"python"``, or ``"auto"`` (``"python"`` when the built-in model has
+    convolutional networks, which XLA's CPU backend runs slowly inside a loop, else
+    ``"scan"``). ``sampling`` is how window starts are drawn, ``"uniform"`` or ``"tiled"``
+    (:func:`msde_ppl.data.random_windows`).
+    """
+
+    steps: int = 2000
+    window: int = 64
+    windows_per_step: int = 1
+    data_parallel: bool = False
+    lr: float = 1e-3
+    decay_steps: int = 2000
+    decay_rate: float = 0.9
+    warmup_steps: int = 1600
+    clip_norm: float = 100.0
+    chunk_size: int = 100
+    seed: int = 0
+    loop: str = "auto"
+    sampling: str = "uniform"
+
+
+class WarmStart(NamedTuple):
+    """Initial point of a fit: networks, temporal kernel and global-site values."""
+
+    modules: MultiscaleModules
+    kernel: TemporalKernel
+    global_values: dict
+
+
+def _window_sharding(windows: int) -> Callable[[dict], dict]:
+    """Data parallelism: shard the windows of a step over all devices (``jax.sharding``).
+
+    Parameters and optimiser state stay replicated; XLA's SPMD partitioner splits the per-window
+    work and reduces the gradients across devices. The same code runs on one CPU, several GPUs,
+    or several hosts after ``jax.distributed.initialize()``.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    if windows % len(devices):
+        raise ValueError(f"{windows} windows per step cannot be split evenly over "
+                         f"{len(devices)} devices")
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("windows",)), PartitionSpec("windows"))
+    return lambda batch: jax.tree.map(
+        lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
+
+
+def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
+    """``(batch_fn, n_windows)`` over the training split (fixed-shape minibatches)."""
+    u, t = observations(ds, split)
+    n_traj, n_time = u.shape[:2]
+    if train.window > n_time:
+        raise SchemaError(f"window of {train.window} snapshots is longer than the {n_time} "
+                          "snapshots per trajectory")
+    constrain = _window_sharding(train.windows_per_step) if train.data_parallel else None
+    batch_fn = random_windows(u, t, train.window, train.windows_per_step, train.sampling,
+                              constrain)
+    return batch_fn, n_windows(n_traj, n_time, train.window)
+
+
+def _objective(train: TrainConfig):
+    """``(elbo, optimizer, beta_schedule)`` of the recipe."""
+    elbo = SolverFreeELBO(normalize=True, quadrature="mean")
+    schedule = optax.exponential_decay(train.lr, train.decay_steps, train.decay_rate)
+    optimizer = optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
+    beta = None
+    if train.warmup_steps > 0:
+        beta = partial(linear_beta_warmup, n_transition=train.warmup_steps)
+    return elbo, optimizer, beta
+
+
+def _check_train(train: TrainConfig) -> None:
+    if not (np.isfinite(train.lr) and train.lr > 0):
+        raise ValueError(f"the learning rate must be a positive number, got {train.lr}")
+    if train.window < 2:
+        raise ValueError(f"a window needs at least 2 snapshots, got {train.window}")
+    if train.steps < 1 or train.windows_per_step < 1 or train.chunk_size < 1:
+        raise ValueError("steps, windows_per_step and chunk_size must be positive")
+
+
+def _run(
+    model: Callable,
+    guide: AutoAmortizedSDE,
+    ds: xr.Dataset,
+    train: TrainConfig,
+    batch_fn: Callable,
+    *,
+    loop: str,
+    recipe: dict | None,
+    parts: dict | None,
+    progress: bool,
+    checkpoint_path: str | Path | None,
+    callback: Callable[[Fitted], bool | None] | None,
+) -> Fitted:
+    """Run the fit loop and wrap its result (the one place a fit becomes a :class:`Fitted`)."""
+    grid = grid_info(ds)
+    elbo, optimizer, beta = _objective(train)
+
+    def wrap(params: dict, losses: np.ndarray, wall: float) -> Fitted:
+        return Fitted(model, guide, jax.tree.map(np.asarray, params), losses=np.asarray(losses),
+                      grid=grid, wall_time_s=wall, recipe=recipe, train=train_dict(train),
+                      latent_parts=parts)
+
+    spent = [0.0]
+    timed_callback = None
+    if callback is not None:
+        def timed_callback(params: dict, losses: np.ndarray) -> bool | None:
+            start_cb = time.perf_counter()
+            stop = callback(wrap(params, losses, start_cb - start - spent[0]))
+            spent[0] += time.perf_counter() - start_cb
+            return stop
+
+    key_fit = _seed_keys(train)[1]
+    start = time.perf_counter()
+    result = run_fit(key_fit, model, guide, elbo, optimizer, batch_fn, num_steps=train.steps,
+                     chunk_size=train.chunk_size, beta_schedule=beta,
+                     checkpoint_path=checkpoint_path, progress=progress,
+                     callback=timed_callback, loop=loop)
+    return wrap(result.params, result.losses, time.perf_counter() - start - spent[0])
+
+
+def _seed_keys(train: TrainConfig) -> tuple[jax.Array, jax.Array]:
+    """``(key_networks, key_fit)`` of a training seed."""
+    key_modules, key_fit = jax.random.split(jax.random.key(train.seed))
+    return key_modules, key_fit
+
+
+def _accepts(model: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(model).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def fit(
+    model: Callable,
+    ds: xr.Dataset,
+    guide: AutoAmortizedSDE,
+    *,
+    steps: int | None = None,
+    train: TrainConfig | None = None,
+    split: str = "train",
+    progress: bool = True,
+    checkpoint_path: str | Path | None = None,
+    callback: Callable[[Fitted], bool | None] | None = None,
+) -> Fitted:
+    """Fit any program to the training split of ``ds`` with the package's recipe.
+
+    Args:
+        model: NumPyro program ``model(y, times, **kw)``: ``y`` of shape ``(B, M, C, *fine)``
+            (or ``None``), ``times`` ``(B, M)``; one :class:`~msde_ppl.generative.SDEPath` site
+            and one observed site. If it takes ``n_windows`` (and it is not bound), it receives
+            the number of windows in the training data (the plate size that scales a minibatch).
+        ds: dataset in the schema.
+        guide: an :class:`~msde_ppl.inference.AutoAmortizedSDE` of ``model``.
+        steps: optimisation steps (overrides ``train.steps``).
+        train: optimisation settings (default :class:`TrainConfig`).
+        split: the split trained on.
+        progress: show a progress bar.
+        checkpoint_path: write (and resume from) a checkpoint there.
+        callback: ``callback(fitted_so_far)`` after every chunk; ``True`` stops the fit.
+
+    Returns:
+        The :class:`~msde_ppl.Fitted` model.
+    """
+    train = train or TrainConfig()
+    if steps is not None:
+        train = dataclasses.replace(train, steps=int(steps))
+    _check_train(train)
+    validate(ds)
+    batch_fn, n_win = _training_windows(ds, train, split)
+    if _accepts(model, "n_windows") and "n_windows" not in getattr(model, "keywords", {}):
+        model = partial(model, n_windows=n_win)
+        guide.model = model
+    loop = "scan" if train.loop == "auto" else train.loop
+    return _run(model, guide, ds, train, batch_fn, loop=loop, recipe=None, parts=None,
+                progress=progress, checkpoint_path=checkpoint_path, callback=callback)
+
+
+def fit_multiscale(
+    ds: xr.Dataset,
+    config: MultiscaleConfig,
+    train: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+    checkpoint_path: str | Path | None = None,
+    warm_start: WarmStart | None = None,
+    callback: Callable[[Fitted], bool | None] | None = None,
+) -> Fitted:
+    """Fit the built-in multiscale model ``config`` to the training split of ``ds``, from
+    scratch or from ``warm_start``.
+
+    ``callback(fitted_so_far)`` runs after every chunk of steps with the model fitted so far
+    (its ``losses`` and ``wall_time_s`` up to that point); its own run time is not counted in
+    any wall time, and returning ``True`` stops the fit there.
+    """
+    _check_train(train)
+    validate(ds, coarse=config.coarse_shape)
+    if tuple(grid_shape(ds)) != tuple(config.fine_shape):
+        raise SchemaError(f"model fine grid {config.fine_shape} differs from the data's "
+                          f"{grid_shape(ds)}")
+    check_coarse(ds, config.coarse_shape)
+    batch_fn, n_win = _training_windows(ds, train)
+    recipe = multiscale_recipe(config, n_win)
+    key_modules = _seed_keys(train)[0]
+    if warm_start is None:
+        model, guide = build_program(recipe, key=key_modules)
+    else:
+        model, guide = build_program(recipe, warm_start.modules, warm_start.kernel,
+                                     warm_start.global_values)
+    loop = train.loop
+    if loop == "auto":
+        loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
+    return _run(model, guide, ds, train, batch_fn, loop=loop, recipe=recipe,
+                parts=latent_parts(config), progress=progress, checkpoint_path=checkpoint_path,
+                callback=callback)
+
+
+def fit_progressive(
+    ds: xr.Dataset,
+    config: MultiscaleConfig,
+    stages: list[tuple[int, TrainConfig]],
+    *,
+    progress: bool = True,
+    callback: Callable[[Fitted], bool | None] | None = None,
+) -> list[Fitted]:
+    """Fit with a growing micro dimension: ``stages = [(K_0, train_0), (K_1, train_1), ...]``,
+    ``K`` non-decreasing; stage ``k`` starts from stage ``k - 1`` grown by
+    :func:`msde_ppl.multiscale.grow_modules`. Returns every stage's fitted model.
+    ``callback`` is passed to every stage's :func:`fit_multiscale`."""
+    from msde_ppl.multiscale.surgery import grow_modules, grown_global_values
+
+    fitted: list[Fitted] = []
+    for i, (n_micro, train) in enumerate(stages):
+        stage_config, warm = dataclasses.replace(config, n_micro=n_micro), None
+        if fitted:
+            prev = fitted[-1]
+            stage_config, modules = grow_modules(prev.modules, prev.config, n_micro,
+                                                 key=jax.random.key(train.seed + 1000 * i))
+            warm = WarmStart(modules, prev.kernel,
+                             grown_global_values(prev.global_medians(), prev.config, n_micro))
+        fitted.append(fit_multiscale(ds, stage_config, train, progress=progress,
+                                     warm_start=warm, callback=callback))
+    return fitted
