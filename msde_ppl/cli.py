@@ -271,11 +271,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_posterior(fitted, ds, path: Path, seed: int) -> None:
-    """The ArviZ tree of a fit (posterior of the globals and of a test window's latent path;
-    :func:`msde_ppl.diagnostics.to_datatree`) as netCDF."""
+    """The ArviZ tree of a fit (posterior of the globals and of a test window's latent path,
+    without the decoded fields: ``msde report`` adds those; :func:`msde_ppl.diagnostics.
+    to_datatree`) as netCDF."""
     from msde_ppl.diagnostics import arviz_io
 
-    tree = arviz_io.to_datatree(fitted, ds, split="test", n_draws=100, seed=seed)
+    tree = arviz_io.to_datatree(fitted, ds, split="test", n_draws=100, seed=seed, decoded=False)
     arviz_io.save_datatree(tree, path)
 
 

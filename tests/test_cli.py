@@ -66,7 +66,7 @@ def test_run_writes_report_and_refuses_existing_run_dir(tmp_path):
     assert load(run_dir / "data.nc").sizes["traj"] == 3
     for name in ("multiscale_space_time.png", "multiscale_decomposition.png",
                  "implicit_scale_space_time.png", "multiscale/posterior.nc",
-                 "multiscale/forecast.nc", "multiscale/params.pkl"):
+                 "multiscale/forecast.nc", "multiscale/params.eqx", "multiscale/fitted.json"):
         assert (run_dir / name).is_file(), name
     again = run_cli("run", "burgers_1d", "--out", str(run_dir))
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -91,8 +91,8 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
                   "--scale-kernel", "frozen", "--out",
                   str(run_dir))
     assert fit.returncode == 0, fit.stderr
-    assert (run_dir / "params.pkl").is_file() and (run_dir / "config.json").is_file()
-    model = json.loads((run_dir / "config.json").read_text())["model"]
+    assert (run_dir / "params.eqx").is_file() and (run_dir / "fitted.json").is_file()
+    model = json.loads((run_dir / "fitted.json").read_text())["recipe"]["config"]
     assert model["encoder"] == "cnn" and model["decoder"] == "cnn"
     assert model["learn_kernel"] is False
     fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "8",
@@ -148,4 +148,4 @@ def test_fit_and_forecast_refuse_missing_inputs(tmp_path, user_data):
     assert out.returncode == 2 and "already exists" in out.stderr
     out = run_cli("forecast", str(tmp_path / "norun"), "--data", str(user_data),
                   "--out", str(tmp_path / "o"))
-    assert out.returncode == 2 and "not a fitted run" in out.stderr
+    assert out.returncode == 2 and "not a saved fitted model" in out.stderr

@@ -9,8 +9,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = {
     "ou_two_scale.py": ["--steps", "20", "--n-time", "64"],
-    "multiscale_kdv.py": ["--n-traj", "3", "--n-time", "101", "--steps", "20",
-                          "--micro-steps", "20", "--samples", "8"],
+    "multiscale.py": ["--n-traj", "3", "--n-time", "101", "--steps", "20",
+                      "--micro-steps", "20", "--samples", "8"],
+    "implicit_scale.py": ["--n-traj", "3", "--n-time", "101", "--steps", "20", "--samples", "8"],
+    "physics_informed.py": ["--n-traj", "3", "--n-time", "101", "--steps", "20",
+                            "--samples", "8"],
 }
 
 

@@ -56,15 +56,19 @@ __all__ = ["global_sites", "load_datatree", "save_datatree", "summary", "to_data
 
 
 def _window_draws(fitted: Fitted, y: np.ndarray, times: np.ndarray, n_draws: int,
-                  rng_key: jax.Array) -> dict[str, np.ndarray]:
+                  rng_key: jax.Array, decoded: bool = True) -> dict[str, np.ndarray]:
     """Posterior draws over one window ``y`` (``(M, C, *fine)``) at ``times`` (``(M,)``): the
-    global sites, the path, and the program's observation part given each draw."""
+    global sites, the path, and (``decoded``) the program's observation part given each draw."""
     key_post, key_obs = jax.random.split(rng_key)
     batch = {"y": jnp.asarray(y)[None], "times": jnp.asarray(times)[None]}
     draws = fitted.guide.sample_posterior(key_post, fitted.params, **batch,
                                           sample_shape=(n_draws,))
     site = fitted.path_site
     latent = {k: v for k, v in draws.items() if k in fitted.global_sites or k == site}
+    out = {k: np.asarray(v) for k, v in latent.items()}
+    out[site] = out[site][:, 0]  # (S, M, *state)
+    if not decoded:
+        return out
 
     @jax.jit
     def decode(values, keys):
@@ -72,10 +76,8 @@ def _window_draws(fitted: Fitted, y: np.ndarray, times: np.ndarray, n_draws: int
             values, keys)
 
     y_rep, mean, _, parts = decode(latent, jax.random.split(key_obs, n_draws))
-    out = {k: np.asarray(v) for k, v in latent.items()}
-    out[site] = out[site][:, 0]  # (S, M, *state)
-    out.update(y_rep=np.asarray(y_rep), y_mean=np.asarray(mean),
-               **{k: np.asarray(v) for k, v in parts.items()})
+    out.update(y_rep=np.asarray(y_rep), y_mean=np.asarray(mean))
+    out.update({"micro_part" if k == "micro" else k: np.asarray(v) for k, v in parts.items()})
     return out
 
 
@@ -94,6 +96,7 @@ def to_datatree(
     window: int | None = None,
     n_draws: int = 100,
     seed: int = 0,
+    decoded: bool = True,
 ) -> xr.DataTree:
     """A fit as an ArviZ DataTree (groups and dims in the module docstring).
 
@@ -107,10 +110,13 @@ def to_datatree(
         window: snapshots in the window (default ``min(64, n_time - start)``).
         n_draws: posterior draws.
         seed: PRNG seed of the draws.
+        decoded: include the decoded fine-grid fields (``y_mean``, ``macro``, ``micro_part``)
+            and the ``posterior_predictive`` group (``n_draws`` fine fields per snapshot each;
+            ``False`` keeps the file small).
 
     Returns:
-        ``xarray.DataTree`` with ``posterior``, ``posterior_predictive``, ``observed_data``,
-        ``log`` and (if ``fc``) ``forecast``.
+        ``xarray.DataTree`` with ``posterior``, ``posterior_predictive`` (if ``decoded``),
+        ``observed_data``, ``log`` and (if ``fc``) ``forecast``.
     """
     y_all, t_all = observations(ds, split)
     if not 0 <= traj < y_all.shape[0]:
@@ -122,7 +128,7 @@ def to_datatree(
                          f"{y_all.shape[1]} snapshots (and needs at least 2)")
     sl = slice(start, start + window)
     y_win, t_win = y_all[traj, sl], t_all[sl]
-    d = _window_draws(fitted, y_win, t_win, n_draws, jax.random.key(seed))
+    d = _window_draws(fitted, y_win, t_win, n_draws, jax.random.key(seed), decoded)
 
     has_field = "field" in ds["u"].dims
     space = _spatial_dims(ds)
@@ -159,7 +165,7 @@ def to_datatree(
                                      [f"{name}_dim_{k}" for k in range(len(part["shape"]))])
             if name == "eta":
                 coords["micro"] = np.arange(part["shape"][0])
-    for name in ("y_mean", "macro", "micro_part"):
+    for name in ("y_mean", "macro", "micro_part") if decoded else ():
         if name in d:
             posterior[name] = fields(d[name], 2)
             dims[name] = ["time", *field, *space]
@@ -180,12 +186,12 @@ def to_datatree(
         "global_sites": json.dumps(fitted.global_sites),
         "stale_scales": json.dumps(fitted.stale_scales()),
     }
+    groups = {"posterior": {k: np.asarray(v)[None] for k, v in posterior.items()},
+              "observed_data": observed}
+    if decoded:
+        groups["posterior_predictive"] = {"y": np.asarray(fields(d["y_rep"], 2))[None]}
     tree = azb.from_dict(
-        {
-            "posterior": {k: np.asarray(v)[None] for k, v in posterior.items()},
-            "posterior_predictive": {"y": np.asarray(fields(d["y_rep"], 2))[None]},
-            "observed_data": observed,
-        },
+        groups,
         dims={**dims, **{k: v for k, v in obs_dims.items() if k in observed}},
         coords=coords,
         sample_dims=["chain", "draw"],

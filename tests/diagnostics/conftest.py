@@ -6,10 +6,12 @@ import numpy as np
 import optax
 import pytest
 
-from msde_ppl.data import from_arrays
-from msde_ppl.inference import AutoAmortizedSDE, SolverFreeELBO, init
-from msde_ppl.models.multiscale import MultiscaleConfig, build_modules
-from msde_ppl.models.training import FittedModel, make_model, observations
+from msde_ppl import Fitted
+from msde_ppl.data import from_arrays, observations
+from msde_ppl.inference import SolverFreeELBO, init
+from msde_ppl.multiscale import MultiscaleConfig
+from msde_ppl.pipeline.builtin import build_program, latent_parts, multiscale_recipe
+from msde_ppl.pipeline.fitted import grid_info
 
 TINY = MultiscaleConfig(fine_shape=(64,), coarse_shape=(8,), n_micro=2, macro_hidden=(8,),
                         micro_hidden=(8,), codec_hidden=(8,))
@@ -28,19 +30,19 @@ def tiny_dataset() -> "xr.Dataset":  # noqa: F821
                        split=["train", "val", "test"], noise_std=0.01)
 
 
-def untrained_fit(ds, config: MultiscaleConfig = TINY, n_losses: int = 60) -> FittedModel:
-    """A FittedModel at the initial parameters (the guide and model traced once, no jit), with
-    a synthetic decaying loss trace."""
-    modules = build_modules(config, key=jax.random.key(0))
-    model = make_model(config, modules, n_windows=4)
-    guide = AutoAmortizedSDE(model, modules.encoder)
+def untrained_fit(ds, config: MultiscaleConfig = TINY, n_losses: int = 60) -> Fitted:
+    """A Fitted model at the initial parameters (the guide and model traced once, no jit),
+    with a synthetic decaying loss trace."""
+    recipe = multiscale_recipe(config, 4)
+    model, guide = build_program(recipe, key=jax.random.key(0))
     y, t = observations(ds, "train")
     batch = {"y": y[:1, :8], "times": t[None, :8]}
     problem, state = init(jax.random.key(1), model, guide, SolverFreeELBO(normalize=True),
                           optax.adam(1e-3), batch)
     params = jax.tree.map(np.asarray, problem.constrain(state.params))
     losses = 1.0 + np.exp(-np.arange(n_losses) / 10.0)
-    return FittedModel(config, modules, params, losses, 0.0)
+    return Fitted(model, guide, params, losses=losses, grid=grid_info(ds), recipe=recipe,
+                  latent_parts=latent_parts(config))
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from msde_ppl.data import observations
 from msde_ppl.diagnostics import arviz_io
-from msde_ppl.models.training import fitted_networks, observations
 
 START, WINDOW, N_DRAWS = 2, 8, 400
 N_MACRO, N_MICRO = 8, 2  # tests/diagnostics/conftest.py::TINY
@@ -19,12 +19,12 @@ def test_groups_dims_and_coords(tiny_tree, tiny_ds, tiny_fit):
         tree.children)
     post = tree["posterior"].to_dataset()
     expected = {
-        "diffusion_macro": ("chain", "draw", "coarse_x"),
-        "diffusion_micro": ("chain", "draw", "micro"),
-        "obs_var_macro": ("chain", "draw"),
-        "obs_var_micro": ("chain", "draw"),
+        "diffusion": ("chain", "draw", "diffusion_dim_0"),
+        "obs_var_macro": ("chain", "draw", "obs_var_macro_dim_0"),
+        "obs_var_micro": ("chain", "draw", "obs_var_micro_dim_0"),
         "zeta": ("chain", "draw", "time", "coarse_x"),
         "eta": ("chain", "draw", "time", "micro"),
+        "y_mean": ("chain", "draw", "time", "x"),
         "macro": ("chain", "draw", "time", "x"),
         "micro_part": ("chain", "draw", "time", "x"),
     }
@@ -44,18 +44,22 @@ def test_groups_dims_and_coords(tiny_tree, tiny_ds, tiny_fit):
     assert obs["y"].dims == ("time", "x") and "y_clean" in obs
     np.testing.assert_array_equal(tree["log"]["loss"].values, tiny_fit.losses)
     assert tree.attrs["window_start"] == START and tree.attrs["window_length"] == WINDOW
+    assert arviz_io.global_sites(tree) == ["diffusion", "obs_var_macro", "obs_var_micro"]
 
 
 def test_latent_split_and_decoding_are_consistent(tiny_tree, tiny_fit, tiny_ds):
     """zeta is the first n_macro coordinates (P zeta reproduces ``macro`` draw by draw), and the
     draws' mean is the guide's posterior median m(t) within Monte Carlo error."""
     post = tiny_tree["posterior"].to_dataset()
-    encoder, _, _ = fitted_networks(tiny_fit)
+    encoder = tiny_fit.modules.encoder
     zeta = jnp.asarray(post["zeta"].values[0, :5])  # (5, T, 8)
     macro = jax.vmap(jax.vmap(lambda z: encoder.scale.prolong(z[None])[0]))(zeta)
     np.testing.assert_allclose(macro, post["macro"].values[0, :5], rtol=1e-5, atol=1e-6)
+    # the decoded mean is the macro part plus the weighted micro part (product of experts)
+    np.testing.assert_allclose(post["y_mean"].values, post["macro"] + post["micro_part"],
+                               rtol=1e-5, atol=1e-6)
 
-    guide, params = arviz_io._guide_params(tiny_fit)
+    guide, params = tiny_fit.guide, tiny_fit.params
     y, t = observations(tiny_ds, "test")
     window = slice(START, START + WINDOW)
     median = guide.median(params, y=jnp.asarray(y[:1, window]), times=jnp.asarray(t[None, window]))
@@ -65,12 +69,14 @@ def test_latent_split_and_decoding_are_consistent(tiny_tree, tiny_fit, tiny_ds):
     assert np.all(np.abs(draws.mean(0) - m) < 5 * sd / np.sqrt(N_DRAWS))
 
 
-def test_physical_parameter_summary_matches_lognormal_posterior(tiny_tree, tiny_fit):
+def test_global_parameter_summary_matches_lognormal_posterior(tiny_tree, tiny_fit):
     table = arviz_io.summary(tiny_tree)
     assert len(table) == (N_MACRO + N_MICRO) + 2  # diffusion per latent coordinate, 2 obs variances
     assert {"mean", "sd"} <= set(table.columns)
-    loc = np.asarray(tiny_fit.params["diffusion_auto_loc"])
-    scale = np.asarray(tiny_fit.params["diffusion_auto_scale"])
+    # LogNormal(loc, scale) moments from the guide's own quantiles (median = exp(loc), the
+    # 84% quantile = exp(loc + scale))
+    q = tiny_fit.global_quantiles([0.5, 0.8413447])["diffusion"]
+    loc, scale = np.log(np.asarray(q[0])), np.log(np.asarray(q[1] / q[0]))
     mean = np.exp(loc + scale**2 / 2)
     sd = mean * np.sqrt(np.expm1(scale**2))
     got = table["mean"].to_numpy()[: (N_MACRO + N_MICRO)]

@@ -64,13 +64,13 @@ def test_forest_refuses_unknown_variables(tiny_tree):
 
 
 def test_implicit_scale_latent_paths_have_one_panel(tiny_tree):
-    post = tiny_tree["posterior"].to_dataset().drop_vars(["eta", "diffusion_micro",
-                                                          "obs_var_micro", "micro_part"])
+    post = tiny_tree["posterior"].to_dataset().drop_vars(["eta", "obs_var_micro", "micro_part",
+                                                          "macro", "y_mean"])
     fig = plots.plot_latent_paths(post)
     assert len(fig.axes) == 1
     plt.close(fig)
     fig = plots.plot_forest(post)
-    assert len(fig.axes[0].get_yticks()) == post.sizes["coarse_x"] + 1
+    assert len(fig.axes[0].get_yticks()) == post.sizes["diffusion_dim_0"] + 1
     plt.close(fig)
 
 

@@ -8,8 +8,7 @@ import pytest
 from msde_ppl.data import save
 from msde_ppl.diagnostics.arviz_io import load_datatree
 from msde_ppl.diagnostics.report import build_report
-from msde_ppl.models.training import save_fitted
-from msde_ppl.predict.forecast import forecast, forecast_metrics
+from msde_ppl.predict import forecast, forecast_metrics
 
 FIGURES = ("space_time", "decomposition", "time_slices", "spectrum", "coverage", "pit",
            "spread_skill", "elbo", "latent_paths", "forest")
@@ -20,7 +19,7 @@ def run_dir(tmp_path_factory, tiny_ds, tiny_fit):
     run = tmp_path_factory.mktemp("run")
     save(tiny_ds, run / "data.nc")
     (run / "multiscale").mkdir()
-    save_fitted(tiny_fit, run / "multiscale")
+    tiny_fit.save(run / "multiscale")
     fc = forecast(jax.random.key(0), tiny_fit, tiny_ds, n_samples=8)
     fc.to_netcdf(run / "multiscale" / "forecast.nc", engine="h5netcdf")
     metrics = {"multiscale": forecast_metrics(fc), "meta": {"dataset": "tiny", "n_traj": 3}}
@@ -37,7 +36,7 @@ def test_report_writes_figures_tree_and_markdown(run_dir):
         assert (out / f"multiscale_{name}.png").stat().st_size > 1000, name
         assert f"(multiscale_{name}.png)" in text, name
     for section in ("## Metrics", "## multiscale model", "ELBO convergence", "### Calibration",
-                    "diffusion_macro[0.0]", "obs_var_micro"):
+                    "diffusion[0]", "obs_var_micro"):
         assert section in text, section
     assert "implicit" not in text  # only the models present in the run directory
     tree = load_datatree(out / "multiscale_posterior.nc")

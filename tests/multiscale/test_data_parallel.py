@@ -17,8 +17,8 @@ SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 from msde_ppl.data import from_arrays
-from msde_ppl.models.multiscale import MultiscaleConfig
-from msde_ppl.models.training import TrainConfig, fit_multiscale
+from msde_ppl.multiscale import MultiscaleConfig
+from msde_ppl.pipeline.training import TrainConfig, fit_multiscale
 x = np.arange(64) / 64; t = np.arange(40) * 0.01
 u = np.sin(2 * np.pi * (x[None, None] - t[None, :, None] - np.arange(2)[:, None, None] / 2))
 ds = from_arrays(u.astype(np.float32), time=t, x=x)

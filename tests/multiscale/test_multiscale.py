@@ -11,27 +11,13 @@ from numpyro import handlers
 from numpyro.util import check_model_guide_match
 from scipy import stats
 
+from msde_ppl import Fitted, forecast, forecast_metrics
 from msde_ppl.data import from_arrays
-from msde_ppl.inference import AutoAmortizedSDE
-from msde_ppl.models.multiscale import MultiscaleConfig, build_modules, decode
-from msde_ppl.models.surgery import grow_modules
-from msde_ppl.models.training import (
-    TrainConfig,
-    fit_multiscale,
-    fit_progressive,
-    fitted_networks,
-    load_fitted,
-    make_model,
-    save_fitted,
-    training_setup,
-)
-from msde_ppl.predict.forecast import (
-    _sample_statistics,
-    _trajectory_ensemble,
-    forecast,
-    forecast_metrics,
-    rollout,
-)
+from msde_ppl.multiscale import MultiscaleConfig, build_modules, grow_modules
+from msde_ppl.multiscale.program import decode
+from msde_ppl.pipeline.builtin import build_program, multiscale_recipe
+from msde_ppl.pipeline.training import TrainConfig, fit_multiscale, fit_progressive
+from msde_ppl.predict.forecast import _sample_statistics, rollout
 
 TINY = MultiscaleConfig(fine_shape=(64,), coarse_shape=(8,), n_micro=2, macro_hidden=(16, 16),
                         micro_hidden=(16,), codec_hidden=(16,))
@@ -53,9 +39,7 @@ def tiny_data():
 
 
 def test_model_and_guide_sites_match(rng_key):
-    modules = build_modules(TINY, key=rng_key)
-    model = make_model(TINY, modules, n_windows=10)
-    guide = AutoAmortizedSDE(model, modules.encoder)
+    model, guide = build_program(multiscale_recipe(TINY, 10), key=rng_key)
     y = jnp.zeros((3, 16, 1, 64))
     times = jnp.tile(jnp.arange(16) * 0.01, (3, 1))
     with handlers.seed(rng_seed=0):
@@ -125,22 +109,10 @@ def test_grown_autonomous_micro_drift_computes_the_old_one(rng_key):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "tiled"])
-def test_window_sampling_draws_its_starts(tiny_data, sampling):
-    setup = training_setup(tiny_data, TINY, dataclasses.replace(TRAIN, sampling=sampling))
-    times = np.asarray(tiny_data["time"].values, np.float32)
-    starts = set()
-    for i in range(200):
-        batch = setup.batch_fn(jax.random.key(i), 0)
-        assert batch["y"].shape == (2, 16, 1, 64)
-        starts |= {int(np.argmin(np.abs(times - t0))) for t0 in np.asarray(batch["times"][:, 0])}
-    # 40 snapshots, windows of 16: every start 0..24, or the chunks 0, 15 and the last, 24
-    assert starts == (set(range(25)) if sampling == "uniform" else {0, 15, 24})
-
-
 def test_unknown_window_sampling_is_refused(tiny_data):
     with pytest.raises(ValueError, match="window sampling 'random'"):
-        training_setup(tiny_data, TINY, dataclasses.replace(TRAIN, sampling="random"))
+        fit_multiscale(tiny_data, TINY, dataclasses.replace(TRAIN, sampling="random"),
+                       progress=False)
 
 
 def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
@@ -154,13 +126,17 @@ def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
     for key in ("rel_l2_mean", "rel_l2_clean_mean", "crps", "coverage_90"):
         assert np.isfinite(metrics[key])
     assert 0.0 <= metrics["coverage_90"] <= 1.0
-    # a saved and reloaded model forecasts identically, without compiling again
-    compiled = _trajectory_ensemble._cache_size()
-    save_fitted(fitted, tmp_path, TRAIN)
-    again = forecast(jax.random.key(0), load_fitted(tmp_path), tiny_data, split="test",
-                     n_samples=16)
+    # a second forecast reuses the compiled program
+    (compiled,) = fitted._compiled.values()
+    size = compiled._cache_size()
+    forecast(jax.random.key(1), fitted, tiny_data, split="test", n_samples=16)
+    assert compiled._cache_size() == size == 1
+    # a saved and reloaded model forecasts identically
+    fitted.save(tmp_path / "model")
+    again = forecast(jax.random.key(0), Fitted.load(tmp_path / "model"), tiny_data,
+                     split="test", n_samples=16)
     np.testing.assert_allclose(again["mean"], fc["mean"], rtol=1e-5, atol=1e-6)
-    assert _trajectory_ensemble._cache_size() == compiled
+    np.testing.assert_array_equal(Fitted.load(tmp_path / "model").losses, fitted.losses)
 
 
 @pytest.mark.slow  # ~20 s; the exact surgery check above is the fast version
@@ -169,7 +145,7 @@ def test_progressive_stage_starts_where_the_previous_ended(tiny_data):
     stage1 = dataclasses.replace(TRAIN, steps=20, lr=1e-12, warmup_steps=0)
     fits = fit_progressive(tiny_data, TINY, [(0, stage0), (2, stage1)], progress=False)
     assert [f.config.n_micro for f in fits] == [0, 2]
-    old, new = fitted_networks(fits[0]), fitted_networks(fits[1])
+    old, new = fits[0].modules, fits[1].modules
     z = jnp.concatenate([jnp.linspace(-1, 1, 8), jnp.array([0.3, -0.2])])
     np.testing.assert_allclose(new.drift(0.1, z)[:8], old.drift(0.1, z[:8]), atol=1e-4)
 
@@ -229,7 +205,7 @@ def test_ensemble_statistics_match_gaussian_closed_forms(np_rng):
 
 
 def test_config_for_keeps_case_choices_unless_overridden():
-    from msde_ppl.models.multiscale import config_for
+    from msde_ppl.multiscale import config_for
 
     wave = config_for("wave_1d", (1000,), decoder=None, learn_kernel=None)
     assert (wave.decoder, wave.learn_kernel, wave.kernel_init) == ("stencil", False, "gaussian")
