@@ -14,21 +14,16 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import jax  # noqa: E402
-
-from msde_ppl.data import make_dataset  # noqa: E402
-from msde_ppl.models.multiscale import config_for  # noqa: E402
-from msde_ppl.models.training import TrainConfig, fit_progressive, save_fitted  # noqa: E402
+from msde_ppl.data import make_dataset, select_split  # noqa: E402
+from msde_ppl.pipeline.run import model_config, progressive_stages, score  # noqa: E402
+from msde_ppl.pipeline.training import TrainConfig, fit_progressive  # noqa: E402
 from msde_ppl.predict import evaluate_coarse_dns, noise_floor  # noqa: E402
-from msde_ppl.predict.coarse_dns import select_split  # noqa: E402
-from msde_ppl.predict.forecast import forecast, forecast_metrics  # noqa: E402
 
-REFERENCE = {  # method.md §7.1 (vs noisy data): implicit-scale, multiscale
+REFERENCE = {  # docs/method.md §7 (vs noisy data): implicit-scale, multiscale
     "kdv_1d": (0.324, 0.042),
     "wave_1d": (0.565, 0.079),
     "burgers_1d": (0.105, 0.011),
@@ -46,24 +41,18 @@ def save_dir(args: argparse.Namespace, case: str, model: str, seed: int) -> Path
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
     ds = make_dataset(case, seed=args.seed)
-    config = config_for(case, ds["u"].shape[2:], n_micro=args.micro, encoder=args.encoder,
-                        decoder=args.decoder, learn_kernel=None if args.scale_kernel is None
-                        else args.scale_kernel == "learned")
+    config = model_config(ds, n_micro=args.micro, encoder=args.encoder, decoder=args.decoder,
+                          scale_kernel=args.scale_kernel, physics=args.physics)
     runs = []  # per training seed: [implicit-scale fit, multiscale fit]
     for seed in range(args.seed, args.seed + args.fits):
-        common = dict(seed=seed, chunk_size=250, window=args.window,
-                      windows_per_step=args.windows)
-        stages = [
-            (0, TrainConfig(steps=args.stage0_steps, lr=args.lr, **common)),
-            (args.micro, TrainConfig(steps=args.stage1_steps, lr=args.stage1_lr,
-                                     warmup_steps=args.stage1_warmup, **common)),
-        ]
+        first = TrainConfig(steps=args.stage0_steps, lr=args.lr, seed=seed, chunk_size=250,
+                            window=args.window, windows_per_step=args.windows)
+        stages = progressive_stages(args.micro, first, args.stage1_steps, args.stage1_lr,
+                                    args.stage1_warmup)
         runs.append(fit_progressive(ds, config, stages, progress=False))
         if args.save:
             for name, fitted in zip(MODELS, runs[-1], strict=True):
-                run_dir = save_dir(args, case, name, seed)
-                run_dir.mkdir(parents=True)
-                save_fitted(fitted, run_dir)
+                fitted.save(save_dir(args, case, name, seed))
     eval_steps = ds.attrs["eval_steps"]
     out: dict = {}
     for index, key in enumerate(MODELS):
@@ -76,18 +65,29 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
             labelled = [(f"{key} (seed {args.seed + i})", [m], w)
                         for i, (m, w) in enumerate(zip(members, walls, strict=True))] + labelled
         for label, fitted, wall in labelled:
-            start = time.perf_counter()
-            fc = forecast(jax.random.key(args.seed), fitted, ds, split=args.split,
-                          n_samples=64, n_steps=eval_steps, method=args.integrator)
-            metrics = forecast_metrics(fc, eval_steps)
-            metrics.update(train_wall_s=wall, forecast_wall_s=time.perf_counter() - start,
+            _, metrics = score(fitted, ds, split=args.split, n_samples=64, seed=args.seed,
+                               integrator=args.integrator)
+            metrics.update(train_wall_s=wall, forecast_wall_s=metrics["forecast_wall_time_s"],
                            steps=steps * len(fitted))
+            if args.physics and key == "multiscale":
+                metrics["physics"] = _coefficient(fitted[0], ds)
             out[label] = metrics
             print(f"{case} {label}: {json.dumps(metrics)}", flush=True)
     out["coarse_dns"] = evaluate_coarse_dns(ds, split=args.split)
     split = select_split(ds, args.split)
     out["noise_floor"] = noise_floor(split, eval_steps)["mean"]
     return out
+
+
+def _coefficient(fitted, ds) -> dict:
+    """The physics coefficient's posterior (median, 90% interval) next to the generator's."""
+    from msde_ppl.generative.physics import PHYSICS
+
+    name = PHYSICS[fitted.config.physics][0]
+    lo, med, hi = (float(v) for v in fitted.global_quantiles([0.05, 0.5, 0.95])[name])
+    truth = {"viscosity": "nu", "dispersion": "beta"}[name]  # the generators' attribute names
+    return {"site": name, "median": med, "q05": lo, "q95": hi,
+            "generator": float(ds.attrs[truth]) if truth in ds.attrs else None}
 
 
 def markdown(results: dict, args: argparse.Namespace) -> str:
@@ -100,7 +100,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         f"{args.window} snapshots per step; stage-1 lr {args.stage1_lr}; micro encoder: "
         f"{args.encoder or 'case default'}; micro decoder: "
         f"{args.decoder or 'case default'}; scale kernel: {args.scale_kernel or 'case default'}; "
-        f"integrator: {args.integrator}; {args.fits} training seed(s) from {args.seed} "
+        f"integrator: {args.integrator}; physics: {args.physics or 'none'}; "
+        f"{args.fits} training seed(s) from {args.seed} "
         "(an ensemble mixes their forecasts, 64 members each; its train s is the sum). "
         f"Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
@@ -123,6 +124,11 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
                 f"{m.get('rel_l2_clean_mean', float('nan')):.4f} | {m['crps']:.4g} | "
                 f"{m['coverage_90']:.3f} | {m['train_wall_s']:.0f} | {r_ref} |"
             )
+            if "physics" in m:
+                c = m["physics"]
+                lines.append(f"| {case} | {key}: effective {c['site']} | median {c['median']:.4g}, "
+                             f"90% [{c['q05']:.4g}, {c['q95']:.4g}] | generator {c['generator']} "
+                             "| | | | |")
         dns = res["coarse_dns"]
         lines.append(f"| {case} | coarse DNS | {dns['rel_l2_mean']:.4f} ± {dns['rel_l2_std']:.4f} "
                      f"| {dns['rel_l2_clean_mean']:.4f} | | | | |")
@@ -144,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-kernel", default=None, choices=["learned", "frozen"],
                         help="default: the case's (CASE_CONFIGS)")
     parser.add_argument("--integrator", default="heun", choices=["heun", "euler"])
+    parser.add_argument("--physics", default=None, choices=["burgers", "kdv"],
+                        help="physics-informed macro drift (a known coarse PDE operator with "
+                        "its coefficient as a sample site, plus the learned correction)")
     parser.add_argument("--windows", type=int, default=1, help="windows per step")
     parser.add_argument("--window", type=int, default=64, help="snapshots per window")
     parser.add_argument("--stage0-steps", type=int, default=4000)

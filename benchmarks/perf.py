@@ -49,10 +49,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # design.md §1: before jax 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
-from msde_ppl.data import from_arrays, make_dataset  # noqa: E402
-from msde_ppl.data.cases import get_case  # noqa: E402
-from msde_ppl.inference import init, make_chunk_runner, step  # noqa: E402
 from msde_ppl.models.multiscale import config_for  # noqa: E402
 from msde_ppl.models.training import (  # noqa: E402
     FittedModel,
@@ -60,6 +56,10 @@ from msde_ppl.models.training import (  # noqa: E402
     fit_progressive,
     training_setup,
 )
+
+from msde_ppl.data import from_arrays, make_dataset  # noqa: E402
+from msde_ppl.data.cases import get_case  # noqa: E402
+from msde_ppl.inference import init, make_chunk_runner, step  # noqa: E402
 from msde_ppl.predict.forecast import forecast, forecast_metrics  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -250,6 +250,7 @@ def section_accuracy(ds, args) -> tuple[dict, FittedModel]:
 # ----------------------------------------------------------------------------- forecast
 def section_forecast(ds, fitted: FittedModel, args) -> dict:
     from msde_ppl.models.training import observations
+
     from msde_ppl.predict.forecast import trajectory_ensemble
 
     case = get_case(ds.attrs["case"])

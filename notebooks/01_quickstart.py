@@ -30,11 +30,11 @@ import dataclasses
 
 import jax
 import matplotlib.pyplot as plt
+from msde_ppl.models.multiscale import config_for
+from msde_ppl.models.training import TrainConfig, fit_progressive
 
 from msde_ppl.data.cases import KdV1D
 from msde_ppl.diagnostics import plots
-from msde_ppl.models.multiscale import config_for
-from msde_ppl.models.training import TrainConfig, fit_progressive
 from msde_ppl.predict.forecast import forecast, forecast_metrics
 
 SMALL = os.environ.get("MSDE_NOTEBOOK_SMALL", "0") == "1"

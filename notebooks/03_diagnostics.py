@@ -32,11 +32,11 @@ from pathlib import Path
 
 import jax
 import matplotlib.pyplot as plt
+from msde_ppl.models.multiscale import config_for
+from msde_ppl.models.training import TrainConfig, fit_multiscale
 
 from msde_ppl.data.cases import KdV1D
 from msde_ppl.diagnostics import arviz_io, checks, plots
-from msde_ppl.models.multiscale import config_for
-from msde_ppl.models.training import TrainConfig, fit_multiscale
 from msde_ppl.predict.forecast import forecast
 
 SMALL = os.environ.get("MSDE_NOTEBOOK_SMALL", "0") == "1"

@@ -3,8 +3,8 @@
 A run directory written by ``msde run`` holds ``metrics.json``, ``data.nc`` and, per fitted model
 (``multiscale``, ``implicit_scale``), a saved :class:`~msde_ppl.Fitted` (``fitted.json``,
 ``params.eqx``, ``losses.npy``), ``forecast.nc`` and ``posterior.nc``. :func:`model_report`
-writes the same figures and section for any fitted program and dataset. :func:`build_report` writes into a NEW directory (default
-``RUN_DIR/report``; an existing one is refused):
+writes the same figures and section for any fitted program and dataset. :func:`build_report`
+writes into a NEW directory (default ``RUN_DIR/report``; an existing one is refused):
 
 - ``report.md``: the metrics table, and per model the ELBO convergence check, the calibration
   numbers, the ArviZ summary of the physical parameters and the figures;

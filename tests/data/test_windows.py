@@ -65,7 +65,8 @@ def test_random_windows_starts(sampling, expected):
     batch_fn = jax.jit(random_windows(u, times, 16, windows_per_step=64, sampling=sampling))
     starts = set()
     for i in range(40):
-        starts |= {int(t) for t in np.asarray(batch_fn(jax.random.key(i), jnp.int32(i))["times"][:, 0])}
+        batch = batch_fn(jax.random.key(i), jnp.int32(i))
+        starts |= {int(t) for t in np.asarray(batch["times"][:, 0])}
     assert starts == expected
 
 

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 from numpyro.infer import Trace_ELBO
+from oracles.kalman import kalman_log_evidence
 
 from msde_ppl.inference import GaussMarkovPath, SolverFreeELBO, WindowMoments
-from oracles.kalman import kalman_log_evidence
 
 A, EPS, S, OBS_STD = 1.0, 0.25, np.array([0.8, 0.5]), 0.3
 THETA = np.array([A, 1.0 / EPS])
