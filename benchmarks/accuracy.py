@@ -1,7 +1,7 @@
 """Accuracy benchmark (issue: multiscale end to end): rel-L2 / CRPS / coverage on built-in cases.
 
 For each case: generate the dataset, fit the implicit-scale model (micro dimension 0) and grow
-it into the multiscale model (progressive schedule, method.md §4.2), forecast the chosen split
+it into the multiscale model (progressive schedule, docs/method.md §5), forecast the chosen split
 (use ``--split val`` while tuning, ``test`` for the reported figures), score the coarse-DNS
 baseline, and write ``benchmarks/results/accuracy.json`` and ``accuracy.md``.
 

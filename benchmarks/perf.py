@@ -44,23 +44,19 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # design.md §1: before jax is imported
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before jax is imported
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from msde_ppl.models.multiscale import config_for  # noqa: E402
-from msde_ppl.models.training import (  # noqa: E402
-    FittedModel,
-    TrainConfig,
-    fit_progressive,
-    training_setup,
-)
 
+from msde_ppl import Fitted  # noqa: E402
 from msde_ppl.data import from_arrays, make_dataset  # noqa: E402
 from msde_ppl.data.cases import get_case  # noqa: E402
 from msde_ppl.inference import init, make_chunk_runner, step  # noqa: E402
-from msde_ppl.predict.forecast import forecast, forecast_metrics  # noqa: E402
+from msde_ppl.multiscale import config_for  # noqa: E402
+from msde_ppl.pipeline.training import TrainConfig, fit_progressive, multiscale_setup  # noqa: E402
+from msde_ppl.predict import forecast, forecast_metrics  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE_STEP_S = 0.110  # reference PyTorch code, this CPU (issue text)
@@ -82,7 +78,7 @@ def reference_config(fine_shape, **overrides):
 # ----------------------------------------------------------------------------- step time
 def time_steps(ds, config, train: TrainConfig, repeats: int) -> dict:
     """Compile time, per-step median and spread, XLA FLOPs of one step, recompilation check."""
-    setup = training_setup(ds, config, train)
+    setup = multiscale_setup(ds, config, train)
     key_init, key_batch, key_run = jax.random.split(jax.random.key(0), 3)
     example = setup.batch_fn(key_batch, jnp.zeros((), jnp.int32))
     problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
@@ -179,7 +175,7 @@ def section_scaling(ds, args) -> dict:
 
 # ----------------------------------------------------------------------------- accuracy
 def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_every: int,
-                     windows: int, split: str = "test") -> tuple[dict, FittedModel]:
+                     windows: int, split: str = "test") -> tuple[dict, Fitted]:
     """Train stage 0 (K = 0) then stage 1 (K = 5), scoring the test forecast of the K = 5 model
     every ``eval_every`` steps; stop once every threshold is met or the steps run out (the
     recorded times are the first evaluations at or below each threshold)."""
@@ -192,7 +188,7 @@ def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_e
     curve: list[dict] = []
     stage0_wall = [0.0]
 
-    def score(fitted: FittedModel) -> bool:
+    def score(fitted: Fitted) -> bool:
         """Score the K = 5 model; stop once the last threshold is reached."""
         steps = len(fitted.losses)
         if fitted.config.n_micro == 0:
@@ -234,7 +230,7 @@ def threshold_times(curve: list[dict], thresholds) -> dict:
     return out
 
 
-def section_accuracy(ds, args) -> tuple[dict, FittedModel]:
+def section_accuracy(ds, args) -> tuple[dict, Fitted]:
     stage1 = 3000 if args.quick else args.burgers_steps
     res, fitted = time_to_accuracy(ds, "burgers_1d", (0.040, 0.015), 1000 if args.quick else 2000,
                                    stage1, args.eval_every, args.windows, args.tta_split)
@@ -248,9 +244,8 @@ def section_accuracy(ds, args) -> tuple[dict, FittedModel]:
 
 
 # ----------------------------------------------------------------------------- forecast
-def section_forecast(ds, fitted: FittedModel, args) -> dict:
-    from msde_ppl.models.training import observations
-
+def section_forecast(ds, fitted: Fitted, args) -> dict:
+    from msde_ppl.data import observations
     from msde_ppl.predict.forecast import trajectory_ensemble
 
     case = get_case(ds.attrs["case"])
@@ -310,20 +305,22 @@ import os, sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import jax
 from msde_ppl.data import load
-from msde_ppl.models.training import TrainConfig, fit_multiscale, load_fitted, save_fitted
-from msde_ppl.models.multiscale import config_for
+from msde_ppl import Fitted
+from msde_ppl.multiscale import config_for
+from msde_ppl.pipeline.training import TrainConfig, fit_multiscale
 from msde_ppl.predict.forecast import forecast
 what, data, run_dir = sys.argv[1:4]
 ds = load(data)
 if what == "fit":
     cfg = config_for("burgers_1d", ds["u"].shape[2:], n_micro=5)
     fitted = fit_multiscale(ds, cfg, TrainConfig(steps=500, windows_per_step=4), progress=False)
-    save_fitted(fitted, run_dir)
+    fitted.save(os.path.join(run_dir, 'model'))
 elif what == "fit_reference":
     cfg = config_for("burgers_1d", ds["u"].shape[2:], n_micro=5, encoder="cnn", decoder="cnn")
     fit_multiscale(ds, cfg, TrainConfig(steps=200, window=128, chunk_size=50), progress=False)
 else:
-    forecast(jax.random.key(0), load_fitted(run_dir), ds, split="test", n_samples=64)
+    fitted = Fitted.load(os.path.join(run_dir, 'model'))
+    forecast(jax.random.key(0), fitted, ds, split="test", n_samples=64)
 print(_peak_kib())
 """
 
@@ -346,7 +343,7 @@ def section_memory(ds, args) -> dict:
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
         baseline = subprocess.run(
-            [sys.executable, "-c", PEAK + "import jax, msde_ppl.models.training, xarray\n"
+            [sys.executable, "-c", PEAK + "import jax, msde_ppl.pipeline.training, xarray\n"
              "print(_peak_kib())"], check=True, capture_output=True, text=True)
         out = {
             "import_baseline_mib": int(baseline.stdout.strip()) / 1024.0,
@@ -487,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
             res["accuracy"] = acc
             save()
     if "forecast" in args.sections:
-        from msde_ppl.models.training import fit_multiscale
+        from msde_ppl.pipeline.training import fit_multiscale
 
         res["forecast"] = {}
         for case in ("burgers_1d",) if args.quick else ("burgers_1d", "kdv_1d"):

@@ -11,7 +11,7 @@ Generative model (Itô, diagonal noise), latent :math:`z = (x, y)`:
 observed every :math:`r` = ``obs_every`` grid points. The prior path density is the
 Euler–Maruyama density on the time grid (:class:`msde_ppl.generative.SDEPath`); windows of one
 long trajectory are conditionally independent given the globals (``init_std=None``: no prior
-density on a window's first state, method.md §10.3), or a whole trajectory starts from
+density on a window's first state, docs/method.md §4.3), or a whole trajectory starts from
 :math:`z(t_0) \sim \mathcal N(0, \operatorname{diag}(\text{init\_std}^2))`.
 
 Priors: :math:`a \sim \mathrm{LogNormal}(0, 0.5)`, :math:`c \sim \mathcal N(0, 1)`,

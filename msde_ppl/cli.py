@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--no-progressive", action="store_true",
                      help="with --micro K > 0, train the multiscale model from scratch instead "
                      "of first fitting the implicit-scale model for a quarter of the steps and "
-                     "growing it (method.md §4.2)")
+                     "growing it (docs/method.md §5)")
     fit.add_argument("--window", type=_positive_int, default=64,
                      help="snapshots per window (default 64)")
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,

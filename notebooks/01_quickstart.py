@@ -30,12 +30,11 @@ import dataclasses
 
 import jax
 import matplotlib.pyplot as plt
-from msde_ppl.models.multiscale import config_for
-from msde_ppl.models.training import TrainConfig, fit_progressive
 
+import msde_ppl as msde
 from msde_ppl.data.cases import KdV1D
 from msde_ppl.diagnostics import plots
-from msde_ppl.predict.forecast import forecast, forecast_metrics
+from msde_ppl.multiscale import config_for
 
 SMALL = os.environ.get("MSDE_NOTEBOOK_SMALL", "0") == "1"
 if SMALL:
@@ -61,19 +60,20 @@ ds  # noqa: B018 (notebook display)
 config = config_for("kdv_1d", case.shape, n_micro=5, **SIZES)
 window = min(64, N_TIME)
 stages = [
-    (0, TrainConfig(steps=STEPS, window=window, chunk_size=min(STEPS, 100))),
-    (5, TrainConfig(steps=MICRO_STEPS, window=window, warmup_steps=0,
-                    chunk_size=min(MICRO_STEPS, 100))),
+    (0, msde.TrainConfig(steps=STEPS, window=window, chunk_size=min(STEPS, 100))),
+    (5, msde.TrainConfig(steps=MICRO_STEPS, window=window, warmup_steps=0,
+                         chunk_size=min(MICRO_STEPS, 100))),
 ]
-implicit, multiscale = fit_progressive(ds, config, stages, progress=not SMALL)
+implicit, multiscale = msde.fit_progressive(ds, config, stages, progress=not SMALL)
+multiscale  # noqa: B018 (notebook display: a msde.Fitted)
 print(f"final loss {multiscale.losses[-1]:.4f} after {STEPS} + {MICRO_STEPS} steps")
 
 # %% [markdown]
 # ## Forecast the test trajectories from their first snapshot
 
 # %%
-fc = forecast(jax.random.key(0), multiscale, ds, split="test", n_samples=SAMPLES)
-forecast_metrics(fc, ds.attrs.get("eval_steps"))
+fc = msde.forecast(jax.random.key(0), multiscale, ds, split="test", n_samples=SAMPLES)
+msde.forecast_metrics(fc, ds.attrs.get("eval_steps"))
 
 # %% [markdown]
 # ## Uncertainty: space-time panels, time slices with 5–95% bands, macro/micro decomposition

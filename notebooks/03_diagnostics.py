@@ -32,12 +32,11 @@ from pathlib import Path
 
 import jax
 import matplotlib.pyplot as plt
-from msde_ppl.models.multiscale import config_for
-from msde_ppl.models.training import TrainConfig, fit_multiscale
 
+import msde_ppl as msde
 from msde_ppl.data.cases import KdV1D
 from msde_ppl.diagnostics import arviz_io, checks, plots
-from msde_ppl.predict.forecast import forecast
+from msde_ppl.multiscale import config_for
 
 SMALL = os.environ.get("MSDE_NOTEBOOK_SMALL", "0") == "1"
 if SMALL:
@@ -51,10 +50,10 @@ else:
 case = dataclasses.replace(KdV1D(), n_time=N_TIME, t_final=(N_TIME - 1) * 1e-3)
 ds = case.generate(N_TRAJ, seed=0)
 config = config_for("kdv_1d", case.shape, n_micro=3, **SIZES)
-fitted = fit_multiscale(ds, config, TrainConfig(steps=STEPS, window=min(64, N_TIME),
-                                                chunk_size=min(STEPS, 100)), progress=not SMALL)
-fc = forecast(jax.random.key(0), fitted, ds, split="test", n_samples=SAMPLES,
-              levels=checks.DEFAULT_LEVELS, return_samples=True)
+train = msde.TrainConfig(steps=STEPS, window=min(64, N_TIME), chunk_size=min(STEPS, 100))
+fitted = msde.fit_multiscale(ds, config, train, progress=not SMALL)
+fc = msde.forecast(jax.random.key(0), fitted, ds, split="test", n_samples=SAMPLES,
+                   levels=checks.DEFAULT_LEVELS, return_samples=True)
 
 # %% [markdown]
 # ## The posterior as an ArviZ DataTree

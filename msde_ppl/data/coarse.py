@@ -4,7 +4,7 @@ Coarse nodes (one size ``n`` per spatial axis, fine size ``N``, ``N % n == 0``):
 
 - periodic axis: ``n`` equally spaced nodes on the period starting at the first fine node, i.e.
   fine indices ``0, s, 2s, ...`` with stride ``s = N / n``; restriction is exact subsampling
-  ``u[::s]`` (the reference's coarse-DNS initial condition, method.md §6);
+  ``u[::s]`` (the reference's coarse-DNS initial condition, docs/method.md §7);
 - Dirichlet axis: ``n`` equally spaced nodes from the first to the last fine node (both
   boundaries are coarse nodes, so boundary data carry over); restriction evaluates the fine
   field's not-a-knot cubic spline at those nodes (exact for cubic polynomials).

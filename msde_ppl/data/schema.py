@@ -1,4 +1,4 @@
-"""The dataset schema (design.md §4.1) and its validation.
+"""The dataset schema and its validation.
 
 A dataset is an ``xarray.Dataset`` with
 

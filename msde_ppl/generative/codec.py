@@ -1,4 +1,4 @@
-r"""Encoder/decoder networks of the multiscale model (method.md §1.3, §2.1).
+r"""Encoder/decoder networks of the multiscale model (docs/method.md §2.3, §2.1).
 
 - :class:`MultiscaleEncoder` maps ONE snapshot ``y`` (``(C, *fine)``) to the Gaussian encoding
   ``(mean, logvar)`` of the flat latent state :math:`z = [\zeta; \eta]`:
@@ -15,7 +15,7 @@ r"""Encoder/decoder networks of the multiscale model (method.md §1.3, §2.1).
 
 The micro networks are MLPs by default (one hidden layer of 256): on these grids an MLP costs
 about 1% of the reference's convolutional stacks' FLOPs per snapshot. The reference's own
-networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder` (method.md §1.3, §2.1),
+networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder` (docs/method.md §2.3, §2.1),
 built from the polyphase layers of :mod:`msde_ppl.generative.conv`.
 """
 

@@ -2,7 +2,7 @@ r"""Strided 1D convolutions in polyphase form (the reference's CNN encoder/decod
 
 A stride-``s`` convolution is rewritten as a stride-1 convolution over the ``s`` phases of its
 input (or output), which XLA's CPU backend runs several times faster than a strided or
-input-dilated convolution (design.md §1).
+input-dilated convolution.
 
 - :class:`CircularConv1d`, stride ``s``, kernel ``K`` (odd), circular padding ``p = (K-1)/2``:
 

@@ -1,4 +1,4 @@
-r"""Drift networks of the multiscale SDE (method.md §1.1).
+r"""Drift networks of the multiscale SDE (docs/method.md §2.1).
 
 The latent state is :math:`z = [\zeta; \eta]`, a coarse field :math:`\zeta` of shape
 ``(C, *coarse)`` and a micro vector :math:`\eta` of length ``n_micro``; SDE code sees the flat

@@ -1,4 +1,4 @@
-r"""Tied, learnable scale operators between the fine grid and the coarse grid (method.md §1.2).
+r"""Tied, learnable scale operators between the fine grid and the coarse grid (docs/method.md §2.2).
 
 One learnable depthwise kernel :math:`G` (``2 n_\sigma \sigma + 1`` taps per axis) and a bias
 :math:`b` per field define three operators on fields ``y`` of shape ``(C, *fine)``:

@@ -1,4 +1,4 @@
-r"""Amortized neural autoguide for SDE path models (method.md §2.1–2.2).
+r"""Amortized neural autoguide for SDE path models (docs/method.md §3.1–2.2).
 
 For every latent **path site** of the model (a :class:`~msde_ppl.generative.SDEPath`) the guide
 

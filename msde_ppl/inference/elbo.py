@@ -1,4 +1,4 @@
-r"""Forward-solver-free ELBO (amortized reparametrisation; Course & Nair 2023; method.md §2.3).
+r"""Forward-solver-free ELBO (amortized reparametrisation; Course & Nair 2023; docs/method.md §4).
 
 For a model whose latent path sites are :class:`~msde_ppl.generative.SDEPath` (prior SDE
 :math:`dz = f_\theta dt + \operatorname{diag}(s) d\beta`) and a guide whose path sites are
@@ -22,13 +22,13 @@ Every expectation is over Gaussian *marginals* at single times, so no SDE is eve
   used with this objective), pushed through the model's observed sites (with their plate scales);
 - KL-rate integral: a fresh, independent draw :math:`z'_i` at the path grid times, integrated
   over the window by the trapezoidal rule (default) or by :math:`T_B \cdot \mathrm{mean}_i`
-  (``quadrature="mean"``, the reference code's Monte Carlo estimate, method.md §2.3);
+  (``quadrature="mean"``, the reference code's Monte Carlo estimate, docs/method.md §4);
 - global sites: the usual score-free Monte Carlo term :math:`\log p(\theta) - \log q(\theta)`
   at the guide's sample (as in ``Trace_ELBO``);
 - initial state: :math:`-\mathrm{KL}(q(z(t_1))\|p_0)` in closed form when NumPyro has it,
   else by Monte Carlo; only when the path site has an ``init_dist`` (see decisions below).
 
-Decisions on the method.md §10 ambiguities (documented here because they change numbers):
+Decisions on the docs/method.md §4.3 ambiguities (documented here because they change numbers):
 
 1. **Scaling** (§10.1). The estimator is the *un-averaged* log density: the sum over every
    observed scalar of the window(s), with NumPyro plate scales (``size/subsample_size``)

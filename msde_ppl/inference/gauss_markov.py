@@ -1,4 +1,4 @@
-r"""The variational posterior process: a diagonal Gauss–Markov path (method.md §2.2).
+r"""The variational posterior process: a diagonal Gauss–Markov path (docs/method.md §3.2).
 
 Given marginals :math:`\mathcal N(m(t), \operatorname{diag} S(t))` with exact derivatives and
 the prior's diffusion :math:`s`, the posterior process is the linear SDE

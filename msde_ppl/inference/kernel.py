@@ -1,4 +1,4 @@
-r"""Temporal kernel interpolation of per-snapshot Gaussian encodings (method.md §2.2).
+r"""Temporal kernel interpolation of per-snapshot Gaussian encodings (docs/method.md §3.2).
 
 Each snapshot :math:`y_i` of a window :math:`t_1 < \dots < t_M` is encoded into a Gaussian
 :math:`\mathcal N(\mu_i, \operatorname{diag} v_i)`. A learned deep kernel smooths these into
@@ -77,7 +77,7 @@ def safe_cholesky(
 
 
 class TemporalKernel(eqx.Module):
-    r"""Deep squared-exponential kernel on the normalised window time (method.md §2.2).
+    r"""Deep squared-exponential kernel on the normalised window time (docs/method.md §3.2).
 
     :math:`k(\tilde\tau,\tilde\tau') = a\exp(-(w(\tilde\tau)-w(\tilde\tau'))^2/(2\ell^2))`, with
     warp :math:`w(u) = u + \mathrm{NN}(u)` (or :math:`w(u) = u` when ``hidden_size=0``).

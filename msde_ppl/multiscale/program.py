@@ -1,7 +1,7 @@
 r"""The multiscale model (and, with ``n_micro = 0``, the implicit-scale model) as a NumPyro program.
 
 Generative model for a minibatch of ``B`` windows of ``M`` consecutive snapshots
-(Ilersich & Nair 2025; method.md §1):
+(Ilersich & Nair 2025; docs/method.md §2):
 
 .. math::
 
@@ -142,7 +142,7 @@ class MultiscaleConfig:
         return (self.n_channels, *self.fine_shape)
 
 
-#: Per-case sizes of the reference (method.md §4.3), and our per-case choices. Wave 1D (a
+#: Per-case sizes of the reference (docs/method.md §2.6), and our per-case choices. Wave 1D (a
 #: pulse narrower than the coarse spacing, translating): a learned kernel sharpens below the
 #: coarse spacing and aliases the pulse between coarse nodes (val rel-L2 0.44-0.61), so the
 #: kernel is held at the reference's Gaussian and the micro decoder is the stencil one, which

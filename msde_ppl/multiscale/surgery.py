@@ -1,11 +1,11 @@
-r"""Growing the micro dimension of a fitted model (progressive schedule, method.md §4.2).
+r"""Growing the micro dimension of a fitted model (progressive schedule, docs/method.md §5).
 
 A model fitted with ``K_old`` micro coordinates becomes the initial point of one with
 ``K_new > K_old``: every old weight is copied; weights that *read* a new micro coordinate (the
 stencil drift's micro inputs, the micro drift's and decoder's new input columns) start at zero,
 and the rows that *produce* new coordinates (micro encoder and micro drift outputs) start from a
 fresh Xavier-normal draw. The decoder's output layer starts at zero when it is new. So, unlike
-the reference (which Xavier-initialises the new drift inputs, method.md §10.13), the grown model
+the reference (which Xavier-initialises the new drift inputs, docs/method.md §5), the grown model
 computes exactly the old model's drift and reconstruction at its first step, and the new
 coordinates are free to learn the correction.
 """

@@ -129,7 +129,8 @@ class Fitted:
         self._compiled: dict = {}  # per-horizon compiled forecasts (msde_ppl.predict)
 
     def __repr__(self) -> str:
-        program = (self.recipe or {}).get("program", getattr(self.model, "__name__", "model"))
+        func = getattr(self.model, "func", self.model)  # unwrap functools.partial
+        program = (self.recipe or {}).get("program", getattr(func, "__name__", "model"))
         return (f"Fitted({program}, path site {self.path_site!r}, globals {self.global_sites}, "
                 f"{self.losses.size} steps, {self.wall_time_s:.0f} s)")
 

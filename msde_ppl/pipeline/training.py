@@ -37,7 +37,8 @@ from msde_ppl.multiscale.program import MultiscaleConfig, MultiscaleModules
 from msde_ppl.pipeline.builtin import build_program, latent_parts, multiscale_recipe
 from msde_ppl.pipeline.fitted import Fitted, grid_info, train_dict
 
-__all__ = ["TrainConfig", "WarmStart", "fit", "fit_multiscale", "fit_progressive"]
+__all__ = ["MultiscaleSetup", "TrainConfig", "WarmStart", "fit", "fit_multiscale",
+           "fit_progressive", "multiscale_setup"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +226,44 @@ def fit(
                 progress=progress, checkpoint_path=checkpoint_path, callback=callback)
 
 
+class MultiscaleSetup(NamedTuple):
+    """What a fit of the built-in model runs: the program pair, objective, optimiser, KL-weight
+    schedule, the fixed-shape minibatch function ``batch_fn(key, step)``, the chunk loop kind
+    and the program's recipe (benchmarks time its pieces)."""
+
+    model: Callable
+    guide: AutoAmortizedSDE
+    elbo: SolverFreeELBO
+    optimizer: optax.GradientTransformation
+    beta_schedule: Callable | None
+    batch_fn: Callable
+    loop: str
+    recipe: dict
+
+
+def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig = TrainConfig(),
+                     warm_start: WarmStart | None = None) -> MultiscaleSetup:
+    """Validate ``ds`` against ``config`` and build the fit of its training split, from scratch
+    or from ``warm_start``."""
+    _check_train(train)
+    validate(ds, coarse=config.coarse_shape)
+    if tuple(grid_shape(ds)) != tuple(config.fine_shape):
+        raise SchemaError(f"model fine grid {config.fine_shape} differs from the data's "
+                          f"{grid_shape(ds)}")
+    check_coarse(ds, config.coarse_shape)
+    batch_fn, n_win = _training_windows(ds, train)
+    recipe = multiscale_recipe(config, n_win)
+    if warm_start is None:
+        model, guide = build_program(recipe, key=_seed_keys(train)[0])
+    else:
+        model, guide = build_program(recipe, warm_start.modules, warm_start.kernel,
+                                     warm_start.global_values)
+    loop = train.loop
+    if loop == "auto":
+        loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
+    return MultiscaleSetup(model, guide, *_objective(train), batch_fn, loop, recipe)
+
+
 def fit_multiscale(
     ds: xr.Dataset,
     config: MultiscaleConfig,
@@ -242,26 +281,10 @@ def fit_multiscale(
     (its ``losses`` and ``wall_time_s`` up to that point); its own run time is not counted in
     any wall time, and returning ``True`` stops the fit there.
     """
-    _check_train(train)
-    validate(ds, coarse=config.coarse_shape)
-    if tuple(grid_shape(ds)) != tuple(config.fine_shape):
-        raise SchemaError(f"model fine grid {config.fine_shape} differs from the data's "
-                          f"{grid_shape(ds)}")
-    check_coarse(ds, config.coarse_shape)
-    batch_fn, n_win = _training_windows(ds, train)
-    recipe = multiscale_recipe(config, n_win)
-    key_modules = _seed_keys(train)[0]
-    if warm_start is None:
-        model, guide = build_program(recipe, key=key_modules)
-    else:
-        model, guide = build_program(recipe, warm_start.modules, warm_start.kernel,
-                                     warm_start.global_values)
-    loop = train.loop
-    if loop == "auto":
-        loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
-    return _run(model, guide, ds, train, batch_fn, loop=loop, recipe=recipe,
-                parts=latent_parts(config), progress=progress, checkpoint_path=checkpoint_path,
-                callback=callback)
+    setup = multiscale_setup(ds, config, train, warm_start)
+    return _run(setup.model, setup.guide, ds, train, setup.batch_fn, loop=setup.loop,
+                recipe=setup.recipe, parts=latent_parts(config), progress=progress,
+                checkpoint_path=checkpoint_path, callback=callback)
 
 
 def fit_progressive(

@@ -1,4 +1,4 @@
-"""The coarse-DNS (under-resolved direct numerical simulation) baseline (method.md §6).
+"""The coarse-DNS (under-resolved direct numerical simulation) baseline (docs/method.md §7).
 
 From each test trajectory's first (noisy) snapshot: restrict to the coarse grid
 (:func:`msde_ppl.data.coarse.restrict`), solve the *same* semi-discrete PDE on the coarse grid
@@ -78,7 +78,7 @@ def evaluate_coarse_dns(
     split: str = "test",
     method: str = "spline",
 ) -> dict:
-    """Run :func:`coarse_dns` and score it as in method.md §6 (``metrics.json`` entry)."""
+    """Run :func:`coarse_dns` and score it as in docs/method.md §7 (``metrics.json`` entry)."""
     start = _time.perf_counter()
     pred = coarse_dns(ds, coarse, split=split, method=method)
     wall = _time.perf_counter() - start

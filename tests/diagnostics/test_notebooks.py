@@ -40,7 +40,8 @@ def test_notebook_executes(path, kernel_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_path))
     monkeypatch.setenv("MSDE_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the notebooks' figures must show under Jupyter's own (inline) backend
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     nb = jupytext.read(path)
     client = NotebookClient(nb, kernel_name=KERNEL, timeout=300,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -48,3 +49,15 @@ def test_notebook_executes(path, kernel_path, monkeypatch):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any(o.get("output_type") in ("display_data", "execute_result") for o in outputs)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, "no figure was displayed (inline backend)"
+
+
+def test_plots_leave_the_matplotlib_backend_alone():
+    import subprocess
+
+    code = ("import matplotlib; matplotlib.use('svg'); import msde_ppl.diagnostics.plots; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "svg"

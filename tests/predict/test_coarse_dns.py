@@ -44,7 +44,7 @@ def kdv():
 
 def test_kdv_coarse_dns_error_in_reference_range(kdv):
     result = evaluate_coarse_dns(kdv)
-    # reference (method.md §7.1): 0.523 +- 0.196; measured here: 0.543 +- 0.208
+    # reference (docs/method.md §7): 0.523 +- 0.196; measured here: 0.543 +- 0.208
     assert result["n_pairs"] == 5 * 1000
     assert 0.42 < result["rel_l2_mean"] < 0.62
     assert 0.1 < result["rel_l2_std"] < 0.3

@@ -1,4 +1,4 @@
-"""The relative-L2 metric of method.md §6, against hand computation."""
+"""The relative-L2 metric of docs/method.md §7, against hand computation."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Built-in test cases, each a seed-deterministic JAX solver following method.md §5."""
+"""Built-in test cases, each a seed-deterministic JAX solver following docs/method.md §7"""
 
 from msde_ppl.data.cases._base import PDECase, split_counts
 from msde_ppl.data.cases.burgers_1d import Burgers1D

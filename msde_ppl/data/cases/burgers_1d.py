@@ -1,4 +1,4 @@
-"""Burgers 1D: ``u_t = -u u_x + nu u_xx`` on the periodic interval ``[0, 1)`` (method.md §5.6).
+"""Burgers 1D: ``u_t = -u u_x + nu u_xx`` on the periodic interval ``[0, 1)`` (docs/method.md §7).
 
 The reference's earliest setup: ``N = 1000`` nodes, central differences for ``u_x`` and ``u_xx``
 (both second order), ``nu = 0.0005``. The reference steps with Heun at ``dt = 0.001``, which sits

@@ -1,4 +1,4 @@
-"""KdV 1D: ``u_t = -u u_x - beta u_xxx`` on the periodic interval ``[0, 10)`` (method.md §5.2).
+"""KdV 1D: ``u_t = -u u_x - beta u_xxx`` on the periodic interval ``[0, 10)`` (docs/method.md §7).
 
 Discretisation (the reference's method of lines): ``N = 1000`` nodes, ``dx = 0.01``; ``u_x`` by the
 central difference ``(u_{i+1} - u_{i-1}) / 2dx``; ``u_xxx`` by the biased stencil ``(u_{i+2} -

@@ -1,4 +1,4 @@
-"""Wave 1D: linear advection ``u_t + c u_x = 0`` on the periodic ``[0, 1)`` (method.md §5.1).
+"""Wave 1D: linear advection ``u_t + c u_x = 0`` on the periodic ``[0, 1)`` (docs/method.md §7).
 
 The data are the exact solution, a translating periodic Gaussian pulse
 ``u(x, t) = exp(-(d(x - c t, x0) / w)^2)``, ``d`` the periodic distance, ``c = 1``, ``x0 = 0.5``,
