@@ -30,3 +30,19 @@ def rng_key():
 def np_rng():
     """A NumPy generator reseeded for every test."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds():
+    """The 64-point advected-bump dataset of ``tests/helpers.py``."""
+    from helpers import tiny_dataset
+
+    return tiny_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_fit(tiny_ds):
+    """An untrained, complete multiscale :class:`~msde_ppl.Fitted` (``tests/helpers.py``)."""
+    from helpers import untrained_fit
+
+    return untrained_fit(tiny_ds)

@@ -1,0 +1,71 @@
+"""``Fitted``: what it holds, atomic save / load round trips, and named errors on damaged,
+foreign or missing files (built-in model, untrained: no training step is compiled)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import msde_ppl as msde
+from msde_ppl.multiscale import MultiscaleConfig
+
+
+def test_fitted_holds_program_guide_and_fitted_networks(tiny_fit):
+    assert tiny_fit.path_site == "z" and tiny_fit.obs_site == "y"
+    assert tiny_fit.global_sites == ["diffusion", "obs_var_macro", "obs_var_micro"]
+    assert isinstance(tiny_fit.config, MultiscaleConfig)
+    modules = tiny_fit.modules
+    # the fitted networks are the parameter store's, not the initial templates
+    stored = tiny_fit.params["drift$params"].macro.mlp.layers[0].weight
+    np.testing.assert_array_equal(modules.drift.macro.mlp.layers[0].weight, stored)
+    draws = tiny_fit.sample_globals(jax.random.key(0), 7)
+    assert draws["diffusion"].shape == (7, 10) and set(draws) == set(tiny_fit.global_sites)
+    assert np.all(np.asarray(draws["obs_var_macro"]) > 0)
+    assert set(tiny_fit.stale_scales()) == set(tiny_fit.global_sites)  # untrained
+
+
+def test_save_load_round_trip(tiny_fit, tmp_path):
+    path = tiny_fit.save(tmp_path / "model")
+    assert sorted(p.name for p in path.iterdir()) == ["fitted.json", "losses.npy", "params.eqx"]
+    again = msde.Fitted.load(path)
+    for a, b in zip(jax.tree.leaves(tiny_fit.params), jax.tree.leaves(again.params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(again.losses, tiny_fit.losses)
+    assert again.config == tiny_fit.config and again.grid == tiny_fit.grid
+    assert again.latent_parts == tiny_fit.latent_parts
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        tiny_fit.save(path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_damaged_or_foreign_files_are_named(tiny_fit, tmp_path):
+    path = tiny_fit.save(tmp_path / "model")
+    data = (path / "params.eqx").read_bytes()
+    (path / "params.eqx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="params.eqx does not match"):
+        msde.Fitted.load(path)
+    other = tiny_fit.save(tmp_path / "edited")
+    meta = json.loads((other / "fitted.json").read_text())
+    meta["recipe"]["config"]["n_micro"] = 4
+    (other / "fitted.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match the model"):
+        msde.Fitted.load(other)
+    (other / "fitted.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        msde.Fitted.load(other)
+    with pytest.raises(FileNotFoundError, match="not a saved fitted model"):
+        msde.Fitted.load(tmp_path / "missing")
+
+
+def test_a_user_program_needs_its_code_to_load(tiny_fit, tmp_path):
+    user = tiny_fit.replace(recipe=None)
+    path = user.save(tmp_path / "user")
+    with pytest.raises(ValueError, match="pass the program"):
+        msde.Fitted.load(path)
+    again = msde.Fitted.load(path, model=tiny_fit.model,
+                             guide=msde.AutoAmortizedSDE(tiny_fit.model,
+                                                         tiny_fit.modules.encoder))
+    np.testing.assert_array_equal(again.params["diffusion_auto_loc"],
+                                  tiny_fit.params["diffusion_auto_loc"])
