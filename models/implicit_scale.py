@@ -41,8 +41,7 @@ from msde_ppl.multiscale import config_for
 
 def main(args: argparse.Namespace) -> dict:
     ds = msde.make_dataset(args.case, n_traj=args.n_traj, seed=args.seed)
-    ds = ds.isel(time=slice(0, args.n_time))
-    ds.attrs["eval_steps"] = min(int(ds.attrs["eval_steps"]), args.n_time)
+    ds = msde.data.first_snapshots(ds, args.n_time)
     config = config_for(args.case, ds["u"].shape[2:], n_micro=0)
     train = msde.TrainConfig(steps=args.steps, window=min(64, args.n_time), seed=args.seed,
                              chunk_size=50)

@@ -43,8 +43,7 @@ from msde_ppl.pipeline.run import model_config, progressive_stages, run_case
 
 def main(args: argparse.Namespace) -> dict:
     ds = msde.make_dataset("kdv_1d", n_traj=args.n_traj, seed=args.seed)
-    ds = ds.isel(time=slice(0, args.n_time))
-    ds.attrs["eval_steps"] = min(int(ds.attrs["eval_steps"]), args.n_time)
+    ds = msde.data.first_snapshots(ds, args.n_time)
     first = msde.TrainConfig(steps=args.steps, window=min(64, args.n_time), seed=args.seed,
                              chunk_size=50)
     stages = progressive_stages(args.micro, first, args.micro_steps)

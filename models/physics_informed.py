@@ -98,8 +98,7 @@ def build(fine: int, coarse: int, length: float, *, key: jax.Array):
 
 def main(args: argparse.Namespace) -> dict:
     ds = msde.make_dataset("burgers_1d", n_traj=args.n_traj, seed=args.seed)
-    ds = ds.isel(time=slice(0, args.n_time))
-    ds.attrs["eval_steps"] = min(int(ds.attrs["eval_steps"]), args.n_time)
+    ds = msde.data.first_snapshots(ds, args.n_time)
     key_model, key_forecast = jax.random.split(jax.random.key(args.seed))
     model, guide = build(ds.sizes["x"], args.coarse, float(ds.attrs["domain"][0]), key=key_model)
     train = msde.TrainConfig(window=min(64, args.n_time), seed=args.seed, chunk_size=50)

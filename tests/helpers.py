@@ -17,16 +17,17 @@ TINY = MultiscaleConfig(fine_shape=(64,), coarse_shape=(8,), n_micro=2, macro_hi
 N_TIME = 24
 
 
-def tiny_dataset() -> "xr.Dataset":  # noqa: F821
+def tiny_dataset(n_time: int = N_TIME, split=("train", "val", "test")) -> "xr.Dataset":  # noqa: F821
+    """Advected periodic bumps on 64 points, one trajectory per ``split`` label."""
     x = np.arange(64) / 64
-    t = np.arange(N_TIME) * 0.01
+    t = np.arange(n_time) * 0.01
     rng = np.random.default_rng(0)
-    shifts = rng.uniform(0, 1, 3)
+    shifts = rng.uniform(0, 1, len(split))
     clean = np.exp(-((np.mod(x[None, None] - t[None, :, None] - shifts[:, None, None] + 0.5, 1)
                       - 0.5) ** 2) / 0.01)
     noisy = clean + 0.01 * rng.normal(size=clean.shape)
     return from_arrays(noisy.astype(np.float32), time=t, x=x, u_clean=clean.astype(np.float32),
-                       split=["train", "val", "test"], noise_std=0.01)
+                       split=list(split), noise_std=0.01)
 
 
 def untrained_fit(ds, config: MultiscaleConfig = TINY, n_losses: int = 60) -> Fitted:

@@ -12,7 +12,7 @@ from msde_ppl.data.schema import (
     spatial_dims,
     validate,
 )
-from msde_ppl.data.splits import observations, select_split
+from msde_ppl.data.splits import first_snapshots, observations, select_split
 from msde_ppl.data.windows import n_windows, random_windows, window_starts
 
 
@@ -28,6 +28,7 @@ __all__ = [
     "SchemaError",
     "check_coarse",
     "coarse_coordinates",
+    "first_snapshots",
     "from_arrays",
     "get_case",
     "grid_shape",

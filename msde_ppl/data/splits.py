@@ -13,7 +13,7 @@ import xarray as xr
 
 from msde_ppl.data.schema import SchemaError
 
-__all__ = ["observations", "select_split"]
+__all__ = ["first_snapshots", "observations", "select_split"]
 
 
 def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:
@@ -41,3 +41,14 @@ def observations(ds: xr.Dataset, split: str | None = "train") -> tuple[np.ndarra
     if "field" not in sel["u"].dims:
         u = u[:, :, None]
     return u, np.asarray(sel["time"].values, np.float32)
+
+
+def first_snapshots(ds: xr.Dataset, n_time: int) -> xr.Dataset:
+    """The first ``n_time`` snapshots of every trajectory (the evaluation horizon
+    ``eval_steps`` clipped to them)."""
+    if n_time < 2:
+        raise SchemaError(f"need at least 2 snapshots, got {n_time}")
+    out = ds.isel(time=slice(0, n_time))
+    if "eval_steps" in out.attrs:
+        out.attrs["eval_steps"] = min(int(out.attrs["eval_steps"]), out.sizes["time"])
+    return out

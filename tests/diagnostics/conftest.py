@@ -3,17 +3,6 @@
 
 import jax
 import pytest
-from helpers import tiny_dataset, untrained_fit
-
-
-@pytest.fixture(scope="session")
-def tiny_ds():
-    return tiny_dataset()
-
-
-@pytest.fixture(scope="session")
-def tiny_fit(tiny_ds):
-    return untrained_fit(tiny_ds)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_dataset
 from numpyro import handlers
 from numpyro.util import check_model_guide_match
 from scipy import stats
 
 from msde_ppl import Fitted, forecast, forecast_metrics
-from msde_ppl.data import from_arrays
 from msde_ppl.multiscale import MultiscaleConfig, build_modules, grow_modules
 from msde_ppl.multiscale.program import decode
 from msde_ppl.pipeline.builtin import build_program, multiscale_recipe
@@ -27,15 +27,7 @@ TRAIN = TrainConfig(steps=150, window=16, windows_per_step=2, chunk_size=50, war
 @pytest.fixture(scope="module")
 def tiny_data():
     """Advected periodic bumps on 64 points: 4 trajectories x 40 snapshots."""
-    x = np.arange(64) / 64
-    t = np.arange(40) * 0.01
-    rng = np.random.default_rng(0)
-    shifts = rng.uniform(0, 1, 4)
-    clean = np.exp(-((np.mod(x[None, None] - t[None, :, None] - shifts[:, None, None] + 0.5, 1)
-                      - 0.5) ** 2) / 0.01)
-    noisy = clean + 0.01 * rng.normal(size=clean.shape)
-    return from_arrays(noisy.astype(np.float32), time=t, x=x, u_clean=clean.astype(np.float32),
-                       split=["train", "train", "val", "test"], noise_std=0.01)
+    return tiny_dataset(40, ("train", "train", "val", "test"))
 
 
 def test_model_and_guide_sites_match(rng_key):
