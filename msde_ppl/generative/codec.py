@@ -15,8 +15,8 @@ r"""Encoder/decoder networks of the multiscale model (docs/method.md §2.3, §2.
 
 The micro networks are MLPs by default (one hidden layer of 256): on these grids an MLP costs
 about 1% of the reference's convolutional stacks' FLOPs per snapshot. The reference's own
-networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder` (docs/method.md §2.3, §2.1),
-built from the polyphase layers of :mod:`msde_ppl.generative.conv`.
+networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder`
+(docs/method.md §2.3, §2.1), built from the polyphase layers of :mod:`msde_ppl.generative.conv`.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ The macro expert must explain :math:`y` on its own, which pushes the bulk of the
 **Normalisation.** By default (``agreement=False``) the likelihood is the *normalised* product
 :math:`\mathcal N(y; \mu_y, \sigma_y^2)`, exactly what the reference code computes; the second
 factor, which does not depend on :math:`y` and acts as a Gaussian penalty on the micro correction,
-is dropped (docs/method.md §2.4). ``agreement=True`` keeps it, giving the unnormalised product of the
-two expert densities. Either way sampling draws :math:`y \sim \mathcal N(\mu_y, \sigma_y^2)`.
+is dropped (docs/method.md §2.4). ``agreement=True`` keeps it, giving the unnormalised product of
+the two expert densities. Either way sampling draws :math:`y \sim \mathcal N(\mu_y, \sigma_y^2)`.
 With no micro state the likelihood is :math:`\mathcal N(y; P\zeta, \sigma_M^2)`.
 """
 

@@ -358,6 +358,11 @@ class AutoAmortizedSDE(AutoGuide):
         return site
 
     # ------------------------------------------------------------------ posterior API
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        """Trace the model once on example arguments (concrete, outside ``jit``) to find its
+        sites, unless done already; fitting or calling the guide does this too."""
+        self._ensure_setup(*args, **kwargs)
+
     def _ensure_setup(self, *args: Any, **kwargs: Any) -> None:
         if self.prototype_trace is None:
             with handlers.seed(rng_seed=0):

@@ -148,9 +148,20 @@ def init(
         ``(problem, state)``.
     """
     _check_finite_batch(batch)
-    args, kwargs = _split_batch(batch)
     rng_key, key_init = jax.random.split(rng_key)
-    key_guide, key_model = jax.random.split(key_init)
+    params, transforms = initial_params(key_init, model, guide, batch)
+    problem = FitProblem(model, guide, elbo, optimizer, transforms, beta_schedule)
+    state = FitState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32))
+    return problem, _strong_types(state)
+
+
+def initial_params(rng_key: jax.Array, model: Callable, guide: Callable, batch: Batch,
+                   ) -> tuple[dict[str, Array], dict[str, Any]]:
+    """Unconstrained initial parameters of (model, guide) and their constraint transforms, by
+    tracing the guide and the model (replayed on the guide) on ``batch``. Traceable, so
+    ``jax.eval_shape`` gives the parameter structure without computing anything."""
+    args, kwargs = _split_batch(batch)
+    key_guide, key_model = jax.random.split(rng_key)
     guide_trace = handlers.trace(handlers.seed(guide, key_guide)).get_trace(*args, **kwargs)
     model_trace = handlers.trace(
         handlers.replay(handlers.seed(model, key_model), guide_trace)
@@ -160,19 +171,15 @@ def init(
         for name, site in trace.items():
             if site["type"] != "param" or name in params:
                 continue
-            constraint = site["kwargs"].pop("constraint", None)
+            constraint = site["kwargs"].get("constraint")
             value = site["value"]
             if constraint is None:
-                transforms[name] = None
                 params[name] = value
             else:
                 transform = biject_to(constraint)
                 transforms[name] = transform
                 params[name] = transform.inv(value)
-    transforms = {k: v for k, v in transforms.items() if v is not None}
-    problem = FitProblem(model, guide, elbo, optimizer, transforms, beta_schedule)
-    state = FitState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32))
-    return problem, _strong_types(state)
+    return params, transforms
 
 
 def _strong_types(state: FitState) -> FitState:

@@ -58,8 +58,10 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.module import eqx_module
@@ -272,7 +274,9 @@ def multiscale_model(
 
 def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
     """The networks of ``config`` with their fitted weights from ``params``."""
-    template = build_modules(config, key=jax.random.key(0))  # structure only
+    shapes = eqx.filter_eval_shape(build_modules, config, key=jax.random.key(0))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype)  # structure only
+                            if isinstance(s, jax.ShapeDtypeStruct) else s, shapes)
     return MultiscaleModules(
         fitted_network(params, encoder_name(PATH_SITE), template.encoder),
         fitted_network(params, "drift", template.drift),

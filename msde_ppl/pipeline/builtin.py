@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
+import equinox as eqx
 import jax
+import numpy as np
 from numpyro.infer.initialization import init_to_median, init_to_value
 
 from msde_ppl.inference import AutoAmortizedSDE, TemporalKernel
@@ -49,16 +51,27 @@ def build_program(
     """``(model, guide)`` of a recipe: the program bound to its config, networks and plate
     size, and its amortized guide (sharing the encoder). Fresh networks are drawn from ``key``
     unless ``modules`` are given (``key`` may then be ``None``); ``kernel`` and ``init_values``
-    (constrained global-site values) warm-start the guide."""
+    (constrained global-site values) warm-start the guide. With neither ``modules`` nor ``key``
+    the networks have zero weights and give the program its structure only (to load a fit).
+    """
     config = recipe_config(recipe)
-    if modules is None:
-        # without a key the networks only give the program its structure (e.g. to load)
-        modules = build_modules(config, key=jax.random.key(0) if key is None else key)
+    if modules is None and key is None:
+        modules = _structure_only(config)
+    elif modules is None:
+        modules = build_modules(config, key=key)
     model = partial(multiscale_model, config=config, modules=modules,
                     n_windows=int(recipe["n_windows"]))
     init_loc = init_to_median if init_values is None else init_to_value(values=init_values)
     guide = AutoAmortizedSDE(model, modules.encoder, kernel=kernel, init_loc_fn=init_loc)
     return model, guide
+
+
+def _structure_only(config: MultiscaleConfig) -> MultiscaleModules:
+    """Networks of ``config`` with zero weights, built without running their initialisers:
+    enough for a program whose weights are all substituted (e.g. loaded)."""
+    shapes = eqx.filter_eval_shape(build_modules, config, key=jax.random.key(0))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype)
+                        if isinstance(s, jax.ShapeDtypeStruct) else s, shapes)
 
 
 def latent_parts(config: MultiscaleConfig) -> dict:

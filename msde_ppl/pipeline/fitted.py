@@ -35,11 +35,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import xarray as xr
+from numpyro.infer.util import transform_fn
 
 from msde_ppl.inference.autoguide import AutoAmortizedSDE
-from msde_ppl.inference.fit import init
+from msde_ppl.inference.fit import initial_params
 from msde_ppl.inference.param_store import fitted_network
 
 __all__ = ["Fitted", "grid_info"]
@@ -73,12 +73,17 @@ def _example_batch(grid: dict) -> dict:
             "times": jnp.asarray([[0.0, dt]], jnp.float32)}
 
 
-def _initial_params(model: Callable, guide: AutoAmortizedSDE, grid: dict) -> dict:
-    """The parameter store of (model, guide) at initialisation: the structure to load into."""
-    # the key only draws initial values that are replaced by the loaded ones
-    problem, state = init(jax.random.key(0), model, guide, None, optax.identity(),
-                          _example_batch(grid))
-    return problem.constrain(state.params)
+def _param_structure(model: Callable, guide: AutoAmortizedSDE, grid: dict) -> dict:
+    """The parameter store's structure (shapes and dtypes, nothing computed) of (model, guide):
+    what a saved store is loaded into. Sets the guide up as a side effect."""
+    batch = _example_batch(grid)
+    guide.setup(**batch)  # concretely: the guide keeps its prototype
+
+    def constrained(key: jax.Array) -> dict:
+        params, transforms = initial_params(key, model, guide, batch)
+        return transform_fn(transforms, params)
+
+    return jax.eval_shape(constrained, jax.random.key(0))  # the key's draws are never made
 
 
 class Fitted:
@@ -291,7 +296,7 @@ class Fitted:
                 model, guide = build_program(recipe)
             except (TypeError, KeyError, ValueError) as err:
                 raise ValueError(f"{meta_file}: the model recipe is not valid ({err})") from err
-        template = _initial_params(model, guide, meta["grid"])
+        template = _param_structure(model, guide, meta["grid"])
         try:
             params = eqx.tree_deserialise_leaves(path / "params.eqx", template)
         except Exception as err:  # equinox raises several kinds on a mismatch

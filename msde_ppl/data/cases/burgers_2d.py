@@ -1,4 +1,5 @@
-"""Burgers 2D (scalar): ``u_t = nu (u_xx + u_yy) - u (u_x + u_y)`` on ``[0, 1]^2`` (docs/method.md §7).
+"""Burgers 2D (scalar): ``u_t = nu (u_xx + u_yy) - u (u_x + u_y)`` on ``[0, 1]^2``
+(docs/method.md §7).
 
 ``128 x 128`` nodes including the boundary (``h = 1/127``), second-order central differences at
 interior nodes; boundary values stay at their initial values (non-zero Dirichlet data, ~0.1).
