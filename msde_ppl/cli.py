@@ -345,14 +345,14 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.pipeline.fitted import Fitted
     from msde_ppl.pipeline.run import score
 
+    if args.out.exists():
+        raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
     fits = [Fitted.load(run_dir) for run_dir in args.run_dirs]
     ds = load(args.data)
     for run_dir, f in zip(args.run_dirs, fits, strict=True):
         if list(grid_shape(ds)) != list(f.grid["fine_shape"]):
             raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
                              f"{tuple(f.grid['fine_shape'])} ({run_dir})")
-    if args.out.exists():
-        raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
     fc, metrics = score(fits, ds, split=args.split, n_samples=args.samples, seed=args.seed,
                         integrator=args.integrator, substeps=args.substeps)
     out = _new_dir(args.out, "output directory")

@@ -149,8 +149,19 @@ def init(
     """
     _check_finite_batch(batch)
     rng_key, key_init = jax.random.split(rng_key)
-    params, transforms = initial_params(key_init, model, guide, batch)
-    problem = FitProblem(model, guide, elbo, optimizer, transforms, beta_schedule)
+    if hasattr(guide, "setup"):  # a guide that traces the model concretely first
+        args, kwargs = _split_batch(batch)
+        guide.setup(*args, **kwargs)
+    found: list = []
+
+    def traced(key: jax.Array) -> dict[str, Array]:
+        params, transforms = initial_params(key, model, guide, batch)
+        found.append(transforms)  # static: recorded while tracing
+        return params
+
+    # one compiled program instead of op-by-op dispatch of the whole model and guide
+    params = jax.jit(traced)(key_init)
+    problem = FitProblem(model, guide, elbo, optimizer, found[-1], beta_schedule)
     state = FitState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32))
     return problem, _strong_types(state)
 

@@ -16,16 +16,21 @@ A :class:`Fitted` owns
 (:func:`equinox.tree_serialise_leaves` of the parameters) and ``losses.npy`` into a temporary
 directory next to ``dir`` and renames it into place, so a directory is either complete or
 absent; nothing is pickled. ``Fitted.load(dir)`` rebuilds the program of a built-in model from
-its recipe; a user's program is passed back in (``Fitted.load(dir, model=..., guide=...)``),
-since code is never stored.
+its recipe. Code is never stored: a user's program is found again by reference when it can be
+(a function importable by module and name, bound only to JSON-able keyword arguments, whose
+guide's encoder is a global of the same module), else it is passed back in
+(``Fitted.load(dir, model=..., guide=...)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -242,6 +247,7 @@ class Fitted:
             "grid": self.grid,
             "train": self.train,
             "latent_parts": self.latent_parts,
+            "program": None if self.recipe else _program_reference(self.model, self.guide),
             "wall_time_s": self.wall_time_s,
             "path_site": self.path_site,
             "global_sites": self.global_sites,
@@ -266,8 +272,9 @@ class Fitted:
              guide: AutoAmortizedSDE | None = None) -> Fitted:
         """Read a model written by :meth:`save`.
 
-        Built-in models are rebuilt from their recipe; a user's program needs ``model`` and a
-        fresh ``guide`` for it (the same code that was fitted).
+        Built-in models are rebuilt from their recipe, a user's program is imported again by
+        reference when it can be (module docstring); otherwise pass ``model`` and a fresh
+        ``guide`` for it (the same code that was fitted).
 
         Raises:
             FileNotFoundError: ``path`` is not a saved model.
@@ -285,11 +292,19 @@ class Fitted:
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             raise ValueError(f"{meta_file} is not a {_FORMAT} v{_VERSION} file")
         recipe = meta.get("recipe")
-        if model is None or guide is None:
-            if recipe is None:
-                raise ValueError(f"{path} holds a fit of your own program: pass the program "
-                                 "and a new guide for it, Fitted.load(path, model=..., "
-                                 "guide=...)")
+        if (model is None or guide is None) and recipe is None:
+            if meta.get("program") is None:
+                raise ValueError(f"{path} holds a fit of your own program, which cannot be "
+                                 "imported by reference: pass the program and a new guide for "
+                                 "it, Fitted.load(path, model=..., guide=...)")
+            try:
+                model, guide = _import_program(meta["program"])
+            except (ImportError, AttributeError, TypeError) as err:
+                ref = meta["program"]
+                raise ValueError(f"{path}: cannot import the program {ref['module']}."
+                                 f"{ref['function']} ({err}); pass it, Fitted.load(path, "
+                                 "model=..., guide=...)") from err
+        elif model is None or guide is None:
             from msde_ppl.pipeline.builtin import build_program
 
             try:
@@ -315,6 +330,46 @@ class Fitted:
         fields.update(changes)
         model, guide, params = fields.pop("model"), fields.pop("guide"), fields.pop("params")
         return Fitted(model, guide, params, **fields)
+
+
+def _program_reference(model: Callable, guide: AutoAmortizedSDE) -> dict | None:
+    """How to import ``(model, guide)`` again (module docstring), or ``None`` if they cannot be
+    found by reference."""
+    func, kwargs = model, {}
+    if isinstance(model, functools.partial):
+        if model.args:
+            return None
+        func, kwargs = model.func, dict(model.keywords)
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", "")
+    if module in (None, "__main__") or "<locals>" in qualname or module not in sys.modules:
+        return None
+    try:
+        json.dumps(kwargs)
+    except TypeError:
+        return None
+    names = {id(obj): name for name, obj in vars(sys.modules[module]).items()}
+    encoder = names.get(id(guide._encoder_arg))
+    kernel = None if guide._kernel_arg is None else names.get(id(guide._kernel_arg))
+    if encoder is None or (guide._kernel_arg is not None and kernel is None):
+        return None
+    return {"module": module, "function": qualname, "kwargs": kwargs, "encoder": encoder,
+            "kernel": kernel, "obs_site": guide.obs_site, "prefix": guide.prefix,
+            "encoder_output": guide.encoder_output, "init_scale": guide.init_scale}
+
+
+def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
+    """``(model, guide)`` from :func:`_program_reference`'s record."""
+    module = importlib.import_module(ref["module"])
+    func = module
+    for part in ref["function"].split("."):
+        func = getattr(func, part)
+    model = functools.partial(func, **ref["kwargs"]) if ref["kwargs"] else func
+    kernel = None if ref["kernel"] is None else getattr(module, ref["kernel"])
+    guide = AutoAmortizedSDE(model, getattr(module, ref["encoder"]), kernel=kernel,
+                             obs_site=ref["obs_site"], prefix=ref["prefix"],
+                             encoder_output=ref["encoder_output"], init_scale=ref["init_scale"])
+    return model, guide
 
 
 def _umask() -> int:

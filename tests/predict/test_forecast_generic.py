@@ -44,6 +44,9 @@ class Encoder(eqx.Module):
         return y[0], self.logvar
 
 
+ENCODER = Encoder(jnp.full(N, -40.0))  # a module global: the fit can be loaded by reference
+
+
 def program(y, times, *, as_leaf, n_windows=None):
     theta = numpyro.sample("theta", dist.LogNormal(0.0, 1.0))
     s = numpyro.sample("s", dist.LogNormal(0.0, 1.0))
@@ -64,7 +67,7 @@ def data():
 
 def _fitted(ds, as_leaf):
     model = partial(program, as_leaf=as_leaf, n_windows=1)
-    guide = msde.AutoAmortizedSDE(model, Encoder(jnp.full(N, -40.0)))
+    guide = msde.AutoAmortizedSDE(model, ENCODER)
     y, t = msde.observations(ds, "train")
     problem, state = init(jax.random.key(0), model, guide, None, optax.identity(),
                           {"y": jnp.asarray(y[:1, :2]), "times": jnp.asarray(t[None, :2])})
@@ -109,3 +112,14 @@ def test_tree_and_summary_of_a_user_program(data):
     median = float(np.median(post["theta"].values))
     assert abs(median / 2.0 - 1) < 5 * 0.5 * 1.25 / np.sqrt(200)  # LogNormal median, MC error
     assert list(table.index) == ["theta", "s"]
+
+
+def test_a_user_program_is_loaded_by_reference(data, tmp_path):
+    fitted = _fitted(data, True)
+    again = msde.Fitted.load(fitted.save(tmp_path / "fit"))
+    assert again.model.func is program and again.model.keywords == fitted.model.keywords
+    for a, b in zip(jax.tree.leaves(fitted.params), jax.tree.leaves(again.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    fc = msde.forecast(jax.random.key(1), fitted, data, n_samples=16)
+    np.testing.assert_allclose(msde.forecast(jax.random.key(1), again, data, n_samples=16)["mean"],
+                               fc["mean"], rtol=1e-6)
