@@ -83,8 +83,8 @@ def user_data(tmp_path_factory):
     return path
 
 
-@pytest.mark.slow  # ~40 s: the CNN codec compiles slowly; the library tests cover it
-def test_fit_with_the_reference_cnn_codec(tmp_path, user_data):
+@pytest.mark.slow  # ~60 s: the CNN codec compiles slowly; the library tests cover it
+def test_fit_with_the_reference_cnn_codec_and_a_mixture_forecast(tmp_path, user_data):
     run_dir = tmp_path / "fit"
     fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
                   "8", "--window", "16", "--encoder", "cnn", "--decoder", "cnn", "--out",
@@ -92,16 +92,22 @@ def test_fit_with_the_reference_cnn_codec(tmp_path, user_data):
     assert fit.returncode == 0, fit.stderr
     model = json.loads((run_dir / "fitted.json").read_text())["recipe"]["config"]
     assert model["encoder"] == "cnn" and model["decoder"] == "cnn"
-    fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "4",
-                 "--out", str(tmp_path / "fc"))
-    assert fc.returncode == 0, fc.stderr
+    # several run directories: one mixture forecast (here the same fit twice)
+    mixed = run_cli("forecast", str(run_dir), str(run_dir), "--data", str(user_data),
+                    "--samples", "4", "--out", str(tmp_path / "mix"))
+    assert mixed.returncode == 0, mixed.stderr
+    mix_metrics = json.loads((tmp_path / "mix" / "metrics.json").read_text())["model"]
+    assert mix_metrics["fit_steps"] == 2 * 8
+    with xr.open_dataset(tmp_path / "mix" / "forecast.nc", engine="h5netcdf") as fc_mix:
+        assert fc_mix.sizes["fit"] == 2
 
 
 def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
+    # one stage (msde run covers the progressive schedule)
     fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
                   "20", "--window", "16", "--decoder", "stencil", "--scale-kernel", "frozen",
-                  "--out", str(run_dir))
+                  "--no-progressive", "--out", str(run_dir))
     assert fit.returncode == 0, fit.stderr
     assert (run_dir / "params.eqx").is_file() and (run_dir / "fitted.json").is_file()
     model = json.loads((run_dir / "fitted.json").read_text())["recipe"]["config"]
@@ -115,14 +121,6 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     assert np.isfinite(metrics["model"]["rel_l2_mean"])
     again = run_cli("forecast", str(run_dir), "--data", str(user_data), "--out", str(out_dir))
     assert again.returncode == 2 and "already exists" in again.stderr
-    # several run directories: one mixture forecast (here the same fit twice)
-    mixed = run_cli("forecast", str(run_dir), str(run_dir), "--data", str(user_data),
-                    "--samples", "4", "--out", str(tmp_path / "mix"))
-    assert mixed.returncode == 0, mixed.stderr
-    mix_metrics = json.loads((tmp_path / "mix" / "metrics.json").read_text())["model"]
-    assert mix_metrics["fit_steps"] == 2 * metrics["model"]["fit_steps"]
-    with xr.open_dataset(tmp_path / "mix" / "forecast.nc", engine="h5netcdf") as fc_mix:
-        assert fc_mix.sizes["fit"] == 2
 
 
 @pytest.mark.parametrize("args, message", [

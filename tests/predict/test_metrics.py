@@ -41,3 +41,21 @@ def test_noise_floor():
                      "u_clean": (("traj", "time", "x"), clean)})
     assert noise_floor(ds)["mean"] == pytest.approx(0.1 / 1.1)
     assert noise_floor(ds.drop_vars("u_clean")) is None
+
+
+def test_a_forecast_holding_nan_never_scores():
+    """Sums do not skip NaN: one non-finite value makes every metric non-finite."""
+    from msde_ppl.predict import forecast_metrics
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(2, 5, 8))
+    mean = obs + 0.01
+    mean[1, 3, 2] = np.nan
+    dims = ("traj", "time", "x")
+    fc = xr.Dataset({"obs": (dims, obs), "mean": (dims, mean), "std": (dims, np.ones_like(obs)),
+                     "q05": (dims, mean - 1), "q95": (dims, mean + 1),
+                     "crps": (("traj", "time"), np.abs(mean - obs).mean(-1))})
+    metrics = forecast_metrics(fc)
+    for key in ("rel_l2_mean", "coverage_90", "crps"):
+        assert np.isnan(metrics[key]), key
+    assert metrics["finite"] is False
