@@ -302,6 +302,8 @@ def _new_dir(path: Path, what: str) -> Path:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from msde_ppl.data import load, validate
     from msde_ppl.pipeline.run import model_config, progressive_stages
     from msde_ppl.pipeline.training import TrainConfig, fit_progressive
@@ -333,7 +335,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
                           physics=args.physics)
     fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
-    fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits))
+    # the saved model's log covers every stage of its fit
+    fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits),
+                              losses=np.concatenate([f.losses for f in fits]))
     fitted.save(args.out)
     print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s; final loss "
           f"{fitted.losses[-1]:.4f}; model in {args.out}")
