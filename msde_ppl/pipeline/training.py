@@ -132,6 +132,7 @@ def _run(
     ds: xr.Dataset,
     train: TrainConfig,
     batch_fn: Callable,
+    objective: tuple,
     *,
     loop: str,
     recipe: dict | None,
@@ -140,9 +141,10 @@ def _run(
     checkpoint_path: str | Path | None,
     callback: Callable[[Fitted], bool | None] | None,
 ) -> Fitted:
-    """Run the fit loop and wrap its result (the one place a fit becomes a :class:`Fitted`)."""
+    """Run the fit loop on ``objective = (elbo, optimizer, beta_schedule)`` and wrap its result
+    (the one place a fit becomes a :class:`Fitted`)."""
     grid = grid_info(ds)
-    elbo, optimizer, beta = _objective(train)
+    elbo, optimizer, beta = objective
 
     def wrap(params: dict, losses: np.ndarray, wall: float) -> Fitted:
         return Fitted(model, guide, jax.tree.map(np.asarray, params), losses=np.asarray(losses),
@@ -222,7 +224,8 @@ def fit(
         model = partial(model, n_windows=n_win)
         guide.model = model
     loop = "scan" if train.loop == "auto" else train.loop
-    return _run(model, guide, ds, train, batch_fn, loop=loop, recipe=None, parts=None,
+    return _run(model, guide, ds, train, batch_fn, _objective(train), loop=loop, recipe=None,
+                parts=None,
                 progress=progress, checkpoint_path=checkpoint_path, callback=callback)
 
 
@@ -282,7 +285,8 @@ def fit_multiscale(
     any wall time, and returning ``True`` stops the fit there.
     """
     setup = multiscale_setup(ds, config, train, warm_start)
-    return _run(setup.model, setup.guide, ds, train, setup.batch_fn, loop=setup.loop,
+    objective = (setup.elbo, setup.optimizer, setup.beta_schedule)
+    return _run(setup.model, setup.guide, ds, train, setup.batch_fn, objective, loop=setup.loop,
                 recipe=setup.recipe, parts=latent_parts(config), progress=progress,
                 checkpoint_path=checkpoint_path, callback=callback)
 
