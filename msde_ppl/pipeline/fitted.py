@@ -18,7 +18,8 @@ directory next to ``dir`` and renames it into place, so a directory is either co
 absent; nothing is pickled. ``Fitted.load(dir)`` rebuilds the program of a built-in model from
 its recipe. Code is never stored: a user's program is found again by reference when it can be
 (a function importable by module and name, bound only to JSON-able keyword arguments, whose
-guide's encoder is a global of the same module), else it is passed back in
+guide's encoder is a global of the same module; a program defined in a script or notebook,
+``__main__``, is found again within the same session), else it is passed back in
 (``Fitted.load(dir, model=..., guide=...)``).
 """
 
@@ -342,7 +343,8 @@ def _program_reference(model: Callable, guide: AutoAmortizedSDE) -> dict | None:
         func, kwargs = model.func, dict(model.keywords)
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", "")
-    if module in (None, "__main__") or "<locals>" in qualname or module not in sys.modules:
+    # a program of ``__main__`` (a script, a notebook) loads again in the same session only
+    if module is None or "<locals>" in qualname or module not in sys.modules:
         return None
     try:
         json.dumps(kwargs)
