@@ -13,16 +13,37 @@ from msde_ppl.data import from_arrays, load, save
 
 
 def run_cli(*args):
+    """The command line in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "msde_ppl.cli", *args],
                           capture_output=True, text=True, timeout=300)
 
 
-def test_help_documents_every_command():
+class Outcome:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def call(capsys):
+    """The command line in this process (for refusals: no import or compile per call)."""
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as stop:  # argparse's own refusals
+            code = stop.code
+        out = capsys.readouterr()
+        return Outcome(code, out.out, out.err)
+
+    return run
+
+
+def test_help_documents_every_command(call):
     out = run_cli("--help")
     assert out.returncode == 0
     for command in ("data", "run"):
         assert command in out.stdout
-        sub = run_cli(command, "--help")
+        sub = call(command, "--help")
         assert sub.returncode == 0 and "--out" in sub.stdout and "--seed" in sub.stdout
 
 
@@ -44,13 +65,13 @@ def test_data_writes_a_valid_file_and_never_overwrites(tmp_path, capsys):
     (["data", "kdv_1d"], "--out"),
     (["run", "navier_stokes"], "unknown case 'navier_stokes'"),
 ])
-def test_bad_arguments_are_refused(tmp_path, args, message):
-    out = run_cli(*args)
+def test_bad_arguments_are_refused(tmp_path, call, args, message):
+    out = call(*args)
     assert out.returncode == 2
     assert message in out.stderr
 
 
-def test_run_writes_report_and_refuses_existing_run_dir(tmp_path):
+def test_run_writes_report_and_refuses_existing_run_dir(tmp_path, call):
     run_dir = tmp_path / "run"
     out = run_cli("run", "burgers_1d", "--n-traj", "3", "--steps", "30", "--micro-steps", "30",
                   "--out", str(run_dir))
@@ -68,7 +89,7 @@ def test_run_writes_report_and_refuses_existing_run_dir(tmp_path):
                  "implicit_scale_space_time.png", "multiscale/posterior.nc",
                  "multiscale/forecast.nc", "multiscale/params.eqx", "multiscale/fitted.json"):
         assert (run_dir / name).is_file(), name
-    again = run_cli("run", "burgers_1d", "--out", str(run_dir))
+    again = call("run", "burgers_1d", "--out", str(run_dir))
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
@@ -102,7 +123,7 @@ def test_fit_with_the_reference_cnn_codec_and_a_mixture_forecast(tmp_path, user_
         assert fc_mix.sizes["fit"] == 2
 
 
-def test_fit_and_forecast_any_dataset(tmp_path, user_data):
+def test_fit_and_forecast_any_dataset(tmp_path, call, user_data):
     run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
     # one stage (msde run covers the progressive schedule)
     fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
@@ -119,7 +140,7 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert set(metrics) == {"model", "meta"}  # no PDE behind user data: no coarse DNS
     assert np.isfinite(metrics["model"]["rel_l2_mean"])
-    again = run_cli("forecast", str(run_dir), "--data", str(user_data), "--out", str(out_dir))
+    again = call("forecast", str(run_dir), "--data", str(user_data), "--out", str(out_dir))
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
@@ -128,34 +149,34 @@ def test_fit_and_forecast_any_dataset(tmp_path, user_data):
     (["--coarse", "8", "8", "--micro", "2"], "has 2 entries"),
     (["--coarse", "8", "--micro", "2", "--window", "64"], "longer than the 30 snapshots"),
 ])
-def test_fit_refuses_bad_arguments(tmp_path, user_data, args, message):
-    out = run_cli("fit", "--data", str(user_data), *args, "--out", str(tmp_path / "r"))
+def test_fit_refuses_bad_arguments(tmp_path, call, user_data, args, message):
+    out = call("fit", "--data", str(user_data), *args, "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("flag", ["--encoder", "--decoder"])
-def test_fit_refuses_cnn_codec_on_grid_not_divisible_by_8(tmp_path, flag):
+def test_fit_refuses_cnn_codec_on_grid_not_divisible_by_8(tmp_path, call, flag):
     x = np.arange(60) / 60
     u = np.sin(2 * np.pi * (x[None, None] - 0.01 * np.arange(20)[None, :, None]))
     path = tmp_path / "odd.nc"
     save(from_arrays(u.astype(np.float32), time=0.01 * np.arange(20), x=x), path)
-    out = run_cli("fit", "--data", str(path), "--coarse", "6", "--micro", "2", flag, "cnn",
+    out = call("fit", "--data", str(path), "--coarse", "6", "--micro", "2", flag, "cnn",
                   "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and f"{flag} cnn needs a 1D grid of length divisible by 8" \
         in out.stderr, out.stderr
     assert not (tmp_path / "r").exists()
 
 
-def test_fit_and_forecast_refuse_missing_inputs(tmp_path, user_data):
-    out = run_cli("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
+def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):
+    out = call("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
                   "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "no dataset file" in out.stderr
     existing = tmp_path / "exists"
     existing.mkdir()
-    out = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "1",
+    out = call("fit", "--data", str(user_data), "--coarse", "8", "--micro", "1",
                   "--out", str(existing))
     assert out.returncode == 2 and "already exists" in out.stderr
-    out = run_cli("forecast", str(tmp_path / "norun"), "--data", str(user_data),
+    out = call("forecast", str(tmp_path / "norun"), "--data", str(user_data),
                   "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "not a saved fitted model" in out.stderr

@@ -123,12 +123,12 @@ def test_tiny_fit_improves_and_forecast_is_scored(tiny_data, tmp_path):
     size = compiled._cache_size()
     forecast(jax.random.key(1), fitted, tiny_data, split="test", n_samples=16)
     assert compiled._cache_size() == size == 1
-    # a saved and reloaded model forecasts identically
-    fitted.save(tmp_path / "model")
-    again = forecast(jax.random.key(0), Fitted.load(tmp_path / "model"), tiny_data,
-                     split="test", n_samples=16)
-    np.testing.assert_allclose(again["mean"], fc["mean"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(Fitted.load(tmp_path / "model").losses, fitted.losses)
+    # a saved and reloaded trained model holds the same parameters and log (the reloaded
+    # forecast is checked in tests/predict/test_forecast_generic.py)
+    again = Fitted.load(fitted.save(tmp_path / "model"))
+    for a, b in zip(jax.tree.leaves(fitted.params), jax.tree.leaves(again.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(again.losses, fitted.losses)
 
 
 @pytest.mark.slow  # ~20 s; the exact surgery check above is the fast version
