@@ -166,9 +166,6 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
     site, state_shape = fitted.path_site, fitted.state_shape
     global_sites = fitted.global_sites
 
-    def trace(params: dict, values: dict, key: jax.Array, times: jax.Array) -> dict:
-        return program_trace(fitted, params, values, key, times)
-
     def run(key, y_traj, t0, params):
         k_z0, k_glob, k_path, k_obs, k_trace = jax.random.split(key, 5)
         times2 = (t0 + dt * jnp.arange(2, dtype=jnp.float32))[None]
@@ -182,12 +179,13 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
         still = jnp.zeros((1, 2, *state_shape))
 
         def dynamics(g: dict):
-            path = trace(params, {**g, site: still}, k_trace, times2)[site]["fn"]
+            path = program_trace(fitted, params, {**g, site: still}, k_trace, times2)[site]["fn"]
             diffusion = jnp.reshape(path.batch_diffusion(), (-1, *state_shape))[0]
             return (path.drift_params, path.drift_args), diffusion
 
         one = jax.tree.map(lambda x: x[0], globals_)
-        static = trace(params, {**one, site: still}, k_trace, times2)[site]["fn"].drift_static
+        static = program_trace(fitted, params, {**one, site: still}, k_trace,
+                               times2)[site]["fn"].drift_static
         varies = _depends_on_input(lambda g: dynamics(g)[0], one)
         (drift_params, drift_args), diffusion = jax.vmap(dynamics)(globals_)
         args = jax.tree.map(lambda x, v: x if v else x[0], (drift_params, drift_args), varies)
