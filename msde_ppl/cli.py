@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import signal
 import sys
 import time
 from datetime import datetime
@@ -28,6 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before jax is imported: se
 os.environ.setdefault("MPLBACKEND", "Agg")  # the command line draws into files only
 
 import msde_ppl  # noqa: E402
+from msde_ppl.atomic import write_text  # noqa: E402
 from msde_ppl.data import CASES, DEFAULT_CASE, SchemaError, make_dataset, save  # noqa: E402
 from msde_ppl.data.schema import grid_shape  # noqa: E402
 
@@ -56,6 +59,26 @@ def _int_at_least(minimum: int, description: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonnegative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _float_above(minimum: float, inclusive: bool, description: str):
+    """An argparse type: a finite number above ``minimum`` (or equal, if ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_above(0.0, False, "a finite number > 0")
+_nonnegative_float = _float_above(0.0, True, "a finite number >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,13 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a multiscale model to a dataset",
         description="Fit the multiscale model (or, with --micro 0, the implicit-scale model) "
         "to the training split of any dataset in the schema; write the fitted model to a new "
-        "run directory.",
+        "run directory, with checkpoints and a status file (docs/reliability.md). "
+        "`msde fit --resume RUN_DIR` continues an interrupted fit exactly where it stopped.",
     )
-    fit.add_argument("--data", required=True, type=Path, help="dataset (.nc) in the schema")
-    fit.add_argument("--coarse", required=True, type=_positive_int, nargs="+", metavar="N",
-                     help="coarse grid size per spatial axis (must divide the fine grid)")
-    fit.add_argument("--micro", required=True, type=_nonnegative_int, metavar="K",
-                     help="micro dimension (0: implicit-scale model)")
+    fit.add_argument("--data", type=Path, help="dataset (.nc) in the schema (required)")
+    fit.add_argument("--coarse", type=_positive_int, nargs="+", metavar="N",
+                     help="coarse grid size per spatial axis (must divide the fine grid; "
+                     "required)")
+    fit.add_argument("--micro", type=_nonnegative_int, metavar="K",
+                     help="micro dimension (0: implicit-scale model; required)")
     fit.add_argument("--steps", type=_positive_int, default=3000,
                      help="optimisation steps in all (default 3000)")
     fit.add_argument("--no-progressive", action="store_true",
@@ -108,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="snapshots per window (default 64)")
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
-    fit.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    fit.add_argument("--lr", type=_positive_float, default=1e-3,
+                     help="initial learning rate (default 1e-3)")
     fit.add_argument("--encoder", choices=["mlp", "cnn"], default=None,
                      help="micro encoder on the residual y - G*y: 'mlp' (cheap) or 'cnn' (the "
                      "reference's strided convolutions; 1D grids, length divisible by 8); "
@@ -128,7 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "coefficient as a sample site, plus the learned stencil correction; needs "
                      "a periodic 1D dataset with a 'domain' attribute (default: none)")
     fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
-    fit.add_argument("--out", required=True, type=Path, help="run directory to create")
+    fit.add_argument("--checkpoint-every", type=_nonnegative_float, default=60.0,
+                     metavar="SECONDS", help="write a checkpoint after this many seconds of "
+                     "training (default 60; 0: after every chunk of steps)")
+    fit.add_argument("--out", type=Path, help="run directory to create (required)")
+    fit.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                     help="continue the interrupted or killed fit in RUN_DIR with the settings "
+                     "it was started with (no other option is needed; the result is "
+                     "bit-identical to an uninterrupted fit)")
     fit.set_defaults(handler=cmd_fit)
 
     fc = sub.add_parser(
@@ -149,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--substeps", type=_positive_int, default=1,
                     help="integrator steps per data interval (default 1)")
     fc.add_argument("--out", required=True, type=Path, help="output directory to create")
+    fc.add_argument("--allow-incomplete", action="store_true",
+                    help="also forecast a run that failed or was interrupted (its last saved "
+                    "state)")
     fc.set_defaults(handler=cmd_forecast)
 
     run = sub.add_parser(
@@ -189,13 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--draws", type=_positive_int, default=100,
                         help="posterior draws of the ArviZ tree (default 100)")
     report.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    report.add_argument("--allow-incomplete", action="store_true",
+                        help="also report a run that failed or was interrupted")
     report.set_defaults(handler=cmd_report)
     return parser
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from msde_ppl.diagnostics.report import build_report
+    from msde_ppl.pipeline.rundir import require_complete
 
+    require_complete(args.run_dir, args.allow_incomplete)
     path = build_report(args.run_dir, args.out, n_samples=args.samples, n_draws=args.draws,
                         seed=args.seed)
     print(f"report: {path}")
@@ -219,14 +259,55 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from msde_ppl.pipeline.rundir import StopRequest, write_status
+    from msde_ppl.pipeline.training import FitStopped
+
+    _check_case(args.case)
+    run_dir: Path = args.out or Path("runs") / f"{args.case}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = _new_dir(run_dir, "run directory")
+    write_status(run_dir, "running", command="run")
+
+    def on_abort(signum: int) -> None:
+        write_status(run_dir, "interrupted", f"{signal.Signals(signum).name} twice: aborted "
+                     "at once", command="run")
+
+    with StopRequest(on_abort) as stop:
+        try:
+            _run_job(args, run_dir, stop)
+        except FitStopped as err:
+            reason = (f"{err} (stage {err.stage + 1})" if err.status == "failed" else
+                      f"{signal.Signals(stop.signum).name} during the fit")
+            write_status(run_dir, err.status, reason, command="run")
+            print(f"msde run: {err.status}: {reason} (in {run_dir})", file=sys.stderr)
+            return 1 if err.status == "failed" else stop.exit_code
+        except _Interrupted:
+            write_status(run_dir, "interrupted", f"{signal.Signals(stop.signum).name}",
+                         command="run")
+            print(f"msde run: interrupted (in {run_dir})", file=sys.stderr)
+            return stop.exit_code
+        except BaseException as err:
+            write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="run")
+            raise
+    write_status(run_dir, "complete", command="run")
+    print(f"report: {run_dir / 'metrics.json'}")
+    return 0
+
+
+class _Interrupted(Exception):
+    """A stop request seen between the phases of ``msde run``."""
+
+
+def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
+    """The phases of ``msde run``; ``stop()`` is checked between them."""
     from msde_ppl.data.splits import select_split
     from msde_ppl.pipeline.run import model_config, progressive_stages, run_case
     from msde_ppl.pipeline.training import TrainConfig
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
 
-    _check_case(args.case)
-    run_dir: Path = args.out or Path("runs") / f"{args.case}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = _new_dir(run_dir, "run directory")
+    def check() -> None:
+        if stop():
+            raise _Interrupted
+
     start = time.perf_counter()
     print(f"[1/5] generating {args.case} ...", flush=True)
     ds = make_dataset(args.case, n_traj=args.n_traj, seed=args.seed)
@@ -237,8 +318,10 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"the multiscale model (micro dimension {args.micro}, {args.micro_steps} steps) ...",
           flush=True)
     config = model_config(ds, CASES[args.case].coarse, args.micro)
+    check()
     result = run_case(ds, config, stages, split="test", n_samples=64, seed=args.seed,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), should_stop=stop)
+    check()
     metrics = dict(result["metrics"])
     print("[3/5] writing the fitted models, forecasts and posteriors ...", flush=True)
     for key, fitted in (("multiscale", result["fits"][-1]), ("implicit_scale", result["fits"][0])):
@@ -248,8 +331,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"      {key}: rel-L2 {metrics[key]['rel_l2_mean']:.4f} "
               f"(clean {metrics[key].get('rel_l2_clean_mean', float('nan')):.4f}), "
               f"fit {metrics[key]['fit_wall_time_s']:.0f} s", flush=True)
+    check()
     print("[4/5] coarse-DNS baseline on the test split ...", flush=True)
     metrics["coarse_dns"] = evaluate_coarse_dns(ds)
+    check()
     print("[5/5] figures ...", flush=True)
     _write_figures(result["forecasts"], run_dir)
     test = select_split(ds, "test")
@@ -261,13 +346,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         "noise_floor_rel_l2": None if floor is None else floor["mean"],
         "wall_time_s": time.perf_counter() - start,
     })
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print("rel-L2 on the test split (vs noisy data):")
     for key in ("multiscale", "implicit_scale", "coarse_dns"):
         m = metrics[key]
         print(f"  {key:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}")
-    print(f"report: {run_dir / 'metrics.json'}")
-    return 0
 
 
 def _write_posterior(fitted, ds, path: Path, seed: int) -> None:
@@ -301,21 +384,59 @@ def _new_dir(path: Path, what: str) -> Path:
     return path
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    import numpy as np
+_FIT_SETTINGS = ("data", "coarse", "micro", "steps", "no_progressive", "window", "windows", "lr",
+                 "encoder", "decoder", "scale_kernel", "physics", "seed", "checkpoint_every")
 
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The settings of the fit in ``args.resume`` (its ``run.json``), checked resumable."""
+    from msde_ppl.pipeline.rundir import describe, read_status, still_running
+
+    run_dir: Path = args.resume
+    record_file = run_dir / "run.json"
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory of `msde fit` (no run.json)")
+    try:
+        record = json.loads(record_file.read_text())
+        settings = {k: record["args"][k] for k in _FIT_SETTINGS}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{record_file} is damaged ({err!r}); the fit cannot be resumed"
+                         ) from None
+    status = read_status(run_dir)
+    if status is not None and status["state"] == "complete":
+        raise ValueError(f"the fit in {run_dir} is complete; there is nothing to resume")
+    if still_running(status):
+        raise ValueError(f"the fit in {run_dir} is still running (process {status['pid']})")
+    settings["data"] = Path(settings["data"])
+    if not settings["data"].is_file():
+        raise FileNotFoundError(f"the data of the fit in {run_dir}, {settings['data']}, are gone")
+    if _file_digest(settings["data"]) != record.get("data_sha256"):
+        raise ValueError(f"{settings['data']} changed since the fit in {run_dir} began; it "
+                         "cannot be resumed on other data")
+    if status is not None:
+        print(f"resuming {run_dir} (status {describe(status)})", flush=True)
+    return argparse.Namespace(**settings, out=run_dir, resume=run_dir)
+
+
+def _fit_plan(args: argparse.Namespace):
+    """``(ds, config, stages)`` of a ``msde fit``, every input checked before anything is
+    written."""
     from msde_ppl.data import load, validate
     from msde_ppl.pipeline.run import model_config, progressive_stages
-    from msde_ppl.pipeline.training import TrainConfig, fit_progressive
+    from msde_ppl.pipeline.training import TrainConfig, check_training_data
 
     ds = load(args.data)
     validate(ds, coarse=args.coarse)
-    if args.out.exists():
-        raise FileExistsError(f"run directory {args.out} already exists; choose another --out")
-    if args.window < 2:
-        raise ValueError(f"--window must be at least 2, got {args.window}")
-    if not (args.lr > 0 and args.lr < float("inf")):
-        raise ValueError(f"--lr must be a positive number, got {args.lr}")
     for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
         if choice == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
             raise ValueError(f"{flag} cnn needs a 1D grid of length divisible by 8, got "
@@ -327,6 +448,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ValueError("--physics needs the dataset's 'domain' attribute (the grid spacing)")
     train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
                         windows_per_step=args.windows)
+    check_training_data(ds, train)
     stages = [(args.micro, train)]
     if args.micro and not args.no_progressive and args.steps >= 4:
         first = dataclasses.replace(train, steps=args.steps // 4)
@@ -334,13 +456,77 @@ def cmd_fit(args: argparse.Namespace) -> int:
     config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
                           physics=args.physics)
-    fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty())
+    return ds, config, stages
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from msde_ppl.pipeline.fitted import Fitted
+    from msde_ppl.pipeline.rundir import StopRequest, write_status
+    from msde_ppl.pipeline.training import FitStopped, fit_progressive
+
+    resuming = args.resume is not None
+    if resuming:
+        args = _resumed_fit_args(args)
+    else:
+        missing = [flag for flag, value in (("--data", args.data), ("--coarse", args.coarse),
+                                            ("--micro", args.micro), ("--out", args.out))
+                   if value is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required (or --resume RUN_DIR)")
+        if args.out.exists():
+            raise FileExistsError(f"run directory {args.out} already exists; choose another "
+                                  "--out (or continue it with --resume)")
+    ds, config, stages = _fit_plan(args)
+    run_dir: Path = args.out
+    if not resuming:
+        _new_dir(run_dir, "run directory")
+        settings = {k: getattr(args, k) for k in _FIT_SETTINGS}
+        settings["data"] = str(Path(args.data).resolve())
+        record = {"command": "fit", "args": settings, "data_sha256": _file_digest(args.data),
+                  "package_version": msde_ppl.__version__}
+        write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
+    write_status(run_dir, "running", command="fit")
+    stage_dir = run_dir / "stages"
+
+    def earlier_losses(n_stages: int) -> list:
+        return [np.load(stage_dir / f"stage{i}" / "losses.npy") for i in range(n_stages)]
+
+    def on_abort(signum: int) -> None:
+        write_status(run_dir, "interrupted", f"{signal.Signals(signum).name} twice: aborted "
+                     "at once; resume continues from the last checkpoint", command="fit")
+
+    with StopRequest(on_abort) as stop:
+        try:
+            fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
+                                   checkpoint_dir=stage_dir, resume=resuming,
+                                   checkpoint_every=args.checkpoint_every, should_stop=stop)
+        except FitStopped as err:
+            last: Fitted = err.fitted
+            losses = np.concatenate([*earlier_losses(err.stage), last.losses])
+            last.replace(losses=losses).save(run_dir, into=True)
+            where = f"step {err.step} of stage {err.stage + 1}/{len(stages)}"
+            if err.status == "failed":
+                reason = (f"non-finite loss or gradient at {where}; the last good state "
+                          "(the step before) is saved")
+            else:
+                reason = (f"{signal.Signals(stop.signum).name} after {where}; continue with "
+                          f"`msde fit --resume {run_dir}`")
+            write_status(run_dir, err.status, reason, command="fit", step=err.step,
+                         stage=err.stage)
+            print(f"msde fit: {err.status}: {reason} (in {run_dir})", file=sys.stderr)
+            return 1 if err.status == "failed" else stop.exit_code
+        except BaseException as err:
+            write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="fit")
+            raise
     # the saved model's log covers every stage of its fit
     fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits),
                               losses=np.concatenate([f.losses for f in fits]))
-    fitted.save(args.out)
+    fitted.save(run_dir, into=True)
+    write_status(run_dir, "complete", command="fit", step=int(fitted.losses.size))
     print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s; final loss "
-          f"{fitted.losses[-1]:.4f}; model in {args.out}")
+          f"{fitted.losses[-1]:.4f}; model in {run_dir}")
     return 0
 
 
@@ -348,9 +534,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load
     from msde_ppl.pipeline.fitted import Fitted
     from msde_ppl.pipeline.run import score
+    from msde_ppl.pipeline.rundir import require_complete
 
     if args.out.exists():
         raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
+    for run_dir in args.run_dirs:
+        require_complete(run_dir, args.allow_incomplete)
     fits = [Fitted.load(run_dir) for run_dir in args.run_dirs]
     ds = load(args.data)
     for run_dir, f in zip(args.run_dirs, fits, strict=True):
@@ -369,7 +558,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         report["coarse_dns"] = evaluate_coarse_dns(
             ds, None if config is None else config.coarse_shape, split=args.split)
     report["meta"] = _meta(ds, grid_shape(ds), args.seed)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
           f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}")
     if not metrics["finite"]:

@@ -1,19 +1,20 @@
 """netCDF storage of datasets (xarray + h5netcdf, zlib-compressed).
 
 Writing goes to a temporary file in the target folder that is renamed into place only once
-complete, so a failed write never leaves a half-written file or destroys an existing one; an
-existing file is replaced only when asked (``overwrite=True``).
+complete (:mod:`msde_ppl.atomic`), so a failed write never leaves a half-written file or
+destroys an existing one; an existing file is replaced only when asked (``overwrite=True``).
+Files get the mode the user's umask gives.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from msde_ppl.atomic import atomic_file
 from msde_ppl.data.schema import validate
 
 ENGINE = "h5netcdf"
@@ -41,14 +42,8 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
         for name, var in ds.variables.items()
         if np.issubdtype(var.dtype, np.floating) and var.ndim >= 2
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

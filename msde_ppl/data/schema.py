@@ -13,6 +13,12 @@ A dataset is an ``xarray.Dataset`` with
 
 :func:`validate` refuses anything else with a :class:`SchemaError` that names the problem;
 :func:`from_arrays` builds a valid dataset from users' NumPy arrays.
+
+Training runs in float32, so validation checks what float32 can hold: field values finite in
+float32, float32 or float64 storage (float16 is refused: 3 significant digits), a time step in
+``[1e-6, 1e6]`` that float32 times still resolve (steps uniform to 0.1% after the cast). Every
+attribute must be one netCDF stores and reads back unchanged: a string (UTF-8, no NUL), a real
+number (int64 range; not bool), or a non-empty 1-D array of real numbers.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ _ALLOWED_DIMS = (
     ("traj", "time", "field", "x", "y"),
 )
 _UNIFORM_RTOL = 1e-5
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_DT_RANGE = (1e-6, 1e6)
+_FLOAT32_TIME_RTOL = 1e-3
 
 
 class SchemaError(ValueError):
@@ -75,6 +85,7 @@ def validate(ds: xr.Dataset, *, coarse: Sequence[int] | None = None) -> xr.Datas
         raise SchemaError("dim 'field' has size 0")
 
     _check_axis(ds, "time", minimum=2)
+    _check_time_step(ds)
     for dim in spatial_dims(ds):
         _check_axis(ds, dim, minimum=3)
 
@@ -85,6 +96,11 @@ def validate(ds: xr.Dataset, *, coarse: Sequence[int] | None = None) -> xr.Datas
         )
     _check_domain(ds, boundary)
     _check_optional_attrs(ds)
+    _check_attrs("the dataset", ds.attrs)
+    for name, var in ds.variables.items():
+        _check_attrs(f"variable {name!r}", var.attrs)
+    if "field" in ds.coords:
+        _check_names(np.asarray(ds["field"].values))
     _check_split(ds)
     _check_finite("u", u)
     if "u_clean" in ds.data_vars:
@@ -134,6 +150,11 @@ def check_coarse(ds: xr.Dataset, coarse: Sequence[int]) -> tuple[int, ...]:
 def _check_float(name: str, var: xr.DataArray) -> None:
     if not np.issubdtype(var.dtype, np.floating):
         raise SchemaError(f"variable {name!r} must be a float array, got dtype {var.dtype}")
+    if var.dtype not in _FLOAT_DTYPES:
+        raise SchemaError(f"variable {name!r} has dtype {var.dtype}; store it as float32 or "
+                          f"float64 (e.g. u.astype('float32')): "
+                          + ("float16 keeps about 3 significant digits"
+                             if var.dtype == np.float16 else "training runs in float32"))
 
 
 def _check_finite(name: str, var: xr.DataArray) -> None:
@@ -146,6 +167,84 @@ def _check_finite(name: str, var: xr.DataArray) -> None:
             f"variable {name!r} has {int(bad.sum())} non-finite value(s) (NaN or inf); "
             f"first at {where}"
         )
+    big = np.abs(values) > _FLOAT32_MAX
+    if big.any():
+        first = tuple(int(i) for i in np.argwhere(big)[0])
+        where = ", ".join(f"{d}={i}" for d, i in zip(var.dims, first, strict=True))
+        raise SchemaError(
+            f"variable {name!r} has {int(big.sum())} value(s) beyond the float32 range "
+            f"(|value| > {_FLOAT32_MAX:.3g}; training runs in float32), first at {where}: "
+            f"{values[first]!r}; rescale the field"
+        )
+
+
+def _check_time_step(ds: xr.Dataset) -> None:
+    """A time step float32 training can use: in ``_DT_RANGE`` and resolved by float32 times."""
+    times = np.asarray(ds["time"].values, np.float64)
+    dt = (times[-1] - times[0]) / (times.size - 1)
+    low, high = _DT_RANGE
+    if not low <= dt <= high:
+        raise SchemaError(f"the time step {dt:.3g} is outside [{low:g}, {high:g}]: float32 "
+                          "training cannot use it; express time in other units (e.g. divide "
+                          f"the times by {dt:.3g})")
+    if np.abs(times).max() > _FLOAT32_MAX:
+        raise SchemaError("coordinate 'time' has values beyond the float32 range")
+    steps = np.diff(times.astype(np.float32).astype(np.float64))
+    if np.abs(steps - dt).max() > _FLOAT32_TIME_RTOL * dt:
+        raise SchemaError(f"the time step {dt:.3g} is too small for times as large as "
+                          f"{np.abs(times).max():.3g} in float32 (steps vary by more than "
+                          f"{_FLOAT32_TIME_RTOL:.1%} after the cast); shift the times to start "
+                          "near 0")
+
+
+def _check_text(what: str, text: str) -> None:
+    if "\x00" in text:
+        raise SchemaError(f"{what} contains a NUL character, which netCDF cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SchemaError(f"{what} is not valid Unicode text (netCDF stores UTF-8)") from None
+
+
+def _check_attrs(owner: str, attrs: dict) -> None:
+    """Every attribute is one netCDF stores and reads back unchanged (module docstring)."""
+    for key, value in attrs.items():
+        if not isinstance(key, str) or not key:
+            raise SchemaError(f"{owner} has an attribute named {key!r}; names must be "
+                              "non-empty strings")
+        _check_text(f"the attribute name {key!r} of {owner}", key)
+        what = f"attribute {key!r} of {owner}"
+        if isinstance(value, str):
+            _check_text(what, value)
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            raise SchemaError(f"{what} is a boolean, which netCDF cannot store; use 0 or 1")
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            if isinstance(value, (int, np.integer)) and not (
+                    np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max):
+                raise SchemaError(f"{what} = {value} is outside the int64 range netCDF stores")
+            continue
+        if isinstance(value, (list, tuple, np.ndarray)):
+            try:
+                arr = np.asarray(value)
+            except (TypeError, ValueError):
+                arr = np.asarray([], dtype=object)
+            numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype,
+                                                                              np.floating)
+            if arr.ndim == 1 and arr.size > 0 and numeric and arr.dtype != np.float16:
+                continue
+            raise SchemaError(f"{what} is {type(value).__name__} {value!r:.80}: netCDF stores "
+                              "only non-empty 1-D arrays of real numbers (int or float32/64)")
+        raise SchemaError(f"{what} has type {type(value).__name__}: netCDF stores strings, real "
+                          "numbers and 1-D numeric arrays only (no nested or None values)")
+
+
+def _check_names(names: np.ndarray) -> None:
+    texts = [str(n) for n in names]
+    for text in texts:
+        _check_text(f"field name {text!r}", text)
+    if len(set(texts)) != len(texts):
+        raise SchemaError(f"field names must be distinct, got {texts}")
 
 
 def _check_axis(ds: xr.Dataset, dim: str, minimum: int) -> None:
@@ -328,9 +427,19 @@ def from_arrays(
     if domain is None:
         off = 0 if boundary == "periodic" else 1
         domain = [_spacing(ds, d) * (ds.sizes[d] - off) for d in spatial]
-    attrs["domain"] = np.atleast_1d(np.asarray(domain, dtype=np.float64))
+    try:
+        attrs["domain"] = np.atleast_1d(np.asarray(domain, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise SchemaError(f"'domain' must be lengths (numbers), got {domain!r}") from None
     if noise_std is not None:
-        attrs["noise_std"] = float(noise_std)
+        if isinstance(noise_std, (bool, np.bool_, str, bytes)):
+            raise SchemaError(f"'noise_std' must be a number, got {noise_std!r}")
+        try:
+            attrs["noise_std"] = float(noise_std)
+        except (TypeError, ValueError):
+            raise SchemaError(f"'noise_std' must be a number, got {noise_std!r}") from None
+    if extra_attrs is not None and not isinstance(extra_attrs, dict):
+        raise SchemaError(f"'extra_attrs' must be a dict, got {type(extra_attrs).__name__}")
     attrs.update(extra_attrs or {})
     ds.attrs.update(attrs)
     return validate(ds)
@@ -345,6 +454,9 @@ def _as_float_array(name: str, values) -> np.ndarray:
         return arr.astype(np.float64)
     if not np.issubdtype(arr.dtype, np.floating):
         raise SchemaError(f"{name!r} must hold real floating-point numbers, got dtype {arr.dtype}")
+    if arr.dtype not in _FLOAT_DTYPES:
+        raise SchemaError(f"{name!r} has dtype {arr.dtype}; pass float32 or float64 (float16 "
+                          "keeps about 3 significant digits; training runs in float32)")
     return arr
 
 

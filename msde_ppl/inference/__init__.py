@@ -5,10 +5,12 @@ from msde_ppl.inference.autoguide import tied_encoder as tied_encoder
 from msde_ppl.inference.elbo import SolverFreeELBO as SolverFreeELBO
 from msde_ppl.inference.elbo import linear_beta_warmup as linear_beta_warmup
 from msde_ppl.inference.elbo import path_kl_integral as path_kl_integral
+from msde_ppl.inference.fit import FitInterrupted as FitInterrupted
 from msde_ppl.inference.fit import FitResult as FitResult
 from msde_ppl.inference.fit import FitState as FitState
 from msde_ppl.inference.fit import NonFiniteLossError as NonFiniteLossError
 from msde_ppl.inference.fit import StepInfo as StepInfo
+from msde_ppl.inference.fit import checkpoint_record as checkpoint_record
 from msde_ppl.inference.fit import fit as fit
 from msde_ppl.inference.fit import init as init
 from msde_ppl.inference.fit import load_checkpoint as load_checkpoint
@@ -24,6 +26,7 @@ from msde_ppl.inference.kernel import safe_cholesky as safe_cholesky
 
 __all__ = [
     "AutoAmortizedSDE",
+    "FitInterrupted",
     "FitResult",
     "FitState",
     "GaussMarkovPath",
@@ -32,6 +35,7 @@ __all__ = [
     "StepInfo",
     "TemporalKernel",
     "WindowMoments",
+    "checkpoint_record",
     "fit",
     "init",
     "interpolate_window",

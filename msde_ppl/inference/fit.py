@@ -12,16 +12,20 @@ where :math:`\xi_k, \kappa_k` are split from the state's PRNG key at every step.
 compiles ONE function that runs ``chunk_size`` steps with ``lax.scan`` (minibatch shapes are fixed
 by ``batch_fn``, so later chunks never recompile; steps beyond ``num_steps`` in the last chunk are
 masked no-ops), updates a tqdm bar per chunk, guards against non-finite losses or gradients
-(:class:`NonFiniteLossError`, carrying the last good state), and writes checkpoints
-(params, optimiser state, PRNG key, step, losses) that resume to the bit-identical loss
-trajectory.
+(:class:`NonFiniteLossError`, carrying the last good state), stops cleanly between chunks when
+asked (:class:`FitInterrupted`), and writes checkpoints (params, optimiser state, PRNG key,
+step, losses; one ``.npz`` file of arrays, replaced atomically, nothing pickled) that resume to
+the bit-identical trajectory.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
+import time
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -34,14 +38,18 @@ from numpyro.distributions import biject_to
 from numpyro.infer.util import transform_fn
 from tqdm import tqdm
 
+from msde_ppl.atomic import atomic_file
+
 __all__ = [
     "FitProblem",
     "FitResult",
+    "FitInterrupted",
     "FitState",
     "NonFiniteLossError",
     "StepInfo",
     "fit",
     "init",
+    "checkpoint_record",
     "load_checkpoint",
     "make_chunk_runner",
     "save_checkpoint",
@@ -99,12 +107,29 @@ class FitProblem(NamedTuple):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when the loss or a gradient is non-finite; ``.state`` is the last good state."""
+    """Raised when the loss or a gradient is non-finite: ``.state`` is the last good state,
+    ``.losses`` the finite losses so far, ``.params`` the constrained parameters of ``.state``
+    and ``.step`` the offending step (``None`` when the batch itself is not finite)."""
 
-    def __init__(self, message: str, state: FitState, losses: np.ndarray) -> None:
+    def __init__(self, message: str, state: FitState | None, losses: np.ndarray,
+                 params: dict | None = None, step: int | None = None) -> None:
         super().__init__(message)
         self.state = state
         self.losses = losses
+        self.params = params
+        self.step = step
+
+
+class FitInterrupted(Exception):
+    """Raised when ``should_stop()`` asked the fit to stop: ``.state``, ``.losses`` and the
+    constrained ``.params`` are those after the last completed chunk (already checkpointed if
+    the fit had a checkpoint path)."""
+
+    def __init__(self, message: str, state: FitState, losses: np.ndarray, params: dict) -> None:
+        super().__init__(message)
+        self.state = state
+        self.losses = losses
+        self.params = params
 
 
 def _split_batch(batch: Batch) -> tuple[tuple, dict]:
@@ -255,34 +280,83 @@ def window_batches(windows: Any, batch_size: int) -> Callable[[jax.Array, Array]
     return batch_fn
 
 
-def save_checkpoint(path: str | os.PathLike, state: FitState, losses: np.ndarray) -> None:
-    """Pickle params, optimiser state, PRNG key data, step and losses (atomically)."""
-    payload = {
-        "params": jax.device_get(state.params),
-        "opt_state": jax.device_get(state.opt_state),
-        "rng_key": np.asarray(jax.random.key_data(state.rng_key)),
-        "rng_impl": str(jax.random.key_impl(state.rng_key)),
-        "step": int(state.step),
-        "losses": np.asarray(losses),
-    }
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh)
-    os.replace(tmp, path)
+_CHECKPOINT_FORMAT = "msde_ppl.checkpoint"
+_CHECKPOINT_VERSION = 2
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[FitState, np.ndarray]:
-    """Load a checkpoint written by :func:`save_checkpoint` (only load files you trust)."""
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)  # noqa: S301 - our own checkpoint format
-    key = jax.random.wrap_key_data(jnp.asarray(payload["rng_key"]), impl=payload["rng_impl"])
-    state = FitState(
-        jax.tree.map(jnp.asarray, payload["params"]),
-        jax.tree.map(jnp.asarray, payload["opt_state"]),
-        key,
-        jnp.asarray(payload["step"], jnp.int32),
-    )
-    return state, payload["losses"]
+def _array_leaves(state: FitState) -> tuple[list, Any]:
+    """The array leaves of ``(params, opt_state)`` in tree order, and their tree structure."""
+    return jax.tree.flatten((state.params, state.opt_state))
+
+
+def save_checkpoint(path: str | os.PathLike, state: FitState, losses: np.ndarray,
+                    extra: dict | None = None) -> None:
+    """Write ``state`` and ``losses`` to the ``.npz`` file ``path``, atomically.
+
+    The file holds the array leaves of the parameters and optimiser state in tree order
+    (``leaf_0 ...``), the PRNG key's data, the losses, and a JSON record (format, step, key
+    implementation, number of leaves, ``extra``: the caller's description of what is fitted,
+    checked on resume). It is written to a temporary file in the same folder and renamed into
+    place, so a checkpoint is never half-written; its mode follows the user's umask.
+    """
+    path = Path(path)
+    leaves, _ = _array_leaves(state)
+    record = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION,
+              "step": int(state.step), "rng_impl": str(jax.random.key_impl(state.rng_key)),
+              "n_leaves": len(leaves), "extra": extra or {}}
+    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(jax.device_get(leaves))}
+    arrays["rng_key"] = np.asarray(jax.random.key_data(state.rng_key))
+    arrays["losses"] = np.asarray(losses, np.float32)
+    arrays["record"] = np.frombuffer(json.dumps(record).encode(), np.uint8)
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def checkpoint_record(path: str | os.PathLike) -> dict:
+    """The JSON record of a checkpoint (step, ``extra``, ...) without loading its arrays.
+
+    Raises:
+        ValueError: ``path`` is not a readable checkpoint of this format.
+    """
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
+            record = json.loads(bytes(data["record"]).decode())
+    except _READ_ERRORS as err:
+        raise ValueError(f"{path} is not a readable checkpoint (damaged or truncated): {err}"
+                         ) from None
+    if record.get("format") != _CHECKPOINT_FORMAT or record.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a {_CHECKPOINT_FORMAT} v{_CHECKPOINT_VERSION} file")
+    return record
+
+
+def load_checkpoint(path: str | os.PathLike, like: FitState) -> tuple[FitState, np.ndarray]:
+    """Load a checkpoint written by :func:`save_checkpoint` into the structure of ``like``
+    (the freshly initialised state of the same fit).
+
+    Raises:
+        ValueError: the file is damaged, or its arrays do not fit ``like`` (another model).
+    """
+    record = checkpoint_record(path)
+    like_leaves, treedef = _array_leaves(like)
+    if record["n_leaves"] != len(like_leaves):
+        raise ValueError(f"checkpoint {path} holds {record['n_leaves']} arrays where this fit "
+                         f"has {len(like_leaves)}: it is from another model")
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
+            leaves = [data[f"leaf_{i}"] for i in range(len(like_leaves))]
+            key_data, losses = data["rng_key"], data["losses"]
+    except _READ_ERRORS as err:
+        raise ValueError(f"checkpoint {path} is damaged: {err}") from None
+    for i, (got, want) in enumerate(zip(leaves, like_leaves, strict=True)):
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(f"checkpoint {path}: array {i} is {got.dtype}{list(got.shape)} "
+                             f"where this fit has {want.dtype}{list(want.shape)}: it is from "
+                             "another model")
+    params, opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])
+    key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=record["rng_impl"])
+    state = FitState(params, opt_state, key, jnp.asarray(record["step"], jnp.int32))
+    return _strong_types(state), np.asarray(losses)
 
 
 def make_chunk_runner(
@@ -369,6 +443,9 @@ def fit(
     beta_schedule: Callable[[Array], Array] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
+    checkpoint_every: float = 0.0,
+    checkpoint_extra: dict | None = None,
+    should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
     trace_counter: list | None = None,
     callback: Callable[[dict[str, Array], np.ndarray], bool | None] | None = None,
@@ -383,8 +460,16 @@ def fit(
         num_steps: total number of steps (counted from step 0, including resumed ones).
         chunk_size: steps per compiled chunk.
         beta_schedule: optional KL-weight schedule ``step -> beta``.
-        checkpoint_path: if given, a checkpoint is written after every chunk.
-        resume: continue from ``checkpoint_path`` if it exists.
+        checkpoint_path: if given, a checkpoint (:func:`save_checkpoint`) is written there after
+            a chunk once ``checkpoint_every`` seconds have passed since the last one (``0``:
+            after every chunk), after the last chunk, and when the fit is interrupted.
+        resume: continue from ``checkpoint_path`` if it exists; the resumed steps, losses and
+            parameters are bit-identical to an uninterrupted run's.
+        checkpoint_every: seconds of training between checkpoints.
+        checkpoint_extra: JSON-able description of what is fitted, stored in the checkpoint;
+            resuming from a checkpoint with another description raises ``ValueError``.
+        should_stop: polled after every chunk (e.g. a signal handler's flag); ``True`` writes a
+            checkpoint and raises :class:`FitInterrupted`.
         progress: show a tqdm bar (updated once per chunk).
         trace_counter: optional list; one item is appended each time the chunk is traced.
         loop: ``"scan"`` or ``"python"`` (see :func:`make_chunk_runner`).
@@ -397,20 +482,32 @@ def fit(
 
     Raises:
         NonFiniteLossError: the loss or a gradient became non-finite; ``err.state`` is the state
-            before the offending step and ``err.losses`` the finite losses so far.
+            before the offending step, ``err.losses`` the finite losses so far.
+        FitInterrupted: ``should_stop()`` returned ``True``.
+        ValueError: the checkpoint to resume from is damaged or belongs to another fit.
     """
     key_init, key_data0 = jax.random.split(rng_key)
     example = batch_fn(key_data0, jnp.zeros((), jnp.int32))
     problem, state = init(key_init, model, guide, elbo, optimizer, example,
                           beta_schedule=beta_schedule)
     losses = np.zeros(0, np.float32)
+    extra = checkpoint_extra or {}
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-        state, losses = load_checkpoint(checkpoint_path)
-        state = _strong_types(state)
+        stored = checkpoint_record(checkpoint_path)["extra"]
+        if stored != json.loads(json.dumps(extra)):
+            changed = sorted(k for k in set(stored) | set(extra) if stored.get(k) != extra.get(k))
+            raise ValueError(f"checkpoint {checkpoint_path} was written by another fit "
+                             f"(differs in: {', '.join(changed)}); it cannot be resumed here")
+        state, losses = load_checkpoint(checkpoint_path, like=state)
+
+    def checkpoint() -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, state, losses, extra)
 
     run_chunk = make_chunk_runner(problem, batch_fn, chunk_size, trace_counter, loop)
     bar = tqdm(total=num_steps, initial=int(state.step), disable=not progress,
                desc="fit", unit="step")
+    last_checkpoint = time.monotonic()
     try:
         while int(state.step) < num_steps:
             n_active = min(chunk_size, num_steps - int(state.step))
@@ -421,18 +518,23 @@ def fit(
             if bool(failed):
                 first_bad = int(np.argmax(done & ~finite))
                 losses = np.concatenate([losses, chunk_losses[:first_bad]])
+                bad_step = int(state.step) + first_bad
                 raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {int(state.step) + first_bad} "
+                    f"non-finite loss or gradient at step {bad_step} "
                     f"(loss={chunk_losses[first_bad]}); the returned state is the last good one",
-                    new_state,
-                    losses,
-                )
+                    new_state, losses, problem.constrain(new_state.params), bad_step)
             losses = np.concatenate([losses, chunk_losses[done]])
             state = new_state
-            if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, state, losses)
             bar.update(int(done.sum()))
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            if should_stop is not None and should_stop():
+                checkpoint()
+                raise FitInterrupted(f"interrupted after step {int(state.step)}", state, losses,
+                                     problem.constrain(state.params))
+            if (int(state.step) >= num_steps
+                    or time.monotonic() - last_checkpoint >= checkpoint_every):
+                checkpoint()
+                last_checkpoint = time.monotonic()
             if callback is not None and callback(problem.constrain(state.params), losses) is True:
                 break
     finally:

@@ -30,9 +30,8 @@ import functools
 import importlib
 import json
 import os
-import shutil
 import sys
-import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ import numpy as np
 import xarray as xr
 from numpyro.infer.util import transform_fn
 
+from msde_ppl.atomic import atomic_dir, atomic_file, write_text
 from msde_ppl.inference.autoguide import AutoAmortizedSDE
 from msde_ppl.inference.fit import initial_params
 from msde_ppl.inference.param_store import fitted_network
@@ -230,17 +230,16 @@ class Fitted:
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, into: bool = False) -> Path:
         """Write the fitted model to directory ``path`` atomically (module docstring).
 
-        ``path`` must not exist, or be an empty directory. Raises ``FileExistsError``
-        otherwise; nothing is written then.
+        ``path`` must not exist, or be an empty directory; raises ``FileExistsError``
+        otherwise, and nothing is written then. With ``into=True`` ``path`` may be an existing
+        directory holding other files (a run directory): the model's three files in it are
+        written or replaced, each atomically (``fitted.json`` last), and nothing else is
+        touched.
         """
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise FileExistsError(f"{path} already exists and is not an empty directory; "
-                                  "choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -254,19 +253,25 @@ class Fitted:
             "global_sites": self.global_sites,
             "n_steps": int(self.losses.size),
         }
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; use the user's umask
-            (tmp / "fitted.json").write_text(json.dumps(meta, indent=2) + "\n")
-            eqx.tree_serialise_leaves(tmp / "params.eqx", jax.device_get(self.params))
-            np.save(tmp / "losses.npy", self.losses)
-            if path.exists():
-                path.rmdir()  # empty (checked above)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        if into:
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} is not a directory")
+            self._write_files(path, meta)
+            return path
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} already exists and is not an empty directory; "
+                                  "choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(path) as tmp:
+            self._write_files(tmp, meta)
         return path
+
+    def _write_files(self, folder: Path, meta: dict) -> None:
+        with atomic_file(folder / "losses.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, self.losses)
+        with atomic_file(folder / "params.eqx") as tmp:
+            eqx.tree_serialise_leaves(tmp, jax.device_get(self.params))
+        write_text(folder / "fitted.json", json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, model: Callable | None = None,
@@ -288,8 +293,9 @@ class Fitted:
                                     "params.eqx is missing")
         try:
             meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{meta_file} is not valid JSON: {err}") from err
+        _warn_if_incomplete(path)
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             raise ValueError(f"{meta_file} is not a {_FORMAT} v{_VERSION} file")
         recipe = meta.get("recipe")
@@ -333,6 +339,19 @@ class Fitted:
         return Fitted(model, guide, params, **fields)
 
 
+def _warn_if_incomplete(path: Path) -> None:
+    """Warn when ``path`` is a run directory whose status is not ``complete``."""
+    from msde_ppl.pipeline.rundir import describe, read_status
+
+    try:
+        status = read_status(path)
+    except ValueError:
+        status = {"state": "failed", "reason": "its status file is damaged"}
+    if status is not None and status["state"] != "complete":
+        warnings.warn(f"{path} is a run that is not complete (status {describe(status)}); "
+                      "this is its last saved state", UserWarning, stacklevel=3)
+
+
 def _program_reference(model: Callable, guide: AutoAmortizedSDE) -> dict | None:
     """How to import ``(model, guide)`` again (module docstring), or ``None`` if they cannot be
     found by reference."""
@@ -372,12 +391,6 @@ def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
                              obs_site=ref["obs_site"], prefix=ref["prefix"],
                              encoder_output=ref["encoder_output"], init_scale=ref["init_scale"])
     return model, guide
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def train_dict(train: Any) -> dict | None:

@@ -98,6 +98,7 @@ def run_case(
     integrator: str = "heun",
     progress: bool = False,
     callback=None,
+    should_stop=None,
 ) -> dict:
     """Fit ``stages`` progressively and score the implicit-scale (first stage) and multiscale
     (last stage) models on ``split``.
@@ -106,8 +107,12 @@ def run_case(
         ``{"fits": [Fitted, ...], "forecasts": {name: Dataset}, "metrics": {name: dict}}`` with
         names ``"implicit_scale"`` and ``"multiscale"``; the multiscale model's training time
         and steps include the stages it grew from.
+
+    Raises:
+        FitStopped: a stage stopped (non-finite loss, or ``should_stop()``).
     """
-    fits = fit_progressive(ds, config, stages, progress=progress, callback=callback)
+    fits = fit_progressive(ds, config, stages, progress=progress, callback=callback,
+                           should_stop=should_stop)
     named = {"implicit_scale": fits[0], "multiscale": fits[-1]} if len(fits) > 1 else {
         ("multiscale" if config.n_micro else "implicit_scale"): fits[-1]}
     forecasts, metrics = {}, {}

@@ -11,11 +11,17 @@ Recipe (docs/method.md §5; defaults are the reference's):
 - optimiser: Adam, learning rate ``lr`` decayed by 10% every 2000 steps (continuously), as the
   reference; gradient norm clipped at ``clip_norm``;
 - ``data_parallel=True`` shards the windows of every step over ``jax.devices()``.
+
+Faults (docs/reliability.md): every fit can write checkpoints (``checkpoint_path``; a
+progressive fit, ``checkpoint_dir``) and resume from them bit-identically (``resume=True``);
+a non-finite loss or a stop request (``should_stop``) ends it with :class:`FitStopped`, which
+carries the model at its last good step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import time
 from collections.abc import Callable
@@ -29,16 +35,17 @@ import optax
 import xarray as xr
 
 from msde_ppl.data.schema import SchemaError, check_coarse, grid_shape, validate
-from msde_ppl.data.splits import observations
+from msde_ppl.data.splits import observations, select_split
 from msde_ppl.data.windows import n_windows, random_windows
 from msde_ppl.inference import AutoAmortizedSDE, SolverFreeELBO, TemporalKernel, linear_beta_warmup
 from msde_ppl.inference import fit as run_fit
+from msde_ppl.inference.fit import FitInterrupted, NonFiniteLossError
 from msde_ppl.multiscale.program import MultiscaleConfig, MultiscaleModules
 from msde_ppl.pipeline.builtin import build_program, latent_parts, multiscale_recipe
 from msde_ppl.pipeline.fitted import Fitted, grid_info, train_dict
 
-__all__ = ["MultiscaleSetup", "TrainConfig", "WarmStart", "fit", "fit_multiscale",
-           "fit_progressive", "multiscale_setup"]
+__all__ = ["FitStopped", "MultiscaleSetup", "TrainConfig", "WarmStart", "check_training_data",
+           "fit", "fit_multiscale", "fit_progressive", "multiscale_setup"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +74,27 @@ class TrainConfig:
     sampling: str = "uniform"
 
 
+class FitStopped(RuntimeError):
+    """A fit that ended before its last step.
+
+    Attributes:
+        status: ``"failed"`` (a non-finite loss or gradient) or ``"interrupted"`` (a stop
+            request, e.g. Ctrl-C).
+        fitted: the :class:`~msde_ppl.Fitted` model at the last good step, with the losses so
+            far (of this stage, for a progressive fit).
+        step: the step at which it stopped (the offending one when failed).
+        stage: index of the stage of a progressive fit (``None`` otherwise).
+    """
+
+    def __init__(self, message: str, status: str, fitted: Fitted, step: int,
+                 stage: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.fitted = fitted
+        self.step = step
+        self.stage = stage
+
+
 class WarmStart(NamedTuple):
     """Initial point of a fit: networks, temporal kernel and global-site values."""
 
@@ -93,13 +121,31 @@ def _window_sharding(windows: int) -> Callable[[dict], dict]:
         lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
 
 
-def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
-    """``(batch_fn, n_windows)`` over the training split (fixed-shape minibatches)."""
-    u, t = observations(ds, split)
-    n_traj, n_time = u.shape[:2]
+def check_training_data(ds: xr.Dataset, train: TrainConfig, split: str = "train") -> int:
+    """Refuse what a fit could not train on, before anything is computed or written: invalid
+    settings, no trajectory in ``split``, windows longer than the trajectories. Returns the
+    number of windows of the split.
+
+    Raises:
+        SchemaError: the data, naming the problem; ValueError: the settings.
+    """
+    _check_train(train)
+    validate(ds)
+    n_traj = select_split(ds, split).sizes["traj"] if "split" in ds.coords else ds.sizes["traj"]
+    if "split" not in ds.coords and split != "train":
+        raise SchemaError(f"split {split!r} requested but the dataset has no 'split' coordinate")
+    n_time = ds.sizes["time"]
     if train.window > n_time:
         raise SchemaError(f"window of {train.window} snapshots is longer than the {n_time} "
                           "snapshots per trajectory")
+    return n_windows(n_traj, n_time, train.window)
+
+
+def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
+    """``(batch_fn, n_windows)`` over the training split (fixed-shape minibatches)."""
+    check_training_data(ds, train, split)
+    u, t = observations(ds, split)
+    n_traj, n_time = u.shape[:2]
     constrain = _window_sharding(train.windows_per_step) if train.data_parallel else None
     batch_fn = random_windows(u, t, train.window, train.windows_per_step, train.sampling,
                               constrain)
@@ -126,6 +172,24 @@ def _check_train(train: TrainConfig) -> None:
         raise ValueError("steps, windows_per_step and chunk_size must be positive")
 
 
+def _data_digest(ds: xr.Dataset, split: str) -> str:
+    """SHA-1 of the training arrays (float32 values and times): what a checkpoint was fitted to."""
+    u, t = observations(ds, split)
+    digest = hashlib.sha1(np.ascontiguousarray(u).tobytes())
+    digest.update(np.ascontiguousarray(t).tobytes())
+    return digest.hexdigest()
+
+
+class Checkpointing(NamedTuple):
+    """Where and how often a fit writes checkpoints, whether it resumes from one, and the stop
+    request it polls (see :func:`msde_ppl.inference.fit`)."""
+
+    path: str | Path | None = None
+    resume: bool = False
+    every_s: float = 60.0
+    should_stop: Callable[[], bool] | None = None
+
+
 def _run(
     model: Callable,
     guide: AutoAmortizedSDE,
@@ -138,11 +202,17 @@ def _run(
     recipe: dict | None,
     parts: dict | None,
     progress: bool,
-    checkpoint_path: str | Path | None,
+    checkpointing: Checkpointing,
+    split: str,
     callback: Callable[[Fitted], bool | None] | None,
 ) -> Fitted:
     """Run the fit loop on ``objective = (elbo, optimizer, beta_schedule)`` and wrap its result
-    (the one place a fit becomes a :class:`Fitted`)."""
+    (the one place a fit becomes a :class:`Fitted`).
+
+    Raises:
+        FitStopped: a non-finite loss, or a stop request; ``.fitted`` is the last good state.
+        ValueError: the checkpoint to resume from belongs to another fit.
+    """
     grid = grid_info(ds)
     elbo, optimizer, beta = objective
 
@@ -160,13 +230,35 @@ def _run(
             spent[0] += time.perf_counter() - start_cb
             return stop
 
+    extra = None
+    if checkpointing.path is not None:  # what the checkpoint belongs to, checked on resume
+        extra = {"recipe": recipe, "train": train_dict(train), "data": _data_digest(ds, split),
+                 "program": None if recipe else _program_name(model)}
     key_fit = _seed_keys(train)[1]
     start = time.perf_counter()
-    result = run_fit(key_fit, model, guide, elbo, optimizer, batch_fn, num_steps=train.steps,
-                     chunk_size=train.chunk_size, beta_schedule=beta,
-                     checkpoint_path=checkpoint_path, progress=progress,
-                     callback=timed_callback, loop=loop)
+    try:
+        result = run_fit(key_fit, model, guide, elbo, optimizer, batch_fn,
+                         num_steps=train.steps, chunk_size=train.chunk_size, beta_schedule=beta,
+                         checkpoint_path=checkpointing.path, resume=checkpointing.resume,
+                         checkpoint_every=checkpointing.every_s, checkpoint_extra=extra,
+                         should_stop=checkpointing.should_stop, progress=progress,
+                         callback=timed_callback, loop=loop)
+    except NonFiniteLossError as err:
+        if err.params is None:  # the data themselves are not finite
+            raise
+        last = wrap(err.params, err.losses, time.perf_counter() - start - spent[0])
+        raise FitStopped(f"non-finite loss or gradient at step {err.step}", "failed", last,
+                         err.step) from err
+    except FitInterrupted as err:
+        last = wrap(err.params, err.losses, time.perf_counter() - start - spent[0])
+        raise FitStopped(str(err), "interrupted", last, int(err.state.step)) from err
     return wrap(result.params, result.losses, time.perf_counter() - start - spent[0])
+
+
+def _program_name(model: Callable) -> str:
+    func = getattr(model, "func", model)  # unwrap functools.partial
+    name = getattr(func, "__qualname__", type(func).__name__)
+    return f"{getattr(func, '__module__', '?')}.{name}"
 
 
 def _seed_keys(train: TrainConfig) -> tuple[jax.Array, jax.Array]:
@@ -193,6 +285,9 @@ def fit(
     split: str = "train",
     progress: bool = True,
     checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
+    should_stop: Callable[[], bool] | None = None,
     callback: Callable[[Fitted], bool | None] | None = None,
 ) -> Fitted:
     """Fit any program to the training split of ``ds`` with the package's recipe.
@@ -208,11 +303,21 @@ def fit(
         train: optimisation settings (default :class:`TrainConfig`).
         split: the split trained on.
         progress: show a progress bar.
-        checkpoint_path: write (and resume from) a checkpoint there.
+        checkpoint_path: write a checkpoint (``.npz``) there every ``checkpoint_every``
+            seconds of training, at the end and when stopped.
+        resume: continue from ``checkpoint_path`` if it exists (bit-identical to an
+            uninterrupted fit; refused if the checkpoint is of another program, data or
+            settings).
+        checkpoint_every: seconds between checkpoints (``0``: after every chunk of steps).
+        should_stop: polled after every chunk; ``True`` checkpoints and stops the fit.
         callback: ``callback(fitted_so_far)`` after every chunk; ``True`` stops the fit.
 
     Returns:
         The :class:`~msde_ppl.Fitted` model.
+
+    Raises:
+        FitStopped: a non-finite loss or gradient, or a stop request; ``err.fitted`` is the
+            model at the last good step.
     """
     train = train or TrainConfig()
     if steps is not None:
@@ -224,9 +329,10 @@ def fit(
         model = partial(model, n_windows=n_win)
         guide.model = model
     loop = "scan" if train.loop == "auto" else train.loop
+    checkpointing = Checkpointing(checkpoint_path, resume, checkpoint_every, should_stop)
     return _run(model, guide, ds, train, batch_fn, _objective(train), loop=loop, recipe=None,
-                parts=None,
-                progress=progress, checkpoint_path=checkpoint_path, callback=callback)
+                parts=None, progress=progress, checkpointing=checkpointing, split=split,
+                callback=callback)
 
 
 class MultiscaleSetup(NamedTuple):
@@ -274,6 +380,9 @@ def fit_multiscale(
     *,
     progress: bool = True,
     checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
+    should_stop: Callable[[], bool] | None = None,
     warm_start: WarmStart | None = None,
     callback: Callable[[Fitted], bool | None] | None = None,
 ) -> Fitted:
@@ -282,13 +391,15 @@ def fit_multiscale(
 
     ``callback(fitted_so_far)`` runs after every chunk of steps with the model fitted so far
     (its ``losses`` and ``wall_time_s`` up to that point); its own run time is not counted in
-    any wall time, and returning ``True`` stops the fit there.
+    any wall time, and returning ``True`` stops the fit there. Checkpoints, ``resume``,
+    ``should_stop`` and :class:`FitStopped` are as in :func:`fit`.
     """
     setup = multiscale_setup(ds, config, train, warm_start)
     objective = (setup.elbo, setup.optimizer, setup.beta_schedule)
+    checkpointing = Checkpointing(checkpoint_path, resume, checkpoint_every, should_stop)
     return _run(setup.model, setup.guide, ds, train, setup.batch_fn, objective, loop=setup.loop,
                 recipe=setup.recipe, parts=latent_parts(config), progress=progress,
-                checkpoint_path=checkpoint_path, callback=callback)
+                checkpointing=checkpointing, split="train", callback=callback)
 
 
 def fit_progressive(
@@ -298,15 +409,40 @@ def fit_progressive(
     *,
     progress: bool = True,
     callback: Callable[[Fitted], bool | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Fitted]:
     """Fit with a growing micro dimension: ``stages = [(K_0, train_0), (K_1, train_1), ...]``,
     ``K`` non-decreasing; stage ``k`` starts from stage ``k - 1`` grown by
     :func:`msde_ppl.multiscale.grow_modules`. Returns every stage's fitted model.
-    ``callback`` is passed to every stage's :func:`fit_multiscale`."""
+    ``callback`` is passed to every stage's :func:`fit_multiscale`.
+
+    With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once
+    complete, is saved as the model ``stage{k}/`` (its checkpoint then removed). With
+    ``resume=True`` completed stages are loaded from there and the interrupted one continues
+    from its checkpoint, so the result is bit-identical to an uninterrupted fit.
+
+    Raises:
+        FitStopped: as :func:`fit_multiscale`, with ``.stage`` the stage that stopped.
+        ValueError: a saved stage or checkpoint belongs to another fit.
+    """
     from msde_ppl.multiscale.surgery import grow_modules, grown_global_values
 
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
     fitted: list[Fitted] = []
     for i, (n_micro, train) in enumerate(stages):
+        done = None if folder is None else folder / f"stage{i}"
+        if resume and done is not None and (done / "fitted.json").is_file():
+            stage = Fitted.load(done)
+            if stage.train != train_dict(train) or stage.config.n_micro != n_micro:
+                raise ValueError(f"{done} was fitted with other settings than stage {i} of "
+                                 "this fit; it cannot be resumed here")
+            fitted.append(stage)
+            continue
         stage_config, warm = dataclasses.replace(config, n_micro=n_micro), None
         if fitted:
             prev = fitted[-1]
@@ -314,6 +450,16 @@ def fit_progressive(
                                                  key=jax.random.key(train.seed + 1000 * i))
             warm = WarmStart(modules, prev.kernel,
                              grown_global_values(prev.global_medians(), prev.config, n_micro))
-        fitted.append(fit_multiscale(ds, stage_config, train, progress=progress,
-                                     warm_start=warm, callback=callback))
+        ckpt = None if folder is None else folder / f"stage{i}.ckpt.npz"
+        try:
+            stage = fit_multiscale(ds, stage_config, train, progress=progress, warm_start=warm,
+                                   callback=callback, checkpoint_path=ckpt, resume=resume,
+                                   checkpoint_every=checkpoint_every, should_stop=should_stop)
+        except FitStopped as err:
+            err.stage = i
+            raise
+        if done is not None:
+            stage.save(done)
+            ckpt.unlink(missing_ok=True)
+        fitted.append(stage)
     return fitted

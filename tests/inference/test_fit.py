@@ -6,13 +6,18 @@ import numpy as np
 import optax
 import pytest
 
+from msde_ppl.atomic import umask
 from msde_ppl.inference import (
     AutoAmortizedSDE,
+    FitInterrupted,
+    FitState,
     NonFiniteLossError,
     SolverFreeELBO,
     TemporalKernel,
+    checkpoint_record,
     fit,
     linear_beta_warmup,
+    save_checkpoint,
     window_batches,
 )
 
@@ -49,7 +54,7 @@ def full_run(problem):
 
 @pytest.fixture(scope="module")
 def partial_run(problem, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "ckpt.pkl"
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt.npz"
     return _run(problem, 7, checkpoint_path=path), path  # a full chunk + a partial one
 
 
@@ -134,3 +139,45 @@ def test_beta_schedule_changes_the_objective(problem):
     warm = _run(problem, 5, beta_schedule=lambda step: linear_beta_warmup(step, 100))
     assert not np.allclose(plain.losses, warm.losses)
     np.testing.assert_allclose(linear_beta_warmup(jnp.arange(4) * 50, 100), [0, 0.5, 1, 1])
+
+
+def test_stop_request_checkpoints_and_resumes_bit_identically(problem, full_run, tmp_path):
+    """``should_stop`` ends the fit after the current chunk with a checkpoint of that state;
+    resuming from it follows the uninterrupted trajectory exactly."""
+    full, _ = full_run
+    path = tmp_path / "ckpt.npz"
+    polls = []
+
+    def stop_after_two_chunks() -> bool:
+        polls.append(1)
+        return len(polls) >= 2
+
+    with pytest.raises(FitInterrupted, match="after step 10") as err:
+        _run(problem, 20, checkpoint_path=path, checkpoint_every=1e9,
+             should_stop=stop_after_two_chunks)
+    assert int(err.value.state.step) == 10 and checkpoint_record(path)["step"] == 10
+    np.testing.assert_array_equal(err.value.losses, full.losses[:10])
+    resumed = _run(problem, 20, checkpoint_path=path, resume=True)
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(full.state.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoints_of_another_fit_or_damaged_are_refused(problem, partial_run, tmp_path):
+    _, path = partial_run
+    with pytest.raises(ValueError, match="another fit"):  # written with another description
+        _run(problem, 20, checkpoint_path=path, resume=True,
+             checkpoint_extra={"data": "other"})
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        _run(problem, 20, checkpoint_path=damaged, resume=True)
+    # another model: the arrays do not fit this fit's state
+    other = FitState({"w": jnp.zeros(3)}, (), jax.random.key(0), jnp.zeros((), jnp.int32))
+    save_checkpoint(tmp_path / "other.npz", other, np.zeros(2))
+    with pytest.raises(ValueError, match="another model"):
+        _run(problem, 20, checkpoint_path=tmp_path / "other.npz", resume=True)
+    assert checkpoint_record(tmp_path / "other.npz")["step"] == 0
+    assert oct((tmp_path / "other.npz").stat().st_mode & 0o777) == oct(0o666 & ~umask())
+

@@ -59,3 +59,23 @@ def test_a_forecast_holding_nan_never_scores():
     for key in ("rel_l2_mean", "coverage_90", "crps"):
         assert np.isnan(metrics[key]), key
     assert metrics["finite"] is False
+
+
+def test_nan_drift_weights_give_non_finite_scores(tiny_fit, tiny_ds):
+    """End to end: a model whose drift weights are NaN forecasts NaN, and no metric of that
+    forecast is finite (a NaN must never score as a good forecast)."""
+    import jax
+
+    from msde_ppl import forecast
+    from msde_ppl.predict import forecast_metrics
+
+    params = dict(tiny_fit.params)
+    params["drift$params"] = jax.tree.map(lambda a: np.full_like(a, np.nan),
+                                          params["drift$params"])
+    broken = tiny_fit.replace(params=params)
+    fc = forecast(jax.random.key(0), broken, tiny_ds, n_samples=2, n_steps=6)
+    assert not np.isfinite(fc["mean"].values).all()
+    metrics = forecast_metrics(fc)
+    assert metrics["finite"] is False
+    for key in ("rel_l2_mean", "rel_l2_clean_mean", "coverage_90", "crps"):
+        assert not np.isfinite(metrics[key]), key
