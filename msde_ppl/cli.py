@@ -265,13 +265,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_case(args.case)
     run_dir: Path = args.out or Path("runs") / f"{args.case}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = _new_dir(run_dir, "run directory")
-    write_status(run_dir, "running", command="run")
 
     def on_abort(signum: int) -> None:
         write_status(run_dir, "interrupted", f"{signal.Signals(signum).name} twice: aborted "
                      "at once", command="run")
 
     with StopRequest(on_abort) as stop:
+        write_status(run_dir, "running", command="run")
         try:
             _run_job(args, run_dir, stop)
         except FitStopped as err:
@@ -480,14 +480,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                   "--out (or continue it with --resume)")
     ds, config, stages = _fit_plan(args)
     run_dir: Path = args.out
-    if not resuming:
-        _new_dir(run_dir, "run directory")
-        settings = {k: getattr(args, k) for k in _FIT_SETTINGS}
-        settings["data"] = str(Path(args.data).resolve())
-        record = {"command": "fit", "args": settings, "data_sha256": _file_digest(args.data),
-                  "package_version": msde_ppl.__version__}
-        write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
-    write_status(run_dir, "running", command="fit")
     stage_dir = run_dir / "stages"
 
     def earlier_losses(n_stages: int) -> list:
@@ -497,11 +489,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
         write_status(run_dir, "interrupted", f"{signal.Signals(signum).name} twice: aborted "
                      "at once; resume continues from the last checkpoint", command="fit")
 
-    with StopRequest(on_abort) as stop:
+    with StopRequest(on_abort) as stop:  # from the run directory's first file to its last
+        if not resuming:
+            _new_dir(run_dir, "run directory")
+            settings = {k: getattr(args, k) for k in _FIT_SETTINGS}
+            settings["data"] = str(Path(args.data).resolve())
+            record = {"command": "fit", "args": settings,
+                      "data_sha256": _file_digest(args.data),
+                      "package_version": msde_ppl.__version__}
+            write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
+        write_status(run_dir, "running", command="fit")
         try:
             fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
                                    checkpoint_dir=stage_dir, resume=resuming,
                                    checkpoint_every=args.checkpoint_every, should_stop=stop)
+            # the saved model's log covers every stage of its fit
+            fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits),
+                                      losses=np.concatenate([f.losses for f in fits]))
+            fitted.save(run_dir, into=True)
         except FitStopped as err:
             last: Fitted = err.fitted
             losses = np.concatenate([*earlier_losses(err.stage), last.losses])
@@ -513,18 +518,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
             else:
                 reason = (f"{signal.Signals(stop.signum).name} after {where}; continue with "
                           f"`msde fit --resume {run_dir}`")
-            write_status(run_dir, err.status, reason, command="fit", step=err.step,
+            write_status(run_dir, err.status, reason, command="fit", step=int(losses.size),
                          stage=err.stage)
             print(f"msde fit: {err.status}: {reason} (in {run_dir})", file=sys.stderr)
             return 1 if err.status == "failed" else stop.exit_code
         except BaseException as err:
             write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="fit")
             raise
-    # the saved model's log covers every stage of its fit
-    fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits),
-                              losses=np.concatenate([f.losses for f in fits]))
-    fitted.save(run_dir, into=True)
-    write_status(run_dir, "complete", command="fit", step=int(fitted.losses.size))
+        write_status(run_dir, "complete", command="fit", step=int(fitted.losses.size))
     print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s; final loss "
           f"{fitted.losses[-1]:.4f}; model in {run_dir}")
     return 0

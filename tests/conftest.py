@@ -4,12 +4,22 @@
   this catches;
 - float64 is switched on with ``MSDE_TEST_X64=1`` (finite-difference gradient tests switch it on
   locally with ``jax.enable_x64``);
-- every test gets a fresh, explicit PRNG key and a reseeded NumPy generator.
+- every test gets a fresh, explicit PRNG key and a reseeded NumPy generator;
+- compiled programs are cached on disk for the session (JAX's persistent compilation cache in
+  a temporary folder, inherited by the command-line subprocesses): the same program compiled
+  again, e.g. by a resumed fit, is loaded instead.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="msde-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -123,27 +123,6 @@ def test_fit_with_the_reference_cnn_codec_and_a_mixture_forecast(tmp_path, user_
         assert fc_mix.sizes["fit"] == 2
 
 
-def test_fit_and_forecast_any_dataset(tmp_path, call, user_data):
-    run_dir, out_dir = tmp_path / "fit", tmp_path / "fc"
-    # one stage (msde run covers the progressive schedule)
-    fit = run_cli("fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--steps",
-                  "20", "--window", "16", "--decoder", "stencil", "--scale-kernel", "frozen",
-                  "--no-progressive", "--out", str(run_dir))
-    assert fit.returncode == 0, fit.stderr
-    assert (run_dir / "params.eqx").is_file() and (run_dir / "fitted.json").is_file()
-    model = json.loads((run_dir / "fitted.json").read_text())["recipe"]["config"]
-    assert model["encoder"] == "mlp" and model["decoder"] == "stencil"
-    assert model["learn_kernel"] is False
-    fc = run_cli("forecast", str(run_dir), "--data", str(user_data), "--samples", "8",
-                 "--integrator", "euler", "--substeps", "2", "--out", str(out_dir))
-    assert fc.returncode == 0, fc.stderr
-    metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert set(metrics) == {"model", "meta"}  # no PDE behind user data: no coarse DNS
-    assert np.isfinite(metrics["model"]["rel_l2_mean"])
-    again = call("forecast", str(run_dir), "--data", str(user_data), "--out", str(out_dir))
-    assert again.returncode == 2 and "already exists" in again.stderr
-
-
 @pytest.mark.parametrize("args, message", [
     (["--coarse", "7", "--micro", "2"], "does not divide the fine grid size 64"),
     (["--coarse", "8", "8", "--micro", "2"], "has 2 entries"),

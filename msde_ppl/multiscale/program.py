@@ -169,7 +169,13 @@ class MultiscaleModules(NamedTuple):
 
 
 def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModules:
-    """Initialise the networks of ``config`` from ``key``."""
+    """Initialise the networks of ``config`` from ``key`` (one compiled program per config,
+    instead of one dispatch per initialiser op)."""
+    return _build_modules_jit(config, key)
+
+
+@eqx.filter_jit
+def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleModules:
     k_enc, k_drift, k_dec = jax.random.split(key, 3)
     scale = ScaleOperator(config.fine_shape, config.coarse_shape, config.n_channels,
                           config.n_sigma, config.kernel_init, config.learn_kernel)

@@ -227,3 +227,62 @@ def test_fuzz_from_arrays_only_raises_schema_error(inputs):
     assert validate(ds) is ds
     assert np.isfinite(ds.u.values).all()
     assert (np.diff(ds.time.values) > 0).all()
+
+
+# ------------------------------------------------------- what float32 training and netCDF hold
+def _ok(**kw):
+    args = dict(time=np.arange(4.0) * 0.1, x=np.arange(8.0))
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.zeros((1, 4, 8), np.float16), "float16 keeps about 3 significant digits"),
+    (np.full((1, 4, 8), 1e39), "beyond the float32 range"),
+    (np.zeros((1, 4, 8), np.complex64), "real floating-point"),
+    (np.zeros((1, 4, 8), bool), "real floating-point"),
+])
+def test_refuses_data_float32_training_cannot_hold(values, message):
+    with pytest.raises(SchemaError, match=message):
+        from_arrays(values, **_ok())
+
+
+def test_refuses_a_float16_field_in_a_dataset():
+    ds = from_arrays(np.zeros((1, 4, 8)), **_ok())
+    with pytest.raises(SchemaError, match="float16"):
+        validate(ds.assign(u=ds.u.astype(np.float16)))
+
+
+@pytest.mark.parametrize("time, message", [
+    (np.arange(4) * 2.6e-14, "outside \\[1e-06, 1e\\+06\\]"),
+    (np.arange(4) * 1e7, "outside"),
+    (1e6 + np.arange(4) * 1e-3, "too small for times as large as"),
+])
+def test_refuses_degenerate_time_steps(time, message):
+    with pytest.raises(SchemaError, match=message):
+        from_arrays(np.zeros((1, 4, 8)), **_ok(time=time))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"domain": ["a"]}, "'domain' must be lengths"),
+    ({"noise_std": "0.1"}, "'noise_std' must be a number"),
+    ({"noise_std": [0.1, 0.2]}, "'noise_std' must be a number"),
+    ({"extra_attrs": {"meta": {"nested": 1}}}, "no nested or None"),
+    ({"extra_attrs": {"flag": True}}, "boolean"),
+    ({"extra_attrs": {"none": None}}, "no nested or None"),
+    ({"extra_attrs": {"big": 2 ** 70}}, "int64 range"),
+    ({"extra_attrs": {"empty": []}}, "non-empty 1-D"),
+    ({"extra_attrs": {"names": ["a", "b"]}}, "non-empty 1-D"),
+    ({"extra_attrs": {"note": "a\x00b"}}, "NUL"),
+    ({"extra_attrs": {"note": "\ud800"}}, "not valid Unicode"),
+    ({"extra_attrs": {3: "x"}}, "non-empty strings"),
+    ({"extra_attrs": ["not", "a", "dict"]}, "must be a dict"),
+])
+def test_refuses_attributes_netcdf_cannot_store(kw, message):
+    with pytest.raises(SchemaError, match=message):
+        from_arrays(np.zeros((1, 4, 8)), **_ok(**kw))
+
+
+def test_refuses_repeated_field_names():
+    with pytest.raises(SchemaError, match="distinct"):
+        from_arrays(np.zeros((1, 4, 2, 8)), fields=["u", "u"], **_ok())

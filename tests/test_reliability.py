@@ -1,0 +1,212 @@
+"""Runs that survive faults (docs/reliability.md): a real multiscale ``msde fit`` killed with
+SIGKILL, or interrupted with SIGINT while it compiles, resumes to bit-identical parameters and
+loss trace; a non-finite loss keeps the last good state; incomplete runs are refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from msde_ppl import Fitted, forecast, forecast_metrics
+from msde_ppl.cli import main
+from msde_ppl.data import from_arrays, load, save
+from msde_ppl.inference import checkpoint_record
+
+# 2 stages (implicit-scale 200 steps, then multiscale 600) in chunks of 100 steps
+FIT = ["--coarse", "8", "--micro", "2", "--steps", "800", "--window", "16", "--decoder",
+       "stencil", "--scale-kernel", "frozen", "--checkpoint-every", "0"]
+
+
+def _dataset(path, shift=0.0):
+    x = np.arange(64) / 64
+    t = np.arange(30) * 0.01
+    u = np.sin(2 * np.pi * (x[None, None] - t[None, :, None] - np.arange(3)[:, None, None] / 3
+                            + shift))
+    save(from_arrays(u.astype(np.float32), time=t, x=x, split=["train", "val", "test"]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _dataset(tmp_path_factory.mktemp("data") / "user.nc")
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """The uninterrupted fit (in this process)."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["fit", "--data", str(data), *FIT, "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def _start_fit(data, run_dir):
+    return subprocess.Popen([sys.executable, "-m", "msde_ppl.cli", "fit", "--data", str(data),
+                             *FIT, "--out", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, process, timeout=240.0):
+    start = time.monotonic()
+    while not condition():
+        assert process.poll() is None, f"the fit ended first: {process.communicate()}"
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.005)
+
+
+def _status(run_dir):
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def _assert_same_fit(run_dir, reference):
+    for name in ("params.eqx", "losses.npy"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+    assert _status(run_dir)["state"] == "complete"
+
+
+def test_a_fit_killed_mid_stage_resumes_bit_identically(data, reference, tmp_path, capsys):
+    run_dir = tmp_path / "killed"
+    proc = _start_fit(data, run_dir)
+    ckpt = run_dir / "stages" / "stage1.ckpt.npz"
+
+    def in_second_stage():
+        try:
+            return ckpt.is_file() and checkpoint_record(ckpt)["step"] >= 100
+        except ValueError:
+            return False
+
+    _wait_for(in_second_stage, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert _status(run_dir)["state"] == "running"  # killed: nothing could mark it
+    assert not (run_dir / "fitted.json").exists()  # no model yet: the fit was cut mid-run
+    assert main(["forecast", str(run_dir), "--data", str(data), "--out",
+                 str(tmp_path / "fc")]) == 2
+    assert "killed" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    _assert_same_fit(run_dir, reference)
+    assert "process" in capsys.readouterr().out  # it said what it resumed from
+
+
+def test_ctrl_c_while_compiling_marks_the_run_and_resumes_bit_identically(
+        data, reference, tmp_path, capsys):
+    run_dir = tmp_path / "interrupted"
+    proc = _start_fit(data, run_dir)
+    _wait_for(lambda: (run_dir / "status.json").is_file(), proc)  # set up, not yet compiled
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT, err  # never a crash (-11)
+    status = _status(run_dir)
+    assert status["state"] == "interrupted" and "--resume" in status["reason"]
+    assert "interrupted" in err and "Traceback" not in err
+    assert (run_dir / "stages" / "stage0.ckpt.npz").is_file()
+    assert main(["forecast", str(run_dir), "--data", str(data), "--out",
+                 str(tmp_path / "fc")]) == 2
+    assert "--allow-incomplete" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="not complete"):
+        last = Fitted.load(run_dir)  # the last saved state is there
+    assert last.losses.size == status["step"]
+    assert main(["fit", "--resume", str(run_dir)]) == 0
+    _assert_same_fit(run_dir, reference)
+    assert main(["fit", "--resume", str(run_dir)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_fit_and_forecast_any_dataset(data, reference, tmp_path, capsys):
+    model = json.loads((reference / "fitted.json").read_text())["recipe"]["config"]
+    assert model["encoder"] == "mlp" and model["decoder"] == "stencil"
+    assert model["learn_kernel"] is False and model["n_micro"] == 2
+    fitted = Fitted.load(reference)
+    losses = fitted.losses
+    assert losses.shape == (800,) and np.isfinite(losses).all()  # both stages' log
+    assert losses[-30:].mean() < losses[:10].mean() - 1.0  # it learned
+    implicit = Fitted.load(reference / "stages" / "stage0")  # the K = 0 model
+    assert implicit.config.n_micro == 0
+    np.testing.assert_array_equal(implicit.losses, losses[:200])
+    # a forecast of the loaded model, scored; a second one reuses the compiled program
+    ds = load(data)
+    fc = forecast(jax.random.key(0), fitted, ds, split="test", n_samples=16)
+    assert fc["mean"].dims == ("traj", "time", "x") and fc.sizes["traj"] == 1
+    scores = forecast_metrics(fc)
+    assert all(np.isfinite(scores[k]) for k in ("rel_l2_mean", "crps", "coverage_90"))
+    (compiled,) = fitted._compiled.values()
+    forecast(jax.random.key(1), fitted, ds, split="test", n_samples=16)
+    assert compiled._cache_size() == 1
+    out_dir = tmp_path / "fc"
+    assert main(["forecast", str(reference), "--data", str(data), "--samples", "4",
+                 "--integrator", "euler", "--substeps", "2", "--out", str(out_dir)]) == 0
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert set(metrics) == {"model", "meta"}  # no PDE behind user data: no coarse DNS
+    assert np.isfinite(metrics["model"]["rel_l2_mean"]) and metrics["model"]["finite"]
+    assert main(["forecast", str(reference), "--data", str(data), "--out", str(out_dir)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_keeps_the_last_good_state(data, tmp_path, capsys):
+    run_dir = tmp_path / "diverged"
+    code = main(["fit", "--data", str(data), "--coarse", "8", "--micro", "2", "--steps", "8",
+                 "--window", "16", "--lr", "1e4", "--out", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "non-finite loss or gradient at step" in err and "Traceback" not in err
+    status = _status(run_dir)
+    assert status["state"] == "failed" and "non-finite" in status["reason"]
+    with pytest.warns(UserWarning, match="failed"):
+        last = Fitted.load(run_dir)
+    assert last.losses.size == status["step"] and np.isfinite(last.losses).all()
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(last.params))
+    assert main(["forecast", str(run_dir), "--data", str(data), "--out",
+                 str(tmp_path / "fc")]) == 2
+    assert "failed" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_data_and_non_runs(data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    own = _dataset(tmp_path / "own.nc")
+    run_dir.mkdir()
+    record = {"command": "fit", "args": {"data": str(own)}, "data_sha256": "0"}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert main(["fit", "--resume", str(run_dir)]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(tmp_path)]) == 2
+    assert "not a run directory of `msde fit`" in capsys.readouterr().err
+
+
+def test_nothing_is_written_for_a_split_without_training_trajectories(tmp_path, capsys):
+    x = np.arange(16) / 16
+    path = tmp_path / "no_train.nc"
+    save(from_arrays(np.zeros((2, 10, 16), np.float32), time=np.arange(10) * 0.1, x=x,
+                     split=["val", "test"]), path)
+    code = main(["fit", "--data", str(path), "--coarse", "4", "--micro", "1", "--window", "4",
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and "no trajectory in split 'train'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "expected a finite number > 0, got '-1'"),
+    (["--lr", "0"], "expected a finite number > 0"),
+    (["--lr", "nan"], "expected a finite number > 0, got 'nan'"),
+    (["--lr", "inf"], "expected a finite number > 0"),
+    (["--checkpoint-every", "-5"], "expected a finite number >= 0"),
+    ([], "--data, --coarse, --micro, --out required (or --resume RUN_DIR)"),
+])
+def test_numbers_out_of_range_are_refused(tmp_path, capsys, args, message):
+    try:
+        code = main(["fit", *args])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_status_file_and_outputs_follow_the_umask(reference):
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("status.json", "run.json", "params.eqx", "fitted.json"):
+        assert (reference / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
