@@ -45,9 +45,8 @@ def reference(data, tmp_path_factory):
     return run_dir
 
 
-def _start_fit(data, run_dir):
-    return subprocess.Popen([sys.executable, "-m", "msde_ppl.cli", "fit", "--data", str(data),
-                             *FIT, "--out", str(run_dir)],
+def _start_fit(args):
+    return subprocess.Popen([sys.executable, "-m", "msde_ppl.cli", "fit", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -63,15 +62,29 @@ def _status(run_dir):
     return json.loads((run_dir / "status.json").read_text())
 
 
-def _assert_same_fit(run_dir, reference):
-    for name in ("params.eqx", "losses.npy"):
-        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
-    assert _status(run_dir)["state"] == "complete"
+def test_interrupted_then_killed_fit_resumes_bit_identically(data, reference, tmp_path, capsys):
+    """One run, faulted twice: Ctrl-C while the first stage compiles (a checkpoint of stage 0
+    is kept and the run is marked), then, resumed in a new process, SIGKILL in the middle of the
+    second stage (nothing can mark the run); resumed again, it ends bit-identical to the
+    uninterrupted fit."""
+    run_dir = tmp_path / "run"
+    proc = _start_fit(["--data", str(data), *FIT, "--out", str(run_dir)])
+    _wait_for(lambda: (run_dir / "status.json").is_file(), proc)  # set up, not yet compiled
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGINT, err  # never a crash (-11)
+    status = _status(run_dir)
+    assert status["state"] == "interrupted" and "--resume" in status["reason"]
+    assert "interrupted" in err and "Traceback" not in err
+    assert checkpoint_record(run_dir / "stages" / "stage0.ckpt.npz")["step"] == status["step"]
+    assert main(["forecast", str(run_dir), "--data", str(data), "--out",
+                 str(tmp_path / "fc")]) == 2
+    assert "--allow-incomplete" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="not complete"):
+        last = Fitted.load(run_dir)  # the last saved state is there
+    assert last.losses.size == status["step"]
 
-
-def test_a_fit_killed_mid_stage_resumes_bit_identically(data, reference, tmp_path, capsys):
-    run_dir = tmp_path / "killed"
-    proc = _start_fit(data, run_dir)
+    proc = _start_fit(["--resume", str(run_dir)])
     ckpt = run_dir / "stages" / "stage1.ckpt.npz"
 
     def in_second_stage():
@@ -85,35 +98,15 @@ def test_a_fit_killed_mid_stage_resumes_bit_identically(data, reference, tmp_pat
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert _status(run_dir)["state"] == "running"  # killed: nothing could mark it
-    assert not (run_dir / "fitted.json").exists()  # no model yet: the fit was cut mid-run
     assert main(["forecast", str(run_dir), "--data", str(data), "--out",
                  str(tmp_path / "fc")]) == 2
     assert "killed" in capsys.readouterr().err
+
     assert main(["fit", "--resume", str(run_dir)]) == 0
-    _assert_same_fit(run_dir, reference)
     assert "process" in capsys.readouterr().out  # it said what it resumed from
-
-
-def test_ctrl_c_while_compiling_marks_the_run_and_resumes_bit_identically(
-        data, reference, tmp_path, capsys):
-    run_dir = tmp_path / "interrupted"
-    proc = _start_fit(data, run_dir)
-    _wait_for(lambda: (run_dir / "status.json").is_file(), proc)  # set up, not yet compiled
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 128 + signal.SIGINT, err  # never a crash (-11)
-    status = _status(run_dir)
-    assert status["state"] == "interrupted" and "--resume" in status["reason"]
-    assert "interrupted" in err and "Traceback" not in err
-    assert (run_dir / "stages" / "stage0.ckpt.npz").is_file()
-    assert main(["forecast", str(run_dir), "--data", str(data), "--out",
-                 str(tmp_path / "fc")]) == 2
-    assert "--allow-incomplete" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="not complete"):
-        last = Fitted.load(run_dir)  # the last saved state is there
-    assert last.losses.size == status["step"]
-    assert main(["fit", "--resume", str(run_dir)]) == 0
-    _assert_same_fit(run_dir, reference)
+    for name in ("params.eqx", "losses.npy"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
+    assert _status(run_dir)["state"] == "complete"
     assert main(["fit", "--resume", str(run_dir)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 

@@ -118,6 +118,9 @@ def dataset_inputs(draw):
                                     min_size=n_traj, max_size=n_traj))
     if draw(st.booleans()):
         kw["noise_std"] = draw(_numbers | _text)
+    if draw(st.booleans()):  # the right length, a wrong one, or not lengths at all
+        kw["domain"] = draw(st.sampled_from([[1.0], [1.0 - 1.0 / nx], [2.0]])
+                            | st.lists(_numbers | _text, max_size=2) | _text)
     kw["extra_attrs"] = draw(st.dictionaries(st.text(min_size=1, max_size=5)
                                              .filter(lambda k: k not in _RESERVED),
                                              _attr_values, max_size=2))

@@ -51,8 +51,10 @@ def test_untrained_decoder_gives_macro_only_reconstruction(rng_key):
     assert macro.shape == (5, 1, 64) and float(jnp.abs(micro).max()) == 0.0
 
 
-@pytest.mark.parametrize(("encoder", "decoder"),
-                         [("mlp", "mlp"), ("mlp", "stencil"), ("cnn", "cnn")])
+@pytest.mark.parametrize(("encoder", "decoder"), [
+    ("mlp", "mlp"), ("mlp", "stencil"),
+    pytest.param("cnn", "cnn", marks=pytest.mark.slow),  # ~15 s; test_conv covers the codec
+])
 def test_grown_model_computes_the_old_model(rng_key, encoder, decoder):
     k_old, k_new, k_z = jax.random.split(rng_key, 3)
     old_cfg = dataclasses.replace(TINY, n_micro=0, encoder=encoder, decoder=decoder)
