@@ -1,17 +1,18 @@
 """Atomic file output (the one owner of how the package writes files).
 
-Every file or directory the package writes is first written under a temporary name in the
-target folder and renamed into place once complete (``os.replace``, atomic on POSIX), so a
-crash, a full disk or a kill leaves either the old content or the new one, never half of it.
-Temporary files are removed on failure. Modes follow the user's umask (``tempfile`` makes
-``0600`` files and ``0700`` directories; they are widened to what ``open`` would have made).
+Every dataset, model, checkpoint, status and metrics file the package writes is first written
+under a temporary name in the target folder and renamed into place once complete
+(``os.replace``, atomic on POSIX), so a crash, a full disk or a kill leaves either the old
+content or the new one, never half of it. Temporary files are removed on failure. They are
+created with mode ``0666`` (directories ``0777``) and the kernel applies the user's umask, as
+for any file ``open`` creates.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,33 +27,36 @@ def umask() -> int:
     return mask
 
 
+def _temporary_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; once the block completes, the file written
-    there replaces ``path`` (mode ``0666 & ~umask``)."""
+    there replaces ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_name(path)
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; once the block completes it is renamed to
-    ``path`` (which must not exist, or be an empty directory; mode ``0777 & ~umask``)."""
+    ``path`` (which must not exist, or be an empty directory)."""
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = _temporary_name(path)
+    os.mkdir(tmp, 0o777)  # umask applies
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~umask())
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         os.replace(tmp, path)

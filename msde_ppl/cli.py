@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "it was started with (no other option is needed; the result is "
                      "bit-identical to an uninterrupted fit)")
     fit.set_defaults(handler=cmd_fit)
+    _FIT_DEFAULTS.update({a.dest: a.default for a in fit._actions
+                          if a.dest not in ("help", "resume")})
 
     fc = sub.add_parser(
         "forecast",
@@ -259,7 +261,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from msde_ppl.pipeline.rundir import StopRequest, write_status
+    from msde_ppl.pipeline.rundir import RunLock, StopRequest, write_status
     from msde_ppl.pipeline.training import FitStopped
 
     _check_case(args.case)
@@ -270,14 +272,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_status(run_dir, "interrupted", f"{signal.Signals(signum).name} twice: aborted "
                      "at once", command="run")
 
-    with StopRequest(on_abort) as stop:
+    with StopRequest(on_abort) as stop, RunLock(run_dir):
         write_status(run_dir, "running", command="run")
         try:
             _run_job(args, run_dir, stop)
         except FitStopped as err:
             reason = (f"{err} (stage {err.stage + 1})" if err.status == "failed" else
                       f"{signal.Signals(stop.signum).name} during the fit")
-            write_status(run_dir, err.status, reason, command="run")
+            write_status(run_dir, err.status, reason, command="run",
+                         non_finite=err.status == "failed")
             print(f"msde run: {err.status}: {reason} (in {run_dir})", file=sys.stderr)
             return 1 if err.status == "failed" else stop.exit_code
         except _Interrupted:
@@ -288,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except BaseException as err:
             write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="run")
             raise
-    write_status(run_dir, "complete", command="run")
+        write_status(run_dir, "complete", command="run")
     print(f"report: {run_dir / 'metrics.json'}")
     return 0
 
@@ -346,7 +349,7 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
         "noise_floor_rel_l2": None if floor is None else floor["mean"],
         "wall_time_s": time.perf_counter() - start,
     })
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    _write_metrics(run_dir / "metrics.json", metrics)
     print("rel-L2 on the test split (vs noisy data):")
     for key in ("multiscale", "implicit_scale", "coarse_dns"):
         m = metrics[key]
@@ -384,6 +387,7 @@ def _new_dir(path: Path, what: str) -> Path:
     return path
 
 
+_FIT_DEFAULTS: dict = {}  # msde fit's option defaults (filled by build_parser)
 _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "no_progressive", "window", "windows", "lr",
                  "encoder", "decoder", "scale_kernel", "physics", "seed", "checkpoint_every")
 
@@ -403,6 +407,11 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
     from msde_ppl.pipeline.rundir import describe, read_status, still_running
 
     run_dir: Path = args.resume
+    given = [k for k, default in _FIT_DEFAULTS.items() if getattr(args, k) != default]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"--resume continues a fit with the settings it was started with; "
+                         f"it takes no other option (got {flags})")
     record_file = run_dir / "run.json"
     if not record_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory of `msde fit` (no run.json)")
@@ -415,8 +424,12 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
     status = read_status(run_dir)
     if status is not None and status["state"] == "complete":
         raise ValueError(f"the fit in {run_dir} is complete; there is nothing to resume")
-    if still_running(status):
+    if still_running(status, run_dir):
         raise ValueError(f"the fit in {run_dir} is still running (process {status['pid']})")
+    if status is not None and status.get("non_finite"):
+        raise ValueError(f"the fit in {run_dir} failed with a non-finite loss "
+                         f"({status['reason']}); resuming would repeat it: fit again with "
+                         "other settings")
     settings["data"] = Path(settings["data"])
     if not settings["data"].is_file():
         raise FileNotFoundError(f"the data of the fit in {run_dir}, {settings['data']}, are gone")
@@ -424,7 +437,7 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"{settings['data']} changed since the fit in {run_dir} began; it "
                          "cannot be resumed on other data")
     if status is not None:
-        print(f"resuming {run_dir} (status {describe(status)})", flush=True)
+        print(f"resuming {run_dir} (status {describe(status, run_dir)})", flush=True)
     return argparse.Namespace(**settings, out=run_dir, resume=run_dir)
 
 
@@ -459,11 +472,42 @@ def _fit_plan(args: argparse.Namespace):
     return ds, config, stages
 
 
+def _status_state(run_dir: Path) -> str | None:
+    from msde_ppl.pipeline.rundir import read_status
+
+    try:
+        status = read_status(run_dir)
+    except ValueError:
+        return None
+    return None if status is None else status["state"]
+
+
+def _fit_stopped(err, run_dir: Path, n_stages: int, earlier: list, stop) -> int:
+    """Save the last good state of a stopped fit, mark the run, say so in one line; the exit
+    code (1: failed, 128 + signal: interrupted)."""
+    import numpy as np
+
+    from msde_ppl.pipeline.rundir import write_status
+
+    losses = np.concatenate([*earlier, err.fitted.losses])
+    err.fitted.replace(losses=losses).save(run_dir, into=True)
+    where = f"step {err.step} of stage {err.stage + 1}/{n_stages}"
+    if err.status == "failed":
+        reason = (f"non-finite loss or gradient at {where}; the last good state (the step "
+                  "before) is saved")
+    else:
+        reason = (f"{signal.Signals(stop.signum).name} after {where}; continue with "
+                  f"`msde fit --resume {run_dir}`")
+    write_status(run_dir, err.status, reason, command="fit", step=int(losses.size),
+                 stage=err.stage, non_finite=err.status == "failed")
+    print(f"msde fit: {err.status}: {reason} (in {run_dir})", file=sys.stderr)
+    return 1 if err.status == "failed" else stop.exit_code
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from msde_ppl.pipeline.fitted import Fitted
-    from msde_ppl.pipeline.rundir import StopRequest, write_status
+    from msde_ppl.pipeline.rundir import RunLock, StopRequest, write_status
     from msde_ppl.pipeline.training import FitStopped, fit_progressive
 
     resuming = args.resume is not None
@@ -492,41 +536,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with StopRequest(on_abort) as stop:  # from the run directory's first file to its last
         if not resuming:
             _new_dir(run_dir, "run directory")
-            settings = {k: getattr(args, k) for k in _FIT_SETTINGS}
-            settings["data"] = str(Path(args.data).resolve())
-            record = {"command": "fit", "args": settings,
-                      "data_sha256": _file_digest(args.data),
-                      "package_version": msde_ppl.__version__}
-            write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
-        write_status(run_dir, "running", command="fit")
-        try:
-            fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
-                                   checkpoint_dir=stage_dir, resume=resuming,
-                                   checkpoint_every=args.checkpoint_every, should_stop=stop)
-            # the saved model's log covers every stage of its fit
-            fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits),
-                                      losses=np.concatenate([f.losses for f in fits]))
-            fitted.save(run_dir, into=True)
-        except FitStopped as err:
-            last: Fitted = err.fitted
-            losses = np.concatenate([*earlier_losses(err.stage), last.losses])
-            last.replace(losses=losses).save(run_dir, into=True)
-            where = f"step {err.step} of stage {err.stage + 1}/{len(stages)}"
-            if err.status == "failed":
-                reason = (f"non-finite loss or gradient at {where}; the last good state "
-                          "(the step before) is saved")
-            else:
-                reason = (f"{signal.Signals(stop.signum).name} after {where}; continue with "
-                          f"`msde fit --resume {run_dir}`")
-            write_status(run_dir, err.status, reason, command="fit", step=int(losses.size),
-                         stage=err.stage)
-            print(f"msde fit: {err.status}: {reason} (in {run_dir})", file=sys.stderr)
-            return 1 if err.status == "failed" else stop.exit_code
-        except BaseException as err:
-            write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="fit")
-            raise
-        write_status(run_dir, "complete", command="fit", step=int(fitted.losses.size))
-    print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s; final loss "
+        with RunLock(run_dir):  # one writer; a reader can tell a killed run
+            try:
+                write_status(run_dir, "running", command="fit")
+                if not resuming:
+                    settings = {k: getattr(args, k) for k in _FIT_SETTINGS}
+                    settings["data"] = str(Path(args.data).resolve())
+                    record = {"command": "fit", "args": settings,
+                              "data_sha256": _file_digest(args.data),
+                              "package_version": msde_ppl.__version__}
+                    write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
+                try:
+                    fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
+                                           checkpoint_dir=stage_dir, resume=resuming,
+                                           checkpoint_every=args.checkpoint_every,
+                                           should_stop=stop)
+                except FitStopped as err:
+                    return _fit_stopped(err, run_dir, len(stages), earlier_losses(err.stage), stop)
+                # the saved model's log covers every stage of its fit
+                fitted = fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits),
+                                          losses=np.concatenate([f.losses for f in fits]))
+                fitted.save(run_dir, into=True)
+                write_status(run_dir, "complete", command="fit", step=int(fitted.losses.size))
+            except BaseException as err:
+                if _status_state(run_dir) == "running":
+                    write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="fit")
+                raise
+    print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s of training; final loss "
           f"{fitted.losses[-1]:.4f}; model in {run_dir}")
     return 0
 
@@ -559,7 +595,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         report["coarse_dns"] = evaluate_coarse_dns(
             ds, None if config is None else config.coarse_shape, split=args.split)
     report["meta"] = _meta(ds, grid_shape(ds), args.seed)
-    write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    _write_metrics(out / "metrics.json", report)
     print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
           f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}")
     if not metrics["finite"]:
@@ -567,6 +603,22 @@ def cmd_forecast(args: argparse.Namespace) -> int:
               "not finite", file=sys.stderr)
     print(f"report: {out / 'metrics.json'}")
     return 0
+
+
+def _write_metrics(path: Path, metrics: dict) -> None:
+    """``metrics.json`` as strict JSON: a non-finite score (a diverged forecast) is ``null``,
+    never a number (each model's ``finite`` entry says so too)."""
+
+    def strict(value):
+        if isinstance(value, dict):
+            return {k: strict(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(v) for v in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    write_text(path, json.dumps(strict(metrics), indent=2, allow_nan=False) + "\n")
 
 
 def _meta(ds, grid, seed) -> dict:
@@ -592,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (SchemaError, ValueError, FileExistsError, FileNotFoundError, OSError) as err:
+    except (SchemaError, ValueError, FileExistsError, FileNotFoundError, OSError,
+            FloatingPointError) as err:
         print(f"msde {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -77,6 +77,7 @@ def test_run_writes_report_and_refuses_existing_run_dir(tmp_path, call):
                   "--out", str(run_dir))
     assert out.returncode == 0, out.stderr
     assert str(run_dir / "metrics.json") in out.stdout
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for method in ("multiscale", "implicit_scale", "coarse_dns"):
         for key in ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "rel_l2_clean_std"):

@@ -45,8 +45,11 @@ def reference(data, tmp_path_factory):
     return run_dir
 
 
-def _start_fit(args):
-    return subprocess.Popen([sys.executable, "-m", "msde_ppl.cli", "fit", *args],
+def _start_fit(args, compile_cache=True):
+    env = dict(os.environ)
+    if not compile_cache:  # compile for real, not load the reference's programs
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    return subprocess.Popen([sys.executable, "-m", "msde_ppl.cli", "fit", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -68,7 +71,7 @@ def test_interrupted_then_killed_fit_resumes_bit_identically(data, reference, tm
     second stage (nothing can mark the run); resumed again, it ends bit-identical to the
     uninterrupted fit."""
     run_dir = tmp_path / "run"
-    proc = _start_fit(["--data", str(data), *FIT, "--out", str(run_dir)])
+    proc = _start_fit(["--data", str(data), *FIT, "--out", str(run_dir)], compile_cache=False)
     _wait_for(lambda: (run_dir / "status.json").is_file(), proc)  # set up, not yet compiled
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=240)
@@ -83,6 +86,8 @@ def test_interrupted_then_killed_fit_resumes_bit_identically(data, reference, tm
     with pytest.warns(UserWarning, match="not complete"):
         last = Fitted.load(run_dir)  # the last saved state is there
     assert last.losses.size == status["step"]
+    assert main(["fit", "--resume", str(run_dir), "--steps", "900"]) == 2  # settings are kept
+    assert "takes no other option (got --steps)" in capsys.readouterr().err
 
     proc = _start_fit(["--resume", str(run_dir)])
     ckpt = run_dir / "stages" / "stage1.ckpt.npz"
@@ -157,6 +162,8 @@ def test_a_non_finite_loss_keeps_the_last_good_state(data, tmp_path, capsys):
     assert main(["forecast", str(run_dir), "--data", str(data), "--out",
                  str(tmp_path / "fc")]) == 2
     assert "failed" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(run_dir)]) == 2  # it would fail the same way again
+    assert "resuming would repeat it" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_data_and_non_runs(data, tmp_path, capsys):

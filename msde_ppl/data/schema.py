@@ -17,8 +17,9 @@ A dataset is an ``xarray.Dataset`` with
 Training runs in float32, so validation checks what float32 can hold: field values finite in
 float32, float32 or float64 storage (float16 is refused: 3 significant digits), a time step in
 ``[1e-6, 1e6]`` that float32 times still resolve (steps uniform to 0.1% after the cast). Every
-attribute must be one netCDF stores and reads back unchanged: a string (UTF-8, no NUL), a real
-number (int64 range; not bool), or a non-empty 1-D array of real numbers.
+attribute must be one netCDF stores and reads back with the same values (a one-element array
+comes back as a scalar): a string (UTF-8, no NUL), a real number (int64 range; not bool), or a
+non-empty 1-D array of real numbers.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _check_finite(name: str, var: xr.DataArray) -> None:
         raise SchemaError(
             f"variable {name!r} has {int(big.sum())} value(s) beyond the float32 range "
             f"(|value| > {_FLOAT32_MAX:.3g}; training runs in float32), first at {where}: "
-            f"{values[first]!r}; rescale the field"
+            f"{float(values[first]):.3g}; rescale the field"
         )
 
 
@@ -220,9 +221,7 @@ def _check_attrs(owner: str, attrs: dict) -> None:
         if isinstance(value, (bool, np.bool_)):
             raise SchemaError(f"{what} is a boolean, which netCDF cannot store; use 0 or 1")
         if isinstance(value, (int, float, np.integer, np.floating)):
-            if isinstance(value, (int, np.integer)) and not (
-                    np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max):
-                raise SchemaError(f"{what} = {value} is outside the int64 range netCDF stores")
+            _check_attr_numbers(what, np.asarray(value))
             continue
         if isinstance(value, (list, tuple, np.ndarray)):
             try:
@@ -231,12 +230,24 @@ def _check_attrs(owner: str, attrs: dict) -> None:
                 arr = np.asarray([], dtype=object)
             numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype,
                                                                               np.floating)
-            if arr.ndim == 1 and arr.size > 0 and numeric and arr.dtype != np.float16:
+            if arr.ndim == 1 and arr.size > 0 and numeric:
+                _check_attr_numbers(what, arr)
                 continue
             raise SchemaError(f"{what} is {type(value).__name__} {value!r:.80}: netCDF stores "
                               "only non-empty 1-D arrays of real numbers (int or float32/64)")
         raise SchemaError(f"{what} has type {type(value).__name__}: netCDF stores strings, real "
                           "numbers and 1-D numeric arrays only (no nested or None values)")
+
+
+def _check_attr_numbers(what: str, values: np.ndarray) -> None:
+    """Numbers netCDF reads back unchanged: integers in the int64 range, float32/64."""
+    if values.dtype == np.float16:
+        raise SchemaError(f"{what} is float16, which netCDF cannot store; use float32/64")
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == object:
+        ints = [int(v) for v in np.ravel(values)]
+        info = np.iinfo(np.int64)
+        if any(not info.min <= v <= info.max for v in ints):
+            raise SchemaError(f"{what} holds integers outside the int64 range netCDF stores")
 
 
 def _check_names(names: np.ndarray) -> None:

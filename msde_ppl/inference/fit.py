@@ -494,8 +494,10 @@ def fit(
     extra = checkpoint_extra or {}
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         stored = checkpoint_record(checkpoint_path)["extra"]
-        if stored != json.loads(json.dumps(extra)):
-            changed = sorted(k for k in set(stored) | set(extra) if stored.get(k) != extra.get(k))
+        wanted = json.loads(json.dumps(extra))  # as stored: tuples become lists
+        if stored != wanted:
+            changed = sorted(k for k in set(stored) | set(wanted)
+                             if stored.get(k) != wanted.get(k))
             raise ValueError(f"checkpoint {checkpoint_path} was written by another fit "
                              f"(differs in: {', '.join(changed)}); it cannot be resumed here")
         state, losses = load_checkpoint(checkpoint_path, like=state)

@@ -324,7 +324,15 @@ class Fitted:
         except Exception as err:  # equinox raises several kinds on a mismatch
             raise ValueError(f"{path / 'params.eqx'} does not match the model described by "
                              f"fitted.json (damaged, or from another model): {err}") from err
-        losses = np.load(path / "losses.npy") if (path / "losses.npy").is_file() else np.zeros(0)
+        try:
+            losses = (np.load(path / "losses.npy", allow_pickle=False)
+                      if (path / "losses.npy").is_file() else np.zeros(0))
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{path / 'losses.npy'} is damaged: {err}") from None
+        if "n_steps" in meta and losses.size != meta["n_steps"]:
+            raise ValueError(f"{path / 'losses.npy'} holds {losses.size} steps where "
+                             f"fitted.json records {meta['n_steps']}: the files are from "
+                             "different saves (an interrupted write?)")
         return cls(model, guide, params, losses=losses, grid=meta["grid"],
                    wall_time_s=meta.get("wall_time_s", 0.0), recipe=recipe,
                    train=meta.get("train"), latent_parts=meta.get("latent_parts"))
@@ -348,7 +356,7 @@ def _warn_if_incomplete(path: Path) -> None:
     except ValueError:
         status = {"state": "failed", "reason": "its status file is damaged"}
     if status is not None and status["state"] != "complete":
-        warnings.warn(f"{path} is a run that is not complete (status {describe(status)}); "
+        warnings.warn(f"{path} is a run that is not complete (status {describe(status, path)}); "
                       "this is its last saved state", UserWarning, stacklevel=3)
 
 

@@ -6,7 +6,8 @@ atomically at every change of state::
     {"state": "running" | "failed" | "interrupted" | "complete", "reason": str | null,
      "command": "fit", "pid": 1234, "step": 2440, "stage": 1, "updated": "2026-12-01T21:30:00"}
 
-- ``running``: the command is working on it (or was killed: then ``pid`` is gone);
+- ``running``: the command is working on it, holding an exclusive lock on ``RUN_DIR/.lock``
+  (:class:`RunLock`); if nobody holds the lock, the process was killed;
 - ``failed``: a non-finite loss or another error; ``reason`` names it, and the model files
   hold the last good state;
 - ``interrupted``: SIGINT/SIGTERM; the checkpoint and the model files hold the last state;
@@ -23,14 +24,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from msde_ppl.atomic import write_text
 
-__all__ = ["STATES", "RunIncompleteError", "StopRequest", "describe", "read_status",
+__all__ = ["STATES", "RunIncompleteError", "RunLock", "StopRequest", "describe", "read_status",
            "require_complete", "still_running", "write_status"]
 
 STATUS_FILE = "status.json"
@@ -71,31 +71,57 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
     return status
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.lock`` held while a command writes the run (the
+    kernel releases it when the process ends, SIGKILL included), so a second writer is refused
+    and a reader can tell a live run from a killed one without trusting a pid."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fh = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self._fh = open(self.path, "a")  # noqa: SIM115 - held for the lock's lifetime
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise RunIncompleteError(f"{self.path.parent} is being written by another "
+                                     "process") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()  # releases the lock
+
+
+def _locked(run_dir: str | os.PathLike) -> bool:
+    """Whether another process holds the run's lock."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        with RunLock(run_dir):
+            return False
+    except RunIncompleteError:
         return True
-    return True
+    except OSError:  # a read-only run directory: nobody writes it
+        return False
 
 
-def describe(status: dict) -> str:
+def describe(status: dict, run_dir: str | os.PathLike) -> str:
     """One line saying what state a run is in."""
     state, reason = status["state"], status.get("reason")
-    if state == "running" and not still_running(status):
+    if state == "running" and not still_running(status, run_dir):
         return (f"'running', but its process ({status.get('pid')}) is gone: it was killed "
                 "before it could mark the run")
     return f"{state!r}" + (f": {reason}" if reason else "")
 
 
-def still_running(status: dict | None) -> bool:
-    """Whether a ``running`` status belongs to a live process other than this one."""
-    return (status is not None and status["state"] == "running"
-            and status.get("pid") != os.getpid() and _alive(status.get("pid")))
+def still_running(status: dict | None, run_dir: str | os.PathLike) -> bool:
+    """Whether a ``running`` run is being written by a live process (it holds the lock)."""
+    return status is not None and status["state"] == "running" and _locked(run_dir)
 
 
 def require_complete(run_dir: str | os.PathLike, allow_incomplete: bool = False) -> dict | None:
@@ -108,19 +134,19 @@ def require_complete(run_dir: str | os.PathLike, allow_incomplete: bool = False)
     status = read_status(run_dir)
     if status is None or status["state"] == "complete":
         return status
-    if still_running(status):
+    if still_running(status, run_dir):
         raise RunIncompleteError(f"{run_dir} is still being written (process "
                                  f"{status.get('pid')} is running)")
     if not allow_incomplete:
-        if status["state"] == "failed":
+        if status["state"] == "failed" and status.get("non_finite"):
             hint = "fit it again (another setting, e.g. a smaller --lr)"
         elif status.get("command") == "fit":
             hint = f"continue it with `msde fit --resume {run_dir}`"
         else:
             hint = "run it again"
         raise RunIncompleteError(
-            f"{run_dir} is not complete: its status is {describe(status)}; {hint}, or pass "
-            "--allow-incomplete to use its last saved state")
+            f"{run_dir} is not complete: its status is {describe(status, run_dir)}; {hint}, or "
+            "pass --allow-incomplete to use its last saved state")
     return status
 
 
@@ -151,8 +177,9 @@ class StopRequest:
             finally:
                 os._exit(128 + signum)  # no interpreter teardown while XLA threads run
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping at the next safe point (send it "
-              "again to abort now)", file=sys.stderr, flush=True)
+        note = (f"\n{signal.Signals(signum).name}: stopping at the next safe point (send it "
+                "again to abort now)\n")
+        os.write(2, note.encode())  # not print: the signal may land inside another write
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):

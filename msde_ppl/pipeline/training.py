@@ -433,6 +433,10 @@ def fit_progressive(
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+        stale = sorted(p.name for p in folder.glob("stage*"))
+        if stale and not resume:
+            raise FileExistsError(f"{folder} already holds {', '.join(stale)} of an earlier fit; "
+                                  "resume it (resume=True) or choose another checkpoint_dir")
     fitted: list[Fitted] = []
     for i, (n_micro, train) in enumerate(stages):
         done = None if folder is None else folder / f"stage{i}"
