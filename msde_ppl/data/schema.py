@@ -159,24 +159,17 @@ def _check_float(name: str, var: xr.DataArray) -> None:
 
 
 def _check_finite(name: str, var: xr.DataArray) -> None:
+    """Finite values, all within the float32 range (training runs in float32)."""
     values = np.asarray(var.values)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        where = ", ".join(f"{d}={i}" for d, i in zip(var.dims, first, strict=True))
-        raise SchemaError(
-            f"variable {name!r} has {int(bad.sum())} non-finite value(s) (NaN or inf); "
-            f"first at {where}"
-        )
-    big = np.abs(values) > _FLOAT32_MAX
-    if big.any():
-        first = tuple(int(i) for i in np.argwhere(big)[0])
-        where = ", ".join(f"{d}={i}" for d, i in zip(var.dims, first, strict=True))
-        raise SchemaError(
-            f"variable {name!r} has {int(big.sum())} value(s) beyond the float32 range "
-            f"(|value| > {_FLOAT32_MAX:.3g}; training runs in float32), first at {where}: "
-            f"{float(values[first]):.3g}; rescale the field"
-        )
+    for bad, what in ((~np.isfinite(values), "non-finite value(s) (NaN or inf)"),
+                      (np.abs(values) > _FLOAT32_MAX,
+                       f"value(s) beyond the float32 range (|value| > {_FLOAT32_MAX:.3g}; "
+                       "training runs in float32; rescale the field)")):
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = ", ".join(f"{d}={i}" for d, i in zip(var.dims, first, strict=True))
+            raise SchemaError(f"variable {name!r} has {int(bad.sum())} {what}; first at {where}: "
+                              f"{float(values[first]):.3g}")
 
 
 def _check_time_step(ds: xr.Dataset) -> None:
