@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--substeps", type=_positive_int, default=1,
                     help="integrator steps per data interval (default 1)")
     fc.add_argument("--out", required=True, type=Path, help="output directory to create")
+    fc.add_argument("--calibrate-on", metavar="SPLIT", default=None,
+                    help="fit a post-hoc spread factor per lead time on SPLIT (e.g. val; by "
+                    "CRPS), apply it to the forecast and add the calibrated scores to "
+                    "metrics.json (forecast.nc is then the calibrated forecast)")
     fc.add_argument("--allow-incomplete", action="store_true",
                     help="also forecast a run that failed or was interrupted (its last saved "
                     "state)")
@@ -583,8 +587,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         if list(grid_shape(ds)) != list(f.grid["fine_shape"]):
             raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
                              f"{tuple(f.grid['fine_shape'])} ({run_dir})")
+    if args.calibrate_on is not None and args.calibrate_on == args.split:
+        raise ValueError(f"--calibrate-on {args.calibrate_on} is the split being scored; "
+                         "calibrate on another one (e.g. val)")
     fc, metrics = score(fits, ds, split=args.split, n_samples=args.samples, seed=args.seed,
-                        integrator=args.integrator, substeps=args.substeps)
+                        integrator=args.integrator, substeps=args.substeps,
+                        calibrate_on=args.calibrate_on)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     report = {"model": metrics}
@@ -597,7 +605,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     report["meta"] = _meta(ds, grid_shape(ds), args.seed)
     _write_metrics(out / "metrics.json", report)
     print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
-          f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}")
+          f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}; "
+          f"spread/skill {metrics['spread_skill']:.2f}")
+    if "calibrated" in metrics:
+        cal = metrics["calibrated"]
+        print(f"calibrated on {cal['fitted_on']}: CRPS {cal['crps']:.3g}; 90% coverage "
+              f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}")
     if not metrics["finite"]:
         print("warning: the forecast holds non-finite values (it diverged); its scores are "
               "not finite", file=sys.stderr)

@@ -94,8 +94,18 @@ curve = checks.coverage_from_bounds(fc)
 fig = plots.plot_coverage(curve)
 plt.show()
 
+# %% [markdown]
+# Neighbouring grid points and lead times share their errors, so the coverage band uses
+# batch-means standard errors over blocks (trajectories, or runs of lead times), and the PIT
+# test a design-effect correction from 10 runs of consecutive lead times (lead time first).
+
 # %%
-pit = checks.pit_histogram(checks.pit_values(fc["samples"].transpose("sample", ...), fc["obs"]))
+pit = checks.pit_histogram(
+    checks.pit_values(fc["samples"].transpose("sample", "time", ...),
+                      fc["obs"].transpose("time", ...)),
+    n_blocks=10,
+)
+print(f"PIT design effect {pit['design_effect']:.3g}, effective sample size {pit['n_eff']:.0f}")
 fig = plots.plot_pit(pit)
 plt.show()
 

@@ -25,9 +25,9 @@ from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
-from scipy import special, stats
+from scipy import stats
 
-from msde_ppl.predict.metrics import crps_ensemble, interval_coverage
+from msde_ppl.predict.metrics import crps_ensemble, crps_gaussian, interval_coverage
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -48,13 +48,50 @@ __all__ = [
 DEFAULT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
-def _curve(levels: np.ndarray, empirical: np.ndarray, n: int) -> xr.Dataset:
-    se = np.sqrt(levels * (1 - levels) / n)
+def _block_se(inside: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Batch-means standard error of coverage fractions: ``inside`` is ``(levels, K, m)`` with
+    the values of ``K`` blocks (trajectories, or runs of consecutive lead times) along axis 1;
+    the spread of the block fractions measures the uncertainty of their mean whatever the
+    correlation inside a block."""
+    fractions = inside.reshape(inside.shape[0], n_blocks, -1).mean(-1)
+    return fractions.std(axis=1, ddof=1) / np.sqrt(n_blocks)
+
+
+def _blocked(inside: xr.DataArray, first: str, n_blocks: int) -> tuple[np.ndarray, int, str]:
+    """``(levels, K, m)`` values of ``inside`` (dims ``first, ...``) in ``K`` blocks: one per
+    trajectory when there are at least ``n_blocks`` of them, else ``n_blocks`` runs of
+    consecutive lead times (trailing values that do not fill a run are dropped)."""
+    if "traj" in inside.dims and inside.sizes["traj"] >= n_blocks:
+        arr = np.asarray(inside.transpose(first, "traj", ...))
+        return arr.reshape(arr.shape[0], arr.shape[1], -1), arr.shape[1], "trajectories"
+    if "time" in inside.dims and inside.sizes["time"] >= 2 * n_blocks:
+        arr = np.asarray(inside.transpose(first, "time", ...))
+        per = arr.shape[1] // n_blocks
+        arr = arr[:, : per * n_blocks].reshape(arr.shape[0], n_blocks, -1)
+        return arr, n_blocks, f"runs of {per} consecutive lead times"
+    arr = np.asarray(inside)
+    return arr.reshape(arr.shape[0], 1, -1), 1, ""
+
+
+def _curve(levels: np.ndarray, inside: xr.DataArray, first: str, n_blocks: int) -> xr.Dataset:
+    """Coverage curve from the indicators ``inside`` (dims ``first, *data dims``)."""
+    n = int(np.prod([inside.sizes[d] for d in inside.dims if d != first]))
+    empirical = np.asarray(inside).reshape(len(levels), -1).mean(1)
+    binomial = np.sqrt(levels * (1 - levels) / n)
+    blocks, k, kind = _blocked(inside, first, n_blocks)
+    if k >= 2:
+        se = np.maximum(_block_se(blocks, k), binomial)
+        how = (f"se = batch-means standard error over {k} blocks ({kind}; the fractions of "
+               "neighbouring grid points and times are correlated), at least the binomial one")
+    else:
+        se = binomial
+        how = ("se = binomial standard error sqrt(p (1 - p) / n), which assumes independent "
+               "values and so overstates the certainty for correlated fields")
     return xr.Dataset(
         {"empirical": (("level",), empirical), "se": (("level",), se)},
         coords={"level": levels},
-        attrs={"n": n, "description": "fraction of observations inside central intervals; "
-               "se = binomial standard error sqrt(p (1 - p) / n) at the nominal level"},
+        attrs={"n": n, "n_blocks": k,
+               "description": "fraction of observations inside central intervals; " + how},
     )
 
 
@@ -64,6 +101,7 @@ def coverage_curve(
     levels: Sequence[float] = DEFAULT_LEVELS,
     *,
     sample_dim: str = "sample",
+    n_blocks: int = 10,
 ) -> xr.Dataset:
     """Empirical coverage of the ensemble's central intervals at each nominal ``level``.
 
@@ -72,31 +110,35 @@ def coverage_curve(
         obs: observations (dims of ``samples`` without ``sample_dim``).
         levels: nominal probabilities in (0, 1).
         sample_dim: name of the ensemble dimension.
+        n_blocks: blocks for the standard error: trajectories if there are at least this many,
+            else this many runs of consecutive lead times.
 
     Returns:
-        Dataset over ``level`` with ``empirical`` and ``se`` (binomial standard error).
+        Dataset over ``level`` with ``empirical`` and ``se``: the batch-means standard error
+        over the blocks (not the binomial one, which treats correlated grid points and times
+        as independent; the binomial is used only when there is no ``traj``/``time`` dim).
     """
     probs = _check_levels(levels)
     lower = samples.quantile((1 - probs) / 2, dim=sample_dim)
     upper = samples.quantile((1 + probs) / 2, dim=sample_dim)
     upper = upper.assign_coords(quantile=lower["quantile"].values)  # pair bounds by position
     inside = ((obs >= lower) & (obs <= upper)).transpose("quantile", ...)
-    empirical = np.asarray(inside).reshape(len(probs), -1).mean(1)
-    return _curve(probs, empirical, int(obs.size))
+    return _curve(probs, inside, "quantile", n_blocks)
 
 
-def coverage_from_bounds(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
+def coverage_from_bounds(fc: xr.Dataset, obs_var: str = "obs", n_blocks: int = 10,
+                         ) -> xr.Dataset:
     """Coverage curve of a forecast that has ``lower``/``upper`` over ``level`` (from
-    ``forecast(..., levels=...)``), or only ``q05``/``q95`` (one level, 0.9)."""
+    ``forecast(..., levels=...)``), or only ``q05``/``q95`` (one level, 0.9); standard errors as
+    in :func:`coverage_curve`."""
     obs = fc[obs_var]
     if "lower" in fc:
         probs = np.asarray(fc["level"].values, np.float64)
-        inside = (obs >= fc["lower"]) & (obs <= fc["upper"])
-        empirical = np.asarray(inside.transpose("level", ...)).reshape(len(probs), -1).mean(1)
+        inside = ((obs >= fc["lower"]) & (obs <= fc["upper"])).transpose("level", ...)
     else:
         probs = np.array([0.9])
-        empirical = np.array([interval_coverage(obs, fc["q05"], fc["q95"])])
-    return _curve(probs, empirical, int(obs.size))
+        inside = ((obs >= fc["q05"]) & (obs <= fc["q95"])).expand_dims("level")
+    return _curve(probs, inside, "level", n_blocks)
 
 
 def _check_levels(levels: Sequence[float]) -> np.ndarray:
@@ -132,14 +174,47 @@ def pit_values(
     return ((rank + rng.uniform(size=below.shape)) / (n_draws + 1)).ravel()
 
 
-def pit_histogram(pit: np.ndarray, bins: int = 10) -> dict:
-    """Counts of PIT values in ``bins`` equal bins, the uniform expectation and the chi-square
-    goodness-of-fit p-value (independent values assumed)."""
-    counts, edges = np.histogram(np.asarray(pit), bins=bins, range=(0.0, 1.0))
+def pit_histogram(pit: np.ndarray, bins: int = 10, n_blocks: int | None = None) -> dict:
+    r"""Counts of PIT values in ``bins`` equal bins, the uniform expectation and a chi-square
+    goodness-of-fit p-value.
+
+    With ``n_blocks``, ``pit`` (in the order :func:`pit_values` returns it) is cut into that
+    many consecutive blocks (put the lead-time or trajectory dim first so that a block is a run
+    of them) and the statistic is corrected for the correlation of neighbouring values by the
+    second-order Rao–Scott (Satterthwaite) correction: with :math:`V` the covariance of the
+    bin fractions estimated from the spread of the blocks' fractions and
+    :math:`D = n\,\operatorname{diag}(1/p)\,V` (:math:`p = 1/\text{bins}`), the statistic
+    :math:`X^2\,\operatorname{tr}D/\operatorname{tr}D^2` is referred to a chi-square with
+    :math:`(\operatorname{tr}D)^2/\operatorname{tr}D^2` degrees of freedom;
+    ``design_effect`` is :math:`\operatorname{tr}D/(\text{bins}-1)` and ``n_eff = n /
+    design_effect``. Without it the values are assumed independent, which for a forecast field
+    overstates the evidence against uniformity by a large factor.
+    """
+    pit = np.asarray(pit).ravel()
+    counts, edges = np.histogram(pit, bins=bins, range=(0.0, 1.0))
     expected = counts.sum() / bins
     chi2 = float(((counts - expected) ** 2 / expected).sum())
+    deff, p_value = 1.0, float(stats.chi2.sf(chi2, bins - 1))
+    if n_blocks is not None:
+        k = int(n_blocks)
+        if k < 2:
+            raise ValueError(f"n_blocks must be at least 2, got {n_blocks}")
+        per = pit.size // k
+        blocks = pit[: per * k].reshape(k, per)
+        fractions = np.stack([np.histogram(b, bins=bins, range=(0.0, 1.0))[0] / per
+                              for b in blocks])  # (K, bins)
+        cov = np.cov(fractions, rowvar=False) / k  # covariance of the pooled fractions
+        design = pit.size * cov * bins  # n diag(1/p) V
+        trace, trace_sq = float(np.trace(design)), float(np.sum(design * design.T))
+        if trace > 0 and trace_sq > 0:
+            deff = max(trace / (bins - 1), 1.0)
+            dof = trace**2 / trace_sq
+            scale = trace / trace_sq
+            if deff == 1.0:  # never claim more certainty than independent values
+                dof, scale = bins - 1, 1.0
+            p_value = float(stats.chi2.sf(chi2 * scale, dof))
     return {"counts": counts, "edges": edges, "expected": float(expected), "chi2": chi2,
-            "p_value": float(stats.chi2.sf(chi2, bins - 1))}
+            "design_effect": deff, "n_eff": float(pit.size / deff), "p_value": p_value}
 
 
 def spread_skill(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
@@ -149,16 +224,6 @@ def spread_skill(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
     spread = np.sqrt((fc["std"].astype(np.float64) ** 2).mean(dims))
     rmse = np.sqrt(((fc[obs_var].astype(np.float64) - fc["mean"]) ** 2).mean(dims))
     return xr.Dataset({"spread": spread, "rmse": rmse, "ratio": spread / rmse})
-
-
-def crps_gaussian(mean: np.ndarray, std: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    r"""CRPS of :math:`\mathcal N(\mu, \sigma^2)` at ``obs``: :math:`\sigma[z(2\Phi(z)-1) +
-    2\varphi(z) - 1/\sqrt\pi]`, :math:`z = (y-\mu)/\sigma`."""
-    mean, std, obs = (np.asarray(a, np.float64) for a in (mean, std, obs))
-    z = (obs - mean) / std
-    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
-    cdf = 0.5 * (1 + special.erf(z / np.sqrt(2)))
-    return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
 
 
 class ConvergenceCheck(NamedTuple):

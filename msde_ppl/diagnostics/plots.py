@@ -312,13 +312,15 @@ def plot_elbo_trace(losses: np.ndarray, check: object | None = None,
 
 def plot_coverage(curve: xr.Dataset, label: str = "forecast") -> plt.Figure:
     """Empirical vs nominal coverage of central intervals (from
-    :func:`~msde_ppl.diagnostics.checks.coverage_curve`) with the ±2 binomial-SE band of a
-    calibrated forecast around the diagonal."""
+    :func:`~msde_ppl.diagnostics.checks.coverage_curve`) with the ±2 SE band of a calibrated
+    forecast around the diagonal (the curve's correlation-aware, batch-means SE)."""
     levels = curve["level"].values
     fig, ax = plt.subplots(figsize=(4.6, 4.4), constrained_layout=True)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     ax.fill_between(levels, levels - 2 * curve["se"].values, levels + 2 * curve["se"].values,
-                    color="0.8", lw=0, label="±2 binomial SE")
+                    color="0.8", lw=0,
+                    label="±2 SE" + (f" ({curve.attrs['n_blocks']} blocks)"
+                                     if curve.attrs.get("n_blocks", 1) > 1 else " (binomial)"))
     ax.plot(levels, curve["empirical"].values, "o-", color="C0", label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -341,7 +343,9 @@ def plot_pit(hist: dict) -> plt.Figure:
     ax.set_xlim(0, 1)
     ax.set_xlabel("PIT value (rank of the observation in the ensemble)")
     ax.set_ylabel("density")
-    ax.set_title(f"PIT histogram (chi-square uniformity p = {hist['p_value']:.2g})")
+    deff = hist.get("design_effect", 1.0)
+    ax.set_title(f"PIT histogram (uniformity p = {hist['p_value']:.2g}"
+                 + (f", design effect {deff:.3g})" if deff > 1 else ")"))
     ax.legend(fontsize=8)
     return fig
 

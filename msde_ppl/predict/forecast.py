@@ -269,6 +269,7 @@ def forecast(
     n_steps: int | None = None,
     levels: Sequence[float] | None = None,
     return_samples: bool = False,
+    spread_factor: float | Sequence[float] | np.ndarray | None = None,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
 
@@ -288,6 +289,12 @@ def forecast(
     - ``return_samples``: adds ``samples`` (dims ``("sample", *data dims)``), the predictive
       draws, one per member (memory: ``n_samples`` fields).
 
+    ``spread_factor`` (a scalar, or one value per output time) inflates every predictive draw's
+    deviation from the ensemble mean, :math:`\bar y + c(\tau)(y^{(s)} - \bar y)`, before
+    any statistic is taken (``std`` is multiplied by :math:`c`; the mean, the latent
+    statistics and ``macro``/``micro`` are unchanged): the post-hoc calibration of
+    :mod:`msde_ppl.predict.calibration`, fitted on the validation split.
+
     Returns:
         ``xarray.Dataset`` with ``mean``, ``std``, ``q05``, ``q95`` on the data's dims (and,
         for the product-of-experts likelihood, ``macro`` and ``micro``: ensemble means of
@@ -305,6 +312,14 @@ def forecast(
     n_out = y.shape[1]
     if n_out < 2:
         raise ValueError(f"a forecast needs at least 2 snapshots, got {n_out}")
+    factor = None
+    if spread_factor is not None:
+        factor = np.broadcast_to(np.asarray(spread_factor, np.float64), (n_out,)) \
+            if np.ndim(spread_factor) == 0 else np.asarray(spread_factor, np.float64)[:n_out]
+        if factor.shape != (n_out,) or not (np.isfinite(factor).all() and (factor > 0).all()):
+            raise ValueError(f"spread_factor must be a positive scalar or {n_out} positive "
+                             f"values (one per output time), got shape "
+                             f"{np.shape(spread_factor)}")
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
 
     keys = jax.random.split(rng_key, y.shape[0])
@@ -315,6 +330,11 @@ def forecast(
                 for ensemble, k in zip(ensembles, fit_keys, strict=True)]
         draws, summary = runs[0] if len(runs) == 1 else _mixture(runs)
         draws = draws[:n_out]  # (T, R * S, C, *fine)
+        if factor is not None:
+            c = np.reshape(factor, (n_out,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
+            mean = summary["mean"][:, None]
+            draws = mean + c * (draws - mean)
+            summary["std"] = summary["std"] * c[:, 0]
         summary.update(_sample_statistics(draws, y_traj))
         if levels is not None:
             summary.update(_interval_bounds(draws, levels))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy import special
 
 
 def relative_l2(truth: xr.DataArray, pred: xr.DataArray) -> xr.DataArray:
@@ -65,6 +66,16 @@ def crps_ensemble(samples: np.ndarray, obs: np.ndarray, *, sample_axis: int = 0)
     return crps_sorted(draws, np.asarray(obs, np.float64))
 
 
+def crps_gaussian(mean: np.ndarray, std: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    r"""CRPS of :math:`\mathcal N(\mu, \sigma^2)` at ``obs``: :math:`\sigma[z(2\Phi(z)-1) +
+    2\varphi(z) - 1/\sqrt\pi]`, :math:`z = (y-\mu)/\sigma`."""
+    mean, std, obs = (np.asarray(a, np.float64) for a in (mean, std, obs))
+    z = (obs - mean) / std
+    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
+    cdf = 0.5 * (1 + special.erf(z / np.sqrt(2)))
+    return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
+
+
 def interval_coverage(obs, lower, upper) -> float:
     """Fraction of ``obs`` inside ``[lower, upper]`` (NaN if any value is not finite)."""
     obs, lower, upper = (np.asarray(a, np.float64) for a in (obs, lower, upper))
@@ -74,7 +85,8 @@ def interval_coverage(obs, lower, upper) -> float:
 
 
 def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
-    """Rel-L2 of the mean (vs noisy and clean data), CRPS and 90% coverage of a forecast of
+    """Rel-L2 of the mean (vs noisy and clean data), CRPS, 90% coverage and the spread-skill
+    ratio (RMS ``std`` over the RMSE of the mean, both pooled over every value) of a forecast of
     :func:`msde_ppl.forecast` over its first ``eval_steps`` times (docs/method.md §7)."""
     n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
     window = fc.isel(time=slice(0, n))
@@ -86,6 +98,10 @@ def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
         result["rel_l2_clean_std"] = clean["std"]
     result["coverage_90"] = interval_coverage(window["obs"], window["q05"], window["q95"])
     result["crps"] = float(np.asarray(window["crps"].values, np.float64).mean())
+    std = np.asarray(window["std"].values, np.float64)
+    error = np.asarray(window["obs"].values, np.float64) - np.asarray(window["mean"].values,
+                                                                        np.float64)
+    result["spread_skill"] = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
     finite = all(np.isfinite(np.asarray(window[v].values)).all() for v in ("mean", "std"))
     result["finite"] = bool(finite)
     return result

@@ -123,3 +123,26 @@ def test_a_user_program_is_loaded_by_reference(data, tmp_path):
     fc = msde.forecast(jax.random.key(1), fitted, data, n_samples=16)
     np.testing.assert_allclose(msde.forecast(jax.random.key(1), again, data, n_samples=16)["mean"],
                                fc["mean"], rtol=1e-6)
+
+
+def test_spread_factor_inflates_the_members_around_their_mean(data):
+    """Same key, with and without a per-lead-time factor c: the mean is unchanged, the std and
+    the distance of every quantile from the mean are multiplied by c (the deviations of the
+    same members are), and a bad factor is refused by name."""
+    fitted = _fitted(data, as_leaf=False)
+    factor = np.linspace(0.5, 3.0, T_OUT)
+    plain = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=256)
+    wide = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=256,
+                         spread_factor=factor)
+    np.testing.assert_allclose(wide["mean"], plain["mean"], rtol=1e-6)
+    c = factor[None, :, None]
+    np.testing.assert_allclose(wide["std"], c * plain["std"], rtol=1e-5)
+    for q in ("q05", "q95"):
+        np.testing.assert_allclose(wide[q] - wide["mean"], c * (plain[q] - plain["mean"]),
+                                   rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="spread_factor"):
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
+                      spread_factor=np.ones(T_OUT - 1))
+    with pytest.raises(ValueError, match="spread_factor"):
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
+                      spread_factor=-1.0)
