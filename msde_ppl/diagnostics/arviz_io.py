@@ -38,6 +38,7 @@ variational scales have not moved from their initial value (``stale_scales``).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import arviz_base as azb
@@ -234,6 +235,7 @@ def summary(
     *,
     ci_prob: float = 0.9,
     kind: str = "stats",
+    warn: bool = True,
 ) -> pd.DataFrame:
     """``arviz_stats.summary`` of the global parameters (default: every global site of the
     program, :func:`global_sites`): mean, sd and the ``ci_prob`` equal-tailed interval per
@@ -241,10 +243,24 @@ def summary(
 
     ``kind="stats"`` by default: SVI draws are independent, so the MCMC diagnostics (R-hat, ESS)
     carry no information here.
+
+    Sites whose variational scales are still within 5% of their initial value (the tree's
+    ``stale_scales``) are flagged: a ``scale_at_init`` column is ``True`` on their rows and
+    (``warn=True``) a ``UserWarning`` names them (their intervals show the guide's initial
+    width, not a learned uncertainty).
     """
     wanted = list(var_names) if var_names is not None else global_sites(tree)
     names = [v for v in wanted if v in tree["posterior"]]
     if not names:
         raise ValueError(f"none of {wanted} is in the posterior")
-    return azs.summary(tree, var_names=names, kind=kind, ci_prob=ci_prob, ci_kind="eti",
-                       round_to="none")
+    table = azs.summary(tree, var_names=names, kind=kind, ci_prob=ci_prob, ci_kind="eti",
+                        round_to="none")
+    stale = {k: v for k, v in json.loads(tree.attrs.get("stale_scales", "{}")).items()
+             if k in names}
+    table["scale_at_init"] = [str(i).split("[")[0] in stale for i in table.index]
+    if stale and warn:
+        warnings.warn("the variational scales of " + ", ".join(
+            f"{k} ({v:.0%} of its coordinates)" for k, v in stale.items())
+            + " are still within 5% of their initial value: their intervals show the guide's "
+            "initial width, not a learned uncertainty", UserWarning, stacklevel=2)
+    return table

@@ -135,7 +135,7 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     tree = arviz_io.to_datatree(fitted, ds, fc, split="test", traj=0, n_draws=n_draws,
                                 seed=seed)
     arviz_io.save_datatree(tree, out / f"{key}_posterior.nc")
-    table = arviz_io.summary(tree)
+    table = arviz_io.summary(tree, warn=False)  # the warning is written below
     lines += ["", "### Posterior of the global parameters (ArviZ)", "",
               f"Variational posterior, {n_draws} draws; latent paths over a window of "
               f"{tree.attrs['window_length']} snapshots of test trajectory 0 "

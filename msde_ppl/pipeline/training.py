@@ -9,12 +9,12 @@ Recipe (docs/method.md §5; defaults are the reference's):
   reference's scale), KL-rate integral by the reference's ``T_B mean_i`` rule, with a linear
   KL warm-up over ``warmup_steps``;
 - optimiser: Adam, learning rate ``lr`` decayed by 10% every 2000 steps (continuously), as the
-  reference; gradient norm clipped at ``clip_norm``. The variational parameters of the global
-  sites (``loc`` and ``scale`` of their mean-field Normals) take ``global_lr_factor`` times
-  larger steps: with Adam a parameter moves at most about ``lr`` per step, and a well-determined
-  global's posterior scale must travel from the guide's initial 0.1 to a few 1e-3 (a change
-  of ~3.5 in its softplus-unconstrained value), which at ``lr = 1e-3`` takes more steps than a
-  fit has; the networks' steps are unchanged;
+  reference; gradient norm clipped at ``clip_norm``. The posterior scales of the global sites
+  (the ``scale`` of their mean-field Normals) take ``global_lr_factor`` times larger steps:
+  with Adam a parameter moves at most about ``lr`` per step, and a well-determined global's
+  posterior scale must travel from the guide's initial 0.1 to a few 1e-3 (a change of ~3.5 in
+  its softplus-unconstrained value), which at ``lr = 1e-3`` takes more steps than a fit has;
+  every other parameter (the globals' locations included) keeps ``lr``;
 - ``data_parallel=True`` shards the windows of every step over ``jax.devices()``.
 
 Faults (docs/reliability.md): every fit can write checkpoints (``checkpoint_path``; a
@@ -165,15 +165,14 @@ def _objective(train: TrainConfig, guide: AutoAmortizedSDE):
     schedule = optax.exponential_decay(train.lr, train.decay_steps, train.decay_rate)
 
     def labels(params: dict) -> dict:  # called at optimiser init, after the guide's set-up
-        names = {n for site in guide.global_sites
-                 for n in global_param_names(site, guide.prefix)}
-        return {k: "global" if k in names else "network" for k in params}
+        names = {global_param_names(site, guide.prefix)[1] for site in guide.global_sites}
+        return {k: "global_scale" if k in names else "rest" for k in params}
 
     optimizer = optax.chain(
         optax.clip_by_global_norm(train.clip_norm),
         optax.multi_transform(
-            {"network": optax.adam(schedule),
-             "global": optax.adam(lambda step: train.global_lr_factor * schedule(step))},
+            {"rest": optax.adam(schedule),
+             "global_scale": optax.adam(lambda step: train.global_lr_factor * schedule(step))},
             labels),
     )
     beta = None

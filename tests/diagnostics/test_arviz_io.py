@@ -70,7 +70,7 @@ def test_latent_split_and_decoding_are_consistent(tiny_tree, tiny_fit, tiny_ds):
 
 
 def test_global_parameter_summary_matches_lognormal_posterior(tiny_tree, tiny_fit):
-    table = arviz_io.summary(tiny_tree)
+    table = arviz_io.summary(tiny_tree, warn=False)
     assert len(table) == (N_MACRO + N_MICRO) + 2  # diffusion per latent coordinate, 2 obs variances
     assert {"mean", "sd"} <= set(table.columns)
     # LogNormal(loc, scale) moments from the guide's own quantiles (median = exp(loc), the
@@ -81,6 +81,16 @@ def test_global_parameter_summary_matches_lognormal_posterior(tiny_tree, tiny_fi
     sd = mean * np.sqrt(np.expm1(scale**2))
     got = table["mean"].to_numpy()[: (N_MACRO + N_MICRO)]
     assert np.all(np.abs(got - mean) < 5 * sd / np.sqrt(N_DRAWS))
+
+
+def test_summary_flags_scales_left_at_their_initial_value(tiny_tree, tiny_fit):
+    stale = tiny_fit.stale_scales()
+    assert stale, "a few-step fit leaves some scales at their initial value"
+    with pytest.warns(UserWarning, match="initial value") as record:
+        table = arviz_io.summary(tiny_tree)
+    assert all(name in str(record[0].message) for name in stale)
+    site = table.index.map(lambda i: str(i).split("[")[0])
+    np.testing.assert_array_equal(table["scale_at_init"].to_numpy(), site.isin(list(stale)))
 
 
 def test_netcdf_round_trip(tiny_tree, tmp_path):

@@ -69,3 +69,29 @@ def test_a_user_program_needs_its_code_to_load(tiny_fit, tmp_path):
                                                          tiny_fit.modules.encoder))
     np.testing.assert_array_equal(again.params["diffusion_auto_loc"],
                                   tiny_fit.params["diffusion_auto_loc"])
+
+
+def test_recipe_gives_the_global_scales_larger_steps(tiny_fit):
+    """Adam's first step moves every parameter by ~lr (sign of the gradient): the globals'
+    posterior scales by global_lr_factor * lr, everything else (their locations included) by lr."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from msde_ppl.inference.param_store import global_param_names
+    from msde_ppl.pipeline.training import TrainConfig, _check_train, _objective
+
+    train = dataclasses.replace(TrainConfig(), global_lr_factor=7.0)
+    _, optimizer, _ = _objective(train, tiny_fit.guide)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in tiny_fit.params.items()
+              if jnp.issubdtype(jnp.result_type(v), jnp.floating)}
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    scales = {global_param_names(s)[1] for s in tiny_fit.global_sites}
+    locs = {global_param_names(s)[0] for s in tiny_fit.global_sites}
+    assert scales and locs
+    for name, step in updates.items():
+        expected = 7.0 * train.lr if name in scales else train.lr
+        np.testing.assert_allclose(np.abs(np.asarray(step)), expected, rtol=1e-3, err_msg=name)
+    with pytest.raises(ValueError, match="global_lr_factor"):
+        _check_train(dataclasses.replace(train, global_lr_factor=0.0))
