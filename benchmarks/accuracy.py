@@ -66,7 +66,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
                         for i, (m, w) in enumerate(zip(members, walls, strict=True))] + labelled
         for label, fitted, wall in labelled:
             _, metrics = score(fitted, ds, split=args.split, n_samples=64, seed=args.seed,
-                               integrator=args.integrator)
+                               integrator=args.integrator,
+                               calibrate_on="val" if args.split != "val" else None)
             metrics.update(train_wall_s=wall, forecast_wall_s=metrics["forecast_wall_time_s"],
                            steps=steps * len(fitted))
             if args.physics and key == "multiscale":
@@ -106,9 +107,12 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         f"Machine: {platform.processor() or ''} "
         f"{os.cpu_count()} cores.",
         "",
-        "| case | model | rel-L2 vs noisy | rel-L2 vs clean | CRPS | 90% coverage | train s | "
-        "reference |",
-        "|---|---|---|---|---|---|---|---|",
+        "CRPS / 90% coverage / spread-skill: uncalibrated, then (after →) with the spread "
+        "factor fitted on the val split (docs/calibration.md).",
+        "",
+        "| case | model | rel-L2 vs noisy | rel-L2 vs clean | CRPS | 90% coverage | "
+        "spread/skill | train s | reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, res in results.items():
         ref = REFERENCE.get(case, (None, None))
@@ -119,20 +123,27 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
             m = res[key]
             if args.fits > 1 and " " not in key:
                 key = f"{key}, {args.fits}-seed ensemble"
+            cal = m.get("calibrated")
+            cal = None if cal is None or "skipped" in cal else cal
+
+            def pair(name, fmt, m=m, cal=cal):
+                return f"{m[name]:{fmt}}" + (f" → {cal[name]:{fmt}}" if cal else "")
+
             lines.append(
                 f"| {case} | {key} | {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f} | "
-                f"{m.get('rel_l2_clean_mean', float('nan')):.4f} | {m['crps']:.4g} | "
-                f"{m['coverage_90']:.3f} | {m['train_wall_s']:.0f} | {r_ref} |"
+                f"{m.get('rel_l2_clean_mean', float('nan')):.4f} | {pair('crps', '.4g')} | "
+                f"{pair('coverage_90', '.3f')} | {pair('spread_skill', '.2f')} | "
+                f"{m['train_wall_s']:.0f} | {r_ref} |"
             )
             if "physics" in m:
                 c = m["physics"]
                 lines.append(f"| {case} | {key}: effective {c['site']} | median {c['median']:.4g}, "
                              f"90% [{c['q05']:.4g}, {c['q95']:.4g}] | generator {c['generator']} "
-                             "| | | | |")
+                             "| | | | | |")
         dns = res["coarse_dns"]
         lines.append(f"| {case} | coarse DNS | {dns['rel_l2_mean']:.4f} ± {dns['rel_l2_std']:.4f} "
-                     f"| {dns['rel_l2_clean_mean']:.4f} | | | | |")
-        lines.append(f"| {case} | noise floor | {res['noise_floor']:.4f} | 0 | | | | |")
+                     f"| {dns['rel_l2_clean_mean']:.4f} | | | | | |")
+        lines.append(f"| {case} | noise floor | {res['noise_floor']:.4f} | 0 | | | | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -358,6 +358,12 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     for key in ("multiscale", "implicit_scale", "coarse_dns"):
         m = metrics[key]
         print(f"  {key:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}")
+    print("90% coverage and spread/skill on the test split (uncalibrated -> calibrated on val):")
+    for key in ("multiscale", "implicit_scale"):
+        m, cal = metrics[key], metrics[key].get("calibrated")
+        after = (f" -> {cal['coverage_90']:.2f}, {cal['spread_skill']:.2f}"
+                 if cal and "skipped" not in cal else "")
+        print(f"  {key:15s} {m['coverage_90']:.2f}, {m['spread_skill']:.2f}{after}")
 
 
 def _write_posterior(fitted, ds, path: Path, seed: int) -> None:
@@ -607,7 +613,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
           f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}; "
           f"spread/skill {metrics['spread_skill']:.2f}")
-    if "calibrated" in metrics:
+    if "calibrated" in metrics and "skipped" not in metrics["calibrated"]:
         cal = metrics["calibrated"]
         print(f"calibrated on {cal['fitted_on']}: CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}")

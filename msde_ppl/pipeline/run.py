@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -80,7 +81,9 @@ def score(
     ``calibrate_on="val"`` also fits the post-hoc spread factor on that split
     (:func:`~msde_ppl.predict.fit_spread_factor`), forecasts ``split`` again with it, and adds
     the calibrated scores as ``metrics["calibrated"]`` (the returned forecast is then the
-    calibrated one; the top-level metrics stay the uncalibrated ones).
+    calibrated one; the top-level metrics stay the uncalibrated ones). If the calibration
+    split's forecast is not finite, the calibration is skipped with a warning and
+    ``metrics["calibrated"]`` says why.
     """
     eval_steps = ds.attrs.get("eval_steps")
     start = time.perf_counter()
@@ -93,7 +96,13 @@ def score(
         key_val, key_test = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
         fc_val = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps)
-        factor = fit_spread_factor(fc_val)
+        try:
+            factor = fit_spread_factor(fc_val)
+        except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
+            warnings.warn(f"spread calibration on {calibrate_on!r} skipped: {err}",
+                          UserWarning, stacklevel=2)
+            metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
+            return fc, metrics
         fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
                       substeps=substeps, method=integrator, n_steps=eval_steps,
                       spread_factor=factor)

@@ -36,12 +36,14 @@ def _forecast(np_rng, true_factor, n_time=40, n_traj=4, n_x=500):
     return xr.Dataset({"mean": (dims, mean), "std": (dims, std), "obs": (dims, obs)})
 
 
+@pytest.mark.parametrize("rule", ["spread_skill", "crps"])
 @pytest.mark.parametrize("true_factor", [0.4, 1.0, 3.0])
-def test_spread_factor_recovers_a_constant_dispersion_error(np_rng, true_factor):
-    """The Gaussian CRPS is proper, so its optimum over c is the true factor; with 2000 values
-    per lead time the per-time estimate has a relative MC error of ~1/sqrt(2 * 2000) ~ 1.6%,
-    and the 25-point smoothing and the 6% grid spacing stay within 10%."""
-    factor = fit_spread_factor(_forecast(np_rng, true_factor))
+def test_spread_factor_recovers_a_constant_dispersion_error(np_rng, true_factor, rule):
+    """Gaussian errors: the RMS ratio estimates the factor, and the Gaussian CRPS is proper, so
+    its optimum over c is the factor too; with 2000 values per lead time the per-time estimate
+    has a relative MC error of ~1/sqrt(2 * 2000) ~ 1.6% (more for the ratio of RMS with
+    varying std), and the 25-point smoothing and the 6% grid spacing stay within 10%."""
+    factor = fit_spread_factor(_forecast(np_rng, true_factor), rule=rule)
     assert factor.shape == (40,)
     np.testing.assert_allclose(factor, true_factor, rtol=0.10)
 
@@ -72,3 +74,5 @@ def test_spread_factor_refuses_bad_input(np_rng):
         fit_spread_factor(fc, smooth=0)
     with pytest.raises(ValueError, match="increasing"):
         fit_spread_factor(fc, grid=FACTOR_GRID[::-1])
+    with pytest.raises(ValueError, match="rule"):
+        fit_spread_factor(fc, rule="median")
