@@ -185,9 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="integrator steps per data interval (default 1)")
     fc.add_argument("--out", required=True, type=Path, help="output directory to create")
     fc.add_argument("--calibrate-on", metavar="SPLIT", default=None,
-                    help="fit a post-hoc spread factor per lead time on SPLIT (e.g. val; by "
-                    "CRPS), apply it to the forecast and add the calibrated scores to "
-                    "metrics.json (forecast.nc is then the calibrated forecast)")
+                    help="fit a post-hoc spread factor per lead time on SPLIT (e.g. val; "
+                    "spread-skill matching, docs/calibration.md), apply it to the forecast "
+                    "and add the calibrated scores to metrics.json (forecast.nc is then the "
+                    "calibrated forecast)")
     fc.add_argument("--allow-incomplete", action="store_true",
                     help="also forecast a run that failed or was interrupted (its last saved "
                     "state)")

@@ -84,6 +84,10 @@ def test_run_writes_report_and_refuses_existing_run_dir(tmp_path, call):
             assert 0 < metrics[method][key] < 5
     for method in ("multiscale", "implicit_scale"):
         assert 0 <= metrics[method]["coverage_90"] <= 1 and metrics[method]["crps"] > 0
+        cal = metrics[method]["calibrated"]  # the spread calibrated on the val split
+        assert cal["fitted_on"] == "val" and 0 <= cal["coverage_90"] <= 1, cal
+        assert cal["spread_skill"] > 0 and cal["spread_factor"]["min"] > 0
+    assert "calibrated on val" in out.stdout
     assert metrics["meta"]["dataset"] == "burgers_1d" and metrics["meta"]["grid"] == [1000]
     assert load(run_dir / "data.nc").sizes["traj"] == 3
     for name in ("multiscale_space_time.png", "multiscale_decomposition.png",

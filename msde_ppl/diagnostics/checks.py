@@ -73,10 +73,16 @@ def _blocked(inside: xr.DataArray, first: str, n_blocks: int) -> tuple[np.ndarra
     return arr.reshape(arr.shape[0], 1, -1), 1, ""
 
 
-def _curve(levels: np.ndarray, inside: xr.DataArray, first: str, n_blocks: int) -> xr.Dataset:
-    """Coverage curve from the indicators ``inside`` (dims ``first, *data dims``)."""
+def _curve(levels: np.ndarray, inside: xr.DataArray, first: str, n_blocks: int,
+           finite: bool = True) -> xr.Dataset:
+    """Coverage curve from the indicators ``inside`` (dims ``first, *data dims``); NaN where
+    the forecast or the observations are not finite (a diverged forecast never scores)."""
+    if int(n_blocks) < 2:
+        raise ValueError(f"n_blocks must be at least 2, got {n_blocks}")
     n = int(np.prod([inside.sizes[d] for d in inside.dims if d != first]))
     empirical = np.asarray(inside).reshape(len(levels), -1).mean(1)
+    if not finite:
+        empirical = np.full(len(levels), np.nan)
     binomial = np.sqrt(levels * (1 - levels) / n)
     blocks, k, kind = _blocked(inside, first, n_blocks)
     if k >= 2:
@@ -116,14 +122,18 @@ def coverage_curve(
     Returns:
         Dataset over ``level`` with ``empirical`` and ``se``: the batch-means standard error
         over the blocks (not the binomial one, which treats correlated grid points and times
-        as independent; the binomial is used only when there is no ``traj``/``time`` dim).
+        as independent; the binomial is used only when there are fewer than ``n_blocks``
+        trajectories and fewer than ``2 n_blocks`` lead times). Blocks of lead times of one
+        trajectory also absorb a genuine trend of coverage with lead time into the standard
+        error: conservative.
     """
     probs = _check_levels(levels)
     lower = samples.quantile((1 - probs) / 2, dim=sample_dim)
     upper = samples.quantile((1 + probs) / 2, dim=sample_dim)
     upper = upper.assign_coords(quantile=lower["quantile"].values)  # pair bounds by position
     inside = ((obs >= lower) & (obs <= upper)).transpose("quantile", ...)
-    return _curve(probs, inside, "quantile", n_blocks)
+    finite = bool(np.isfinite(np.asarray(samples)).all() and np.isfinite(np.asarray(obs)).all())
+    return _curve(probs, inside, "quantile", n_blocks, finite)
 
 
 def coverage_from_bounds(fc: xr.Dataset, obs_var: str = "obs", n_blocks: int = 10,
@@ -132,13 +142,15 @@ def coverage_from_bounds(fc: xr.Dataset, obs_var: str = "obs", n_blocks: int = 1
     ``forecast(..., levels=...)``), or only ``q05``/``q95`` (one level, 0.9); standard errors as
     in :func:`coverage_curve`."""
     obs = fc[obs_var]
+    lower, upper = (fc["lower"], fc["upper"]) if "lower" in fc else (fc["q05"], fc["q95"])
     if "lower" in fc:
         probs = np.asarray(fc["level"].values, np.float64)
-        inside = ((obs >= fc["lower"]) & (obs <= fc["upper"])).transpose("level", ...)
+        inside = ((obs >= lower) & (obs <= upper)).transpose("level", ...)
     else:
         probs = np.array([0.9])
-        inside = ((obs >= fc["q05"]) & (obs <= fc["q95"])).expand_dims("level")
-    return _curve(probs, inside, "level", n_blocks)
+        inside = ((obs >= lower) & (obs <= upper)).expand_dims("level")
+    finite = all(bool(np.isfinite(np.asarray(a)).all()) for a in (obs, lower, upper))
+    return _curve(probs, inside, "level", n_blocks, finite)
 
 
 def _check_levels(levels: Sequence[float]) -> np.ndarray:

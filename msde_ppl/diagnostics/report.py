@@ -37,7 +37,10 @@ from msde_ppl.predict.forecast import forecast
 __all__ = ["MODEL_KEYS", "build_report", "model_report"]
 
 MODEL_KEYS = ("multiscale", "implicit_scale")
-_METRIC_COLUMNS = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "crps", "coverage_90")
+_METRIC_COLUMNS = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "crps", "coverage_90",
+                   "spread_skill")
+#: scores also shown after the post-hoc spread calibration (metrics["calibrated"])
+_CALIBRATED_COLUMNS = ("crps", "coverage_90", "spread_skill")
 
 
 def _save(fig: plt.Figure, path: Path) -> str:
@@ -62,8 +65,14 @@ def _metrics_section(metrics: dict) -> list[str]:
     methods = [k for k in metrics if k != "meta" and isinstance(metrics[k], dict)]
     if not methods:
         return ["(no metrics.json)"]
-    rows = [[m] + [_fmt(metrics[m].get(c)) for c in _METRIC_COLUMNS] for m in methods]
-    lines = _table(["method", *_METRIC_COLUMNS], rows)
+    def calibrated(m: str, c: str) -> object:
+        cal = metrics[m].get("calibrated")
+        return None if not isinstance(cal, dict) else cal.get(c)
+
+    rows = [[m] + [_fmt(metrics[m].get(c)) for c in _METRIC_COLUMNS]
+            + [_fmt(calibrated(m, c)) for c in _CALIBRATED_COLUMNS] for m in methods]
+    lines = _table(["method", *_METRIC_COLUMNS,
+                    *(f"{c} (calibrated on val)" for c in _CALIBRATED_COLUMNS)], rows)
     meta = metrics.get("meta", {})
     if meta:
         lines += ["", "Run: " + ", ".join(f"{k} = {_fmt(meta[k])}" for k in
@@ -92,10 +101,19 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
                                                   out / f"{key}_decomposition.png")
     figs["time slices"] = _save(plots.plot_time_slices(fc, 0), out / f"{key}_time_slices.png")
 
-    # calibration: re-forecast the first test trajectory keeping the members
+    # calibration: re-forecast the first test trajectory keeping the members (with the spread
+    # factor of the run's forecast, if it was calibrated)
     test = select_split(ds, "test").isel(traj=slice(0, 1))
+    factor = None
+    if fc is not None and "spread_factor" in fc:
+        factor = np.asarray(fc["spread_factor"].values, np.float64)
+        lines += [f"The forecast is calibrated: its spread is scaled by a factor fitted on the "
+                  f"val split (median {np.median(factor):.3g}, docs/calibration.md); the "
+                  "metrics table shows the scores before and after.", ""]
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
-                   n_steps=eval_steps, return_samples=True)
+                   n_steps=eval_steps, return_samples=True,
+                   spread_factor=None if factor is None or factor.size != fc.sizes["time"]
+                   else factor)
     figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
                                    out / f"{key}_spectrum.png")
     curve = checks.coverage_curve(cal["samples"], cal["obs"])
@@ -147,7 +165,8 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
             + " are still within 5% of their initial value: their uncertainty was not "
             "learned, read those intervals with care.", ""]
     lines += _table(["parameter", *map(str, table.columns)],
-                    [[str(i), *(_fmt(float(v)) for v in row)] for i, row in
+                    [[str(i), *(_fmt(v if isinstance(v, bool | np.bool_) else float(v))
+                                for v in row)] for i, row in
                      zip(table.index, table.to_numpy(), strict=True)])
     figs["latent paths"] = _save(plots.plot_latent_paths(tree["posterior"].to_dataset()),
                                  out / f"{key}_latent_paths.png")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Sequence
 
 import jax
@@ -82,8 +81,9 @@ def score(
     (:func:`~msde_ppl.predict.fit_spread_factor`), forecasts ``split`` again with it, and adds
     the calibrated scores as ``metrics["calibrated"]`` (the returned forecast is then the
     calibrated one; the top-level metrics stay the uncalibrated ones). If the calibration
-    split's forecast is not finite, the calibration is skipped with a warning and
-    ``metrics["calibrated"]`` says why.
+    split's forecast is not finite, the calibration is skipped (a printed warning) and
+    ``metrics["calibrated"]`` says why. A calibrated forecast carries its factor as the
+    ``spread_factor`` variable (over ``time``).
     """
     eval_steps = ds.attrs.get("eval_steps")
     start = time.perf_counter()
@@ -99,19 +99,23 @@ def score(
         try:
             factor = fit_spread_factor(fc_val)
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
-            warnings.warn(f"spread calibration on {calibrate_on!r} skipped: {err}",
-                          UserWarning, stacklevel=2)
+            print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
-            return fc, metrics
-        fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
-                      substeps=substeps, method=integrator, n_steps=eval_steps,
-                      spread_factor=factor)
-        calibrated = forecast_metrics(fc, eval_steps)
-        calibrated["fitted_on"] = calibrate_on
-        calibrated["spread_factor"] = {"min": float(factor.min()),
-                                       "median": float(np.median(factor)),
-                                       "max": float(factor.max())}
-        metrics["calibrated"] = calibrated
+            factor = None
+        if factor is not None:
+            fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
+                          substeps=substeps, method=integrator, n_steps=eval_steps,
+                          spread_factor=factor)
+            calibrated = forecast_metrics(fc, eval_steps)
+            calibrated["fitted_on"] = calibrate_on
+            calibrated["spread_factor"] = {"min": float(factor.min()),
+                                           "median": float(np.median(factor)),
+                                           "max": float(factor.max())}
+            metrics["calibrated"] = calibrated
+            fc["spread_factor"] = ("time", factor.astype(np.float32))
+            fc["spread_factor"].attrs["description"] = (
+                f"post-hoc spread factor fitted on the {calibrate_on} split (applied to this "
+                "forecast's members)")
     fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
     metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
     metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))

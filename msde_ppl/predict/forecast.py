@@ -315,7 +315,7 @@ def forecast(
     factor = None
     if spread_factor is not None:
         factor = np.broadcast_to(np.asarray(spread_factor, np.float64), (n_out,)) \
-            if np.ndim(spread_factor) == 0 else np.asarray(spread_factor, np.float64)[:n_out]
+            if np.ndim(spread_factor) == 0 else np.asarray(spread_factor, np.float64)
         if factor.shape != (n_out,) or not (np.isfinite(factor).all() and (factor > 0).all()):
             raise ValueError(f"spread_factor must be a positive scalar or {n_out} positive "
                              f"values (one per output time), got shape "

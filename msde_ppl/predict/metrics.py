@@ -101,7 +101,8 @@ def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
     std = np.asarray(window["std"].values, np.float64)
     error = np.asarray(window["obs"].values, np.float64) - np.asarray(window["mean"].values,
                                                                         np.float64)
-    result["spread_skill"] = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # NaN when diverged
+        result["spread_skill"] = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
     finite = all(np.isfinite(np.asarray(window[v].values)).all() for v in ("mean", "std"))
     result["finite"] = bool(finite)
     return result

@@ -146,3 +146,24 @@ def test_spread_factor_inflates_the_members_around_their_mean(data):
     with pytest.raises(ValueError, match="spread_factor"):
         msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
                       spread_factor=-1.0)
+
+
+def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys):
+    from msde_ppl.pipeline import run as run_module
+
+    fitted = _fitted(data, as_leaf=False)
+    fc, metrics = run_module.score(fitted, data, split="test", n_samples=64,
+                                   calibrate_on="val")
+    cal = metrics["calibrated"]
+    assert cal["fitted_on"] == "val" and cal["spread_factor"]["min"] > 0
+    assert {"coverage_90", "crps", "spread_skill"} <= set(cal) and "fit_wall_time_s" in metrics
+    assert fc["spread_factor"].dims == ("time",) and fc.sizes["time"] == T_OUT
+
+    def diverged(_fc):
+        raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
+
+    monkeypatch.setattr(run_module, "fit_spread_factor", diverged)
+    fc, metrics = run_module.score(fitted, data, split="test", n_samples=8, calibrate_on="val")
+    assert "non-finite" in metrics["calibrated"]["skipped"]
+    assert "spread_factor" not in fc and "fit_wall_time_s" in metrics  # the run still scores
+    assert "calibration on 'val' skipped" in capsys.readouterr().out
