@@ -359,6 +359,8 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     for key in ("multiscale", "implicit_scale", "coarse_dns"):
         m = metrics[key]
         print(f"  {key:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}")
+    for name, m in metrics["multiscale"].get("baselines", {}).items():
+        print(f"  {name:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}  (trivial baseline)")
     print("90% coverage and spread/skill on the test split (uncalibrated -> calibrated on val):")
     for key in ("multiscale", "implicit_scale"):
         m, cal = metrics[key], metrics[key].get("calibrated")

@@ -87,6 +87,8 @@ def test_run_writes_report_and_refuses_existing_run_dir(tmp_path, call):
         cal = metrics[method]["calibrated"]  # the spread calibrated on the val split
         assert cal["fitted_on"] == "val" and 0 <= cal["coverage_90"] <= 1, cal
         assert cal["spread_skill"] > 0 and cal["spread_factor"]["min"] > 0
+        base = metrics[method]["baselines"]
+        assert base["persistence"]["rel_l2_mean"] > 0 and base["climatology"]["rel_l2_mean"] > 0
     assert "calibrated on val" in out.stdout
     assert metrics["meta"]["dataset"] == "burgers_1d" and metrics["meta"]["grid"] == [1000]
     assert load(run_dir / "data.nc").sizes["traj"] == 3

@@ -22,12 +22,13 @@ import numpy as np
 import xarray as xr
 
 from msde_ppl.data.schema import grid_shape
+from msde_ppl.data.splits import select_split
 from msde_ppl.multiscale.program import MultiscaleConfig, config_for
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 from msde_ppl.predict.calibration import fit_spread_factor
 from msde_ppl.predict.forecast import forecast
-from msde_ppl.predict.metrics import forecast_metrics
+from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics
 
 __all__ = ["model_config", "progressive_stages", "run_case", "score"]
 
@@ -75,7 +76,8 @@ def score(
     calibrate_on: str | None = None,
 ) -> tuple[xr.Dataset, dict]:
     """Forecast ``split`` over the dataset's evaluation horizon and score it: ``(forecast,
-    metrics)`` with the fits' training time and steps (a list of fits is one mixture).
+    metrics)`` with the fits' training time and steps (a list of fits is one mixture) and the
+    rel-L2 of the persistence and climatology forecasts (``metrics["baselines"]``).
 
     ``calibrate_on="val"`` also fits the post-hoc spread factor on that split
     (:func:`~msde_ppl.predict.fit_spread_factor`), forecasts ``split`` again with it, and adds
@@ -91,6 +93,9 @@ def score(
                   substeps=substeps, method=integrator, n_steps=eval_steps)
     metrics = forecast_metrics(fc, eval_steps)
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
+    splits = set(np.asarray(ds["split"].values).tolist()) if "split" in ds.coords else set()
+    metrics["baselines"] = baseline_metrics(
+        fc, select_split(ds, "train") if "train" in splits else None, eval_steps)
     if calibrate_on is not None:
         # independent keys: the calibration split's ensemble, the calibrated rerun
         key_val, key_test = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))

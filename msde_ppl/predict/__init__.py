@@ -4,6 +4,7 @@ from msde_ppl.predict.calibration import fit_spread_factor
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
 from msde_ppl.predict.forecast import forecast, rollout
 from msde_ppl.predict.metrics import (
+    baseline_metrics,
     crps_ensemble,
     forecast_metrics,
     interval_coverage,
@@ -12,6 +13,6 @@ from msde_ppl.predict.metrics import (
     relative_l2,
 )
 
-__all__ = ["coarse_dns", "crps_ensemble", "evaluate_coarse_dns", "fit_spread_factor", "forecast",
-           "forecast_metrics", "interval_coverage", "noise_floor", "pooled_relative_l2",
-           "relative_l2", "rollout"]
+__all__ = ["baseline_metrics", "coarse_dns", "crps_ensemble", "evaluate_coarse_dns",
+           "fit_spread_factor", "forecast", "forecast_metrics", "interval_coverage",
+           "noise_floor", "pooled_relative_l2", "relative_l2", "rollout"]

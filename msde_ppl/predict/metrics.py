@@ -40,6 +40,27 @@ def pooled_relative_l2(
     return {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size)}
 
 
+def baseline_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
+                     eval_steps: int | None = None) -> dict[str, dict[str, float]]:
+    """Rel-L2 (vs the noisy observations, pooled as :func:`pooled_relative_l2`) of two trivial
+    forecasts of ``fc``'s trajectories, so a model's score can be read against them:
+
+    - ``persistence``: the initial snapshot held for every lead time;
+    - ``climatology``: the mean field of the training split ``train`` (over trajectories and
+      times), omitted when ``train`` is ``None``.
+    """
+    obs = fc["obs"]
+    n = obs.sizes["time"] if eval_steps is None else min(int(eval_steps), obs.sizes["time"])
+    obs = obs.isel(time=slice(0, n))
+    held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
+    out = {"persistence": pooled_relative_l2(obs, held.assign_coords(obs.coords))}
+    if train is not None:
+        mean = train["u"].mean(("traj", "time"))
+        clim = mean.broadcast_like(obs).transpose(*obs.dims)
+        out["climatology"] = pooled_relative_l2(obs, clim.assign_coords(obs.coords))
+    return {k: {"rel_l2_mean": v["mean"], "rel_l2_std": v["std"]} for k, v in out.items()}
+
+
 def noise_floor(ds: xr.Dataset, eval_steps: int | None = None) -> dict[str, float] | None:
     """The error of a perfect noise-free prediction against the noisy data,
     ``||u - u_clean|| / ||u||`` pooled like :func:`pooled_relative_l2` (``None`` without

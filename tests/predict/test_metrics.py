@@ -79,3 +79,26 @@ def test_nan_drift_weights_give_non_finite_scores(tiny_fit, tiny_ds):
     assert metrics["finite"] is False
     for key in ("rel_l2_mean", "rel_l2_clean_mean", "coverage_90", "crps"):
         assert not np.isfinite(metrics[key]), key
+
+
+def test_persistence_and_climatology_baselines_by_hand(np_rng):
+    from msde_ppl.predict import baseline_metrics
+
+    dims = ("traj", "time", "x")
+    obs = np_rng.normal(size=(2, 6, 8)) + 3.0
+    fc = xr.Dataset({"obs": (dims, obs)}, coords={"time": np.arange(6) * 0.1})
+    train = xr.Dataset({"u": (dims, np_rng.normal(size=(3, 4, 8)))})
+    got = baseline_metrics(fc, train, eval_steps=5)
+
+    def pooled(pred):
+        err = np.linalg.norm(obs[:, :5] - pred[:, :5], axis=-1) / np.linalg.norm(obs[:, :5],
+                                                                                axis=-1)
+        return err.mean(), err.std()
+
+    held = np.broadcast_to(obs[:, :1], obs.shape)
+    clim = np.broadcast_to(train["u"].values.mean((0, 1)), obs.shape)
+    for name, pred in (("persistence", held), ("climatology", clim)):
+        mean, std = pooled(pred)
+        assert got[name]["rel_l2_mean"] == pytest.approx(mean, rel=1e-12)
+        assert got[name]["rel_l2_std"] == pytest.approx(std, rel=1e-12)
+    assert set(baseline_metrics(fc)) == {"persistence"}  # no training split: no climatology
