@@ -64,6 +64,11 @@ def progressive_stages(n_micro: int, train: TrainConfig, micro_steps: int,
     return [(0, train), (n_micro, rest)]
 
 
+def _split_names(ds: xr.Dataset) -> set[str]:
+    """The split labels present in ``ds`` (empty without a ``split`` coordinate)."""
+    return set(np.asarray(ds["split"].values).tolist()) if "split" in ds.coords else set()
+
+
 def score(
     fitted: Fitted | Sequence[Fitted],
     ds: xr.Dataset,
@@ -93,7 +98,7 @@ def score(
                   substeps=substeps, method=integrator, n_steps=eval_steps)
     metrics = forecast_metrics(fc, eval_steps)
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
-    splits = set(np.asarray(ds["split"].values).tolist()) if "split" in ds.coords else set()
+    splits = _split_names(ds)
     metrics["baselines"] = baseline_metrics(
         fc, select_split(ds, "train") if "train" in splits else None, eval_steps)
     if calibrate_on is not None:
@@ -162,7 +167,7 @@ def run_case(
     named = {"implicit_scale": fits[0], "multiscale": fits[-1]} if len(fits) > 1 else {
         ("multiscale" if config.n_micro else "implicit_scale"): fits[-1]}
     forecasts, metrics = {}, {}
-    splits = set(np.asarray(ds["split"].values).tolist()) if "split" in ds.coords else set()
+    splits = _split_names(ds)
     calibrate_on = "val" if "val" in splits and split != "val" else None
     for name, fitted in named.items():
         forecasts[name], metrics[name] = score(fitted, ds, split=split, n_samples=n_samples,
