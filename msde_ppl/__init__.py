@@ -42,6 +42,7 @@ from msde_ppl.multiscale import MultiscaleConfig  # noqa: E402
 from msde_ppl.pipeline import (  # noqa: E402
     Fitted,
     TrainConfig,
+    Validation,
     fit,
     fit_multiscale,
     fit_progressive,
@@ -63,6 +64,7 @@ __all__ = [
     "SchemaError",
     "SolverFreeELBO",
     "TrainConfig",
+    "Validation",
     "diagnostics",
     "fit",
     "fit_multiscale",

@@ -40,6 +40,27 @@ from msde_ppl.data.schema import grid_shape  # noqa: E402
 RUN_STEPS = 4000
 RUN_MICRO_STEPS = 60000
 RUN_WINDOWS = 1
+# `msde fit`: at most this many steps (a quarter implicit-scale, then multiscale) within the
+# budget; validation on the val split stops it earlier when it stops improving
+FIT_STEPS = 20000
+FIT_BUDGET_TEXT = "10m"
+
+
+def _duration(text: str) -> float:
+    """An argparse type: a duration ``90``, ``90s``, ``10m``, ``1.5h`` in seconds (> 0)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m or 1.5h, got "
+                                         f"{text!r}")
+    return value
+
+
+FIT_BUDGET = _duration(FIT_BUDGET_TEXT)
 
 
 def _int_at_least(minimum: int, description: str):
@@ -123,8 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "required)")
     fit.add_argument("--micro", type=_nonnegative_int, metavar="K",
                      help="micro dimension (0: implicit-scale model; required)")
-    fit.add_argument("--steps", type=_positive_int, default=3000,
-                     help="optimisation steps in all (default 3000)")
+    fit.add_argument("--steps", type=_positive_int, default=FIT_STEPS,
+                     help=f"optimisation steps in all, at most (default {FIT_STEPS}); the fit "
+                     "ends earlier when its val score stops improving or at --budget")
+    fit.add_argument("--budget", type=_duration, default=FIT_BUDGET, metavar="TIME",
+                     help="training wall-time budget, e.g. 90s, 10m, 1.5h (default "
+                     f"{FIT_BUDGET_TEXT}); the fit stops there and keeps its best model")
+    fit.add_argument("--no-validation", action="store_true",
+                     help="do not score the model on the val split while it trains (by "
+                     "default, when the data have a val split, a short-horizon forecast "
+                     "score picks the best checkpoint and stops the fit when it stops "
+                     "improving; docs/reliability.md)")
     fit.add_argument("--no-progressive", action="store_true",
                      help="with --micro K > 0, train the multiscale model from scratch instead "
                      "of first fitting the implicit-scale model for a quarter of the steps and "
@@ -153,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "operator (Burgers -u u_x + nu u_xx, KdV -u u_x - delta u_xxx) with its "
                      "coefficient as a sample site, plus the learned stencil correction; needs "
                      "a periodic 1D dataset with a 'domain' attribute (default: none)")
+    fit.add_argument("--drift", choices=["free", "dissipative"], default=None,
+                     help="drift networks: 'dissipative' (output saturated at a learned bound "
+                     "plus a learned linear relaxation: forecasts stay near the data) or "
+                     "'free' (the reference's); default: 'free' for the built-in cases, "
+                     "'dissipative' for any other data")
     fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     fit.add_argument("--checkpoint-every", type=_nonnegative_float, default=60.0,
                      metavar="SECONDS", help="write a checkpoint after this many seconds of "
@@ -183,12 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SDE integrator: stochastic Heun (default) or Euler-Maruyama")
     fc.add_argument("--substeps", type=_positive_int, default=1,
                     help="integrator steps per data interval (default 1)")
+    fc.add_argument("--horizon", type=_int_at_least(2, "an integer >= 2"), default=None,
+                    metavar="N", help="forecast and score only the first N snapshots "
+                    "(default: the dataset's evaluation horizon, eval_steps, or all)")
     fc.add_argument("--out", required=True, type=Path, help="output directory to create")
     fc.add_argument("--calibrate-on", metavar="SPLIT", default=None,
-                    help="fit a post-hoc spread factor per lead time on SPLIT (e.g. val; "
-                    "spread-skill matching, docs/calibration.md), apply it to the forecast "
-                    "and add the calibrated scores to metrics.json (forecast.nc is then the "
-                    "calibrated forecast)")
+                    help="fit a post-hoc spread factor per lead time on SPLIT (spread-skill "
+                    "matching, docs/calibration.md), apply it to the forecast and add the "
+                    "calibrated scores to metrics.json (forecast.nc is then the calibrated "
+                    "forecast); default: val, when the data have a val split and another "
+                    "split is forecast")
+    fc.add_argument("--no-calibrate", action="store_true",
+                    help="do not calibrate the spread (forecast.nc is the raw ensemble)")
     fc.add_argument("--allow-incomplete", action="store_true",
                     help="also forecast a run that failed or was interrupted (its last saved "
                     "state)")
@@ -308,7 +349,7 @@ class _Interrupted(Exception):
 def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     """The phases of ``msde run``; ``stop()`` is checked between them."""
     from msde_ppl.data.splits import select_split
-    from msde_ppl.pipeline.run import model_config, progressive_stages, run_case
+    from msde_ppl.pipeline.run import divergence_warning, model_config, progressive_stages, run_case
     from msde_ppl.pipeline.training import TrainConfig
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
 
@@ -361,6 +402,10 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
         print(f"  {key:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}")
     for name, m in metrics["multiscale"].get("baselines", {}).items():
         print(f"  {name:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}  (trivial baseline)")
+    for key in ("multiscale", "implicit_scale"):
+        warning = divergence_warning(metrics[key], f"the {key.replace('_', '-')} model")
+        if warning:
+            print(warning, file=sys.stderr)
     print("90% coverage and spread/skill on the test split (uncalibrated -> calibrated on val):")
     for key in ("multiscale", "implicit_scale"):
         m, cal = metrics[key], metrics[key].get("calibrated")
@@ -401,8 +446,10 @@ def _new_dir(path: Path, what: str) -> Path:
 
 
 _FIT_DEFAULTS: dict = {}  # msde fit's option defaults (filled by build_parser)
-_FIT_SETTINGS = ("data", "coarse", "micro", "steps", "no_progressive", "window", "windows", "lr",
-                 "encoder", "decoder", "scale_kernel", "physics", "seed", "checkpoint_every")
+_FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", "no_progressive",
+                 "window", "windows", "lr",
+                 "encoder", "decoder", "scale_kernel", "physics", "drift", "seed",
+                 "checkpoint_every")
 
 
 def _file_digest(path: Path) -> str:
@@ -481,7 +528,7 @@ def _fit_plan(args: argparse.Namespace):
         stages = progressive_stages(args.micro, first, args.steps - first.steps)
     config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
-                          physics=args.physics)
+                          physics=args.physics, drift=args.drift)
     return ds, config, stages
 
 
@@ -522,6 +569,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     from msde_ppl.pipeline.rundir import RunLock, StopRequest, write_status
     from msde_ppl.pipeline.training import FitStopped, fit_progressive
+    from msde_ppl.pipeline.validation import Validation
 
     resuming = args.resume is not None
     if resuming:
@@ -559,11 +607,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
                               "data_sha256": _file_digest(args.data),
                               "package_version": msde_ppl.__version__}
                     write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
+                validation = None
+                if not args.no_validation and "val" in _split_labels(ds):
+                    validation = Validation(seed=args.seed)
                 try:
                     fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
                                            checkpoint_dir=stage_dir, resume=resuming,
                                            checkpoint_every=args.checkpoint_every,
-                                           should_stop=stop)
+                                           should_stop=stop, validation=validation,
+                                           budget_s=args.budget)
                 except FitStopped as err:
                     return _fit_stopped(err, run_dir, len(stages), earlier_losses(err.stage), stop)
                 # the saved model's log covers every stage of its fit
@@ -575,15 +627,38 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 if _status_state(run_dir) == "running":
                     write_status(run_dir, "failed", f"{type(err).__name__}: {err}", command="fit")
                 raise
-    print(f"fitted {args.steps} steps in {fitted.wall_time_s:.0f} s of training; final loss "
-          f"{fitted.losses[-1]:.4f}; model in {run_dir}")
+    for i, stage in enumerate(fits):
+        print(f"stage {i + 1}/{len(fits)} (micro dimension {stage.config.n_micro}): "
+              f"{_stage_outcome(stage)}")
+    print(f"fitted {fitted.losses.size} steps in {fitted.wall_time_s:.0f} s of training; final "
+          f"loss {fitted.losses[-1]:.4f}; model in {run_dir}")
     return 0
+
+
+def _split_labels(ds) -> set:
+    return set(ds["split"].values.tolist()) if "split" in ds.coords else set()
+
+
+def _stage_outcome(stage) -> str:
+    """How a stage of a fit ended, in words."""
+    steps = int(stage.losses.size)
+    planned = int((stage.train or {}).get("steps", steps))
+    val = stage.validation
+    if val is None:
+        return f"{steps} of {planned} steps" + (" (time budget reached)" if steps < planned
+                                                else "")
+    why = {"patience": "val score stopped improving", "budget": "time budget reached",
+           None: "all steps done"}[val["stopped_by"]]
+    score = val["best_score"]
+    score = "not finite" if score is None else f"{score:.4f}"
+    return (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) {score} "
+            f"at step {val['best_step']}, kept")
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load
     from msde_ppl.pipeline.fitted import Fitted
-    from msde_ppl.pipeline.run import score
+    from msde_ppl.pipeline.run import divergence_warning, score
     from msde_ppl.pipeline.rundir import require_complete
 
     if args.out.exists():
@@ -596,12 +671,17 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         if list(grid_shape(ds)) != list(f.grid["fine_shape"]):
             raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
                              f"{tuple(f.grid['fine_shape'])} ({run_dir})")
+    if args.no_calibrate and args.calibrate_on is not None:
+        raise ValueError("--no-calibrate and --calibrate-on contradict each other")
+    if args.calibrate_on is None and not args.no_calibrate and args.split != "val" \
+            and "val" in _split_labels(ds):
+        args.calibrate_on = "val"
     if args.calibrate_on is not None and args.calibrate_on == args.split:
         raise ValueError(f"--calibrate-on {args.calibrate_on} is the split being scored; "
                          "calibrate on another one (e.g. val)")
     fc, metrics = score(fits, ds, split=args.split, n_samples=args.samples, seed=args.seed,
                         integrator=args.integrator, substeps=args.substeps,
-                        calibrate_on=args.calibrate_on)
+                        calibrate_on=args.calibrate_on, horizon=args.horizon)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     report = {"model": metrics}
@@ -620,11 +700,23 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         cal = metrics["calibrated"]
         print(f"calibrated on {cal['fitted_on']}: CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}")
+    _print_baselines(metrics)
     if not metrics["finite"]:
         print("warning: the forecast holds non-finite values (it diverged); its scores are "
               "not finite", file=sys.stderr)
+    warning = divergence_warning(metrics)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"report: {out / 'metrics.json'}")
     return 0
+
+
+def _print_baselines(metrics: dict) -> None:
+    """The trivial baselines' rel-L2 next to the model's (skill against them, one line)."""
+    base = metrics.get("baselines", {})
+    if base:
+        parts = ", ".join(f"{name} {m['rel_l2_mean']:.4f}" for name, m in base.items())
+        print(f"trivial baselines (rel-L2): {parts}; the model: {metrics['rel_l2_mean']:.4f}")
 
 
 def _write_metrics(path: Path, metrics: dict) -> None:

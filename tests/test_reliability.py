@@ -138,10 +138,24 @@ def test_fit_and_forecast_any_dataset(data, reference, tmp_path, capsys):
     assert compiled._cache_size() == 1
     out_dir = tmp_path / "fc"
     assert main(["forecast", str(reference), "--data", str(data), "--samples", "4",
-                 "--integrator", "euler", "--substeps", "2", "--out", str(out_dir)]) == 0
+                 "--integrator", "euler", "--substeps", "2", "--horizon", "12",
+                 "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "trivial baselines (rel-L2): persistence" in printed
+    assert "calibrated on val" in printed  # the default when the data have a val split
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert set(metrics) == {"model", "meta"}  # no PDE behind user data: no coarse DNS
-    assert np.isfinite(metrics["model"]["rel_l2_mean"]) and metrics["model"]["finite"]
+    model = metrics["model"]
+    assert np.isfinite(model["rel_l2_mean"]) and model["finite"] and model["n_pairs"] == 12
+    assert len(model["lead_time"]["rel_l2"]) == 12 and model["calibrated"]["fitted_on"] == "val"
+    assert model["diverged_members"] == 0 and model["n_members"] == 4
+    # the fit was validated on the val split: its record is saved with the model
+    record = fitted.validation
+    assert record["best_step"] > 0 and record["stopped_by"] is None
+    assert [s for s, _ in record["history"]] == [0, 300, 500, 600]  # stage 2
+    assert main(["forecast", str(reference), "--data", str(data), "--no-calibrate",
+                 "--calibrate-on", "val", "--out", str(tmp_path / "x")]) == 2
+    assert "contradict" in capsys.readouterr().err
     assert main(["forecast", str(reference), "--data", str(data), "--out", str(out_dir)]) == 2
     assert "already exists" in capsys.readouterr().err
 

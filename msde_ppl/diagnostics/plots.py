@@ -367,3 +367,27 @@ def plot_spread_skill(ss: xr.Dataset) -> plt.Figure:
     ax_ratio.set_ylabel("spread / RMSE")
     ax_ratio.set_title("spread–skill ratio (1: calibrated, < 1: over-confident)", fontsize=10)
     return fig
+
+
+def plot_lead_time(scores: dict[str, xr.Dataset]) -> plt.Figure:
+    """Rel-L2 (with the persistence and climatology baselines), CRPS and 90% coverage over lead
+    time for several models (``{name: msde_ppl.predict.lead_time_metrics(...)}``)."""
+    fig, (ax_err, ax_crps, ax_cov) = plt.subplots(1, 3, figsize=(14, 3.8),
+                                                  constrained_layout=True)
+    for i, (name, sc) in enumerate(scores.items()):
+        t = sc["lead_time"].values
+        ax_err.plot(t, sc["rel_l2"].values, color=f"C{i}", label=name)
+        ax_crps.plot(t, sc["crps"].values, color=f"C{i}", label=name)
+        ax_cov.plot(t, sc["coverage_90"].values, color=f"C{i}", label=name)
+    first = next(iter(scores.values()))
+    t = first["lead_time"].values
+    for name, style in (("persistence", ":"), ("climatology", "--")):
+        if name in first:
+            ax_err.plot(t, first[name].values, color="0.4", ls=style, label=name)
+    ax_err.set(xlabel="lead time", ylabel="rel-L2 (vs data)", title="error of the mean")
+    ax_err.legend(fontsize=8)
+    ax_crps.set(xlabel="lead time", ylabel="CRPS", title="CRPS")
+    ax_cov.axhline(0.9, color="0.5", ls="--", lw=1)
+    ax_cov.set(xlabel="lead time", ylabel="coverage", ylim=(0, 1.02),
+               title="coverage of the 5–95% band (nominal 0.9)")
+    return fig

@@ -8,6 +8,8 @@ writes into a NEW directory (default ``RUN_DIR/report``; an existing one is refu
 
 - ``report.md``: the metrics table, and per model the ELBO convergence check, the calibration
   numbers, the ArviZ summary of the physical parameters and the figures;
+- ``lead_time.png``: rel-L2 (with the persistence and climatology baselines), CRPS and 90%
+  coverage of every model over lead time;
 - per model ``MODEL_*.png``: space-time panels, macro/micro decomposition, time slices with
   5-95% bands, energy spectra, latent paths, forest plot, ELBO trace, coverage curve, PIT
   histogram, spread-skill;
@@ -33,6 +35,7 @@ from msde_ppl.data.splits import select_split
 from msde_ppl.diagnostics import arviz_io, checks, plots
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.predict.forecast import forecast
+from msde_ppl.predict.metrics import lead_time_metrics
 
 __all__ = ["MODEL_KEYS", "build_report", "model_report"]
 
@@ -214,11 +217,23 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     out.mkdir(parents=True)
     lines = [f"# Report of `{run_dir}`", "", "## Metrics (test split)", ""]
     lines += _metrics_section(metrics) + [""]
+    forecasts = {}
     for key in keys:
-        fc = None
         if (run_dir / key / "forecast.nc").is_file():
             with xr.open_dataset(run_dir / key / "forecast.nc", engine="h5netcdf") as f:
-                fc = f.load()
+                forecasts[key] = f.load()
+    if forecasts:
+        has_train = "split" in ds.coords and "train" in set(
+            np.asarray(ds["split"].values).tolist())
+        train = select_split(ds, "train") if has_train else None
+        scores = {k.replace("_", "-"): lead_time_metrics(f, train, ds.attrs.get("eval_steps"))
+                  for k, f in forecasts.items()}
+        name = _save(plots.plot_lead_time(scores), out / "lead_time.png")
+        lines += ["Scores by lead time on the test split, against the persistence (initial "
+                  "snapshot held) and climatology (training mean field) forecasts:", "",
+                  f"![scores by lead time]({name})", ""]
+    for key in keys:
+        fc = forecasts.get(key)
         lines += model_report(key, Fitted.load(run_dir / key), ds, out, fc=fc,
                               n_samples=n_samples, n_draws=n_draws, seed=seed)
     path = out / "report.md"

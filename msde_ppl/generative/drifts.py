@@ -32,6 +32,7 @@ from msde_ppl.generative.networks import MLP
 from msde_ppl.generative.physics import CoarsePDE
 
 __all__ = [
+    "Dissipation",
     "MicroDrift",
     "MultiscaleDrift",
     "StencilDrift",
@@ -65,6 +66,47 @@ def stencil_inputs(
     return jnp.concatenate([patches, aux], axis=1)
 
 
+class Dissipation(eqx.Module):
+    r"""A dissipative structure around a raw drift :math:`g`, per coordinate group :math:`c`:
+
+    .. math:: f(z)_c = -\lambda_c (z_c - m_c) + B_c \tanh(g(z)_c / B_c),
+
+    with learned damping rate :math:`\lambda_c = \mathrm{softplus}(\rho_c) > 0`, centre
+    :math:`m_c` and bound :math:`B_c = e^{b_c}`. For :math:`|g| \ll B` the raw drift passes
+    unchanged (plus the linear relaxation, which :math:`g` can cancel on the data); off the
+    data :math:`|f_c + \lambda_c(z_c - m_c)| \le B_c`, so
+    :math:`\tfrac{d}{dt}|z_c - m_c|^2 \le -2\lambda_c |z_c - m_c|^2 + 2B_c|z_c - m_c|`:
+    every path is drawn back into the ball :math:`|z_c - m_c| \le B_c/\lambda_c` (plus the
+    noise), where a free piecewise-linear network may grow exponentially.
+
+    Args:
+        size: number of groups (fields of the macro drift, micro coordinates).
+        rate: initial :math:`\lambda` (per unit time).
+        bound: initial :math:`B` (per unit time, the data's units).
+    """
+
+    rate_raw: Array
+    centre: Array
+    log_bound: Array
+
+    def __init__(self, size: int, rate: float, bound: float) -> None:
+        if not (rate > 0 and bound > 0 and np.isfinite(rate) and np.isfinite(bound)):
+            raise ValueError(f"damping rate and drift bound must be positive, got {rate}, "
+                             f"{bound}")
+        self.rate_raw = jnp.full((size,), float(np.log(np.expm1(rate))))
+        self.centre = jnp.zeros((size,))
+        self.log_bound = jnp.full((size,), float(np.log(bound)))
+
+    def __call__(self, z: Array, raw: Array, axis: int = 0) -> Array:
+        """``f`` from the state ``z`` and raw drift ``raw`` (same shape; groups along
+        ``axis``)."""
+        shape = [1] * z.ndim
+        shape[axis] = -1
+        rate = jax.nn.softplus(self.rate_raw).reshape(shape)
+        bound = jnp.exp(self.log_bound).reshape(shape)
+        return -rate * (z - self.centre.reshape(shape)) + bound * jnp.tanh(raw / bound)
+
+
 class StencilDrift(eqx.Module):
     r"""Local translation-equivariant macro drift :math:`f_\zeta(\zeta, a)_j = \mathrm{MLP}(
     \zeta_{N(j)}, a)`.
@@ -79,6 +121,7 @@ class StencilDrift(eqx.Module):
     """
 
     mlp: MLP
+    dissipation: Dissipation | None
     radius: int = eqx.field(static=True)
     coarse_shape: tuple[int, ...] = eqx.field(static=True)
     n_channels: int = eqx.field(static=True)
@@ -90,6 +133,7 @@ class StencilDrift(eqx.Module):
         n_aux: int = 0,
         radius: int = 2,
         hidden: tuple[int, ...] = (128, 128, 128),
+        dissipation: Dissipation | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
@@ -98,12 +142,14 @@ class StencilDrift(eqx.Module):
         self.radius = radius
         n_in = n_channels * (2 * radius + 1) ** len(self.coarse_shape) + n_aux
         self.mlp = MLP(n_in, hidden, n_channels, key=key)
+        self.dissipation = dissipation
 
     def __call__(
         self, zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"]
     ) -> Float[Array, "C ..."]:
         out = jax.vmap(self.mlp)(stencil_inputs(zeta, aux, self.radius))  # (n_nodes, C)
-        return out.T.reshape(self.n_channels, *self.coarse_shape)
+        out = out.T.reshape(self.n_channels, *self.coarse_shape)
+        return out if self.dissipation is None else self.dissipation(zeta, out)
 
 
 class MicroDrift(eqx.Module):
@@ -112,21 +158,25 @@ class MicroDrift(eqx.Module):
     drift cannot key on the time since the data's start, only on the state)."""
 
     mlp: MLP
+    dissipation: Dissipation | None
     time_input: bool = eqx.field(static=True)
 
     def __init__(
         self, n_macro: int, n_micro: int, hidden: tuple[int, ...] = (128, 512, 128),
-        time_input: bool = True, *, key: PRNGKeyArray,
+        time_input: bool = True, dissipation: Dissipation | None = None, *,
+        key: PRNGKeyArray,
     ) -> None:
         self.time_input = time_input
         self.mlp = MLP(int(time_input) + n_macro + n_micro, hidden, n_micro,
                        activation=jax.nn.relu, key=key)
+        self.dissipation = dissipation
 
     def __call__(self, t: Array, zeta: Array, eta: Array) -> Array:
         inputs = [zeta.ravel(), eta]
         if self.time_input:
             inputs.insert(0, jnp.reshape(t, (1,)))
-        return self.mlp(jnp.concatenate(inputs))
+        out = self.mlp(jnp.concatenate(inputs))
+        return out if self.dissipation is None else self.dissipation(eta, out)
 
 
 class MultiscaleDrift(eqx.Module):
@@ -148,18 +198,26 @@ class MultiscaleDrift(eqx.Module):
         micro_hidden: tuple[int, ...] = (128, 512, 128),
         micro_time: bool = True,
         physics: CoarsePDE | None = None,
+        dissipation: tuple[float, float, float] | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
         key_macro, key_micro = jax.random.split(key)
         self.physics = physics
         self.n_micro = n_micro
+        # (rate, macro bound, micro bound) of the dissipative form, or None (free networks)
+        macro_diss = micro_diss = None
+        if dissipation is not None:
+            rate, macro_bound, micro_bound = dissipation
+            macro_diss = Dissipation(n_channels, rate, macro_bound)
+            micro_diss = Dissipation(n_micro, rate, micro_bound) if n_micro else None
         self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
-                                  key=key_macro)
+                                  macro_diss, key=key_macro)
         n_macro = n_channels * int(np.prod(coarse_shape))
         self.micro = None
         if n_micro:
-            self.micro = MicroDrift(n_macro, n_micro, micro_hidden, micro_time, key=key_micro)
+            self.micro = MicroDrift(n_macro, n_micro, micro_hidden, micro_time, micro_diss,
+                                    key=key_micro)
 
     @property
     def n_macro(self) -> int:

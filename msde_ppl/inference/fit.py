@@ -533,11 +533,15 @@ def fit(
                 checkpoint()
                 raise FitInterrupted(f"interrupted after step {int(state.step)}", state, losses,
                                      problem.constrain(state.params))
-            if (int(state.step) >= num_steps
+            # the callback runs before the checkpoint: what it records about this step (e.g. a
+            # validation history) is never older than the checkpoint a resume starts from
+            stop = callback is not None and callback(problem.constrain(state.params),
+                                                     losses) is True
+            if (int(state.step) >= num_steps or stop
                     or time.monotonic() - last_checkpoint >= checkpoint_every):
                 checkpoint()
                 last_checkpoint = time.monotonic()
-            if callback is not None and callback(problem.constrain(state.params), losses) is True:
+            if stop:
                 break
     finally:
         bar.close()

@@ -112,6 +112,13 @@ class MultiscaleConfig:
         physics: known coarse PDE operator of the macro drift (``"burgers"``, ``"kdv"``) or
             ``None`` (a purely learned drift); see :mod:`msde_ppl.generative.physics`.
         domain: domain lengths per axis (needed with ``physics``: the coarse spacing).
+        dissipation: ``(rate, macro_bound, micro_bound)``, the initial damping rate and drift
+            bounds of the dissipative drift form (:class:`~msde_ppl.generative.drifts.
+            Dissipation`: a learned linear relaxation plus the network's output saturated at a
+            learned bound, so forecasts stay in a ball around the data), or ``None``: free
+            networks (the reference's form, kept by the built-in cases it was tuned on).
+            :func:`msde_ppl.pipeline.run.model_config` derives it from a dataset that is not a
+            built-in case (:func:`dissipation_from_data`).
     """
 
     fine_shape: tuple[int, ...]
@@ -130,6 +137,7 @@ class MultiscaleConfig:
     decoder: str = "mlp"
     physics: str | None = None
     domain: tuple[float, ...] | None = None
+    dissipation: tuple[float, float, float] | None = None
 
     @property
     def n_macro(self) -> int:
@@ -189,7 +197,7 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
         physics = CoarsePDE(config.physics, spacing)
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden,
-                            config.micro_time, physics, key=k_drift)
+                            config.micro_time, physics, config.dissipation, key=k_drift)
     if config.decoder not in ("mlp", "cnn", "stencil"):
         raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'cnn' or "
                          "'stencil'")
@@ -289,6 +297,23 @@ def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
         None if template.decoder is None
         else fitted_network(params, "micro_decoder", template.decoder),
     )
+
+
+def dissipation_from_data(u: np.ndarray, dt: float) -> tuple[float, float, float]:
+    r"""Initial ``(rate, macro_bound, micro_bound)`` of the dissipative drift form for
+    training observations ``u`` (``(traj, time, ...)``) ``dt`` apart:
+
+    - rate :math:`\lambda = 1 / (64\,\Delta t)`: relaxation over 64 snapshots (a training
+      window), slow against the data's steps (the network cancels it on the data);
+    - macro bound :math:`B = 4 \max |\Delta u| / \Delta t`, four times the fastest change
+      between snapshots, so the saturation does not bite on the data at the start;
+    - micro bound :math:`4 / \Delta t` (the micro coordinates are of order one).
+    """
+    steps = np.abs(np.diff(np.asarray(u, np.float64), axis=1))
+    fastest = float(np.nanmax(steps)) if steps.size else 0.0
+    if not (np.isfinite(fastest) and fastest > 0 and dt > 0):
+        fastest = 1.0
+    return (1.0 / (64.0 * dt), 4.0 * fastest / dt, 4.0 / dt)
 
 
 def config_for(case: str | None, fine_shape, coarse_shape=None, **overrides) -> MultiscaleConfig:

@@ -85,9 +85,16 @@ def grow_modules(
 
     drift = eqx.tree_at(lambda d: d.macro.mlp, new.drift,
                         _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True))
+    if old.drift.macro.dissipation is not None:
+        drift = eqx.tree_at(lambda d: d.macro.dissipation, drift, old.drift.macro.dissipation)
     if old.drift.micro is not None:
         drift = eqx.tree_at(lambda d: d.micro.mlp, drift,
                             _grow_mlp(new.drift.micro.mlp, old.drift.micro.mlp, True))
+        if old.drift.micro.dissipation is not None:  # old coordinates keep theirs
+            k = old_config.n_micro
+            old_d, new_d = old.drift.micro.dissipation, new.drift.micro.dissipation
+            grown = jax.tree.map(lambda n, o: n.at[:k].set(o), new_d, old_d)
+            drift = eqx.tree_at(lambda d: d.micro.dissipation, drift, grown)
 
     decoder = new.decoder
     if old.decoder is not None:

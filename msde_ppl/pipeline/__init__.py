@@ -3,5 +3,7 @@
 
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit, fit_multiscale, fit_progressive
+from msde_ppl.pipeline.validation import Validation, ValidationMonitor
 
-__all__ = ["Fitted", "TrainConfig", "fit", "fit_multiscale", "fit_progressive"]
+__all__ = ["Fitted", "TrainConfig", "Validation", "ValidationMonitor", "fit", "fit_multiscale",
+           "fit_progressive"]

@@ -54,11 +54,24 @@ _FORMAT = "msde_ppl.Fitted"
 _VERSION = 1
 
 
-def grid_info(ds: xr.Dataset) -> dict:
+def grid_info(ds: xr.Dataset, split: str | None = None) -> dict:
     """The data's grid as JSON-able metadata: ``fine_shape``, ``n_channels``, ``dims`` (spatial),
-    ``coords`` (per spatial dim), ``fields`` (names or ``None``), ``dt`` and ``boundary``."""
+    ``coords`` (per spatial dim), ``fields`` (names or ``None``), ``dt``, ``boundary`` and
+    ``data_range`` (per field ``[min, max]`` of the observations of ``split``, all
+    trajectories when ``None`` or when the data have no splits: what forecasts call diverged is
+    derived from it, :func:`msde_ppl.predict.diverged_members`)."""
     dims = [d for d in ds["u"].dims if d not in ("traj", "time", "field")]
     times = np.asarray(ds["time"].values, np.float64)
+    seen = ds["u"]
+    if split is not None and "split" in ds.coords:
+        seen = seen.isel(traj=np.flatnonzero(np.asarray(ds["split"].values) == split))
+    values = np.asarray(seen.values, np.float64)
+    if "field" in seen.dims:
+        values = np.moveaxis(values, seen.dims.index("field"), 0)
+    values = values.reshape(int(ds.sizes.get("field", 1)), -1)
+    with np.errstate(invalid="ignore"):
+        data_range = [[float(np.nanmin(v)), float(np.nanmax(v))] if v.size else None
+                      for v in values]
     return {
         "fine_shape": [int(ds.sizes[d]) for d in dims],
         "n_channels": int(ds.sizes.get("field", 1)),
@@ -68,6 +81,7 @@ def grid_info(ds: xr.Dataset) -> dict:
                    else [str(f) for f in np.asarray(ds["field"].values)]),
         "dt": float(times[1] - times[0]) if times.size > 1 else None,
         "boundary": str(ds.attrs.get("boundary", "")),
+        "data_range": data_range,
     }
 
 
@@ -108,6 +122,8 @@ class Fitted:
         latent_parts: optional named slices of the flat latent state,
             ``{name: {"start": i, "stop": j, "shape": [...], "dims": [...]}}`` (e.g. the
             macro field and the micro vector), used by diagnostics.
+        validation: record of validation-driven training, if any (best step and score,
+            history, why it stopped; :class:`~msde_ppl.pipeline.validation.ValidationMonitor`).
     """
 
     def __init__(
@@ -122,6 +138,7 @@ class Fitted:
         recipe: dict | None = None,
         train: dict | None = None,
         latent_parts: dict | None = None,
+        validation: dict | None = None,
     ) -> None:
         if guide.prototype_trace is None:
             raise ValueError("the guide has not been set up: fit it (or call it) first")
@@ -137,6 +154,7 @@ class Fitted:
         self.recipe = recipe
         self.train = train
         self.latent_parts = latent_parts
+        self.validation = validation
         self._compiled: dict = {}  # per-horizon compiled forecasts (msde_ppl.predict)
 
     def __repr__(self) -> str:
@@ -252,6 +270,7 @@ class Fitted:
             "path_site": self.path_site,
             "global_sites": self.global_sites,
             "n_steps": int(self.losses.size),
+            "validation": self.validation,
         }
         if into:
             if not path.is_dir():
@@ -335,13 +354,15 @@ class Fitted:
                              "different saves (an interrupted write?)")
         return cls(model, guide, params, losses=losses, grid=meta["grid"],
                    wall_time_s=meta.get("wall_time_s", 0.0), recipe=recipe,
-                   train=meta.get("train"), latent_parts=meta.get("latent_parts"))
+                   train=meta.get("train"), latent_parts=meta.get("latent_parts"),
+                   validation=meta.get("validation"))
 
     def replace(self, **changes: Any) -> Fitted:
         """A copy with some fields changed (``losses``, ``wall_time_s``, ``params``, ...)."""
         fields = dict(model=self.model, guide=self.guide, params=self.params,
                       losses=self.losses, grid=self.grid, wall_time_s=self.wall_time_s,
-                      recipe=self.recipe, train=self.train, latent_parts=self.latent_parts)
+                      recipe=self.recipe, train=self.train, latent_parts=self.latent_parts,
+                      validation=self.validation)
         fields.update(changes)
         model, guide, params = fields.pop("model"), fields.pop("guide"), fields.pop("params")
         return Fitted(model, guide, params, **fields)

@@ -22,15 +22,20 @@ import numpy as np
 import xarray as xr
 
 from msde_ppl.data.schema import grid_shape
-from msde_ppl.data.splits import select_split
-from msde_ppl.multiscale.program import MultiscaleConfig, config_for
+from msde_ppl.data.splits import observations, select_split
+from msde_ppl.multiscale.program import (
+    CASE_CONFIGS,
+    MultiscaleConfig,
+    config_for,
+    dissipation_from_data,
+)
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 from msde_ppl.predict.calibration import fit_spread_factor
 from msde_ppl.predict.forecast import forecast
-from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics
+from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
 
-__all__ = ["model_config", "progressive_stages", "run_case", "score"]
+__all__ = ["divergence_warning", "model_config", "progressive_stages", "run_case", "score"]
 
 
 def model_config(
@@ -42,16 +47,33 @@ def model_config(
     decoder: str | None = None,
     scale_kernel: str | None = None,
     physics: str | None = None,
+    drift: str | None = None,
 ) -> MultiscaleConfig:
     """The multiscale config for ``ds``: the built-in case's choices (if ``ds`` is one) with
-    the given overrides (``None`` keeps the case's or the generic default)."""
+    the given overrides (``None`` keeps the case's or the generic default).
+
+    ``drift`` is ``"free"`` (the reference's networks) or ``"dissipative"`` (their output
+    saturated at a learned bound plus a learned linear relaxation, initialised from the
+    training split, :func:`~msde_ppl.multiscale.program.dissipation_from_data`); default: free
+    for the built-in cases (their recipes were tuned with it), dissipative for any other data.
+    """
+    case = ds.attrs.get("case")
+    if drift is None:
+        drift = "free" if case in CASE_CONFIGS else "dissipative"
+    if drift not in ("free", "dissipative"):
+        raise ValueError(f"unknown drift form {drift!r}; use 'free' or 'dissipative'")
+    dissipation = None
+    if drift == "dissipative":
+        has_train = "train" in _split_names(ds)
+        u, t = observations(ds, "train" if has_train else None)
+        dissipation = dissipation_from_data(u, float(t[1] - t[0]))
     domain = ds.attrs.get("domain")
     domain = None if domain is None else tuple(float(d) for d in list(domain))
     return config_for(
-        ds.attrs.get("case"), grid_shape(ds), coarse, n_micro=n_micro,
+        case, grid_shape(ds), coarse, n_micro=n_micro,
         n_channels=ds.sizes.get("field", 1), encoder=encoder, decoder=decoder,
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
-        physics=physics, domain=domain if physics else None)
+        physics=physics, domain=domain if physics else None, dissipation=dissipation)
 
 
 def progressive_stages(n_micro: int, train: TrainConfig, micro_steps: int,
@@ -79,10 +101,15 @@ def score(
     integrator: str = "heun",
     substeps: int = 1,
     calibrate_on: str | None = None,
+    horizon: int | None = None,
 ) -> tuple[xr.Dataset, dict]:
-    """Forecast ``split`` over the dataset's evaluation horizon and score it: ``(forecast,
-    metrics)`` with the fits' training time and steps (a list of fits is one mixture) and the
-    rel-L2 of the persistence and climatology forecasts (``metrics["baselines"]``).
+    """Forecast ``split`` over the dataset's evaluation horizon (its ``eval_steps`` snapshots,
+    at most ``horizon`` of them) and score it: ``(forecast, metrics)`` with the fits' training
+    time and steps (a list of fits is one mixture), the rel-L2 of the persistence and
+    climatology forecasts (``metrics["baselines"]``), the number of diverged members
+    (``diverged_members`` of ``n_members``, :func:`~msde_ppl.predict.diverged_members`) and
+    the scores by lead time (``metrics["lead_time"]``: lists, :func:`~msde_ppl.predict.
+    lead_time_metrics`).
 
     ``calibrate_on="val"`` also fits the post-hoc spread factor on that split
     (:func:`~msde_ppl.predict.fit_spread_factor`), forecasts ``split`` again with it, and adds
@@ -93,14 +120,19 @@ def score(
     ``spread_factor`` variable (over ``time``).
     """
     eval_steps = ds.attrs.get("eval_steps")
+    if horizon is not None:
+        if int(horizon) < 2:
+            raise ValueError(f"a forecast horizon needs at least 2 snapshots, got {horizon}")
+        eval_steps = min(int(horizon), int(eval_steps or ds.sizes["time"]))
     start = time.perf_counter()
     fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=n_samples,
                   substeps=substeps, method=integrator, n_steps=eval_steps)
     metrics = forecast_metrics(fc, eval_steps)
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
     splits = _split_names(ds)
-    metrics["baselines"] = baseline_metrics(
-        fc, select_split(ds, "train") if "train" in splits else None, eval_steps)
+    train = select_split(ds, "train") if "train" in splits else None
+    metrics["baselines"] = baseline_metrics(fc, train, eval_steps)
+    metrics["lead_time"] = _as_lists(lead_time_metrics(fc, train, eval_steps))
     if calibrate_on is not None:
         # independent keys: the calibration split's ensemble, the calibrated rerun
         key_val, key_test = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
@@ -118,6 +150,7 @@ def score(
                           spread_factor=factor)
             calibrated = forecast_metrics(fc, eval_steps)
             calibrated["fitted_on"] = calibrate_on
+            calibrated["lead_time"] = _as_lists(lead_time_metrics(fc, train, eval_steps))
             calibrated["spread_factor"] = {"min": float(factor.min()),
                                            "median": float(np.median(factor)),
                                            "max": float(factor.max())}
@@ -132,6 +165,24 @@ def score(
     losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
     metrics["final_loss"] = losses[0] if len(losses) == 1 else (losses or None)
     return fc, metrics
+
+
+def _as_lists(scores: xr.Dataset) -> dict[str, list[float]]:
+    """Lead-time scores as JSON-able lists (``lead_time`` first)."""
+    out = {"lead_time": np.asarray(scores["lead_time"].values, np.float64).tolist()}
+    out.update({k: np.asarray(v.values, np.float64).tolist() for k, v in scores.items()})
+    return out
+
+
+def divergence_warning(metrics: dict, name: str = "the model") -> str | None:
+    """A one-line warning when some forecast members of ``metrics`` (:func:`score`'s)
+    diverged, else ``None``."""
+    n_bad, n_all = metrics.get("diverged_members", 0), metrics.get("n_members", 0)
+    if not n_bad:
+        return None
+    return (f"warning: {n_bad} of {n_all} forecast members of {name} diverged (non-finite, or "
+            "more than the training data's range beyond its min or max); its scores include "
+            "them")
 
 
 def run_case(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import shutil
 import time
 from collections.abc import Callable
 from functools import partial
@@ -49,6 +50,7 @@ from msde_ppl.inference.param_store import global_param_names
 from msde_ppl.multiscale.program import MultiscaleConfig, MultiscaleModules
 from msde_ppl.pipeline.builtin import build_program, latent_parts, multiscale_recipe
 from msde_ppl.pipeline.fitted import Fitted, grid_info, train_dict
+from msde_ppl.pipeline.validation import Validation, ValidationMonitor
 
 __all__ = ["FitStopped", "MultiscaleSetup", "TrainConfig", "WarmStart", "check_training_data",
            "fit", "fit_multiscale", "fit_progressive", "multiscale_setup"]
@@ -234,7 +236,7 @@ def _run(
         FitStopped: a non-finite loss, or a stop request; ``.fitted`` is the last good state.
         ValueError: the checkpoint to resume from belongs to another fit.
     """
-    grid = grid_info(ds)
+    grid = grid_info(ds, split)
     elbo, optimizer, beta = objective
 
     def wrap(params: dict, losses: np.ndarray, wall: float) -> Fitted:
@@ -423,6 +425,43 @@ def fit_multiscale(
                 checkpointing=checkpointing, split="train", callback=callback)
 
 
+def _initial_fitted(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig,
+                    warm_start: WarmStart) -> Fitted:
+    """The model a warm-started fit starts from (its step 0), as a :class:`Fitted`."""
+    from msde_ppl.inference.fit import init
+
+    setup = multiscale_setup(ds, config, train, warm_start)
+    key_init, key_data0 = jax.random.split(_seed_keys(train)[1])  # as the fit loop does
+    example = setup.batch_fn(key_data0, jax.numpy.zeros((), jax.numpy.int32))
+    problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
+                          example, beta_schedule=setup.beta_schedule)
+    params = jax.tree.map(np.asarray, problem.constrain(state.params))
+    return Fitted(setup.model, setup.guide, params, losses=np.zeros(0), grid=grid_info(ds),
+                  recipe=setup.recipe, train=train_dict(train), latent_parts=latent_parts(config))
+
+
+class _Deadline:
+    """A fit callback that stops the fit at a ``time.monotonic()`` deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, fitted: Fitted) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+def _chain(*callbacks: Callable | None) -> Callable | None:
+    """One fit callback running ``callbacks`` in order (all of them); ``True`` if any is."""
+    active = [c for c in callbacks if c is not None]
+    if not active:
+        return None
+
+    def run(fitted: Fitted) -> bool:
+        return any([c(fitted) is True for c in active])
+
+    return run
+
+
 def fit_progressive(
     ds: xr.Dataset,
     config: MultiscaleConfig,
@@ -434,11 +473,20 @@ def fit_progressive(
     resume: bool = False,
     checkpoint_every: float = 60.0,
     should_stop: Callable[[], bool] | None = None,
+    validation: Validation | None = None,
+    budget_s: float | None = None,
 ) -> list[Fitted]:
     """Fit with a growing micro dimension: ``stages = [(K_0, train_0), (K_1, train_1), ...]``,
     ``K`` non-decreasing; stage ``k`` starts from stage ``k - 1`` grown by
     :func:`msde_ppl.multiscale.grow_modules`. Returns every stage's fitted model.
     ``callback`` is passed to every stage's :func:`fit_multiscale`.
+
+    With ``validation`` (:class:`~msde_ppl.pipeline.validation.Validation`), every stage is
+    scored on the val split while it trains; it stops early when the score stops improving,
+    and its result is the best-scoring checkpoint (its ``validation`` attribute records the
+    history). ``budget_s`` bounds the training wall time of the whole fit (seconds): stage
+    ``k`` ends at its share of the budget (proportional to its steps), and a stage that ends
+    there keeps its best checkpoint when validated, else its last state.
 
     With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once
     complete, is saved as the model ``stage{k}/`` (its checkpoint then removed). With
@@ -458,8 +506,15 @@ def fit_progressive(
         if stale and not resume:
             raise FileExistsError(f"{folder} already holds {', '.join(stale)} of an earlier fit; "
                                   "resume it (resume=True) or choose another checkpoint_dir")
+    if budget_s is not None and not (np.isfinite(budget_s) and budget_s > 0):
+        raise ValueError(f"the time budget must be a positive number of seconds, got {budget_s}")
+    total_steps = sum(train.steps for _, train in stages)
+    begin, steps_before = time.monotonic(), 0
     fitted: list[Fitted] = []
     for i, (n_micro, train) in enumerate(stages):
+        steps_before += train.steps
+        deadline = (None if budget_s is None
+                    else begin + budget_s * steps_before / total_steps)
         done = None if folder is None else folder / f"stage{i}"
         if resume and done is not None and (done / "fitted.json").is_file():
             stage = Fitted.load(done)
@@ -476,15 +531,32 @@ def fit_progressive(
             warm = WarmStart(modules, prev.kernel,
                              grown_global_values(prev.global_medians(), prev.config, n_micro))
         ckpt = None if folder is None else folder / f"stage{i}.ckpt.npz"
+        record = None if folder is None else folder / f"stage{i}.validation"
+        monitor = stage_callback = None
+        if validation is not None:
+            monitor = ValidationMonitor(validation, ds, deadline=deadline, record=record)
+        elif deadline is not None:
+            monitor = _Deadline(deadline)
+        if isinstance(monitor, ValidationMonitor) and warm is not None and not monitor.history:
+            # the grown model's start (the previous stage's drift and reconstruction, an idle
+            # micro state) competes too: the stage never ends worse on val than it began
+            monitor.evaluate(_initial_fitted(ds, stage_config, train, warm))
+        stage_callback = _chain(callback, monitor)
         try:
             stage = fit_multiscale(ds, stage_config, train, progress=progress, warm_start=warm,
-                                   callback=callback, checkpoint_path=ckpt, resume=resume,
-                                   checkpoint_every=checkpoint_every, should_stop=should_stop)
+                                   callback=stage_callback, checkpoint_path=ckpt,
+                                   resume=resume, checkpoint_every=checkpoint_every,
+                                   should_stop=should_stop)
         except FitStopped as err:
             err.stage = i
             raise
+        if isinstance(monitor, ValidationMonitor):
+            monitor.evaluate(stage)  # the last state competes too
+            stage = stage.replace(params=monitor.best.params, validation=monitor.summary())
         if done is not None:
             stage.save(done)
             ckpt.unlink(missing_ok=True)
+            if record is not None and record.exists():
+                shutil.rmtree(record)
         fitted.append(stage)
     return fitted

@@ -6,13 +6,17 @@ from msde_ppl.predict.forecast import forecast, rollout
 from msde_ppl.predict.metrics import (
     baseline_metrics,
     crps_ensemble,
+    diverged_members,
+    divergence_limits,
     forecast_metrics,
     interval_coverage,
+    lead_time_metrics,
     noise_floor,
     pooled_relative_l2,
     relative_l2,
 )
 
-__all__ = ["baseline_metrics", "coarse_dns", "crps_ensemble", "evaluate_coarse_dns",
-           "fit_spread_factor", "forecast", "forecast_metrics", "interval_coverage",
-           "noise_floor", "pooled_relative_l2", "relative_l2", "rollout"]
+__all__ = ["baseline_metrics", "coarse_dns", "crps_ensemble", "diverged_members",
+           "divergence_limits", "evaluate_coarse_dns", "fit_spread_factor", "forecast",
+           "forecast_metrics", "interval_coverage", "lead_time_metrics", "noise_floor",
+           "pooled_relative_l2", "relative_l2", "rollout"]

@@ -39,8 +39,8 @@ from numpyro import handlers
 
 from msde_ppl.data.splits import observations, select_split
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
-from msde_ppl.pipeline.fitted import Fitted
-from msde_ppl.predict.metrics import crps_sorted
+from msde_ppl.pipeline.fitted import Fitted, grid_info
+from msde_ppl.predict.metrics import crps_sorted, diverged_members, divergence_limits
 
 __all__ = ["forecast", "observe", "program_trace", "rollout", "trajectory_ensemble"]
 
@@ -229,12 +229,15 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
 
 
 def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
-                        substeps: int = 1, method: str = "heun"):
-    """``ensemble(key, y_traj) -> (draws, summary)``: the compiled per-trajectory forecast of
-    :func:`forecast` over ``times`` (``y_traj``: ``(T, C, *fine)``, draws ``(T', S, C, *fine)``).
+                        substeps: int = 1, method: str = "heun", *, params: dict | None = None):
+    """``ensemble(key, y_traj, t0=None) -> (draws, summary)``: the compiled per-trajectory
+    forecast of :func:`forecast` over ``times`` (``y_traj``: ``(T, C, *fine)``, draws
+    ``(T', S, C, *fine)``), from time ``t0`` (default ``times[0]``).
 
     Compiled once per fitted model and horizon: later trajectories and later calls with the same
-    sizes reuse the program (``fitted`` keeps it)."""
+    sizes reuse the program (``fitted`` keeps it). ``params`` (default ``fitted.params``) runs
+    the same program with other parameters of the same structure (e.g. later checkpoints of
+    the same fit), without compiling again."""
     times = np.asarray(times)
     dt = float(times[1] - times[0])
     signature = (len(times), dt, int(n_samples), int(substeps), method)
@@ -242,9 +245,10 @@ def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
         fitted._compiled[signature] = _build_ensemble(fitted, len(times), dt, int(n_samples),
                                                       int(substeps), method)
     run = fitted._compiled[signature]
-    params = jax.tree.map(jnp.asarray, fitted.params)
-    t0 = jnp.float32(times[0])
-    return lambda key, y_traj: run(key, jnp.asarray(y_traj), t0, params)
+    params = jax.tree.map(jnp.asarray, fitted.params if params is None else params)
+    start = float(times[0])
+    return lambda key, y_traj, t0=None: run(key, jnp.asarray(y_traj),
+                                            jnp.float32(start if t0 is None else t0), params)
 
 
 def _check_grid(fitted: Fitted, ds: xr.Dataset) -> None:
@@ -299,7 +303,9 @@ def forecast(
         ``xarray.Dataset`` with ``mean``, ``std``, ``q05``, ``q95`` on the data's dims (and,
         for the product-of-experts likelihood, ``macro`` and ``micro``: ensemble means of
         :math:`P\\zeta` and of the weighted micro part), ``crps`` (per trajectory and time,
-        against the noisy data), and ``latent_mean``, ``latent_std`` (``traj, time, latent``).
+        against the noisy data), ``latent_mean``, ``latent_std`` (``traj, time, latent``) and
+        ``diverged`` (``traj, member``: the member left the training data's bounds,
+        :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes).
     """
     fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
     if not fits:
@@ -321,6 +327,7 @@ def forecast(
                              f"values (one per output time), got shape "
                              f"{np.shape(spread_factor)}")
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
+    lower, upper = divergence_limits(_training_range(fits[0], ds))
 
     keys = jax.random.split(rng_key, y.shape[0])
     parts = []
@@ -335,6 +342,7 @@ def forecast(
             mean = summary["mean"][:, None]
             draws = mean + c * (draws - mean)
             summary["std"] = summary["std"] * c[:, 0]
+        summary["diverged"] = diverged_members(draws, lower, upper)
         summary.update(_sample_statistics(draws, y_traj))
         if levels is not None:
             summary.update(_interval_bounds(draws, levels))
@@ -343,9 +351,23 @@ def forecast(
         parts.append(summary)
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
+    result["diverged"].attrs.update(
+        description="member left the data's bounds: a non-finite value, or one outside "
+        "[lower, upper] (per field) at some time",
+        lower=lower.tolist(), upper=upper.tolist())
     if levels is not None or return_samples:
         result = _add_optional(result, out, levels)
     return result
+
+
+def _training_range(fitted: Fitted, ds: xr.Dataset) -> list:
+    """Per field ``[min, max]`` of the model's training data (saved with it), or, for a model
+    saved without it, of ``ds``'s train split (all of ``ds`` if it has none)."""
+    saved = fitted.grid.get("data_range")
+    if saved is not None and all(r is not None for r in saved):
+        return saved
+    has_train = "split" in ds.coords and "train" in set(np.asarray(ds["split"].values).tolist())
+    return grid_info(ds, "train" if has_train else None)["data_range"]
 
 
 def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
@@ -428,6 +450,7 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
             arr = out[name] if has_field else out[name][:, :, 0]
             data[name] = (dims, arr.astype(np.float32))
     data["crps"] = (("traj", "time"), out["crps"])
+    data["diverged"] = (("traj", "member"), out["diverged"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)
         data[name] = ((("fit",) if ensemble else ()) + ("traj", "time", "latent"),
                       np.moveaxis(out[name], 1, 0) if ensemble else out[name])

@@ -61,6 +61,31 @@ def baseline_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     return {k: {"rel_l2_mean": v["mean"], "rel_l2_std": v["std"]} for k, v in out.items()}
 
 
+DIVERGENCE_MARGIN = 1.0  # in units of the training data's range, on either side of it
+
+
+def divergence_limits(data_range: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per field ``(lower, upper)`` beyond which a forecast value counts as diverged: the
+    training data's ``[min, max]`` widened by ``DIVERGENCE_MARGIN`` times its range on each
+    side (so a value that far outside is at least 1.5 ranges from the data's centre, three
+    times as far as anything seen in training).
+    ``data_range`` is :func:`msde_ppl.pipeline.fitted.grid_info`'s, one ``[min, max]`` per
+    field."""
+    lo, hi = (np.array([r[i] for r in data_range], np.float64) for i in (0, 1))
+    width = np.maximum(hi - lo, np.finfo(np.float64).tiny)
+    return lo - DIVERGENCE_MARGIN * width, hi + DIVERGENCE_MARGIN * width
+
+
+def diverged_members(draws: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Which ensemble members of ``draws`` ``(T, S, C, *fine)`` diverged: a non-finite value,
+    or one outside ``[lower, upper]`` (per field ``C``), at any time. Returns ``(S,)`` bools."""
+    shape = (1, 1, -1) + (1,) * (draws.ndim - 3)
+    lo, hi = np.reshape(lower, shape), np.reshape(upper, shape)
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(draws) & (draws >= lo) & (draws <= hi)
+    return ~np.moveaxis(inside, 1, 0).reshape(draws.shape[1], -1).all(axis=1)
+
+
 def noise_floor(ds: xr.Dataset, eval_steps: int | None = None) -> dict[str, float] | None:
     """The error of a perfect noise-free prediction against the noisy data,
     ``||u - u_clean|| / ||u||`` pooled like :func:`pooled_relative_l2` (``None`` without
@@ -126,4 +151,46 @@ def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
         result["spread_skill"] = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
     finite = all(np.isfinite(np.asarray(window[v].values)).all() for v in ("mean", "std"))
     result["finite"] = bool(finite)
+    if "diverged" in fc:
+        flags = np.asarray(fc["diverged"].values, bool)
+        result["diverged_members"] = int(flags.sum())
+        result["n_members"] = int(flags.size)
     return result
+
+
+def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
+                      eval_steps: int | None = None) -> xr.Dataset:
+    """Scores of a forecast as functions of lead time (over its first ``eval_steps`` times),
+    each averaged over trajectories (coverage and spread-skill pooled over trajectories and grid
+    values):
+
+    - ``rel_l2``: rel-L2 of the mean vs the noisy observations (and ``rel_l2_clean``);
+    - ``crps``, ``coverage_90`` (of the 5–95% band), ``spread_skill`` (RMS std / RMSE);
+    - ``persistence`` and ``climatology``: rel-L2 of the trivial forecasts of
+      :func:`baseline_metrics` (``climatology`` only with ``train``).
+
+    Returns an ``xarray.Dataset`` over ``time`` (the forecast's times) with ``lead_time``
+    (time since the initial snapshot) as a coordinate.
+    """
+    n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
+    window = fc.isel(time=slice(0, n))
+    obs = window["obs"]
+    space = [d for d in obs.dims if d not in ("traj", "time")]
+    out = {"rel_l2": relative_l2(obs, window["mean"]).mean("traj")}
+    if "obs_u_clean" in window:
+        out["rel_l2_clean"] = relative_l2(window["obs_u_clean"], window["mean"]).mean("traj")
+    out["crps"] = window["crps"].mean("traj")
+    inside = (obs >= window["q05"]) & (obs <= window["q95"])
+    out["coverage_90"] = inside.mean(["traj", *space])
+    error2 = ((obs - window["mean"]) ** 2).mean(["traj", *space])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out["spread_skill"] = np.sqrt((window["std"] ** 2).mean(["traj", *space])) / np.sqrt(
+            error2)
+    held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
+    out["persistence"] = relative_l2(obs, held.assign_coords(obs.coords)).mean("traj")
+    if train is not None:
+        clim = train["u"].mean(("traj", "time")).broadcast_like(obs).transpose(*obs.dims)
+        out["climatology"] = relative_l2(obs, clim.assign_coords(obs.coords)).mean("traj")
+    result = xr.Dataset({k: v.astype(np.float64) for k, v in out.items()})
+    times = np.asarray(window["time"].values, np.float64)
+    return result.assign_coords(lead_time=("time", times - times[0]))

@@ -181,3 +181,53 @@ def test_config_for_keeps_case_choices_unless_overridden():
     mlp = config_for("wave_1d", (1000,), decoder="mlp", learn_kernel=True)
     assert (mlp.decoder, mlp.learn_kernel) == ("mlp", True)
     assert config_for(None, (120,), (12,), decoder=None).decoder == "mlp"
+
+
+def test_grown_dissipative_drift_computes_the_old_one(rng_key):
+    """The damping, centre and bound of the dissipative form are copied when the model grows
+    (the old micro coordinates keep theirs), so the grown drift is the old one at first."""
+    k_old, k_new, k_z, k_p = jax.random.split(rng_key, 4)
+    old_cfg = dataclasses.replace(TINY, dissipation=(0.5, 3.0, 2.0))
+    old = build_modules(old_cfg, key=k_old)
+    # move the dissipation parameters off their initial values, as a fit would
+    def perturb(d):
+        return jax.tree.map(lambda a: a + jax.random.normal(k_p, a.shape), d)
+
+    drift = eqx.tree_at(lambda d: (d.macro.dissipation, d.micro.dissipation), old.drift,
+                        (perturb(old.drift.macro.dissipation),
+                         perturb(old.drift.micro.dissipation)))
+    old = old._replace(drift=drift)
+    cfg, new = grow_modules(old, old_cfg, 4, key=k_new)
+    z_old = 3.0 * jax.random.normal(k_z, (old_cfg.n_latent,))
+    z_new = jnp.concatenate([z_old, jnp.zeros(2)])
+    np.testing.assert_allclose(new.drift(0.3, z_new)[:old_cfg.n_latent],
+                               old.drift(0.3, z_old), atol=1e-5)
+
+
+def test_dissipative_drift_draws_far_states_back(rng_key):
+    """Off the data, ``<z - m, f(z)> <= -lambda |z - m|^2 + B |z - m| < 0`` for every group
+    beyond ``B / lambda`` (here the macro field, per node, and the micro vector), whatever the
+    networks; a free network has no such bound (its leaky-ReLU output grows with the state)."""
+    cfg = dataclasses.replace(TINY, dissipation=(0.5, 3.0, 2.0))
+    modules = build_modules(cfg, key=rng_key)
+    drift = modules.drift
+    radius_macro, radius_micro = 3.0 / 0.5, 2.0 / 0.5
+    for scale in (2.0, 10.0, 1e3):
+        z = scale * jax.random.normal(jax.random.fold_in(rng_key, int(scale)), (cfg.n_latent,))
+        z = z.at[:8].set(jnp.sign(z[:8]) * jnp.maximum(jnp.abs(z[:8]), 1.01 * radius_macro))
+        z = z.at[8:].multiply(1.01 * radius_micro / jnp.linalg.norm(z[8:]) * max(scale, 1.0))
+        f = drift(0.0, z)
+        assert np.all(np.asarray(z[:8] * f[:8]) < 0), scale  # every coarse node moves inward
+        assert float(z[8:] @ f[8:]) < 0, scale
+    with pytest.raises(ValueError, match="positive"):
+        build_modules(dataclasses.replace(TINY, dissipation=(0.0, 1.0, 1.0)), key=rng_key)
+
+
+def test_dissipation_from_data_scales_with_the_data():
+    from msde_ppl.multiscale.program import dissipation_from_data
+
+    u = np.cumsum(np.ones((2, 5, 3)), axis=1)  # every step changes u by 1
+    rate, macro_bound, micro_bound = dissipation_from_data(u, 0.5)
+    assert rate == pytest.approx(1 / 32) and macro_bound == pytest.approx(8.0)
+    assert micro_bound == pytest.approx(8.0)
+    assert dissipation_from_data(10 * u, 0.5)[1] == pytest.approx(80.0)

@@ -167,3 +167,34 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert "non-finite" in metrics["calibrated"]["skipped"]
     assert "spread_factor" not in fc and "fit_wall_time_s" in metrics  # the run still scores
     assert "calibration on 'val' skipped" in capsys.readouterr().out
+
+
+def test_members_beyond_the_training_range_are_counted(data):
+    """The decaying forecast stays inside the training data's widened range (no member
+    diverged); against a model whose recorded training range is tiny, every member is out."""
+    from msde_ppl.pipeline import run as run_module
+
+    fitted = _fitted(data, as_leaf=False)
+    fc, metrics = run_module.score(fitted, data, split="test", n_samples=16)
+    assert fc["diverged"].dims == ("traj", "member") and not fc["diverged"].values.any()
+    assert metrics["diverged_members"] == 0 and metrics["n_members"] == 16
+    assert run_module.divergence_warning(metrics) is None
+    narrow = fitted.replace(grid={**fitted.grid, "data_range": [[10.0, 10.001]]})
+    _, metrics = run_module.score(narrow, data, split="test", n_samples=16)
+    assert metrics["diverged_members"] == 16
+    assert "16 of 16 forecast members" in run_module.divergence_warning(metrics)
+
+
+def test_score_by_lead_time_and_a_shorter_horizon(data):
+    from msde_ppl.pipeline import run as run_module
+
+    fitted = _fitted(data, as_leaf=False)
+    fc, metrics = run_module.score(fitted, data, split="test", n_samples=16, horizon=4)
+    assert fc.sizes["time"] == 4
+    lead = metrics["lead_time"]
+    assert lead["lead_time"] == pytest.approx(list(DT * np.arange(4)))
+    assert set(lead) >= {"rel_l2", "crps", "coverage_90", "spread_skill", "persistence",
+                         "climatology"}
+    assert np.mean(lead["rel_l2"]) == pytest.approx(metrics["rel_l2_mean"], rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2 snapshots"):
+        run_module.score(fitted, data, split="test", n_samples=4, horizon=1)

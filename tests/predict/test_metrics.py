@@ -102,3 +102,50 @@ def test_persistence_and_climatology_baselines_by_hand(np_rng):
         assert got[name]["rel_l2_mean"] == pytest.approx(mean, rel=1e-12)
         assert got[name]["rel_l2_std"] == pytest.approx(std, rel=1e-12)
     assert set(baseline_metrics(fc)) == {"persistence"}  # no training split: no climatology
+
+
+def test_lead_time_scores_by_hand_and_pooled_back(np_rng):
+    """Each lead time's rel-L2 / coverage / spread-skill / baselines by hand; their means over
+    lead times give the pooled rel-L2 of forecast_metrics and baseline_metrics."""
+    from msde_ppl.predict import baseline_metrics, forecast_metrics, lead_time_metrics
+
+    dims = ("traj", "time", "x")
+    obs = np_rng.normal(size=(3, 7, 5)) + 2.0
+    mean = obs + 0.3 * np_rng.normal(size=obs.shape)
+    std = np.full(obs.shape, 0.2)
+    fc = xr.Dataset({"obs": (dims, obs), "mean": (dims, mean), "std": (dims, std),
+                     "q05": (dims, mean - 0.33), "q95": (dims, mean + 0.33),
+                     "crps": (("traj", "time"), np_rng.uniform(size=(3, 7)))},
+                    coords={"time": 1.0 + 0.5 * np.arange(7)})
+    train = xr.Dataset({"u": (dims, np_rng.normal(size=(2, 4, 5)))})
+    got = lead_time_metrics(fc, train, eval_steps=6)
+    assert got.sizes["time"] == 6
+    np.testing.assert_allclose(got["lead_time"], 0.5 * np.arange(6))
+    err = np.linalg.norm(obs - mean, axis=-1) / np.linalg.norm(obs, axis=-1)
+    np.testing.assert_allclose(got["rel_l2"], err[:, :6].mean(0), rtol=1e-12)
+    inside = (obs >= mean - 0.33) & (obs <= mean + 0.33)
+    np.testing.assert_allclose(got["coverage_90"], inside[:, :6].mean((0, 2)), rtol=1e-12)
+    rmse = np.sqrt(((obs - mean) ** 2)[:, :6].mean((0, 2)))
+    np.testing.assert_allclose(got["spread_skill"], 0.2 / rmse, rtol=1e-12)
+    np.testing.assert_allclose(got["crps"], fc["crps"].values[:, :6].mean(0), rtol=1e-12)
+    pooled = forecast_metrics(fc, 6)
+    assert float(got["rel_l2"].mean()) == pytest.approx(pooled["rel_l2_mean"], rel=1e-12)
+    base = baseline_metrics(fc, train, 6)
+    for name in ("persistence", "climatology"):
+        assert float(got[name].mean()) == pytest.approx(base[name]["rel_l2_mean"], rel=1e-12)
+    assert float(got["persistence"][0]) == 0.0  # the held snapshot is exact at lead time 0
+
+
+def test_diverged_members_beyond_the_data_range_or_not_finite():
+    from msde_ppl.predict import diverged_members, divergence_limits
+
+    lower, upper = divergence_limits([[0.0, 1.0], [-2.0, 2.0]])  # two fields
+    np.testing.assert_allclose(lower, [-1.0, -6.0])
+    np.testing.assert_allclose(upper, [2.0, 6.0])
+    draws = np.zeros((4, 5, 2, 3))  # (T, S, C, x)
+    draws[3, 1, 0, 2] = 2.5  # member 1 leaves field 0's bounds at the last time
+    draws[1, 2, 1, 0] = 5.9  # member 2 stays inside field 1's (wider) bounds
+    draws[2, 3, 1, 1] = np.nan  # member 3 is not finite
+    draws[0, 4, 0, 0] = -1.5  # member 4 leaves below
+    np.testing.assert_array_equal(diverged_members(draws, lower, upper),
+                                  [False, True, False, True, True])

@@ -1,0 +1,222 @@
+"""Three 1D PDEs that are NOT built-in cases, each with its own solver written for it, for
+``benchmarks/robustness.py``: data the package was never tuned on.
+
+- ``kuramoto_sivashinsky``: :math:`u_t = -u u_x - u_{xx} - u_{xxxx}`, periodic on
+  :math:`[0, L)`, chaotic; Fourier pseudo-spectral in space (2/3 de-aliased), exponential
+  time differencing RK4 in time (ETDRK4; its phi-function coefficients by a contour integral).
+- ``bistable_fronts``: the Nagumo reaction–diffusion equation
+  :math:`u_t = D u_{xx} + u(1 - u)(u - a)`, periodic; second-order finite differences in space,
+  Crank–Nicolson diffusion and second-order Adams–Bashforth reaction (CNAB2; the circulant
+  Crank–Nicolson system diagonalised by the FFT). Fronts of width :math:`\\sqrt{2D}` travel at
+  :math:`c = \\sqrt{D/2}(1 - 2a)` and annihilate when they meet.
+- ``variable_advection``: :math:`u_t = -c(x) u_x + \\nu u_{xx}` with
+  :math:`c(x) = 1 + \\tfrac12 \\sin 2\\pi x` on :math:`[0, 1)`; Fourier differentiation and
+  classical RK4 (method of lines).
+
+Each ``make_*`` returns a dataset in the package's schema (``msde_ppl.from_arrays``) with
+noisy observations ``u`` (1% of the field's std), the clean field ``u_clean``, labelled
+train/val/test splits and the domain length. ``tests/benchmarks/test_unseen_pdes.py`` checks
+every solver against physics (exact solutions, growth rates, front speeds, convergence).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msde_ppl import from_arrays
+
+__all__ = ["PDES", "bistable_fronts_step", "etdrk4_coefficients", "ks_solve",
+           "make_bistable_fronts", "make_kuramoto_sivashinsky", "make_variable_advection",
+           "nagumo_solve", "variable_advection_solve"]
+
+
+def _splits(n_traj: int) -> list[str]:
+    """Labels in the proportion 8 : 2 : 2 (at least one val and one test trajectory)."""
+    n_val = n_test = max(1, round(n_traj / 6))
+    return ["train"] * (n_traj - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
+
+
+def _dataset(clean: np.ndarray, times: np.ndarray, x: np.ndarray, name: str, domain: float,
+             rng: np.random.Generator, noise: float = 0.01):
+    """The schema dataset of clean trajectories ``(R, T, n)`` plus Gaussian noise of ``noise``
+    times the field's std."""
+    clean = clean.astype(np.float32)
+    sigma = noise * float(clean.std())
+    noisy = clean + sigma * rng.standard_normal(clean.shape).astype(np.float32)
+    return from_arrays(noisy, time=times, x=x, split=_splits(clean.shape[0]), u_clean=clean,
+                       domain=[float(domain)], noise_std=sigma, source=name)
+
+
+# -- Kuramoto–Sivashinsky: pseudo-spectral ETDRK4 ------------------------------------------------
+
+def etdrk4_coefficients(lin: np.ndarray, h: float, n_contour: int = 32) -> tuple:
+    """ETDRK4 coefficients of the diagonal linear operator ``lin`` (Cox & Matthews; the
+    phi-functions evaluated by the mean over a circle of radius 1 around ``h * lin``, which
+    avoids their cancellation near 0, Kassam & Trefethen 2005)."""
+    e, e2 = np.exp(h * lin), np.exp(h * lin / 2)
+    roots = np.exp(1j * np.pi * (np.arange(1, n_contour + 1) - 0.5) / n_contour)
+    lr = h * lin[:, None] + roots[None, :]
+    q = h * np.real(np.mean((np.exp(lr / 2) - 1) / lr, axis=1))
+    f1 = h * np.real(np.mean((-4 - lr + np.exp(lr) * (4 - 3 * lr + lr**2)) / lr**3, axis=1))
+    f2 = h * np.real(np.mean((2 + lr + np.exp(lr) * (-2 + lr)) / lr**3, axis=1))
+    f3 = h * np.real(np.mean((-4 - 3 * lr - lr**2 + np.exp(lr) * (4 - lr)) / lr**3, axis=1))
+    return e, e2, q, f1, f2, f3
+
+
+def ks_solve(u0: np.ndarray, length: float, h: float, n_steps: int, every: int) -> np.ndarray:
+    """KS from ``u0`` (``(n,)``, periodic on ``[0, length)``), ``n_steps`` ETDRK4 steps of size
+    ``h``; returns the states every ``every`` steps, ``u0`` first: ``(n_steps // every + 1, n)``.
+    """
+    n = u0.size
+    k = 2 * np.pi * np.fft.rfftfreq(n, length / n)
+    lin = k**2 - k**4
+    dealias = k < (2 / 3) * k.max()
+    e, e2, q, f1, f2, f3 = etdrk4_coefficients(lin, h)
+
+    def nonlinear(v):  # -(u^2 / 2)_x in Fourier, de-aliased
+        u = np.fft.irfft(v, n)
+        return -0.5j * k * np.fft.rfft(u * u) * dealias
+
+    v = np.fft.rfft(u0)
+    out = [u0.copy()]
+    for step in range(1, n_steps + 1):
+        nv = nonlinear(v)
+        a = e2 * v + q * nv
+        na = nonlinear(a)
+        b = e2 * v + q * na
+        nb = nonlinear(b)
+        c = e2 * a + q * (2 * nb - nv)
+        nc = nonlinear(c)
+        v = e * v + nv * f1 + 2 * (na + nb) * f2 + nc * f3
+        if step % every == 0:
+            out.append(np.fft.irfft(v, n))
+    return np.asarray(out)
+
+
+def make_kuramoto_sivashinsky(n_traj: int = 12, seed: int = 0, n_fine: int = 256,
+                              length: float = 32 * np.pi, dt: float = 0.25,
+                              n_time: int = 161, spin_up: float = 100.0):
+    """Chaotic KS trajectories on ``[0, 32 pi)`` (about 11 cells of wavelength 2 pi sqrt 2, the
+    fastest-growing one, so the 32-point coarse grid has under 3 points per cell): random smooth
+    initial states, ``spin_up`` time units discarded
+    (onto the attractor), then ``n_time`` snapshots ``dt`` apart (ETDRK4 step ``dt / 4``)."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(n_fine) * length / n_fine
+    every, h = 4, dt / 4
+    skip = int(round(spin_up / dt))
+    trajs = []
+    for _ in range(n_traj):
+        u0 = sum(rng.normal() * np.cos(2 * np.pi * m * x / length + rng.uniform(0, 2 * np.pi))
+                 for m in range(1, 6))
+        path = ks_solve(u0 - u0.mean(), length, h, (skip + n_time - 1) * every, every)
+        trajs.append(path[skip:])
+    return _dataset(np.asarray(trajs), np.arange(n_time) * dt, x, "kuramoto_sivashinsky",
+                    length, rng)
+
+
+# -- Nagumo bistable fronts: finite differences, CNAB2 ------------------------------------------
+
+def nagumo_solve(u0: np.ndarray, length: float, diff: float, a: float, h: float,
+                 n_steps: int, every: int) -> np.ndarray:
+    """Nagumo from ``u0`` on a periodic grid: second-order central differences, Crank–Nicolson
+    diffusion, Adams–Bashforth 2 reaction (forward Euler on the first step); states every
+    ``every`` steps, ``u0`` first."""
+    n = u0.size
+    dx = length / n
+    # eigenvalues of the periodic second-difference matrix (circulant): (2 cos(k dx) - 2) / dx^2
+    lap = (2 * np.cos(2 * np.pi * np.fft.rfftfreq(n)) - 2) / dx**2
+    lhs, rhs = 1 - 0.5 * h * diff * lap, 1 + 0.5 * h * diff * lap
+
+    def reaction(u):
+        return u * (1 - u) * (u - a)
+
+    u, f_old = u0.astype(np.float64).copy(), None
+    out = [u.copy()]
+    for step in range(1, n_steps + 1):
+        f = reaction(u)
+        explicit = f if f_old is None else 1.5 * f - 0.5 * f_old
+        u = np.fft.irfft((rhs * np.fft.rfft(u) + h * np.fft.rfft(explicit)) / lhs, n)
+        f_old = f
+        if step % every == 0:
+            out.append(u.copy())
+    return np.asarray(out)
+
+
+def bistable_fronts_step(x: np.ndarray, length: float, rng: np.random.Generator,
+                         width: float) -> np.ndarray:
+    """A random initial state: 2–4 plateaus of ``u = 1`` (random centres and lengths) on
+    ``u = 0``, with tanh edges of ``width``."""
+    u = np.zeros_like(x)
+    for _ in range(rng.integers(2, 5)):
+        centre, half = rng.uniform(0, length), rng.uniform(0.03, 0.1) * length
+        dist = np.abs((x - centre + length / 2) % length - length / 2)
+        u = np.maximum(u, 0.5 * (1 - np.tanh((dist - half) / width)))
+    return u
+
+
+def make_bistable_fronts(n_traj: int = 12, seed: int = 0, n_fine: int = 256,
+                         length: float = 100.0, diff: float = 1.0, dt: float = 0.5,
+                         n_time: int = 161):
+    """Nagumo fronts with a random threshold ``a`` in [0.1, 0.4] per trajectory (front speeds
+    0.14–0.57): plateaus of the stable state 1 invade 0 and merge; CNAB2 step ``dt / 10``."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(n_fine) * length / n_fine
+    every = 10
+    trajs = []
+    for _ in range(n_traj):
+        a = rng.uniform(0.1, 0.4)
+        u0 = bistable_fronts_step(x, length, rng, np.sqrt(2 * diff))
+        trajs.append(nagumo_solve(u0, length, diff, a, dt / every, (n_time - 1) * every, every))
+    return _dataset(np.asarray(trajs), np.arange(n_time) * dt, x, "bistable_fronts", length,
+                    rng)
+
+
+# -- advection with a spatially varying speed: Fourier differentiation, RK4 ----------------------
+
+def variable_advection_solve(u0: np.ndarray, speed: np.ndarray, nu: float, h: float,
+                             n_steps: int, every: int) -> np.ndarray:
+    """``u_t = -c(x) u_x + nu u_xx`` on ``[0, 1)`` (periodic): spectral derivatives, RK4
+    steps of size ``h``; states every ``every`` steps, ``u0`` first."""
+    n = u0.size
+    ik = 2j * np.pi * np.fft.rfftfreq(n, 1 / n)
+
+    def rhs(u):
+        v = np.fft.rfft(u)
+        return -speed * np.fft.irfft(ik * v, n) + nu * np.fft.irfft(ik**2 * v, n)
+
+    u = u0.astype(np.float64).copy()
+    out = [u.copy()]
+    for step in range(1, n_steps + 1):
+        k1 = rhs(u)
+        k2 = rhs(u + 0.5 * h * k1)
+        k3 = rhs(u + 0.5 * h * k2)
+        k4 = rhs(u + h * k3)
+        u = u + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        if step % every == 0:
+            out.append(u.copy())
+    return np.asarray(out)
+
+
+def make_variable_advection(n_traj: int = 12, seed: int = 0, n_fine: int = 128,
+                            nu: float = 2e-3, dt: float = 0.01, n_time: int = 161):
+    """Random 4-mode initial states advected by ``c(x) = 1 + sin(2 pi x) / 2`` (they steepen
+    where the speed drops) and damped by ``nu``; RK4 step ``dt / 10``."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(n_fine) / n_fine
+    speed = 1.0 + 0.5 * np.sin(2 * np.pi * x)
+    every = 10
+    trajs = []
+    for _ in range(n_traj):
+        u0 = sum(rng.normal() / m * np.sin(2 * np.pi * m * x + rng.uniform(0, 2 * np.pi))
+                 for m in range(1, 5))
+        trajs.append(variable_advection_solve(u0, speed, nu, dt / every, (n_time - 1) * every,
+                                              every))
+    return _dataset(np.asarray(trajs), np.arange(n_time) * dt, x, "variable_advection", 1.0,
+                    rng)
+
+
+PDES = {  # name -> (dataset maker, coarse grid)
+    "kuramoto_sivashinsky": (make_kuramoto_sivashinsky, 32),
+    "bistable_fronts": (make_bistable_fronts, 32),
+    "variable_advection": (make_variable_advection, 32),
+}

@@ -1,0 +1,191 @@
+r"""Validation-driven training: a short-horizon forecast score on the val split while a fit
+runs, the best model kept, early stopping and a wall-clock budget (docs/reliability.md).
+
+Every ``every`` steps the model fitted so far forecasts the val trajectories over ``horizon``
+snapshots (default: the data's evaluation horizon, ``eval_steps`` or every snapshot, from the
+first snapshot: the task the test split is scored on, where a slow divergence shows) from
+``n_starts`` evenly spread starting snapshots per trajectory, with ``n_samples`` members, and is
+scored by
+
+.. math:: s = \frac{1}{N} \sum_{r, i} \frac{\lVert y_{ri} - \bar y_{ri} \rVert_2}
+                                          {\lVert y_{ri} \rVert_2},
+
+the rel-L2 of the ensemble mean over the lead times :math:`i = 1 \dots H-1` of every start
+(a forecast with a non-finite value scores :math:`+\infty`). Every evaluation uses the SAME
+key (common random numbers): two checkpoints are compared on the same noise, so the
+difference of their scores is not Monte Carlo noise. The forecast program is compiled once per
+stage and called with each checkpoint's parameters.
+
+The fit keeps the parameters of the best score, stops after ``patience`` evaluations without an
+improvement of at least ``min_rel_improvement`` (relative), and stops at the budget's deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+
+from msde_ppl.atomic import write_text
+from msde_ppl.data.splits import observations
+from msde_ppl.pipeline.fitted import Fitted
+
+__all__ = ["Validation", "ValidationMonitor"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Settings of the validation score and of early stopping (module docstring)."""
+
+    split: str = "val"
+    horizon: int | None = None
+    n_starts: int = 1
+    n_samples: int = 16
+    every: int = 250
+    patience: int = 12
+    min_rel_improvement: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        short = self.horizon is not None and self.horizon < 2
+        if short or self.n_starts < 1 or self.n_samples < 1 or self.every < 1:
+            raise ValueError("validation horizon must be >= 2 snapshots and n_starts, "
+                             "n_samples, every positive")
+        if self.patience < 1 or not self.min_rel_improvement >= 0:
+            raise ValueError("patience must be positive and min_rel_improvement >= 0")
+
+
+def _starting_windows(ds: xr.Dataset, validation: Validation) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, t0)``: windows ``(N, H, C, *fine)`` of the val trajectories at ``n_starts`` evenly
+    spread starting snapshots each, and their start times ``(N,)``."""
+    u, t = observations(ds, validation.split)
+    horizon = int(ds.attrs.get("eval_steps", u.shape[1])) if validation.horizon is None \
+        else validation.horizon
+    horizon = min(horizon, u.shape[1])
+    last = u.shape[1] - horizon
+    starts = np.unique(np.linspace(0, last, validation.n_starts).round().astype(int))
+    y = np.stack([u[r, s:s + horizon] for r in range(u.shape[0]) for s in starts])
+    t0 = np.array([t[s] for _ in range(u.shape[0]) for s in starts])
+    return y, t0
+
+
+class ValidationMonitor:
+    """Scores the checkpoints of ONE fit (a stage of a progressive fit) on the val split.
+
+    Use it as the fit's ``callback``: called with the model fitted so far after every chunk, it
+    scores it every ``validation.every`` steps, keeps the best, and returns ``True`` (stop)
+    after ``patience`` evaluations without improvement or past ``deadline``
+    (``time.monotonic()``). With ``record`` (a path), the best model and the history are
+    written there after every improvement, so an interrupted fit resumes with them.
+
+    Attributes:
+        best: the best-scoring :class:`~msde_ppl.Fitted` so far (``None`` before the first
+            evaluation); ``best_score``, ``best_step``; ``history``: ``[(step, score), ...]``;
+        stopped_by: ``None``, ``"patience"`` or ``"budget"``.
+    """
+
+    def __init__(self, validation: Validation, ds: xr.Dataset, *, deadline: float | None = None,
+                 record: str | Path | None = None) -> None:
+        self.validation = validation
+        self.deadline = deadline
+        self.record = None if record is None else Path(record)
+        self.windows, self.starts = _starting_windows(ds, validation)
+        self.best: Fitted | None = None
+        self.best_score = float("inf")
+        self.best_step = -1
+        self.history: list[tuple[int, float]] = []
+        self.stopped_by: str | None = None
+        self._template: Fitted | None = None
+        self._since_best = 0
+        if self.record is not None and (self.record / "validation.json").is_file():
+            self._restore()
+
+    def score(self, fitted: Fitted) -> float:
+        """The validation score of ``fitted`` (module docstring)."""
+        from msde_ppl.predict.forecast import trajectory_ensemble
+
+        if self._template is None:  # compile once for this fit's structure
+            self._template = fitted
+        horizon = self.windows.shape[1]
+        dt = float(fitted.grid["dt"])
+        times = dt * np.arange(horizon)
+        ensemble = trajectory_ensemble(self._template, times, self.validation.n_samples,
+                                       params=fitted.params)
+        key = jax.random.key(self.validation.seed)  # the same for every checkpoint (CRN)
+        errors = []
+        for y, t0 in zip(self.windows, self.starts, strict=True):
+            _, summary = ensemble(key, y, t0=float(t0))
+            mean = np.asarray(summary["mean"][:horizon], np.float64)
+            diff = (mean - y).reshape(horizon, -1)[1:]
+            norm = np.asarray(y, np.float64).reshape(horizon, -1)[1:]
+            with np.errstate(over="ignore", invalid="ignore"):
+                err = np.sqrt((diff**2).sum(1)) / np.sqrt((norm**2).sum(1))
+            errors.append(err)
+        value = float(np.mean(errors))
+        return value if np.isfinite(value) else float("inf")
+
+    def __call__(self, fitted: Fitted) -> bool:
+        step = len(fitted.losses)
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.evaluate(fitted)
+            self.stopped_by = "budget"
+            return True
+        last = self.history[-1][0] if self.history else 0
+        if step // self.validation.every <= last // self.validation.every:
+            return False  # no multiple of `every` passed since the last evaluation
+        self.evaluate(fitted)
+        if self._since_best >= self.validation.patience:
+            self.stopped_by = "patience"
+            return True
+        return False
+
+    def evaluate(self, fitted: Fitted) -> float:
+        """Score ``fitted`` once (skipped if its step was already scored) and keep it if
+        best."""
+        step = len(fitted.losses)
+        if self.history and self.history[-1][0] == step:
+            return self.history[-1][1]
+        value = self.score(fitted)
+        self.history.append((step, value))
+        threshold = self.best_score * (1 - self.validation.min_rel_improvement)
+        improved = value < threshold or self.best is None
+        if improved:
+            self.best, self.best_score, self.best_step = fitted, value, step
+            self._since_best = 0
+        else:
+            self._since_best += 1
+        self._save(improved)
+        return value
+
+    def summary(self) -> dict:
+        """JSON-able record: best step and score, the history (a non-finite score is
+        ``None``), why it stopped."""
+        finite = lambda v: v if np.isfinite(v) else None  # noqa: E731
+        return {"best_step": self.best_step, "best_score": finite(self.best_score),
+                "stopped_by": self.stopped_by,
+                "history": [[s, finite(v)] for s, v in self.history],
+                "settings": dataclasses.asdict(self.validation)}
+
+    def _save(self, improved: bool) -> None:
+        if self.record is None:
+            return
+        if improved:
+            (self.record / "best").mkdir(parents=True, exist_ok=True)
+            self.best.save(self.record / "best", into=True)
+        write_text(self.record / "validation.json", json.dumps(self.summary()) + "\n")
+
+    def _restore(self) -> None:
+        meta = json.loads((self.record / "validation.json").read_text())
+        if (self.record / "best" / "fitted.json").is_file():
+            self.best = Fitted.load(self.record / "best")
+            score = meta["best_score"]
+            self.best_score = float("inf") if score is None else float(score)
+            self.best_step = int(meta["best_step"])
+        self.history = [(int(s), float("inf") if v is None else float(v))
+                        for s, v in meta["history"]]
+        self._since_best = sum(1 for s, _ in self.history if s > self.best_step)

@@ -1,0 +1,95 @@
+"""Validation-driven training: the best checkpoint is kept, the fit stops when the val score
+stops improving or at its budget, and the record survives an interruption."""
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+import pytest
+from helpers import TINY, tiny_dataset
+
+from msde_ppl.pipeline.training import TrainConfig, fit_progressive
+from msde_ppl.pipeline.validation import Validation, ValidationMonitor
+
+
+class Stub:
+    """What the monitor reads of a model fitted so far: its loss log (and a tag)."""
+
+    def __init__(self, step):
+        self.losses = np.zeros(step)
+        self.tag = step
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return tiny_dataset(40, ("train", "train", "val", "test"))
+
+
+def test_patience_keeps_the_best_and_stops(ds, monkeypatch):
+    """Scores at steps 100, 200, ...: the best (step 300) is kept; after `patience`
+    evaluations without a relative improvement of 1e-3 the monitor says stop."""
+    scores = iter([0.5, 0.4, 0.3, 0.2999, 0.31, 0.35, 0.9])
+    monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: next(scores))
+    monitor = ValidationMonitor(Validation(every=100, patience=3), ds)
+    step = 0
+    while not monitor(Stub(step := step + 50)):
+        assert step < 1000
+    assert step == 600 and monitor.stopped_by == "patience"
+    assert monitor.best.tag == 300 and monitor.best_score == 0.3
+    assert [s for s, _ in monitor.history] == [100, 200, 300, 400, 500, 600]
+    summary = monitor.summary()
+    assert summary["best_step"] == 300 and summary["settings"]["patience"] == 3
+
+
+def test_budget_stops_at_the_deadline_and_scores_that_state(ds, monkeypatch):
+    monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: 1.0 / len(f.losses))
+    monitor = ValidationMonitor(Validation(every=1000), ds, deadline=time.monotonic() - 1)
+    assert monitor(Stub(120)) is True and monitor.stopped_by == "budget"
+    assert monitor.best.tag == 120
+    with pytest.raises(ValueError, match="patience"):
+        Validation(patience=0)
+
+
+def test_a_diverged_checkpoint_never_wins(ds, monkeypatch):
+    scores = iter([float("inf"), 0.7, float("inf")])  # what score() gives a diverged forecast
+    monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: next(scores))
+    monitor = ValidationMonitor(Validation(every=1), ds)
+    for step in (1, 2, 3):
+        monitor(Stub(step))
+    assert monitor.best.tag == 2 and monitor.summary()["history"][2] == [3, None]
+
+
+def test_fit_returns_its_best_checkpoint_and_records_it(ds, tmp_path):
+    """A real tiny fit with validation every 50 steps: the returned model scores exactly the
+    recorded best score (same key: common random numbers), the record is saved with the model,
+    and a resumed fit continues the record."""
+    validation = Validation(every=50, patience=100, horizon=8, n_starts=2, n_samples=4)
+    train = TrainConfig(steps=150, window=16, windows_per_step=2, chunk_size=50,
+                        warmup_steps=50)
+    stages = [(0, train), (2, dataclasses.replace(train, steps=100, warmup_steps=0))]
+    fits = fit_progressive(ds, TINY, stages, progress=False, validation=validation,
+                           checkpoint_dir=tmp_path / "stages")
+    for i, fitted in enumerate(fits):
+        record = fitted.validation
+        start = [0] if i else []  # a grown stage's starting point is scored too
+        assert [s for s, _ in record["history"]] == start + list(
+            range(50, fitted.losses.size + 1, 50))
+        best = min(v for _, v in record["history"])
+        assert record["best_score"] == best
+        again = ValidationMonitor(validation, ds).score(fitted)
+        assert again == pytest.approx(best, rel=1e-6)
+    loaded = type(fits[-1]).load(tmp_path / "stages" / "stage1")
+    assert loaded.validation == fits[-1].validation
+    assert not (tmp_path / "stages" / "stage1.validation").exists()  # removed once complete
+
+
+def test_budget_ends_a_plain_fit_early(ds):
+    train = TrainConfig(steps=100000, window=16, windows_per_step=1, chunk_size=50,
+                        warmup_steps=0)
+    start = time.monotonic()
+    fits = fit_progressive(ds, TINY, [(0, train)], progress=False, budget_s=3.0)
+    assert fits[0].losses.size < 100000 and time.monotonic() - start < 60
+    with pytest.raises(ValueError, match="budget"):
+        fit_progressive(ds, TINY, [(0, train)], progress=False, budget_s=-1.0)
+    assert jax.devices()  # the fit left the backend usable
