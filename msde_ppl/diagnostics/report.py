@@ -74,6 +74,10 @@ def _metrics_section(metrics: dict) -> list[str]:
 
     rows = [[m] + [_fmt(metrics[m].get(c)) for c in _METRIC_COLUMNS]
             + [_fmt(calibrated(m, c)) for c in _CALIBRATED_COLUMNS] for m in methods]
+    baselines = next((metrics[m]["baselines"] for m in methods if "baselines" in metrics[m]), {})
+    blank = [_fmt(None)] * (len(_METRIC_COLUMNS) - 2 + len(_CALIBRATED_COLUMNS))
+    rows += [[f"{name} (trivial baseline)", _fmt(b.get("rel_l2_mean")), _fmt(b.get("rel_l2_std")),
+              *blank] for name, b in baselines.items()]
     lines = _table(["method", *_METRIC_COLUMNS,
                     *(f"{c} (calibrated on val)" for c in _CALIBRATED_COLUMNS)], rows)
     meta = metrics.get("meta", {})

@@ -1,17 +1,18 @@
-r"""Validation-driven training: a short-horizon forecast score on the val split while a fit
+r"""Validation-driven training: a forecast score on the val split while a fit
 runs, the best model kept, early stopping and a wall-clock budget (docs/reliability.md).
 
 Every ``every`` steps the model fitted so far forecasts the val trajectories over ``horizon``
-snapshots (default: the data's evaluation horizon, ``eval_steps`` or every snapshot, from the
-first snapshot: the task the test split is scored on, where a slow divergence shows) from
-``n_starts`` evenly spread starting snapshots per trajectory, with ``n_samples`` members, and is
-scored by
+snapshots (default: the data's evaluation horizon, ``eval_steps`` or every snapshot: the task
+the test split is scored on) from ``n_starts`` evenly spread starting snapshots per trajectory,
+with ``n_samples`` members, and is scored by
 
-.. math:: s = \frac{1}{N} \sum_{r, i} \frac{\lVert y_{ri} - \bar y_{ri} \rVert_2}
-                                          {\lVert y_{ri} \rVert_2},
+.. math:: s = \frac{1}{N} \sum_{r} \sum_{i=1}^{H-1} \frac{\lVert y_{ri} - \bar y_{ri}
+          \rVert_2}{\lVert y_{ri} \rVert_2} + \text{(fraction of diverged members)},
 
-the rel-L2 of the ensemble mean over the lead times :math:`i = 1 \dots H-1` of every start
-(a forecast with a non-finite value scores :math:`+\infty`). Every evaluation uses the SAME
+the test metric (the rel-L2 of the ensemble mean, pooled over the lead times of every start)
+plus the fraction of members that diverged (:func:`~msde_ppl.predict.diverged_members`), so a
+model that blows up late loses even where its mean still looks fine. A forecast with a
+non-finite mean scores :math:`+\infty`. Every evaluation uses the SAME
 key (common random numbers): two checkpoints are compared on the same noise, so the
 difference of their scores is not Monte Carlo noise. The forecast program is compiled once per
 stage and called with each checkpoint's parameters.
@@ -93,6 +94,7 @@ class ValidationMonitor:
                  record: str | Path | None = None) -> None:
         self.validation = validation
         self.deadline = deadline
+        self._ds = ds
         self.record = None if record is None else Path(record)
         self.windows, self.starts = _starting_windows(ds, validation)
         self.best: Fitted | None = None
@@ -107,7 +109,8 @@ class ValidationMonitor:
 
     def score(self, fitted: Fitted) -> float:
         """The validation score of ``fitted`` (module docstring)."""
-        from msde_ppl.predict.forecast import trajectory_ensemble
+        from msde_ppl.predict.forecast import _training_range, trajectory_ensemble
+        from msde_ppl.predict.metrics import diverged_members, divergence_limits
 
         if self._template is None:  # compile once for this fit's structure
             self._template = fitted
@@ -117,16 +120,19 @@ class ValidationMonitor:
         ensemble = trajectory_ensemble(self._template, times, self.validation.n_samples,
                                        params=fitted.params)
         key = jax.random.key(self.validation.seed)  # the same for every checkpoint (CRN)
-        errors = []
+        lower, upper = divergence_limits(_training_range(fitted, self._ds))
+        errors, diverged = [], []
+        n = horizon
         for y, t0 in zip(self.windows, self.starts, strict=True):
-            _, summary = ensemble(key, y, t0=float(t0))
-            mean = np.asarray(summary["mean"][:horizon], np.float64)
-            diff = (mean - y).reshape(horizon, -1)[1:]
-            norm = np.asarray(y, np.float64).reshape(horizon, -1)[1:]
+            draws, summary = ensemble(key, y, t0=float(t0))
+            diverged.append(diverged_members(np.asarray(draws[:horizon]), lower, upper))
+            mean = np.asarray(summary["mean"][:n], np.float64)
+            diff = (mean - y[:n]).reshape(n, -1)[1:]
+            norm = np.asarray(y[:n], np.float64).reshape(n, -1)[1:]
             with np.errstate(over="ignore", invalid="ignore"):
                 err = np.sqrt((diff**2).sum(1)) / np.sqrt((norm**2).sum(1))
             errors.append(err)
-        value = float(np.mean(errors))
+        value = float(np.mean(errors)) + float(np.mean(diverged))
         return value if np.isfinite(value) else float("inf")
 
     def __call__(self, fitted: Fitted) -> bool:

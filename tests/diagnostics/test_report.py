@@ -22,7 +22,9 @@ def run_dir(tmp_path_factory, tiny_ds, tiny_fit):
     tiny_fit.save(run / "multiscale")
     fc = forecast(jax.random.key(0), tiny_fit, tiny_ds, n_samples=8)
     fc.to_netcdf(run / "multiscale" / "forecast.nc", engine="h5netcdf")
-    metrics = {"multiscale": forecast_metrics(fc), "meta": {"dataset": "tiny", "n_traj": 3}}
+    scores = forecast_metrics(fc)
+    scores["baselines"] = {"persistence": {"rel_l2_mean": 0.123, "rel_l2_std": 0.01}}
+    metrics = {"multiscale": scores, "meta": {"dataset": "tiny", "n_traj": 3}}
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -36,8 +38,10 @@ def test_report_writes_figures_tree_and_markdown(run_dir):
         assert (out / f"multiscale_{name}.png").stat().st_size > 1000, name
         assert f"(multiscale_{name}.png)" in text, name
     for section in ("## Metrics", "## multiscale model", "ELBO convergence", "### Calibration",
-                    "diffusion[0]", "obs_var_micro"):
+                    "diffusion[0]", "obs_var_micro", "| persistence (trivial baseline) | 0.123 |",
+                    "(lead_time.png)"):
         assert section in text, section
+    assert (out / "lead_time.png").stat().st_size > 1000
     assert "implicit" not in text  # only the models present in the run directory
     tree = load_datatree(out / "multiscale_posterior.nc")
     assert tree["posterior"].sizes["draw"] == 20
