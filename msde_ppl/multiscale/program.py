@@ -301,19 +301,28 @@ def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
 
 def dissipation_from_data(u: np.ndarray, dt: float) -> tuple[float, float, float]:
     r"""Initial ``(rate, macro_bound, micro_bound)`` of the dissipative drift form for
-    training observations ``u`` (``(traj, time, ...)``) ``dt`` apart:
+    training observations ``u`` (``(traj, time, ...)``) ``dt`` apart, with :math:`R` the
+    data's range (max - min):
 
-    - rate :math:`\lambda = 1 / (64\,\Delta t)`: relaxation over 64 snapshots (a training
-      window), slow against the data's steps (the network cancels it on the data);
     - macro bound :math:`B = 4 \max |\Delta u| / \Delta t`, four times the fastest change
       between snapshots, so the saturation does not bite on the data at the start;
+    - rate :math:`\lambda = B / (2R)`: the ball every path is drawn back into,
+      :math:`|\zeta - m| \le B/\lambda = 2R`, is twice the data's range (the network cancels
+      the relaxation on the data, where :math:`\lambda|\zeta - m| \le B/2`);
     - micro bound :math:`4 / \Delta t` (the micro coordinates are of order one).
+
+    All three are learned from there.
     """
-    steps = np.abs(np.diff(np.asarray(u, np.float64), axis=1))
+    u = np.asarray(u, np.float64)
+    steps = np.abs(np.diff(u, axis=1))
     fastest = float(np.nanmax(steps)) if steps.size else 0.0
+    spread = float(np.nanmax(u) - np.nanmin(u)) if u.size else 0.0
     if not (np.isfinite(fastest) and fastest > 0 and dt > 0):
         fastest = 1.0
-    return (1.0 / (64.0 * dt), 4.0 * fastest / dt, 4.0 / dt)
+    if not (np.isfinite(spread) and spread > 0):
+        spread = 1.0
+    bound = 4.0 * fastest / dt
+    return (bound / (2.0 * spread), bound, 4.0 / dt)
 
 
 def config_for(case: str | None, fine_shape, coarse_shape=None, **overrides) -> MultiscaleConfig:

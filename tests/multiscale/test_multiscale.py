@@ -226,8 +226,9 @@ def test_dissipative_drift_draws_far_states_back(rng_key):
 def test_dissipation_from_data_scales_with_the_data():
     from msde_ppl.multiscale.program import dissipation_from_data
 
-    u = np.cumsum(np.ones((2, 5, 3)), axis=1)  # every step changes u by 1
+    u = np.cumsum(np.ones((2, 5, 3)), axis=1)  # every step changes u by 1; range 1..5
     rate, macro_bound, micro_bound = dissipation_from_data(u, 0.5)
-    assert rate == pytest.approx(1 / 32) and macro_bound == pytest.approx(8.0)
-    assert micro_bound == pytest.approx(8.0)
-    assert dissipation_from_data(10 * u, 0.5)[1] == pytest.approx(80.0)
+    assert macro_bound == pytest.approx(8.0) and micro_bound == pytest.approx(8.0)
+    assert macro_bound / rate == pytest.approx(2 * 4.0)  # the ball: twice the data's range
+    rate10, bound10, _ = dissipation_from_data(10 * u, 0.5)
+    assert bound10 == pytest.approx(80.0) and rate10 == pytest.approx(rate)  # unit-free rate
