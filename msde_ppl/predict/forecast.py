@@ -25,6 +25,7 @@ and quantiles and CRPS use the predictive draws.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -351,10 +352,10 @@ def forecast(
         parts.append(summary)
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
-    result["diverged"].attrs.update(
+    result["diverged"].attrs.update(  # the bounds as text: netCDF keeps strings exactly
         description="member left the data's bounds: a non-finite value, or one outside "
-        "[lower, upper] (per field) at some time",
-        lower=lower.tolist(), upper=upper.tolist())
+        "[lower, upper] (one pair per field) at some time",
+        bounds=json.dumps({"lower": lower.tolist(), "upper": upper.tolist()}))
     if levels is not None or return_samples:
         result = _add_optional(result, out, levels)
     return result
