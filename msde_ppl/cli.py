@@ -567,6 +567,7 @@ def _fit_stopped(err, run_dir: Path, n_stages: int, earlier: list, stop) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from msde_ppl.data.splits import split_names
     from msde_ppl.pipeline.rundir import RunLock, StopRequest, write_status
     from msde_ppl.pipeline.training import FitStopped, fit_progressive
     from msde_ppl.pipeline.validation import Validation
@@ -608,7 +609,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                               "package_version": msde_ppl.__version__}
                     write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
                 validation = None
-                if not args.no_validation and "val" in _split_labels(ds):
+                if not args.no_validation and "val" in split_names(ds):
                     validation = Validation(seed=args.seed)
                 try:
                     fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
@@ -635,10 +636,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_labels(ds) -> set:
-    return set(ds["split"].values.tolist()) if "split" in ds.coords else set()
-
-
 def _stage_outcome(stage) -> str:
     """How a stage of a fit ended, in words."""
     steps = int(stage.losses.size)
@@ -657,6 +654,7 @@ def _stage_outcome(stage) -> str:
 
 def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load
+    from msde_ppl.data.splits import split_names
     from msde_ppl.pipeline.fitted import Fitted
     from msde_ppl.pipeline.run import divergence_warning, score
     from msde_ppl.pipeline.rundir import require_complete
@@ -674,7 +672,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if args.no_calibrate and args.calibrate_on is not None:
         raise ValueError("--no-calibrate and --calibrate-on contradict each other")
     if args.calibrate_on is None and not args.no_calibrate and args.split != "val" \
-            and "val" in _split_labels(ds):
+            and "val" in split_names(ds):
         args.calibrate_on = "val"
     if args.calibrate_on is not None and args.calibrate_on == args.split:
         raise ValueError(f"--calibrate-on {args.calibrate_on} is the split being scored; "

@@ -13,7 +13,13 @@ import xarray as xr
 
 from msde_ppl.data.schema import SchemaError
 
-__all__ = ["first_snapshots", "observations", "select_split"]
+__all__ = ["first_snapshots", "observations", "select_split", "split_names"]
+
+
+def split_names(ds: xr.Dataset) -> set[str]:
+    """The split labels present in ``ds`` (empty without a ``split`` coordinate)."""
+    return set(np.asarray(ds["split"].values).astype(str).tolist()) if "split" in ds.coords \
+        else set()
 
 
 def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:

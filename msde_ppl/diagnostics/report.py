@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from msde_ppl.data import load
-from msde_ppl.data.splits import select_split
+from msde_ppl.data.splits import select_split, split_names
 from msde_ppl.diagnostics import arviz_io, checks, plots
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.predict.forecast import forecast
@@ -227,9 +227,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
             with xr.open_dataset(run_dir / key / "forecast.nc", engine="h5netcdf") as f:
                 forecasts[key] = f.load()
     if forecasts:
-        has_train = "split" in ds.coords and "train" in set(
-            np.asarray(ds["split"].values).tolist())
-        train = select_split(ds, "train") if has_train else None
+        train = select_split(ds, "train") if "train" in split_names(ds) else None
         scores = {k.replace("_", "-"): lead_time_metrics(f, train, ds.attrs.get("eval_steps"))
                   for k, f in forecasts.items()}
         name = _save(plots.plot_lead_time(scores), out / "lead_time.png")

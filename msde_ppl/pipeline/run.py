@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from msde_ppl.data.schema import grid_shape
-from msde_ppl.data.splits import observations, select_split
+from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.multiscale.program import (
     CASE_CONFIGS,
     MultiscaleConfig,
@@ -64,7 +64,7 @@ def model_config(
         raise ValueError(f"unknown drift form {drift!r}; use 'free' or 'dissipative'")
     dissipation = None
     if drift == "dissipative":
-        has_train = "train" in _split_names(ds)
+        has_train = "train" in split_names(ds)
         u, t = observations(ds, "train" if has_train else None)
         dissipation = dissipation_from_data(u, float(t[1] - t[0]))
     domain = ds.attrs.get("domain")
@@ -84,11 +84,6 @@ def progressive_stages(n_micro: int, train: TrainConfig, micro_steps: int,
     rest = dataclasses.replace(train, steps=micro_steps, warmup_steps=micro_warmup,
                                lr=train.lr if micro_lr is None else micro_lr)
     return [(0, train), (n_micro, rest)]
-
-
-def _split_names(ds: xr.Dataset) -> set[str]:
-    """The split labels present in ``ds`` (empty without a ``split`` coordinate)."""
-    return set(np.asarray(ds["split"].values).tolist()) if "split" in ds.coords else set()
 
 
 def score(
@@ -129,7 +124,7 @@ def score(
                   substeps=substeps, method=integrator, n_steps=eval_steps)
     metrics = forecast_metrics(fc, eval_steps)
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
-    splits = _split_names(ds)
+    splits = split_names(ds)
     train = select_split(ds, "train") if "train" in splits else None
     metrics["baselines"] = baseline_metrics(fc, train, eval_steps)
     metrics["lead_time"] = _as_lists(lead_time_metrics(fc, train, eval_steps))
@@ -218,7 +213,7 @@ def run_case(
     named = {"implicit_scale": fits[0], "multiscale": fits[-1]} if len(fits) > 1 else {
         ("multiscale" if config.n_micro else "implicit_scale"): fits[-1]}
     forecasts, metrics = {}, {}
-    splits = _split_names(ds)
+    splits = split_names(ds)
     calibrate_on = "val" if "val" in splits and split != "val" else None
     for name, fitted in named.items():
         forecasts[name], metrics[name] = score(fitted, ds, split=split, n_samples=n_samples,

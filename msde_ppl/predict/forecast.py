@@ -38,7 +38,7 @@ from jax import lax
 from jax.extend import core as jax_core
 from numpyro import handlers
 
-from msde_ppl.data.splits import observations, select_split
+from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
 from msde_ppl.predict.metrics import crps_sorted, diverged_members, divergence_limits
@@ -367,8 +367,7 @@ def _training_range(fitted: Fitted, ds: xr.Dataset) -> list:
     saved = fitted.grid.get("data_range")
     if saved is not None and all(r is not None for r in saved):
         return saved
-    has_train = "split" in ds.coords and "train" in set(np.asarray(ds["split"].values).tolist())
-    return grid_info(ds, "train" if has_train else None)["data_range"]
+    return grid_info(ds, "train" if "train" in split_names(ds) else None)["data_range"]
 
 
 def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:

@@ -147,9 +147,10 @@ def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
     std = np.asarray(window["std"].values, np.float64)
     error = np.asarray(window["obs"].values, np.float64) - np.asarray(window["mean"].values,
                                                                         np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # NaN when diverged
-        result["spread_skill"] = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
     finite = all(np.isfinite(np.asarray(window[v].values)).all() for v in ("mean", "std"))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
+    result["spread_skill"] = ratio if finite else float("nan")  # not 0 = spread / inf
     result["finite"] = bool(finite)
     if "diverged" in fc:
         flags = np.asarray(fc["diverged"].values, bool)
@@ -181,11 +182,14 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
         out["rel_l2_clean"] = relative_l2(window["obs_u_clean"], window["mean"]).mean("traj")
     out["crps"] = window["crps"].mean("traj")
     inside = (obs >= window["q05"]) & (obs <= window["q95"])
-    out["coverage_90"] = inside.mean(["traj", *space])
+    readable = (np.isfinite(obs) & np.isfinite(window["q05"]) & np.isfinite(window["q95"])).all(
+        ["traj", *space])  # as interval_coverage: NaN where a value is not finite
+    out["coverage_90"] = inside.mean(["traj", *space]).where(readable)
     error2 = ((obs - window["mean"]) ** 2).mean(["traj", *space])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out["spread_skill"] = np.sqrt((window["std"] ** 2).mean(["traj", *space])) / np.sqrt(
-            error2)
+        ratio = np.sqrt((window["std"] ** 2).mean(["traj", *space])) / np.sqrt(error2)
+    sane = (np.isfinite(window["mean"]) & np.isfinite(window["std"])).all(["traj", *space])
+    out["spread_skill"] = ratio.where(sane)  # not 0 = spread / inf
     held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
     out["persistence"] = relative_l2(obs, held.assign_coords(obs.coords)).mean("traj")
     if train is not None:

@@ -134,6 +134,14 @@ def test_lead_time_scores_by_hand_and_pooled_back(np_rng):
     for name in ("persistence", "climatology"):
         assert float(got[name].mean()) == pytest.approx(base[name]["rel_l2_mean"], rel=1e-12)
     assert float(got["persistence"][0]) == 0.0  # the held snapshot is exact at lead time 0
+    # a forecast that blew up at lead time 3 does not score there (inf or NaN), elsewhere it does
+    broken = fc.copy(deep=True)
+    for name in ("mean", "q95"):
+        broken[name][0, 3, 2] = np.inf
+    bad = lead_time_metrics(broken, train, eval_steps=6)
+    for name in ("rel_l2", "coverage_90", "spread_skill"):
+        assert not np.isfinite(bad[name][3]), name
+        assert np.isfinite(np.delete(bad[name].values, 3)).all(), name
 
 
 def test_diverged_members_beyond_the_data_range_or_not_finite():
