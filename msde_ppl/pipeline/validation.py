@@ -81,8 +81,9 @@ class ValidationMonitor:
     Use it as the fit's ``callback``: called with the model fitted so far after every chunk, it
     scores it every ``validation.every`` steps, keeps the best, and returns ``True`` (stop)
     after ``patience`` evaluations without improvement or past ``deadline``
-    (``time.monotonic()``). With ``record`` (a path), the best model and the history are
-    written there after every improvement, so an interrupted fit resumes with them.
+    (``time.monotonic()``). With ``record`` (a path), the history is written there after every
+    evaluation and the best model after every improvement, so an interrupted fit resumes with
+    them.
 
     Attributes:
         best: the best-scoring :class:`~msde_ppl.Fitted` so far (``None`` before the first
@@ -122,13 +123,12 @@ class ValidationMonitor:
         key = jax.random.key(self.validation.seed)  # the same for every checkpoint (CRN)
         lower, upper = divergence_limits(_training_range(fitted, self._ds))
         errors, diverged = [], []
-        n = horizon
         for y, t0 in zip(self.windows, self.starts, strict=True):
             draws, summary = ensemble(key, y, t0=float(t0))
             diverged.append(diverged_members(np.asarray(draws[:horizon]), lower, upper))
-            mean = np.asarray(summary["mean"][:n], np.float64)
-            diff = (mean - y[:n]).reshape(n, -1)[1:]
-            norm = np.asarray(y[:n], np.float64).reshape(n, -1)[1:]
+            mean = np.asarray(summary["mean"][:horizon], np.float64)
+            diff = (mean - y).reshape(horizon, -1)[1:]
+            norm = np.asarray(y, np.float64).reshape(horizon, -1)[1:]
             with np.errstate(over="ignore", invalid="ignore"):
                 err = np.sqrt((diff**2).sum(1)) / np.sqrt((norm**2).sum(1))
             errors.append(err)
