@@ -152,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                      f"{FIT_BUDGET_TEXT}); the fit stops there and keeps its best model")
     fit.add_argument("--no-validation", action="store_true",
                      help="do not score the model on the val split while it trains (by "
-                     "default, when the data have a val split, a short-horizon forecast "
-                     "score picks the best checkpoint and stops the fit when it stops "
-                     "improving; docs/reliability.md)")
+                     "default, when the data have a val split, a forecast score over the "
+                     "evaluation horizon picks the best checkpoint and stops the fit when it "
+                     "stops improving; docs/method.md section 5)")
     fit.add_argument("--no-progressive", action="store_true",
                      help="with --micro K > 0, train the multiscale model from scratch instead "
                      "of first fitting the implicit-scale model for a quarter of the steps and "
@@ -477,6 +477,11 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
         raise FileNotFoundError(f"{run_dir} is not a run directory of `msde fit` (no run.json)")
     try:
         record = json.loads(record_file.read_text())
+        missing = [k for k in _FIT_SETTINGS if k not in record["args"]]
+        if missing and {"data", "coarse", "micro", "steps"} <= set(record["args"]):
+            raise ValueError(f"the fit in {run_dir} was started by another version of msde_ppl "
+                             f"(its run.json has no {', '.join(missing)}); it cannot be resumed "
+                             "by this one")
         settings = {k: record["args"][k] for k in _FIT_SETTINGS}
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{record_file} is damaged ({err!r}); the fit cannot be resumed"

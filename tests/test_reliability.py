@@ -188,6 +188,10 @@ def test_resume_refuses_other_data_and_non_runs(data, tmp_path, capsys):
     (run_dir / "run.json").write_text(json.dumps(record))
     assert main(["fit", "--resume", str(run_dir)]) == 2
     assert "damaged" in capsys.readouterr().err
+    older = {"data": str(own), "coarse": [8], "micro": 2, "steps": 800}  # no budget, drift, ...
+    (run_dir / "run.json").write_text(json.dumps({**record, "args": older}))
+    assert main(["fit", "--resume", str(run_dir)]) == 2
+    assert "started by another version of msde_ppl" in capsys.readouterr().err
     assert main(["fit", "--resume", str(tmp_path)]) == 2
     assert "not a run directory of `msde fit`" in capsys.readouterr().err
 

@@ -436,7 +436,7 @@ def _initial_fitted(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig
     problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
                           example, beta_schedule=setup.beta_schedule)
     params = jax.tree.map(np.asarray, problem.constrain(state.params))
-    return Fitted(setup.model, setup.guide, params, losses=np.zeros(0), grid=grid_info(ds),
+    return Fitted(setup.model, setup.guide, params, losses=np.zeros(0), grid=grid_info(ds, "train"),
                   recipe=setup.recipe, train=train_dict(train), latent_parts=latent_parts(config))
 
 
@@ -532,7 +532,7 @@ def fit_progressive(
                              grown_global_values(prev.global_medians(), prev.config, n_micro))
         ckpt = None if folder is None else folder / f"stage{i}.ckpt.npz"
         record = None if folder is None else folder / f"stage{i}.validation"
-        monitor = stage_callback = None
+        monitor = None
         if validation is not None:
             monitor = ValidationMonitor(validation, ds, deadline=deadline, record=record)
         elif deadline is not None:

@@ -104,6 +104,7 @@ class ValidationMonitor:
         self.history: list[tuple[int, float]] = []
         self.stopped_by: str | None = None
         self._template: Fitted | None = None
+        self._limits: tuple | None = None  # divergence bounds, from the first model scored
         self._since_best = 0
         if self.record is not None and (self.record / "validation.json").is_file():
             self._restore()
@@ -113,15 +114,16 @@ class ValidationMonitor:
         from msde_ppl.predict.forecast import _training_range, trajectory_ensemble
         from msde_ppl.predict.metrics import diverged_members, divergence_limits
 
-        if self._template is None:  # compile once for this fit's structure
+        if self._template is None:  # compile once for this fit's structure and data range
             self._template = fitted
+            self._limits = divergence_limits(_training_range(fitted, self._ds))
         horizon = self.windows.shape[1]
         dt = float(fitted.grid["dt"])
         times = dt * np.arange(horizon)
         ensemble = trajectory_ensemble(self._template, times, self.validation.n_samples,
                                        params=fitted.params)
         key = jax.random.key(self.validation.seed)  # the same for every checkpoint (CRN)
-        lower, upper = divergence_limits(_training_range(fitted, self._ds))
+        lower, upper = self._limits
         errors, diverged = [], []
         for y, t0 in zip(self.windows, self.starts, strict=True):
             draws, summary = ensemble(key, y, t0=float(t0))

@@ -52,13 +52,20 @@ def baseline_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     obs = fc["obs"]
     n = obs.sizes["time"] if eval_steps is None else min(int(eval_steps), obs.sizes["time"])
     obs = obs.isel(time=slice(0, n))
-    held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
-    out = {"persistence": pooled_relative_l2(obs, held.assign_coords(obs.coords))}
-    if train is not None:
-        mean = train["u"].mean(("traj", "time"))
-        clim = mean.broadcast_like(obs).transpose(*obs.dims)
-        out["climatology"] = pooled_relative_l2(obs, clim.assign_coords(obs.coords))
+    out = {name: pooled_relative_l2(obs, pred) for name, pred in
+           _trivial_forecasts(obs, train).items()}
     return {k: {"rel_l2_mean": v["mean"], "rel_l2_std": v["std"]} for k, v in out.items()}
+
+
+def _trivial_forecasts(obs: xr.DataArray, train: xr.Dataset | None) -> dict[str, xr.DataArray]:
+    """Persistence (the first snapshot of ``obs`` held) and, with ``train``, climatology (its
+    mean field), shaped and labelled like ``obs``."""
+    held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
+    out = {"persistence": held.assign_coords(obs.coords)}
+    if train is not None:
+        clim = train["u"].mean(("traj", "time")).broadcast_like(obs).transpose(*obs.dims)
+        out["climatology"] = clim.assign_coords(obs.coords)
+    return out
 
 
 DIVERGENCE_MARGIN = 1.0  # in units of the training data's range, on either side of it
@@ -190,11 +197,8 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
         ratio = np.sqrt((window["std"] ** 2).mean(["traj", *space])) / np.sqrt(error2)
     sane = (np.isfinite(window["mean"]) & np.isfinite(window["std"])).all(["traj", *space])
     out["spread_skill"] = ratio.where(sane)  # not 0 = spread / inf
-    held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
-    out["persistence"] = relative_l2(obs, held.assign_coords(obs.coords)).mean("traj")
-    if train is not None:
-        clim = train["u"].mean(("traj", "time")).broadcast_like(obs).transpose(*obs.dims)
-        out["climatology"] = relative_l2(obs, clim.assign_coords(obs.coords)).mean("traj")
+    for name, pred in _trivial_forecasts(obs, train).items():
+        out[name] = relative_l2(obs, pred).mean("traj")
     result = xr.Dataset({k: v.astype(np.float64) for k, v in out.items()})
     times = np.asarray(window["time"].values, np.float64)
     return result.assign_coords(lead_time=("time", times - times[0]))
