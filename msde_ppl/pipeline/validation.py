@@ -126,9 +126,13 @@ class ValidationMonitor:
         lower, upper = self._limits
         errors, diverged = [], []
         for y, t0 in zip(self.windows, self.starts, strict=True):
-            draws, summary = ensemble(key, y, t0=float(t0))
-            diverged.append(diverged_members(np.asarray(draws[:horizon]), lower, upper))
-            mean = np.asarray(summary["mean"][:horizon], np.float64)
+            _, blocks = ensemble.blocks(key, y, t0=float(t0))
+            hit, means = False, []
+            for _, draws, summary in blocks:  # one block of fields in memory at a time
+                hit = hit | diverged_members(draws, lower, upper)
+                means.append(summary["mean"])
+            diverged.append(hit)
+            mean = np.concatenate(means).astype(np.float64)
             diff = (mean - y).reshape(horizon, -1)[1:]
             norm = np.asarray(y, np.float64).reshape(horizon, -1)[1:]
             with np.errstate(over="ignore", invalid="ignore"):

@@ -159,15 +159,19 @@ def observe(fitted: Fitted, params: dict, values: dict, key: jax.Array, times: j
 
 
 def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, substeps: int,
-                    method: str) -> Callable:
-    """The compiled per-trajectory forecast ``run(key, y_traj, t0, params)`` (module docstring,
-    steps 1-4): predictive draws ``(T', S, C, *fine)`` (``T' >= n_out``, padded to whole decode
-    blocks) and ensemble summaries."""
+                    method: str) -> tuple[Callable, Callable, int]:
+    """The compiled parts of the per-trajectory forecast (module docstring): ``roll(key,
+    y_traj, t0, params) -> (paths, globals, k_obs)`` (steps 1-3; ``paths``: ``(S, T', *state)``,
+    ``T'`` the horizon padded to whole decode blocks) and ``decode(params, globals, z_block,
+    key, t_block) -> (draws, summary)`` (step 4 on ``_DECODE_BLOCK`` snapshots: draws
+    ``(block, S, C, *fine)``), and the number of blocks. Decoding a block at a time bounds the
+    memory by one block of fields whatever the horizon and the grid."""
     guide = fitted.guide
     site, state_shape = fitted.path_site, fitted.state_shape
     global_sites = fitted.global_sites
+    n_blocks = -(-n_out // _DECODE_BLOCK)
 
-    def run(key, y_traj, t0, params):
+    def roll(key, y_traj, t0, params):
         k_z0, k_glob, k_path, k_obs, k_trace = jax.random.split(key, 5)
         times2 = (t0 + dt * jnp.arange(2, dtype=jnp.float32))[None]
         draws = guide.sample_posterior(k_glob, params, y=y_traj[None, :2], times=times2,
@@ -198,42 +202,71 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
 
         paths = rollout(k_path, member_drift, diffusion, z0, t0, dt, n_out, substeps, method,
                         args=args, args_axes=axes)  # (S, T, *state)
+        pad = [(0, 0), (0, n_blocks * _DECODE_BLOCK - n_out)] + [(0, 0)] * len(state_shape)
+        return jnp.pad(paths, pad, mode="edge"), globals_, k_obs
 
-        def observe_member(g, z, k, tb):
+    def decode(params, globals_, z_block, key_block, tb):
+        def observe_member(g, z, k):
             return observe(fitted, params, {**g, site: z[None]}, k, tb[None])
 
-        def decode_block(inputs):
-            z_block, key_block, start = inputs  # (S, block, *state)
-            tb = t0 + dt * (start + jnp.arange(_DECODE_BLOCK, dtype=jnp.float32))
-            keys = jax.random.split(key_block, n_samples)
-            draw, mu, var, extra = jax.vmap(observe_member, in_axes=(0, 0, 0, None))(
-                globals_, z_block, keys, tb)  # (S, block, C, *fine)
-            std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var, mu.shape).mean(0))
-            summary = dict(mean=mu.mean(0), std=std, **{k: v.mean(0) for k, v in extra.items()})
-            return jnp.swapaxes(draw, 0, 1), summary
+        keys = jax.random.split(key_block, n_samples)
+        draw, mu, var, extra = jax.vmap(observe_member)(globals_, z_block, keys)
+        std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var, mu.shape).mean(0))
+        summary = dict(mean=mu.mean(0), std=std, **{k: v.mean(0) for k, v in extra.items()})
+        return jnp.swapaxes(draw, 0, 1), summary  # (block, S, C, *fine)
 
-        n_blocks = -(-n_out // _DECODE_BLOCK)
-        pad = [(0, 0), (0, n_blocks * _DECODE_BLOCK - n_out)] + [(0, 0)] * len(state_shape)
-        padded = jnp.pad(paths, pad, mode="edge")
-        blocks = jnp.swapaxes(padded.reshape(n_samples, n_blocks, _DECODE_BLOCK, *state_shape),
-                              0, 1)
-        starts = _DECODE_BLOCK * jnp.arange(n_blocks, dtype=jnp.float32)
-        draws_out, summary = lax.map(decode_block,
-                                     (blocks, jax.random.split(k_obs, n_blocks), starts))
-        merge = lambda a: a.reshape(n_blocks * _DECODE_BLOCK, *a.shape[2:])  # noqa: E731
-        summary = {k: merge(v)[:n_out] for k, v in summary.items()}
-        flat = paths.reshape(n_samples, n_out, -1)
-        summary.update(latent_mean=flat.mean(0), latent_std=flat.std(0))
-        return merge(draws_out), summary
+    return jax.jit(roll), jax.jit(decode), n_blocks
 
-    return jax.jit(run)
+
+class TrajectoryEnsemble:
+    """The compiled ensemble forecast of one trajectory (:func:`trajectory_ensemble`).
+
+    ``ensemble.blocks(key, y_traj, t0)`` returns the latent statistics (``latent_mean``,
+    ``latent_std``: ``(T, n_z)``) and an iterator over decode blocks ``(start, draws,
+    summary)``: predictive draws ``(b, S, C, *fine)`` of snapshots ``start .. start + b - 1``
+    and their ensemble ``mean``, ``std`` (and ``macro``/``micro``), as NumPy arrays; only one
+    block of fields is in memory at a time. ``ensemble(key, y_traj, t0)`` returns all of it at
+    once: ``(draws (T, S, C, *fine), summary)``.
+    """
+
+    def __init__(self, parts: tuple[Callable, Callable, int], params: dict, start: float,
+                 dt: float, n_out: int):
+        self._roll, self._decode, self._n_blocks = parts
+        self._params, self._start, self._dt, self._n_out = params, start, dt, n_out
+
+    def blocks(self, key: jax.Array, y_traj, t0: float | None = None):
+        t0 = jnp.float32(self._start if t0 is None else t0)
+        paths, globals_, k_obs = self._roll(key, jnp.asarray(y_traj), t0, self._params)
+        flat = np.asarray(paths[:, : self._n_out]).reshape(paths.shape[0], self._n_out, -1)
+        latent = dict(latent_mean=flat.mean(0), latent_std=flat.std(0))
+        keys = jax.random.split(k_obs, self._n_blocks)
+
+        def iterate():
+            for b in range(self._n_blocks):
+                start = b * _DECODE_BLOCK
+                tb = t0 + self._dt * (start + jnp.arange(_DECODE_BLOCK, dtype=jnp.float32))
+                z_block = lax.dynamic_slice_in_dim(paths, start, _DECODE_BLOCK, axis=1)
+                draws, summary = self._decode(self._params, globals_, z_block, keys[b], tb)
+                valid = min(_DECODE_BLOCK, self._n_out - start)
+                yield (start, np.asarray(draws)[:valid],
+                       {k: np.asarray(v)[:valid] for k, v in summary.items()})
+
+        return latent, iterate()
+
+    def __call__(self, key: jax.Array, y_traj, t0: float | None = None):
+        latent, blocks = self.blocks(key, y_traj, t0)
+        parts = list(blocks)
+        draws = np.concatenate([d for _, d, _ in parts])
+        summary = {k: np.concatenate([s[k] for _, _, s in parts]) for k in parts[0][2]}
+        return draws, {**summary, **latent}
 
 
 def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
-                        substeps: int = 1, method: str = "heun", *, params: dict | None = None):
-    """``ensemble(key, y_traj, t0=None) -> (draws, summary)``: the compiled per-trajectory
-    forecast of :func:`forecast` over ``times`` (``y_traj``: ``(T, C, *fine)``, draws
-    ``(T', S, C, *fine)``), from time ``t0`` (default ``times[0]``).
+                        substeps: int = 1, method: str = "heun", *,
+                        params: dict | None = None) -> TrajectoryEnsemble:
+    """The compiled per-trajectory forecast of :func:`forecast` over ``times``
+    (:class:`TrajectoryEnsemble`; ``y_traj``: ``(T, C, *fine)``), from time ``t0`` (default
+    ``times[0]``).
 
     Compiled once per fitted model and horizon: later trajectories and later calls with the same
     sizes reuse the program (``fitted`` keeps it). ``params`` (default ``fitted.params``) runs
@@ -245,11 +278,9 @@ def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
     if signature not in fitted._compiled:
         fitted._compiled[signature] = _build_ensemble(fitted, len(times), dt, int(n_samples),
                                                       int(substeps), method)
-    run = fitted._compiled[signature]
     params = jax.tree.map(jnp.asarray, fitted.params if params is None else params)
-    start = float(times[0])
-    return lambda key, y_traj, t0=None: run(key, jnp.asarray(y_traj),
-                                            jnp.float32(start if t0 is None else t0), params)
+    return TrajectoryEnsemble(fitted._compiled[signature], params, float(times[0]), dt,
+                              len(times))
 
 
 def _check_grid(fitted: Fitted, ds: xr.Dataset) -> None:
@@ -334,21 +365,40 @@ def forecast(
     parts = []
     for key, y_traj in zip(keys, y, strict=True):
         fit_keys = [key] if len(fits) == 1 else jax.random.split(key, len(fits))
-        runs = [jax.tree.map(np.asarray, ensemble(k, y_traj))
-                for ensemble, k in zip(ensembles, fit_keys, strict=True)]
-        draws, summary = runs[0] if len(runs) == 1 else _mixture(runs)
-        draws = draws[:n_out]  # (T, R * S, C, *fine)
-        if factor is not None:
-            c = np.reshape(factor, (n_out,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
-            mean = summary["mean"][:, None]
-            draws = mean + c * (draws - mean)
-            summary["std"] = summary["std"] * c[:, 0]
-        summary["diverged"] = diverged_members(draws, lower, upper)
-        summary.update(_sample_statistics(draws, y_traj))
+        runs = [ensemble.blocks(k, y_traj) for ensemble, k in zip(ensembles, fit_keys,
+                                                                  strict=True)]
+        latents = [latent for latent, _ in runs]
+        summary = dict(latents[0]) if len(fits) == 1 else {
+            name: np.stack([latent[name] for latent in latents]) for name in latents[0]}
+        diverged = None
+        for block in zip(*(blocks for _, blocks in runs), strict=True):
+            start = block[0][0]
+            draws, stats = block[0][1:] if len(block) == 1 else _mixture(
+                [b[1:] for b in block])  # (b, R * S, C, *fine)
+            span = slice(start, start + draws.shape[0])
+            if factor is not None:
+                c = np.reshape(factor[span], (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
+                mean = stats["mean"][:, None]
+                draws = mean + c * (draws - mean)
+                stats["std"] = stats["std"] * c[:, 0]
+            hit = diverged_members(draws, lower, upper)
+            diverged = hit if diverged is None else diverged | hit
+            stats.update(_sample_statistics(draws, y_traj[span]))
+            if levels is not None:
+                stats.update({k: np.moveaxis(v, 0, 1) for k, v in
+                              _interval_bounds(draws, levels).items()})  # (b, level, ...)
+            if return_samples:
+                stats["samples"] = draws
+            for name, value in stats.items():
+                if name not in summary:
+                    summary[name] = np.empty((n_out, *value.shape[1:]), value.dtype)
+                summary[name][span] = value
+        summary["diverged"] = diverged
         if levels is not None:
-            summary.update(_interval_bounds(draws, levels))
+            for name in ("lower", "upper"):
+                summary[name] = np.moveaxis(summary[name], 1, 0)
         if return_samples:
-            summary["samples"] = np.moveaxis(draws, 1, 0)
+            summary["samples"] = np.moveaxis(summary["samples"], 1, 0)
         parts.append(summary)
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
@@ -371,14 +421,14 @@ def _training_range(fitted: Fitted, ds: xr.Dataset) -> list:
 
 
 def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
-    """Pool the ensembles ``(draws, summary)`` of several models with equal weights."""
+    """Pool one block of the ensembles ``(draws, summary)`` of several models with equal
+    weights."""
     draws = np.concatenate([d for d, _ in runs], axis=1)
     summaries = [s for _, s in runs]
     stack = lambda name: np.stack([s[name] for s in summaries])  # noqa: E731
     mean = stack("mean").mean(0)
     second = (stack("std") ** 2 + stack("mean") ** 2).mean(0)
-    summary = dict(mean=mean, std=np.sqrt(np.maximum(second - mean**2, 0.0)),
-                   latent_mean=stack("latent_mean"), latent_std=stack("latent_std"))
+    summary = dict(mean=mean, std=np.sqrt(np.maximum(second - mean**2, 0.0)))
     for name in ("macro", "micro"):
         if all(name in s for s in summaries):
             summary[name] = stack(name).mean(0)
