@@ -385,7 +385,7 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     metrics["coarse_dns"] = evaluate_coarse_dns(ds)
     check()
     print("[5/5] figures ...", flush=True)
-    _write_figures(result["forecasts"], run_dir)
+    _write_figures(result["forecasts"], run_dir, radial=args.case == "shallow_water_2d")
     test = select_split(ds, "test")
     floor = noise_floor(test, test.attrs.get("eval_steps"))
     metrics["meta"] = _meta(ds, grid_shape(ds), args.seed)
@@ -424,15 +424,32 @@ def _write_posterior(fitted, ds, path: Path, seed: int) -> None:
     arviz_io.save_datatree(tree, path)
 
 
-def _write_figures(forecasts: dict, run_dir: Path) -> None:
+def _write_figures(forecasts: dict, run_dir: Path, radial: bool = False) -> None:
+    """Per model: space-time panels (1D) or field maps at several times (2D), the macro/micro
+    decomposition, and for a radial problem (the dam break) radial profiles."""
     import matplotlib.pyplot as plt
 
-    from msde_ppl.diagnostics.plots import plot_decomposition, plot_space_time
+    from msde_ppl.diagnostics.plots import (
+        plot_decomposition,
+        plot_field_maps,
+        plot_radial_profile,
+        plot_space_time,
+    )
 
     for key, fc in forecasts.items():
-        fig = plot_space_time(fc, 0, title=f"{key.replace('_', '-')} model, test trajectory 0")
-        fig.savefig(run_dir / f"{key}_space_time.png", dpi=90)
-        plt.close(fig)
+        title = f"{key.replace('_', '-')} model, test trajectory 0"
+        if "y" in fc.dims:
+            fig = plot_field_maps(fc, 0, title=title)
+            fig.savefig(run_dir / f"{key}_maps.png", dpi=80)
+            plt.close(fig)
+            if radial:
+                fig = plot_radial_profile(fc, 0)
+                fig.savefig(run_dir / f"{key}_radial_profile.png", dpi=90)
+                plt.close(fig)
+        else:
+            fig = plot_space_time(fc, 0, title=title)
+            fig.savefig(run_dir / f"{key}_space_time.png", dpi=90)
+            plt.close(fig)
         fig = plot_decomposition(fc, 0)
         fig.savefig(run_dir / f"{key}_decomposition.png", dpi=90)
         plt.close(fig)

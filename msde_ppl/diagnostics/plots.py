@@ -3,6 +3,9 @@
 
 - :func:`plot_space_time`: truth, forecast mean, std and |error| of one trajectory as space-time
   panels (1D data) with colour bars;
+- :func:`plot_field_maps`: 2D data: truth / mean / std / |error| maps at several times;
+- :func:`plot_radial_profile`: 2D data: azimuthal averages about the domain's centre (a radial
+  dam break) of truth, mean and the 5–95% band at several times;
 - :func:`plot_decomposition`: the macro part :math:`P\\zeta` and the micro correction of the mean
   at a few times, against the observations;
 - :func:`plot_time_slices`: forecast mean with its 5–95% band, observations and the clean field
@@ -30,9 +33,11 @@ __all__ = [
     "plot_decomposition",
     "plot_elbo_trace",
     "plot_energy_spectrum",
+    "plot_field_maps",
     "plot_forest",
     "plot_latent_paths",
     "plot_pit",
+    "plot_radial_profile",
     "plot_space_time",
     "plot_spread_skill",
     "plot_time_slices",
@@ -73,6 +78,90 @@ def plot_space_time(fc: xr.Dataset, traj: int = 0, title: str = "") -> plt.Figur
         fig.colorbar(im, ax=ax, label="u")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _times(n: int, n_times: int) -> np.ndarray:
+    return np.linspace(0, n - 1, n_times).astype(int)
+
+
+def plot_field_maps(fc: xr.Dataset, traj: int = 0, n_times: int = 4, title: str = ""
+                    ) -> plt.Figure:
+    """2D forecast of one trajectory: rows truth / forecast mean / forecast std / |error|,
+    columns ``n_times`` times from the first to the last; truth and mean share a colour
+    scale, std and |error| share another (so the std reads as the expected error)."""
+    one = fc.isel(traj=traj)
+    obs, mean, std = (_field(one[k]) for k in ("obs", "mean", "std"))
+    if "y" not in obs.dims:
+        raise ValueError("plot_field_maps needs 2D data (dims x and y); use plot_space_time")
+    err = abs(obs - mean)
+    steps = _times(one.sizes["time"], n_times)
+    rows = [("observed", obs, "RdBu_r"), ("forecast mean", mean, "RdBu_r"),
+            ("forecast std", std, "magma"), ("|error|", err, "magma")]
+    lo, hi = float(obs.min()), float(obs.max())
+    top = float(max(std.isel(time=steps).max(), err.isel(time=steps).max()))
+    fig, axes = plt.subplots(4, n_times, figsize=(3.2 * n_times + 1.2, 11), squeeze=False,
+                             constrained_layout=True)
+    for r, (name, da, cmap) in enumerate(rows):
+        limits = dict(vmin=lo, vmax=hi) if cmap == "RdBu_r" else dict(vmin=0.0, vmax=top)
+        for c, i in enumerate(steps):
+            ax = axes[r, c]
+            snap = da.isel(time=i)
+            im = ax.pcolormesh(snap["x"], snap["y"], snap.values.T, shading="auto", cmap=cmap,
+                               **limits)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t = {float(snap['time']):.3g}")
+            if c == 0:
+                ax.set_ylabel(name)
+        fig.colorbar(im, ax=axes[r].tolist(), shrink=0.9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _radial_average(da: xr.DataArray, edges: np.ndarray) -> np.ndarray:
+    """Azimuthal average of ``(time, x, y)`` values about the grid's centre over the radius
+    bins ``edges``: ``(time, bins)``."""
+    x, y = da["x"].values, da["y"].values
+    r = np.hypot(x[:, None] - 0.5 * (x[0] + x[-1]), y[None, :] - 0.5 * (y[0] + y[-1]))
+    index = np.digitize(r.ravel(), edges) - 1
+    values = da.values.reshape(da.shape[0], -1)
+    keep = (index >= 0) & (index < len(edges) - 1)
+    sums = np.stack([np.bincount(index[keep], v[keep], len(edges) - 1) for v in values])
+    counts = np.bincount(index[keep], minlength=len(edges) - 1)
+    return sums / np.maximum(counts, 1)
+
+
+def plot_radial_profile(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.Figure:
+    """Radial profiles (azimuthal averages about the domain's centre) of the observations, the
+    clean field, the forecast mean and its 5–95% band at ``n_times`` times: the radial dam
+    break's fronts in one line per time."""
+    one = fc.isel(traj=traj)
+    steps = _times(one.sizes["time"], n_times)
+    x = one["x"].values
+    width = float(x[1] - x[0])
+    edges = np.arange(0.0, 0.5 * float(x[-1] - x[0]) + width, width)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    profile = {k: _radial_average(_field(one[k]).isel(time=steps), edges)
+               for k in ("obs", "mean", "q05", "q95", "obs_u_clean") if k in one}
+    fig, axes = plt.subplots(1, n_times, figsize=(4 * n_times, 3.4), sharey=True,
+                             constrained_layout=True, squeeze=False)
+    for c, i in enumerate(steps):
+        ax = axes[0, c]
+        ax.fill_between(centres, profile["q05"][c], profile["q95"][c], color="C0", alpha=0.3,
+                        lw=0, label="5–95% band (averaged)")
+        ax.plot(centres, profile["obs"][c], ".", color="0.3", ms=3, label="observed")
+        if "obs_u_clean" in profile:
+            ax.plot(centres, profile["obs_u_clean"][c], color="k", lw=1, label="clean")
+        ax.plot(centres, profile["mean"][c], color="C0", lw=1.5, label="forecast mean")
+        ax.set_title(f"t = {float(one['time'][i]):.3g}")
+        ax.set_xlabel("radius r")
+    axes[0, 0].set_ylabel("azimuthal average")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"radial profiles, trajectory {traj}")
     return fig
 
 

@@ -45,7 +45,8 @@ NAMES = ["space_time", "decomposition", "time_slices", "spectrum", "latent_paths
 
 def test_every_plot_is_covered():
     called = {"space_time", "decomposition", "time_slices", "energy_spectrum", "latent_paths",
-              "forest", "elbo_trace", "coverage", "pit", "spread_skill"}
+              "forest", "elbo_trace", "coverage", "pit", "spread_skill",
+              "field_maps", "radial_profile"}  # the 2D ones: test_field_maps_and_radial...
     assert set(plots.__all__) == {f"plot_{n}" for n in called}
 
 
@@ -81,3 +82,37 @@ def test_spectrum_of_a_single_mode():
     power = plots._spectrum(u[None], axis=1)
     np.testing.assert_allclose(power[3], 0.8**2 / 4, rtol=1e-10)
     assert np.delete(power, 3).max() < 1e-20
+
+
+def _forecast_2d(n: int = 16, n_time: int = 5):
+    """A radially symmetric 2D 'forecast' on [-1, 1]^2: obs = r, mean = r + 0.1, std = 0.1."""
+    import xarray as xr
+
+    x = np.linspace(-1, 1, n)
+    r = np.hypot(x[:, None], x[None, :])
+    field = np.broadcast_to(r, (1, n_time, n, n))
+    dims = ("traj", "time", "x", "y")
+    data = {"obs": field, "obs_u_clean": field, "mean": field + 0.1,
+            "std": 0.1 + 0 * field, "q05": field - 0.1, "q95": field + 0.3}
+    return xr.Dataset({k: (dims, v) for k, v in data.items()},
+                      coords={"time": np.arange(n_time) * 0.1, "x": x, "y": x})
+
+
+def test_field_maps_and_radial_profile_of_2d_forecasts():
+    fc = _forecast_2d()
+    fig = plots.plot_field_maps(fc, 0, n_times=3, title="maps")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 12 and panels[0].get_title() == "t = 0"
+    assert [panels[3 * r].get_ylabel() for r in range(4)] == [
+        "observed", "forecast mean", "forecast std", "|error|"]
+    plt.close(fig)
+    fig = plots.plot_radial_profile(fc, 0, n_times=2)
+    _labelled(fig)
+    line = [ln for ln in fig.axes[0].lines if ln.get_label() == "forecast mean"][0]
+    radius, value = line.get_data()
+    # the azimuthal average of r + 0.1 over a bin is its mean radius + 0.1 (within a bin)
+    np.testing.assert_allclose(value[radius < 0.8], radius[radius < 0.8] + 0.1,
+                               atol=float(fc["x"][1] - fc["x"][0]))
+    plt.close(fig)
+    with pytest.raises(ValueError, match="needs 2D data"):
+        plots.plot_field_maps(fc.isel(y=0), 0)
