@@ -165,6 +165,7 @@ CASE_CONFIGS = {
                     decoder="stencil"),
     "burgers_1d": dict(coarse_shape=(20,), n_sigma=3),
     "burgers_2d": dict(coarse_shape=(8, 8), n_sigma=2),
+    "shallow_water_2d": dict(coarse_shape=(8, 8), n_sigma=2),
 }
 
 
