@@ -38,7 +38,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
     if not path.parent.exists():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
     encoding = {
-        name: {"zlib": True, "complevel": 4}
+        name: {"zlib": True, "complevel": 4, **_chunks(var)}
         for name, var in ds.variables.items()
         if np.issubdtype(var.dtype, np.floating) and var.ndim >= 2
     }
@@ -47,14 +47,33 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
     return path
 
 
-def load(path: str | os.PathLike) -> xr.Dataset:
-    """Read and validate a dataset written by :func:`save` (or any file in the schema)."""
+def _chunks(var: xr.Variable) -> dict:
+    """HDF5 chunks of one trajectory and at most 16 snapshots (whole fields) for the
+    observations, so a training window or a trajectory reads only its own chunks."""
+    if var.dims[:2] != ("traj", "time"):
+        return {}
+    return {"chunksizes": (1, min(16, var.shape[1]), *var.shape[2:])}
+
+
+def load(path: str | os.PathLike, *, lazy: bool | None = None) -> xr.Dataset:
+    """Read and validate a dataset written by :func:`save` (or any file in the schema).
+
+    ``lazy=True`` leaves the observations in the file (xarray's lazy indexing: a slice reads
+    only itself; :mod:`msde_ppl.data.blocks`), so data larger than memory can be validated,
+    trained on and forecast; the file stays open while the dataset is used. ``None``
+    (default): lazy when ``u`` (and ``u_clean``) exceed :data:`~msde_ppl.data.blocks.LAZY_BYTES`.
+    """
+    from msde_ppl.data.blocks import LAZY_BYTES
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no dataset file at {path}")
     try:
-        with xr.open_dataset(path, engine=ENGINE) as ds:
-            ds = ds.load()
+        ds = xr.open_dataset(path, engine=ENGINE)
+        size = sum(ds[name].nbytes for name in ("u", "u_clean") if name in ds)
+        if not (lazy or (lazy is None and size > LAZY_BYTES)):
+            with ds:
+                ds = ds.load()
     except OSError as err:
         raise OSError(f"{path} is not a readable netCDF4/HDF5 file: {err}") from None
     # netCDF stores a length-1 attribute array as a scalar: restore the vector attributes.

@@ -159,17 +159,23 @@ def _check_float(name: str, var: xr.DataArray) -> None:
 
 
 def _check_finite(name: str, var: xr.DataArray) -> None:
-    """Finite values, all within the float32 range (training runs in float32)."""
-    values = np.asarray(var.values)
-    for bad, what in ((~np.isfinite(values), "non-finite value(s) (NaN or inf)"),
-                      (np.abs(values) > _FLOAT32_MAX,
-                       f"value(s) beyond the float32 range (|value| > {_FLOAT32_MAX:.3g}; "
-                       "training runs in float32; rescale the field)")):
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            where = ", ".join(f"{d}={i}" for d, i in zip(var.dims, first, strict=True))
-            raise SchemaError(f"variable {name!r} has {int(bad.sum())} {what}; first at {where}: "
-                              f"{float(values[first]):.3g}")
+    """Finite values, all within the float32 range (training runs in float32); read a block
+    of trajectories at a time (a lazily opened file is never loaded whole)."""
+    from msde_ppl.data.blocks import trajectory_blocks
+
+    axis = var.dims.index("traj") if "traj" in var.dims else None
+    for offset, values in trajectory_blocks(var):
+        for bad, what in ((~np.isfinite(values), "non-finite value(s) (NaN or inf)"),
+                          (np.abs(values) > _FLOAT32_MAX,
+                           f"value(s) beyond the float32 range (|value| > {_FLOAT32_MAX:.3g}; "
+                           "training runs in float32; rescale the field)")):
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                where = [int(i) + (offset if k == axis else 0) for k, i in enumerate(first)]
+                text = ", ".join(f"{d}={i}" for d, i in zip(var.dims, where, strict=True))
+                raise SchemaError(f"variable {name!r} has {int(bad.sum())} {what} in "
+                                  f"trajectories {offset}..; first at {text}: "
+                                  f"{float(values[first]):.3g}")
 
 
 def _check_time_step(ds: xr.Dataset) -> None:

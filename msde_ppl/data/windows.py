@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msde_ppl.data.blocks import WindowReader
+
 __all__ = ["n_windows", "random_windows", "window_starts"]
 
 
@@ -59,7 +61,9 @@ def random_windows(
     """Minibatch source ``batch_fn(rng_key, step) -> {"y": (B, M, ...), "times": (B, M)}``.
 
     Args:
-        u: observations ``(traj, time, ...)``.
+        u: observations ``(traj, time, ...)``, or a
+            :class:`~msde_ppl.data.blocks.WindowReader` of data too large for memory (the
+            windows are then read from the file at every step; the same batches).
         times: time stamps ``(time,)``.
         window: snapshots per window ``M``.
         windows_per_step: windows per minibatch ``B``.
@@ -68,8 +72,15 @@ def random_windows(
     """
     if sampling not in ("uniform", "tiled"):
         raise ValueError(f"unknown window sampling {sampling!r}; use 'uniform' or 'tiled'")
-    u, times = jnp.asarray(u), jnp.asarray(times)
-    n_traj, n_time = u.shape[:2]
+    reader = u if isinstance(u, WindowReader) else None
+    if reader is not None:
+        if reader.window != window:
+            raise ValueError(f"the reader reads windows of {reader.window}, not {window}")
+        n_traj, n_time = reader.n_traj, reader.n_time
+    else:
+        u = jnp.asarray(u)
+        n_traj, n_time = u.shape[:2]
+    times = jnp.asarray(times)
     starts = jnp.asarray(window_starts(n_time, window,
                                       window - 1 if sampling == "uniform" else 1))
     b = windows_per_step
@@ -79,7 +90,8 @@ def random_windows(
         traj = jax.random.randint(key_traj, (b,), 0, n_traj)
         start = starts[jax.random.randint(key_start, (b,), 0, starts.shape[0])]
         idx = start[:, None] + jnp.arange(window)[None, :]
-        batch = {"y": u[traj[:, None], idx], "times": times[idx]}
+        y = reader(traj, start) if reader is not None else u[traj[:, None], idx]
+        batch = {"y": y, "times": times[idx]}
         return batch if constrain is None else constrain(batch)
 
     return batch_fn

@@ -119,16 +119,18 @@ def to_datatree(
         ``xarray.DataTree`` with ``posterior``, ``posterior_predictive`` (if ``decoded``),
         ``observed_data``, ``log`` and (if ``fc``) ``forecast``.
     """
-    y_all, t_all = observations(ds, split)
-    if not 0 <= traj < y_all.shape[0]:
-        raise ValueError(f"traj {traj} is out of range: split {split!r} has {y_all.shape[0]} "
+    sel = select_split(ds, split) if split is not None and "split" in ds.coords else ds
+    n_traj = sel.sizes["traj"] if split is None or "split" in ds.coords else 0
+    if not 0 <= traj < n_traj:
+        raise ValueError(f"traj {traj} is out of range: split {split!r} has {n_traj} "
                          "trajectories")
+    y_all, t_all = observations(sel.isel(traj=[traj]), None)  # reads that trajectory only
     window = min(64, y_all.shape[1] - start) if window is None else window
     if start < 0 or window < 2 or start + window > y_all.shape[1]:
         raise ValueError(f"window [{start}, {start + window}) does not fit in "
                          f"{y_all.shape[1]} snapshots (and needs at least 2)")
     sl = slice(start, start + window)
-    y_win, t_win = y_all[traj, sl], t_all[sl]
+    y_win, t_win = y_all[0, sl], t_all[sl]
     d = _window_draws(fitted, y_win, t_win, n_draws, jax.random.key(seed), decoded)
 
     has_field = "field" in ds["u"].dims

@@ -300,9 +300,10 @@ def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
     )
 
 
-def dissipation_from_data(u: np.ndarray, dt: float) -> tuple[float, float, float]:
+def dissipation_from_data(u, dt: float) -> tuple[float, float, float]:
     r"""Initial ``(rate, macro_bound, micro_bound)`` of the dissipative drift form for
-    training observations ``u`` (``(traj, time, ...)``) ``dt`` apart, with :math:`R` the
+    training observations ``u`` (``(traj, time, ...)``, or an iterable of such blocks of
+    trajectories: data read from a file block by block) ``dt`` apart, with :math:`R` the
     data's range (max - min):
 
     - macro bound :math:`B = 4 \max |\Delta u| / \Delta t`, four times the fastest change
@@ -314,10 +315,15 @@ def dissipation_from_data(u: np.ndarray, dt: float) -> tuple[float, float, float
 
     All three are learned from there.
     """
-    u = np.asarray(u, np.float64)
-    steps = np.abs(np.diff(u, axis=1))
-    fastest = float(np.nanmax(steps)) if steps.size else 0.0
-    spread = float(np.nanmax(u) - np.nanmin(u)) if u.size else 0.0
+    blocks = [u] if isinstance(u, np.ndarray) else u
+    fastest, low, high = 0.0, np.inf, -np.inf
+    for block in blocks:
+        block = np.asarray(block, np.float64)
+        if block.size:
+            steps = np.abs(np.diff(block, axis=1))
+            fastest = max(fastest, float(np.nanmax(steps)) if steps.size else 0.0)
+            low, high = min(low, float(np.nanmin(block))), max(high, float(np.nanmax(block)))
+    spread = high - low if np.isfinite(low) and np.isfinite(high) else 0.0
     if not (np.isfinite(fastest) and fastest > 0 and dt > 0):
         fastest = 1.0
     if not (np.isfinite(spread) and spread > 0):

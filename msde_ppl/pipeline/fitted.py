@@ -44,6 +44,7 @@ import xarray as xr
 from numpyro.infer.util import transform_fn
 
 from msde_ppl.atomic import atomic_dir, atomic_file, write_text
+from msde_ppl.data.blocks import trajectory_blocks
 from msde_ppl.inference.autoguide import AutoAmortizedSDE
 from msde_ppl.inference.fit import initial_params
 from msde_ppl.inference.param_store import fitted_network
@@ -65,13 +66,18 @@ def grid_info(ds: xr.Dataset, split: str | None = None) -> dict:
     seen = ds["u"]
     if split is not None and "split" in ds.coords:
         seen = seen.isel(traj=np.flatnonzero(np.asarray(ds["split"].values) == split))
-    values = np.asarray(seen.values, np.float64)
-    if "field" in seen.dims:
-        values = np.moveaxis(values, seen.dims.index("field"), 0)
-    values = values.reshape(int(ds.sizes.get("field", 1)), -1)
-    with np.errstate(invalid="ignore"):
-        data_range = [[float(np.nanmin(v)), float(np.nanmax(v))] if v.size else None
-                      for v in values]
+    n_fields = int(ds.sizes.get("field", 1))
+    low, high = np.full(n_fields, np.inf), np.full(n_fields, -np.inf)
+    for _, values in trajectory_blocks(seen):  # a lazily opened file is read by blocks
+        if "field" in seen.dims:
+            values = np.moveaxis(values, seen.dims.index("field"), 0)
+        values = values.reshape(n_fields, -1)
+        if values.size:
+            with np.errstate(invalid="ignore"):
+                low = np.fmin(low, np.nanmin(values, axis=1))
+                high = np.fmax(high, np.nanmax(values, axis=1))
+    data_range = [[float(lo), float(hi)] if np.isfinite(lo) and np.isfinite(hi) else None
+                  for lo, hi in zip(low, high, strict=True)]
     return {
         "fine_shape": [int(ds.sizes[d]) for d in dims],
         "n_channels": int(ds.sizes.get("field", 1)),

@@ -21,8 +21,9 @@ import jax
 import numpy as np
 import xarray as xr
 
+from msde_ppl.data.blocks import trajectory_blocks
 from msde_ppl.data.schema import grid_shape
-from msde_ppl.data.splits import observations, select_split, split_names
+from msde_ppl.data.splits import select_split, split_names
 from msde_ppl.multiscale.program import (
     CASE_CONFIGS,
     MultiscaleConfig,
@@ -65,8 +66,10 @@ def model_config(
     dissipation = None
     if drift == "dissipative":
         has_train = "train" in split_names(ds)
-        u, t = observations(ds, "train" if has_train else None)
-        dissipation = dissipation_from_data(u, float(t[1] - t[0]))
+        sel = select_split(ds, "train") if has_train else ds
+        t = np.asarray(sel["time"].values, np.float64)
+        dissipation = dissipation_from_data(
+            (block for _, block in trajectory_blocks(sel["u"])), float(t[1] - t[0]))
     domain = ds.attrs.get("domain")
     domain = None if domain is None else tuple(float(d) for d in list(domain))
     return config_for(

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 import xarray as xr
 
+from msde_ppl.data.blocks import WindowReader, in_memory, trajectory_blocks
 from msde_ppl.data.schema import SchemaError, check_coarse, grid_shape, validate
 from msde_ppl.data.splits import observations, select_split
 from msde_ppl.data.windows import n_windows, random_windows
@@ -153,9 +154,15 @@ def check_training_data(ds: xr.Dataset, train: TrainConfig, split: str = "train"
 def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
     """``(batch_fn, n_windows)`` over the training split (fixed-shape minibatches)."""
     check_training_data(ds, train, split)
-    u, t = observations(ds, split)
-    n_traj, n_time = u.shape[:2]
     constrain = _window_sharding(train.windows_per_step) if train.data_parallel else None
+    if in_memory(ds["u"]):
+        u, t = observations(ds, split)
+    else:  # a file larger than memory: every step reads its windows (msde_ppl.data.blocks)
+        rows = (np.flatnonzero(np.asarray(ds["split"].values) == split)
+                if "split" in ds.coords else np.arange(ds.sizes["traj"]))
+        u = WindowReader(ds["u"], rows, train.window)
+        t = np.asarray(ds["time"].values, np.float32)
+    n_traj, n_time = (u.n_traj, u.n_time) if isinstance(u, WindowReader) else u.shape[:2]
     batch_fn = random_windows(u, t, train.window, train.windows_per_step, train.sampling,
                               constrain)
     return batch_fn, n_windows(n_traj, n_time, train.window)
@@ -197,9 +204,11 @@ def _check_train(train: TrainConfig) -> None:
 
 def _data_digest(ds: xr.Dataset, split: str) -> str:
     """SHA-1 of the training arrays (float32 values and times): what a checkpoint was fitted to."""
-    u, t = observations(ds, split)
-    digest = hashlib.sha1(np.ascontiguousarray(u).tobytes())
-    digest.update(np.ascontiguousarray(t).tobytes())
+    sel = select_split(ds, split) if "split" in ds.coords else ds
+    digest = hashlib.sha1()
+    for _, block in trajectory_blocks(sel["u"], dtype=np.float32):  # the split's bytes in order
+        digest.update(np.ascontiguousarray(block).tobytes())
+    digest.update(np.ascontiguousarray(np.asarray(sel["time"].values, np.float32)).tobytes())
     return digest.hexdigest()
 
 

@@ -63,9 +63,22 @@ def _trivial_forecasts(obs: xr.DataArray, train: xr.Dataset | None) -> dict[str,
     held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
     out = {"persistence": held.assign_coords(obs.coords)}
     if train is not None:
-        clim = train["u"].mean(("traj", "time")).broadcast_like(obs).transpose(*obs.dims)
+        clim = _mean_field(train["u"]).broadcast_like(obs).transpose(*obs.dims)
         out["climatology"] = clim.assign_coords(obs.coords)
     return out
+
+
+def _mean_field(u: xr.DataArray) -> xr.DataArray:
+    """The mean of ``u`` over trajectories and times, read a block of trajectories at a time
+    (a lazily opened file is never loaded whole)."""
+    from msde_ppl.data.blocks import trajectory_blocks
+
+    template = u.isel(traj=0, time=0, drop=True)
+    total = np.zeros(template.shape, np.float64)
+    axes = (u.dims.index("traj"), u.dims.index("time"))
+    for _, block in trajectory_blocks(u):
+        total += np.asarray(block, np.float64).sum(axis=axes)
+    return template.copy(data=(total / (u.sizes["traj"] * u.sizes["time"])).astype(u.dtype))
 
 
 DIVERGENCE_MARGIN = 1.0  # in units of the training data's range, on either side of it
