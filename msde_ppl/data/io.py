@@ -9,6 +9,7 @@ Files get the mode the user's umask gives.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,44 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
         SchemaError: ``ds`` is not a valid dataset.
     """
     validate(ds)
-    path = Path(path)
+    path = _check_target(Path(path), overwrite)
+    with atomic_file(path) as tmp:
+        ds.to_netcdf(tmp, engine=ENGINE, encoding=_encoding(ds))
+    return path
+
+
+def save_batches(batches: Iterable[xr.Dataset], path: str | os.PathLike, *,
+                 overwrite: bool = False) -> tuple[Path, int]:
+    """Write consecutive batches of trajectories (datasets alike but for their ``traj``
+    extent, e.g. :meth:`~msde_ppl.data.cases.PDECase.generate_batches`) into one file, holding
+    one batch in memory at a time: the first batch makes the file with an unlimited ``traj``
+    dimension, the others are appended to it. Atomic and overwrite-safe as :func:`save`.
+    Returns the path and the number of trajectories written."""
+    import h5netcdf
+
+    path = _check_target(Path(path), overwrite)
+    it = iter(batches)
+    first = validate(next(it))
+    n = first.sizes["traj"]
+    with atomic_file(path) as tmp:
+        first.to_netcdf(tmp, engine=ENGINE, encoding=_encoding(first), unlimited_dims=["traj"])
+        along = [name for name, var in first.variables.items() if "traj" in var.dims]
+        del first
+        with h5netcdf.File(tmp, "a") as f:
+            for batch in it:
+                validate(batch)
+                k = batch.sizes["traj"]
+                f.resize_dimension("traj", n + k)
+                for name in along:
+                    values = batch[name].values
+                    if values.dtype.kind == "U":  # split labels: stored as variable-length text
+                        values = values.astype(object)
+                    f.variables[name][n:n + k] = values
+                n += k
+    return path, n
+
+
+def _check_target(path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; refusing to overwrite it (choose another path or pass "
@@ -37,14 +75,14 @@ def save(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) ->
         )
     if not path.parent.exists():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
-    encoding = {
-        name: {"zlib": True, "complevel": 4, **_chunks(var)}
-        for name, var in ds.variables.items()
-        if np.issubdtype(var.dtype, np.floating) and var.ndim >= 2
-    }
-    with atomic_file(path) as tmp:
-        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
     return path
+
+
+def _encoding(ds: xr.Dataset) -> dict:
+    """zlib level 4 for the float arrays, chunked by :func:`_chunks`."""
+    return {name: {"zlib": True, "complevel": 4, **_chunks(var)}
+            for name, var in ds.variables.items()
+            if np.issubdtype(var.dtype, np.floating) and var.ndim >= 2}
 
 
 def _chunks(var: xr.Variable) -> dict:

@@ -223,7 +223,7 @@ def decode(
     lead = z.shape[:-1]
     flat = z.reshape(-1, config.n_latent)
     zeta = flat[:, : config.n_macro].reshape(-1, config.n_channels, *config.coarse_shape)
-    macro = jax.vmap(encoder.scale.prolong)(zeta).reshape(*lead, *config.obs_shape)
+    macro = encoder.scale.prolong_many(zeta).reshape(*lead, *config.obs_shape)
     if decoder is None:
         return macro, None
     micro = jax.vmap(decoder)(zeta, flat[:, config.n_macro :]).reshape(*lead, *config.obs_shape)

@@ -120,9 +120,11 @@ def crps_sorted(draws: np.ndarray, obs: np.ndarray) -> np.ndarray:
     :math:`\frac1S\sum_i|X_i - y| - \frac{1}{2S(S-1)}\sum_{i,j}|X_i - X_j|`, the pair sum by
     the sorted-weights identity :math:`\sum_{i,j}|X_i - X_j| = 2\sum_k (2k - S + 1) X_{(k)}`."""
     n = draws.shape[-1]
-    skill = np.abs(draws - np.asarray(obs)[..., None]).mean(-1)
-    weights = (2 * np.arange(n) - n + 1).astype(np.float64)
-    spread = (draws * weights).sum(-1) * 2 / (n * (n - 1))
+    gaps = draws - np.asarray(obs, draws.dtype)[..., None]
+    np.abs(gaps, out=gaps)
+    skill = gaps @ np.full(n, 1.0 / n, draws.dtype)  # the mean over draws, by BLAS
+    weights = (2 * np.arange(n) - n + 1).astype(draws.dtype)
+    spread = (draws @ weights) * (2 / (n * (n - 1)))  # a matrix-vector product (BLAS)
     return skill - 0.5 * spread
 
 

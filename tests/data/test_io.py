@@ -160,3 +160,25 @@ def test_any_input_round_trips_exactly_or_raises_schema_error(tmp_path_factory, 
             assert stored == value, key
         else:
             assert _same(np.ravel(stored), np.ravel(value)), key
+
+
+def test_batches_written_one_at_a_time_equal_the_whole_dataset(tmp_path):
+    import dataclasses
+
+    from msde_ppl.data.cases import Burgers1D
+    from msde_ppl.data.io import save_batches
+
+    case = dataclasses.replace(Burgers1D(), n_time=4, t_final=0.003, batch_size=2)
+    path, n = save_batches(case.generate_batches(5), tmp_path / "big.nc")
+    whole = case.generate(5)
+    assert n == 5
+    stored = load(path)
+    for name in ("u", "u_clean"):
+        np.testing.assert_array_equal(stored[name].values, whole[name].values)
+    assert list(stored["split"].values) == list(whole["split"].values) == [
+        "train", "train", "train", "val", "test"]
+    assert stored.attrs["case"] == "burgers_1d"
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_batches(case.generate_batches(2), path)
+    assert path.read_bytes() == before

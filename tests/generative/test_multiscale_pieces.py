@@ -37,6 +37,22 @@ def test_prolongation_is_adjoint_of_restriction(fine, coarse, channels, rng_key)
         assert abs(float(lhs - rhs)) < 1e-10 * float(jnp.abs(lhs) + 1)
 
 
+@pytest.mark.parametrize("fine, coarse, channels", CONFIGS)
+def test_batched_prolongation_equals_field_by_field(fine, coarse, channels, rng_key):
+    """The matrix form of P (2D grids) and the per-field FFT form agree to rounding, also
+    under vmap (a forecast's members)."""
+    with jax.enable_x64(True):
+        op = random_kernel(ScaleOperator(fine, coarse, channels), rng_key)
+        op = jax.tree.map(lambda a: a.astype(jnp.float64), op)
+        zeta = jax.random.normal(jax.random.fold_in(rng_key, 3), (3, 5, channels, *coarse),
+                                 jnp.float64)
+        one_by_one = jax.vmap(jax.vmap(op.prolong))(zeta)
+        np.testing.assert_allclose(jax.vmap(op.prolong_many)(zeta), one_by_one, rtol=1e-12,
+                                   atol=1e-12)
+        np.testing.assert_allclose(op.prolong_many(zeta[0]), one_by_one[0], rtol=1e-12,
+                                   atol=1e-12)
+
+
 def test_restriction_is_circular_correlation_subsampled(rng_key):
     op = random_kernel(ScaleOperator((60,), (6,)), rng_key)
     y = np.asarray(jax.random.normal(jax.random.fold_in(rng_key, 2), (1, 60)))

@@ -141,13 +141,21 @@ class PDECase:
 
         Observation noise is i.i.d. ``N(0, noise_std^2)`` per grid value, as in the reference.
         """
+        parts = list(self.generate_batches(n_traj, seed))
+        return parts[0] if len(parts) == 1 else xr.concat(parts, dim="traj",
+                                                          combine_attrs="override")
+
+    def generate_batches(self, n_traj: int | None = None, seed: int = 0):
+        """The dataset of :meth:`generate` as consecutive datasets of ``batch_size``
+        trajectories (the same values and split labels): what a file larger than memory is
+        written from, one batch at a time (:func:`msde_ppl.data.io.save_batches`)."""
         n_traj = sum(self.split) if n_traj is None else int(n_traj)
         if n_traj < 1:
             raise ValueError(f"n_traj must be at least 1, got {n_traj}")
         root = jax.random.key(seed)
         traj_keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.arange(n_traj))
         ic_keys, noise_keys = jax.vmap(lambda k: jax.random.split(k))(traj_keys).swapaxes(0, 1)
-        clean_parts, noisy_parts = [], []
+        labels = np.repeat(np.array(SPLITS), split_counts(n_traj, self.split))
         for start in range(0, n_traj, self.batch_size):
             sl = slice(start, start + self.batch_size)
             clean = self.clean_trajectories(ic_keys[sl])
@@ -155,13 +163,11 @@ class PDECase:
                 draw = partial(jax.random.normal, shape=clean.shape[1:], dtype=jnp.float64)
                 noise = jax.vmap(draw)(noise_keys[sl])
             noisy = clean + self.noise_std * np.asarray(noise)
-            clean_parts.append(clean.astype(np.float32))
-            noisy_parts.append(noisy.astype(np.float32))
-        u_clean = np.concatenate(clean_parts)
-        u = np.concatenate(noisy_parts)
-        counts = split_counts(n_traj, self.split)
-        labels = np.repeat(np.array(SPLITS), counts)
+            yield self._dataset(noisy.astype(np.float32), clean.astype(np.float32),
+                                labels[sl], seed)
 
+    def _dataset(self, u: np.ndarray, u_clean: np.ndarray, labels: np.ndarray,
+                 seed: int) -> xr.Dataset:
         from msde_ppl.data.schema import from_arrays
 
         coords = self.coordinates()
