@@ -133,9 +133,9 @@ def test_fit_and_forecast_any_dataset(data, reference, tmp_path, capsys):
     assert fc["mean"].dims == ("traj", "time", "x") and fc.sizes["traj"] == 1
     scores = forecast_metrics(fc)
     assert all(np.isfinite(scores[k]) for k in ("rel_l2_mean", "crps", "coverage_90"))
-    (compiled,) = fitted._compiled.values()
+    ((roll, decode, *_),) = fitted._compiled.values()
     forecast(jax.random.key(1), fitted, ds, split="test", n_samples=16)
-    assert compiled._cache_size() == 1
+    assert roll._cache_size() == 1 and decode._cache_size() == 1
     out_dir = tmp_path / "fc"
     assert main(["forecast", str(reference), "--data", str(data), "--samples", "4",
                  "--integrator", "euler", "--substeps", "2", "--horizon", "12",
