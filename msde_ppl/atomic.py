@@ -70,3 +70,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def write_json(path: str | os.PathLike, value) -> Path:
+    """Write ``value`` as strict JSON, atomically: a non-finite float (a diverged score) is
+    ``null``, never ``NaN``/``Infinity``."""
+    import json
+    import math
+
+    def strict(v):
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return write_text(path, json.dumps(strict(value), indent=2, allow_nan=False) + "\n")

@@ -8,6 +8,9 @@
   data, multiscale and implicit-scale fits, forecasts, the coarse-DNS baseline, figures and a
   ``metrics.json`` report in a new run directory.
 - ``msde report RUN_DIR``: regenerate every figure and a markdown report of a run.
+- ``msde baseline {coarse_dns,dmd,pod_sindy} --data FILE.nc --out DIR``: a reference baseline.
+- ``msde table [--cases ...] [--methods ...] [--quick] [--runs RUN_DIR ...] --out DIR``: the
+  paper's table (every case x the five methods) with the reference's numbers.
 
 Nothing a user has is overwritten: an existing output file or run directory is refused unless
 ``--overwrite`` is given (files only; run directories are never reused).
@@ -30,18 +33,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before jax is imported: se
 os.environ.setdefault("MPLBACKEND", "Agg")  # the command line draws into files only
 
 import msde_ppl  # noqa: E402
-from msde_ppl.atomic import write_text  # noqa: E402
+from msde_ppl.atomic import write_json, write_text  # noqa: E402
 from msde_ppl.data import CASES, DEFAULT_CASE, SchemaError, make_dataset, save  # noqa: E402
 from msde_ppl.data.schema import grid_shape  # noqa: E402
+from msde_ppl.pipeline.baselines import BASELINES  # noqa: E402
+from msde_ppl.pipeline.run import (  # noqa: E402  (msde run's schedule: one owner)
+    RUN_MICRO_STEPS,
+    RUN_STEPS,
+    RUN_STEPS_2D,
+    RUN_WINDOWS,
+)
+from msde_ppl.pipeline.table import METHODS, TABLE_CASES  # noqa: E402
 
-# `msde run`: implicit-scale stage, then multiscale stage, 1 window of 64 snapshots per step
-# (about 7 ms per step on 2 CPU cores in 1D; more, noisier steps beat fewer larger ones on the
-# val split): a 1D job stays within ~15 min. The 2D cases (~0.15 s per step at 128 x 128) get
-# steps well within the 45-minute training budget of the 2D rows (burgers_2d: 19 min measured).
-RUN_STEPS = 4000
-RUN_MICRO_STEPS = 60000
-RUN_STEPS_2D = {"burgers_2d": (3250, 9750), "shallow_water_2d": (5000, 15000)}
-RUN_WINDOWS = 1
 # `msde fit`: at most this many steps (a quarter implicit-scale, then multiscale) within the
 # budget; validation on the val split stops it earlier when it stops improving
 FIT_STEPS = 20000
@@ -280,7 +283,97 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--allow-incomplete", action="store_true",
                         help="also report a run that failed or was interrupted")
     report.set_defaults(handler=cmd_report)
+
+    base = sub.add_parser(
+        "baseline",
+        help="a reference baseline (coarse DNS, DMD, POD-SINDy) fitted and scored on a dataset",
+        description="Fit a baseline on the train split and forecast SPLIT from each "
+        "trajectory's first snapshot: coarse_dns (the PDE on the coarse grid; built-in cases "
+        "only), dmd (PyDMD on the first training trajectory) or pod_sindy (POD of the training "
+        "snapshots + pysindy, threshold chosen on val). Writes metrics.json (the schema of "
+        "msde forecast) and prediction.nc into a new directory. DMD and POD-SINDy need the "
+        "baselines extra: pip install -e \".[baselines]\".",
+    )
+    base.add_argument("method", choices=BASELINES, help="which baseline")
+    base.add_argument("--data", required=True, type=Path, help="dataset (.nc)")
+    base.add_argument("--split", default="test", help="split to forecast (default test)")
+    base.add_argument("--coarse", type=_positive_int, nargs="+", metavar="N", default=None,
+                      help="coarse grid per axis (default: the built-in case's); sets the "
+                      "DMD / POD rank n_macro + 5")
+    base.add_argument("--rank", type=_positive_int, default=None,
+                      help="DMD / POD rank (default n_macro + 5)")
+    base.add_argument("--degree", type=_positive_int, default=None,
+                      help="POD-SINDy polynomial degree (default 2 for kdv_1d, else 1)")
+    base.add_argument("--threshold", type=_positive_float, default=None,
+                      help="POD-SINDy STLSQ threshold (default: chosen on the val split)")
+    base.add_argument("--seed", type=_nonnegative_int, default=0,
+                      help="seed of POD's randomized SVD (default 0)")
+    base.add_argument("--out", required=True, type=Path, help="output directory to create")
+    base.set_defaults(handler=cmd_baseline)
+
+    table = sub.add_parser(
+        "table",
+        help="the paper's table: every case x the five methods, with the reference's numbers",
+        description="Score coarse DNS, DMD, POD-SINDy, the implicit-scale and the multiscale "
+        "model on the test split of each case (fitting the two models with msde run's "
+        "schedule, or taking them from earlier `msde run` directories with --runs) and write "
+        "table.md, table.json and table.png into a new directory.",
+    )
+    table.add_argument("--cases", nargs="+", default=list(TABLE_CASES), metavar="CASE",
+                       help=f"built-in cases (default: {' '.join(TABLE_CASES)})")
+    table.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                       metavar="METHOD", help=f"subset of: {' '.join(METHODS)}")
+    table.add_argument("--quick", action="store_true",
+                       help="smoke-sized: few trajectories, 150 + 150 steps, 8 members, no "
+                       "calibration (checks that every column is produced)")
+    table.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN_DIR",
+                       help="`msde run` directories whose models (and data) to use for their "
+                       "cases instead of fitting")
+    table.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    table.add_argument("--out", required=True, type=Path, help="output directory to create")
+    table.set_defaults(handler=cmd_table)
     return parser
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from msde_ppl.data import load
+    from msde_ppl.pipeline.baselines import run_baseline
+
+    if args.out.exists():
+        raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
+    ds = load(args.data)
+    pred, metrics = run_baseline(args.method, ds, split=args.split, coarse=args.coarse,
+                                 rank=args.rank, degree=args.degree, threshold=args.threshold,
+                                 seed=args.seed)
+    out = _new_dir(args.out, "output directory")
+    pred.to_dataset(name="prediction").to_netcdf(out / "prediction.nc", engine="h5netcdf")
+    meta = _meta(ds, grid_shape(ds), args.seed)
+    meta["split"] = args.split
+    _write_metrics(out / "metrics.json", {args.method: metrics, "meta": meta})
+    finite = metrics["finite"]
+    print(f"{args.method} on {args.split}: rel-L2 (vs noisy data) "
+          + (f"{metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}" if finite else
+             "not finite (the forecast diverged)")
+          + f"; training {metrics['fit_wall_time_s']:.1f} s, prediction "
+          f"{metrics['predict_wall_time_s']:.1f} s")
+    if not finite:
+        print(f"warning: the {args.method} forecast diverged", file=sys.stderr)
+    print(f"report: {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from msde_ppl.pipeline.table import build_table, write_table
+
+    if args.out.exists():
+        raise FileExistsError(f"output directory {args.out} already exists; choose another --out")
+    for case in args.cases:
+        _check_case(case)
+    table = build_table(args.cases, args.methods, quick=args.quick, runs=args.runs,
+                        seed=args.seed, log=lambda line: print(line, flush=True))
+    out = write_table(table, args.out)
+    print(f"report: {out / 'table.md'}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -356,8 +449,7 @@ class _Interrupted(Exception):
 def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     """The phases of ``msde run``; ``stop()`` is checked between them."""
     from msde_ppl.data.splits import select_split
-    from msde_ppl.pipeline.run import divergence_warning, model_config, progressive_stages, run_case
-    from msde_ppl.pipeline.training import TrainConfig
+    from msde_ppl.pipeline.run import divergence_warning, run_builtin, run_schedule
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
 
     def check() -> None:
@@ -365,21 +457,19 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
             raise _Interrupted
 
     start = time.perf_counter()
-    steps, micro_steps = RUN_STEPS_2D.get(args.case, (RUN_STEPS, RUN_MICRO_STEPS))
+    steps, micro_steps = run_schedule(args.case)
     args.steps = steps if args.steps is None else args.steps
     args.micro_steps = micro_steps if args.micro_steps is None else args.micro_steps
     print(f"[1/5] generating {args.case} ...", flush=True)
     ds = make_dataset(args.case, n_traj=args.n_traj, seed=args.seed)
     save(ds, run_dir / "data.nc")
-    first = TrainConfig(steps=args.steps, seed=args.seed, windows_per_step=RUN_WINDOWS)
-    stages = progressive_stages(args.micro, first, args.micro_steps)
     print(f"[2/5] fitting the implicit-scale model ({args.steps} steps), then growing it into "
           f"the multiscale model (micro dimension {args.micro}, {args.micro_steps} steps) ...",
           flush=True)
-    config = model_config(ds, CASES[args.case].coarse, args.micro)
     check()
-    result = run_case(ds, config, stages, split="test", n_samples=64, seed=args.seed,
-                      progress=sys.stderr.isatty(), should_stop=stop)
+    result = run_builtin(ds, args.case, steps=args.steps, micro_steps=args.micro_steps,
+                         n_micro=args.micro, seed=args.seed, n_samples=64,
+                         progress=sys.stderr.isatty(), should_stop=stop)
     check()
     metrics = dict(result["metrics"])
     print("[3/5] writing the fitted models, forecasts and posteriors ...", flush=True)
@@ -752,17 +842,7 @@ def _print_baselines(metrics: dict) -> None:
 def _write_metrics(path: Path, metrics: dict) -> None:
     """``metrics.json`` as strict JSON: a non-finite score (a diverged forecast) is ``null``,
     never a number (each model's ``finite`` entry says so too)."""
-
-    def strict(value):
-        if isinstance(value, dict):
-            return {k: strict(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [strict(v) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-    write_text(path, json.dumps(strict(metrics), indent=2, allow_nan=False) + "\n")
+    write_json(path, metrics)
 
 
 def _meta(ds, grid, seed) -> dict:
@@ -789,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (SchemaError, ValueError, FileExistsError, FileNotFoundError, OSError,
-            FloatingPointError) as err:
+            FloatingPointError, ImportError) as err:
         print(f"msde {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -23,7 +23,7 @@ from msde_ppl.data.cases import CASES, PDECase, get_case
 from msde_ppl.data.coarse import interpolate, restrict
 from msde_ppl.data.schema import SchemaError, check_coarse, spatial_dims, validate
 from msde_ppl.data.splits import select_split
-from msde_ppl.predict.metrics import pooled_relative_l2
+from msde_ppl.predict.metrics import point_forecast_metrics
 
 
 def case_of(ds: xr.Dataset) -> PDECase:
@@ -82,19 +82,13 @@ def evaluate_coarse_dns(
     start = _time.perf_counter()
     pred = coarse_dns(ds, coarse, split=split, method=method)
     wall = _time.perf_counter() - start
-    test = select_split(ds, split)
-    eval_steps = test.attrs.get("eval_steps")
-    noisy = pooled_relative_l2(test["u"], pred, eval_steps)
-    result = {
-        "rel_l2_mean": noisy["mean"],
-        "rel_l2_std": noisy["std"],
-        "n_pairs": noisy["n"],
+    result = point_forecast_metrics(select_split(ds, split), pred,
+                                    ds.attrs.get("eval_steps"))
+    result.update({
         "coarse": list(check_coarse(ds, case_of(ds).coarse if coarse is None else coarse)),
         "interpolation": method,
         "wall_time_s": wall,
-    }
-    if "u_clean" in test:
-        clean = pooled_relative_l2(test["u_clean"], pred, eval_steps)
-        result["rel_l2_clean_mean"] = clean["mean"]
-        result["rel_l2_clean_std"] = clean["std"]
+        "fit_wall_time_s": 0.0,
+        "predict_wall_time_s": wall,
+    })
     return result

@@ -40,6 +40,23 @@ def pooled_relative_l2(
     return {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size)}
 
 
+def point_forecast_metrics(test: xr.Dataset, pred: xr.DataArray,
+                           eval_steps: int | None = None) -> dict:
+    """Scores of a deterministic forecast ``pred`` of ``test``'s trajectories (a baseline):
+    rel-L2 vs the noisy observations (and vs ``u_clean`` when ``test`` has it) pooled over the
+    first ``eval_steps`` times, as :func:`pooled_relative_l2`, and whether it is finite."""
+    n = pred.sizes["time"] if eval_steps is None else min(int(eval_steps), pred.sizes["time"])
+    noisy = pooled_relative_l2(test["u"].isel(time=slice(0, n)), pred.isel(time=slice(0, n)))
+    result = {"rel_l2_mean": noisy["mean"], "rel_l2_std": noisy["std"], "n_pairs": noisy["n"]}
+    if "u_clean" in test:
+        clean = pooled_relative_l2(test["u_clean"].isel(time=slice(0, n)),
+                                   pred.isel(time=slice(0, n)))
+        result["rel_l2_clean_mean"] = clean["mean"]
+        result["rel_l2_clean_std"] = clean["std"]
+    result["finite"] = bool(np.isfinite(np.asarray(pred.isel(time=slice(0, n)).values)).all())
+    return result
+
+
 def baseline_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
                      eval_steps: int | None = None) -> dict[str, dict[str, float]]:
     """Rel-L2 (vs the noisy observations, pooled as :func:`pooled_relative_l2`) of two trivial

@@ -1,0 +1,76 @@
+"""`msde table`: the quick table on one 1D case (every column produced), rows taken from an
+earlier run directory, and refusals."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from msde_ppl.cli import main
+from msde_ppl.data import save
+from msde_ppl.data.cases import KdV1D
+from msde_ppl.pipeline.table import METHODS, REFERENCE
+
+pytest.importorskip("pydmd")
+pytest.importorskip("pysindy")
+
+
+def test_quick_table_on_kdv_has_every_method(tmp_path, capsys):
+    """The CI smoke run: all five methods scored, the reference beside each, three files."""
+    out = tmp_path / "table"
+    assert main(["table", "--cases", "kdv_1d", "--quick", "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    rows = table["cases"]["kdv_1d"]
+    assert list(rows) == list(METHODS)
+    for name, row in rows.items():
+        assert row["reference"]["rel_l2_mean"] == REFERENCE["kdv_1d"][name][0]
+        assert row["fit_wall_time_s"] is not None and row["predict_wall_time_s"] is not None
+        if row["finite"]:
+            assert 0 < row["rel_l2_mean"] < 10
+    for name in ("dmd", "coarse_dns", "implicit_scale", "multiscale"):
+        assert rows[name]["finite"], name
+    for name in ("implicit_scale", "multiscale"):  # probabilistic columns
+        assert 0 <= rows[name]["coverage_90"] <= 1 and rows[name]["crps"] > 0
+    assert table["settings"]["quick"] is True
+    md = (out / "table.md").read_text()
+    assert "| kdv_1d |" in md and "POD-SINDy" in md and "quick" in md
+    assert (out / "table.png").stat().st_size > 0
+    assert "report:" in capsys.readouterr().out
+
+
+def test_table_takes_fitted_models_from_a_run_directory(tmp_path):
+    """With --runs, the models' rows are the run's metrics.json entries (nothing refitted) and
+    the baselines are computed on the run's own data.nc."""
+    case = dataclasses.replace(KdV1D(), n_time=51, t_final=0.05, eval_steps=50)
+    ds = case.generate(5)
+    run = tmp_path / "run"
+    run.mkdir()
+    save(ds, run / "data.nc")
+    fake = {"rel_l2_mean": 0.05, "rel_l2_std": 0.01, "finite": True, "crps": 0.002,
+            "coverage_90": 0.9, "spread_skill": 1.0, "fit_wall_time_s": 12.0,
+            "forecast_wall_time_s": 3.0, "calibrated": {"crps": 0.0021, "coverage_90": 0.91,
+                                                        "spread_skill": 1.02}}
+    (run / "metrics.json").write_text(json.dumps(
+        {"multiscale": fake, "meta": {"dataset": "kdv_1d"}}))
+    out = tmp_path / "table"
+    assert main(["table", "--cases", "kdv_1d", "--methods", "dmd", "multiscale",
+                 "--runs", str(run), "--out", str(out)]) == 0
+    rows = json.loads((out / "table.json").read_text())["cases"]["kdv_1d"]
+    assert rows["multiscale"]["rel_l2_mean"] == 0.05
+    assert rows["multiscale"]["coverage_90_calibrated"] == 0.91
+    assert rows["multiscale"]["predict_wall_time_s"] == 3.0
+    assert rows["multiscale"]["source"].startswith("msde run")
+    n_test = int((ds.split == "test").sum())
+    assert rows["dmd"]["n_pairs"] == n_test * 50 and np.isfinite(rows["dmd"]["rel_l2_mean"])
+
+
+def test_table_refuses_bad_input_before_any_work(tmp_path, capsys):
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    assert main(["table", "--cases", "kdv_1d", "--out", str(existing)]) == 2
+    assert main(["table", "--cases", "no_such_case", "--out", str(tmp_path / "t")]) == 2
+    assert "unknown case" in capsys.readouterr().err
+    assert main(["table", "--runs", str(tmp_path), "--out", str(tmp_path / "t")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
