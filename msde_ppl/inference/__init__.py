@@ -1,4 +1,5 @@
-"""Inference: temporal kernel interpolation, amortized autoguide, solver-free ELBO, fit loop."""
+"""Inference: the amortized autoguide (Markov smoother or temporal kernel interpolation),
+solver-free ELBO, fit loop."""
 
 from msde_ppl.inference.autoguide import AutoAmortizedSDE as AutoAmortizedSDE
 from msde_ppl.inference.autoguide import tied_encoder as tied_encoder
@@ -23,6 +24,8 @@ from msde_ppl.inference.kernel import TemporalKernel as TemporalKernel
 from msde_ppl.inference.kernel import WindowMoments as WindowMoments
 from msde_ppl.inference.kernel import interpolate_window as interpolate_window
 from msde_ppl.inference.kernel import safe_cholesky as safe_cholesky
+from msde_ppl.inference.markov import MarkovBridgePath as MarkovBridgePath
+from msde_ppl.inference.markov import OUSmoother as OUSmoother
 
 __all__ = [
     "AutoAmortizedSDE",
@@ -30,7 +33,9 @@ __all__ = [
     "FitResult",
     "FitState",
     "GaussMarkovPath",
+    "MarkovBridgePath",
     "NonFiniteLossError",
+    "OUSmoother",
     "SolverFreeELBO",
     "StepInfo",
     "TemporalKernel",

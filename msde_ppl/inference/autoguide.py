@@ -5,11 +5,14 @@ For every latent **path site** of the model (a :class:`~msde_ppl.generative.SDEP
 1. encodes each observed snapshot :math:`o_i` of the window with a user encoder (an
    :class:`equinox.Module` registered with :func:`numpyro.contrib.module.eqx_module`):
    :math:`o_i \mapsto (\mu_i, \log v_i)` (or :math:`(\mu_i, v_i)`);
-2. interpolates the encodings in time with the learned deep kernel
-   (:func:`~msde_ppl.inference.kernel.interpolate_window`), giving :math:`m, S, \dot m,
-   \tfrac{d}{dt}\log S` at the path's grid times;
-3. samples the path from the Gauss–Markov process
-   :class:`~msde_ppl.inference.GaussMarkovPath` that shares the prior's diffusion :math:`s`.
+2. turns the encodings into a Gauss–Markov process that shares the prior's diffusion
+   :math:`s`: by default the posterior of a reference OU process conditioned on them as
+   pseudo-observations around a smooth kernel trend (:mod:`msde_ppl.inference.markov`,
+   :class:`~msde_ppl.inference.markov.MarkovBridgePath`); or, as the reference code, a
+   smooth deep-kernel interpolation of means and log-variances
+   (:func:`~msde_ppl.inference.kernel.interpolate_window`,
+   :class:`~msde_ppl.inference.GaussMarkovPath`);
+3. samples the path from that process.
 
 Every other latent site (physical coefficients, diffusion scales, ...) gets an AutoNormal-style
 mean-field Normal in unconstrained space pushed through ``biject_to(support)``:
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from functools import partial
 from typing import Any, Literal
 
 import equinox as eqx
@@ -50,6 +54,7 @@ from numpyro.infer.initialization import init_to_median
 from msde_ppl.generative.sde_path import SDEPath
 from msde_ppl.inference.gauss_markov import GaussMarkovPath
 from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
+from msde_ppl.inference.markov import MarkovBridgePath, OUSmoother, window_posterior
 from msde_ppl.inference.param_store import (
     encoder_name,
     fitted_network,
@@ -84,8 +89,15 @@ class AutoAmortizedSDE(AutoGuide):
         encoder: an :class:`equinox.Module` mapping ONE observation snapshot (shape
             ``obs_shape``) to ``(mean, logvar)`` of the latent state (each ``state_shape``); or a
             mapping ``{path_site: encoder}`` when the model has several path sites.
-        kernel: a :class:`TemporalKernel` (or mapping per path site); default: one per site built
-            with ``jax.random.key(0)`` (keyword ``kernel_key`` overrides the key).
+        kernel: how the encodings become a path process. ``"markov"`` (default): the
+            posterior of a reference OU process that shares the model's diffusion, conditioned
+            on the encodings as pseudo-observations, around a smooth kernel trend
+            (:class:`~msde_ppl.inference.markov.OUSmoother`, one rate per latent coordinate;
+            it contains the exact posterior of linear-Gaussian models, docs/calibration.md);
+            ``"interpolation"``: the reference code's smooth kernel interpolation of means and
+            log-variances (:class:`TemporalKernel`); or a module of either kind (or a mapping
+            per path site). Default kernels' warp networks are drawn from ``kernel_key``
+            (default ``jax.random.key(0)``).
         obs_site: name of the observed site the encoder reads; default: the model's only observed
             site.
         encoder_output: ``"logvar"`` (default) or ``"var"`` for the encoder's second output.
@@ -93,6 +105,8 @@ class AutoAmortizedSDE(AutoGuide):
         init_loc_fn: initialisation of global sites (default ``init_to_median``).
         init_scale: initial unconstrained scale of global sites.
         kernel_key: PRNG key for the default kernels' warp networks.
+        kl_nodes_per_interval: KL-rate quadrature nodes per interval of a ``"markov"`` path
+            (stratified uniform random times).
     """
 
     def __init__(
@@ -100,27 +114,36 @@ class AutoAmortizedSDE(AutoGuide):
         model: Callable,
         encoder: eqx.Module | Mapping[str, eqx.Module],
         *,
-        kernel: TemporalKernel | Mapping[str, TemporalKernel] | None = None,
+        kernel: str | eqx.Module | Mapping[str, eqx.Module] | None = "markov",
         obs_site: str | None = None,
         encoder_output: Literal["logvar", "var"] = "logvar",
         prefix: str = "auto",
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
         kernel_key: jax.Array | None = None,
+        kl_nodes_per_interval: int = 1,
     ) -> None:
+        if kl_nodes_per_interval < 1:
+            raise ValueError(f"kl_nodes_per_interval must be >= 1, got {kl_nodes_per_interval}")
         if encoder_output not in ("logvar", "var"):
             raise ValueError(f"encoder_output must be 'logvar' or 'var', got {encoder_output!r}")
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
         self._encoder_arg = encoder
+        if kernel is None:
+            kernel = "markov"
+        if isinstance(kernel, str) and kernel not in ("markov", "interpolation"):
+            raise ValueError(
+                f"kernel must be 'markov', 'interpolation' or a module, got {kernel!r}")
         self._kernel_arg = kernel
         self._kernel_key = jax.random.key(0) if kernel_key is None else kernel_key
         self.obs_site = obs_site
         self.encoder_output = encoder_output
         self.init_scale = init_scale
+        self.kl_nodes_per_interval = int(kl_nodes_per_interval)
         self._path_sites: list[str] = []
         self._global_sites: dict[str, dict[str, Any]] = {}
         self.encoders: dict[str, eqx.Module] = {}
-        self.kernels: dict[str, TemporalKernel] = {}
+        self.kernels: dict[str, eqx.Module] = {}
 
     # ------------------------------------------------------------------ prototype
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
@@ -184,10 +207,15 @@ class AutoAmortizedSDE(AutoGuide):
             elif self.obs_site not in observed:
                 raise ValueError(f"obs_site {self.obs_site!r} is not an observed site {observed}")
         self.encoders = self._per_site(self._encoder_arg, "encoder")
-        if self._kernel_arg is None:
+        if isinstance(self._kernel_arg, str):
             keys = jax.random.split(self._kernel_key, max(len(self._path_sites), 1))
-            self.kernels = {n: TemporalKernel(key=k) for n, k in zip(self._path_sites, keys,
-                                                                      strict=False)}
+            self.kernels = {}
+            for name, k in zip(self._path_sites, keys, strict=False):
+                if self._kernel_arg == "interpolation":
+                    self.kernels[name] = TemporalKernel(key=k)
+                else:
+                    state_shape = trace[name]["fn"].state_shape
+                    self.kernels[name] = OUSmoother(state_shape, trend=TemporalKernel(key=k))
         else:
             self.kernels = self._per_site(self._kernel_arg, "kernel")
 
@@ -273,6 +301,19 @@ class AutoAmortizedSDE(AutoGuide):
                 f"encoder returned states of shape {enc_mean.shape[1:]}, expected {state_shape}"
             )
         times = jnp.reshape(prior.batch_times(), (n_flat, n_time))
+        if isinstance(self.kernels[name], OUSmoother):
+            diffusion = jnp.reshape(prior.batch_diffusion(), (n_flat,) + state_shape)
+            # the KL nodes' positions inside the intervals (midpoints when run unseeded)
+            key = numpyro.prng_key()
+            frac_shape = (n_flat, n_time - 1, self.kl_nodes_per_interval)
+            frac = (jnp.full(frac_shape, 0.5) if key is None
+                    else jax.random.uniform(key, frac_shape))
+            grid, cross, nodes = jax.vmap(partial(window_posterior, kernel))(
+                times, jnp.reshape(enc_mean, window_shape),
+                jnp.reshape(enc_logvar, window_shape), diffusion, frac)
+            unflat = partial(jax.tree.map, lambda x: jnp.reshape(x, batch_shape + x.shape[1:]))
+            return MarkovBridgePath(prior.batch_times(), unflat(grid), unflat(cross),
+                                    unflat(nodes), prior.batch_diffusion(), len(state_shape))
         moments = jax.vmap(lambda t, m, lv: interpolate_window(kernel, t, m, lv))(
             times, jnp.reshape(enc_mean, window_shape), jnp.reshape(enc_logvar, window_shape)
         )

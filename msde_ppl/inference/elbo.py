@@ -20,9 +20,12 @@ Every expectation is over Gaussian *marginals* at single times, so no SDE is eve
 - data term: one draw :math:`z_i \sim \mathcal N(m(t_i), S(t_i))` per time, independently
   (valid because the likelihood factorises over time given the path — a requirement on models
   used with this objective), pushed through the model's observed sites (with their plate scales);
-- KL-rate integral: a fresh, independent draw :math:`z'_i` at the path grid times, integrated
-  over the window by the trapezoidal rule (default) or by :math:`T_B \cdot \mathrm{mean}_i`
-  (``quadrature="mean"``, the reference code's Monte Carlo estimate, docs/method.md §4);
+- KL-rate integral: a fresh, independent draw :math:`z'` at the posterior's quadrature nodes
+  (:meth:`~msde_ppl.inference.GaussMarkovPath.kl_nodes`): for the kernel-interpolation guide
+  the path grid times, integrated over the window by the trapezoidal rule (default) or by
+  :math:`T_B \cdot \mathrm{mean}_i` (``quadrature="mean"``, the reference code's Monte Carlo
+  estimate, docs/method.md §4); for the Markov guide (:mod:`msde_ppl.inference.markov`), whose
+  drift jumps at the grid times, random times inside every interval (unbiased);
 - global sites: the usual score-free Monte Carlo term :math:`\log p(\theta) - \log q(\theta)`
   at the guide's sample (as in ``Trace_ELBO``);
 - initial state: :math:`-\mathrm{KL}(q(z(t_1))\|p_0)` in closed form when NumPyro has it,
@@ -46,8 +49,12 @@ Decisions on the docs/method.md §4.3 ambiguities (documented here because they 
    :math:`\mathrm{KL}(q_0\|p_0) + \int \text{rate}`. When the model's :class:`SDEPath` carries an
    ``init_dist`` the initial term is included (this is what makes the bound tight, which the
    exact-posterior test checks). Windows cut from the middle of a trajectory have no tractable
-   prior marginal at their first time; models then use ``init_dist=None`` (a flat density on the
-   first state), which drops the term, reproducing the reference code.
+   prior marginal at their first time; models then use ``init_dist=None``, a flat density on
+   the first state, whose KL term is minus the entropy of :math:`q(z(t_1))` (``initial="flat"``,
+   default: the ELBO of the program as written, a bound on its evidence; without it the
+   objective rewards a too-narrow first marginal, which biases the diffusion low on an exactly
+   solvable OU problem). ``initial="drop"`` drops the term, reproducing the reference code (the
+   built-in model's recipe keeps it).
 5. **Warm-up** (§2.3 item 5). ``beta`` multiplies the whole KL (path rate, initial state and the
    global sites), so ``beta=1`` is the ELBO; :func:`linear_beta_warmup` gives the reference ramp.
 """
@@ -78,16 +85,22 @@ def linear_beta_warmup(step: Array | int, n_transition: int, n_warmup: int = 0) 
 def path_kl_integral(
     prior: SDEPath,
     posterior: GaussMarkovPath,
-    z: Array,
+    rng_key: jax.Array,
     quadrature: Literal["trapezoid", "mean"] = "trapezoid",
 ) -> Array:
-    r"""Quadrature of the KL rate :math:`\tfrac12\|(f_q - f_\theta)/s\|^2` over the window.
+    r"""Monte Carlo quadrature of the KL rate :math:`\tfrac12\|(f_q - f_\theta)/s\|^2` (a window).
+
+    The nodes are the posterior's (:meth:`GaussMarkovPath.kl_nodes`): the grid times, reduced by
+    ``quadrature``, for a process with smooth moments; random times inside every interval for
+    one whose drift jumps at the grid (:class:`~msde_ppl.inference.markov.MarkovBridgePath`).
+    At each node one state is drawn from the marginal :math:`\mathcal N(m, S)`.
 
     Args:
         prior: model path distribution (drift :math:`f_\theta`, diffusion :math:`s`, times).
-        posterior: guide process (:math:`m, S, \dot m, \tfrac{d}{dt}\log S` at the same times).
-        z: one draw from the marginals, shape ``batch + (T,) + state``.
-        quadrature: ``"trapezoid"`` or ``"mean"`` (:math:`(t_M - t_1)\,\mathrm{mean}_i`).
+        posterior: guide process over the same grid.
+        rng_key: key of the node times (if random) and of the marginal draws.
+        quadrature: rule for grid nodes, ``"trapezoid"`` or ``"mean"``
+            (:math:`(t_M - t_1)\,\mathrm{mean}_i`).
 
     Returns:
         Integral per batch element, shape ``batch``.
@@ -97,20 +110,28 @@ def path_kl_integral(
             f"guide path shape {posterior.batch_shape}+{posterior.event_shape} does not match "
             f"model path shape {prior.batch_shape}+{prior.event_shape}"
         )
-    times = prior.batch_times()
+    if quadrature not in ("trapezoid", "mean"):
+        raise ValueError(f"unknown quadrature {quadrature!r}")
+    # the draws use rng_key itself (as GaussMarkovPath.sample_marginals would), the random
+    # node times a key folded from it
+    nodes = posterior.kl_nodes(jax.random.fold_in(rng_key, 1))
+    mom = nodes.moments
     n_batch = len(prior.batch_shape)
+    eps = jax.random.normal(rng_key, jnp.shape(mom.mean), dtype=mom.mean.dtype)
+    z = mom.mean + jnp.sqrt(mom.var) * eps
     s = jnp.expand_dims(prior.batch_diffusion(), n_batch)
-    decay = 0.5 * (s**2 / posterior.var - posterior.dlogvar_dt)
-    f_q = posterior.mean_dot - decay * (z - posterior.loc)
-    f_p = prior.drift_values(times, z)
+    decay = 0.5 * (s**2 / mom.var - mom.dlogvar_dt)
+    f_q = mom.mean_dot - decay * (z - mom.mean)
+    f_p = prior.drift_values(nodes.times, z)
     state_axes = tuple(range(n_batch + 1, jnp.ndim(z)))
     rate = 0.5 * jnp.sum(((f_q - f_p) / s) ** 2, axis=state_axes)
+    if nodes.weights is not None:
+        return jnp.sum(nodes.weights * rate, axis=-1)
+    times = nodes.times
     if quadrature == "trapezoid":
         dt = jnp.diff(times, axis=-1)
         return jnp.sum(0.5 * (rate[..., 1:] + rate[..., :-1]) * dt, axis=-1)
-    if quadrature == "mean":
-        return (times[..., -1] - times[..., 0]) * jnp.mean(rate, axis=-1)
-    raise ValueError(f"unknown quadrature {quadrature!r}")
+    return (times[..., -1] - times[..., 0]) * jnp.mean(rate, axis=-1)
 
 
 def _scale(site: dict) -> Array | float:
@@ -133,6 +154,8 @@ class SolverFreeELBO(ELBO):
         beta: KL weight (float or traced scalar); use :meth:`with_beta` inside a jitted step.
         quadrature: ``"trapezoid"`` (default) or ``"mean"`` for the KL-rate time integral.
         normalize: divide the loss by the number of (plate-scaled) observed scalars.
+        initial: ``"flat"`` (default) or ``"drop"``: the first state's KL term for a path site
+            without ``init_dist`` (module docstring, decision 4).
     """
 
     def __init__(
@@ -143,13 +166,17 @@ class SolverFreeELBO(ELBO):
         beta: float | Array = 1.0,
         quadrature: Literal["trapezoid", "mean"] = "trapezoid",
         normalize: bool = False,
+        initial: Literal["flat", "drop"] = "flat",
     ) -> None:
         if quadrature not in ("trapezoid", "mean"):
             raise ValueError(f"unknown quadrature {quadrature!r}")
+        if initial not in ("flat", "drop"):
+            raise ValueError(f"initial must be 'flat' or 'drop', got {initial!r}")
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         self.beta = beta
         self.quadrature = quadrature
         self.normalize = normalize
+        self.initial = initial
 
     def with_beta(self, beta: float | Array) -> SolverFreeELBO:
         """A copy of this objective with a different KL weight (may be a traced scalar)."""
@@ -159,6 +186,7 @@ class SolverFreeELBO(ELBO):
             beta=beta,
             quadrature=self.quadrature,
             normalize=self.normalize,
+            initial=self.initial,
         )
 
     # ------------------------------------------------------------------ one particle
@@ -181,10 +209,10 @@ class SolverFreeELBO(ELBO):
             if site["type"] == "sample" and isinstance(site["fn"], GaussMarkovPath)
         }
         replay_trace = dict(guide_trace)
-        z_kl = {}
+        keys_kl = {}
         for i, (name, q) in enumerate(posteriors.items()):
             z_ll = q.sample_marginals(jax.random.fold_in(key_ll, i))
-            z_kl[name] = q.sample_marginals(jax.random.fold_in(key_kl, i))
+            keys_kl[name] = jax.random.fold_in(key_kl, i)
             replay_trace[name] = {**guide_trace[name], "value": z_ll}
         model_trace = handlers.trace(
             handlers.replay(
@@ -214,10 +242,12 @@ class SolverFreeELBO(ELBO):
                 q = posteriors[name]
                 scale = _scale(site)
                 path_kl = path_kl + scale * jnp.sum(
-                    path_kl_integral(prior, q, z_kl[name], self.quadrature)
+                    path_kl_integral(prior, q, keys_kl[name], self.quadrature)
                 )
                 if prior.init_dist is not None:
                     init_kl = init_kl + scale * self._initial_kl(prior, q, site["value"])
+                elif self.initial == "flat":
+                    init_kl = init_kl - scale * self._initial_entropy(q)
             elif isinstance(site["fn"], SDEPath):
                 raise TypeError(
                     f"model path site {name!r} needs a GaussMarkovPath in the guide, got "
@@ -237,6 +267,13 @@ class SolverFreeELBO(ELBO):
             "global_kl": global_kl,
             "n_obs": n_obs,
         }
+
+    @staticmethod
+    def _initial_entropy(q: GaussMarkovPath) -> Array:
+        r"""Entropy of the first marginal, :math:`\tfrac12\sum\log(2\pi e S(t_1))`, summed
+        over the batch: minus the KL to a flat density on the first state."""
+        var0 = jnp.take(q.var, 0, axis=len(q.batch_shape))
+        return 0.5 * jnp.sum(jnp.log(2.0 * jnp.pi * jnp.e * var0))
 
     @staticmethod
     def _initial_kl(prior: SDEPath, q: GaussMarkovPath, z: Array) -> Array:

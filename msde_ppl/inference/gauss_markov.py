@@ -30,6 +30,8 @@ path-sampling guide); the solver-free ELBO uses only the marginals and :math:`f_
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -39,7 +41,23 @@ from numpyro.distributions.util import validate_sample
 
 from msde_ppl.inference.kernel import WindowMoments
 
-__all__ = ["GaussMarkovPath"]
+__all__ = ["GaussMarkovPath", "KLNodes"]
+
+
+class KLNodes(NamedTuple):
+    r"""Quadrature nodes of the KL-rate time integral of one path distribution.
+
+    Attributes:
+        times: node times, shape ``batch + (Q,)``.
+        weights: quadrature weights, shape ``batch + (Q,)``
+            (:math:`\int r(t)\,dt \approx \sum_j w_j r(t_j)`), or ``None`` for the grid
+            times, reduced by the objective's own rule.
+        moments: :class:`WindowMoments` at the nodes, arrays ``batch + (Q,) + state``.
+    """
+
+    times: Array
+    weights: Array | None
+    moments: WindowMoments
 
 
 def _left_pad(x: Array, ndim: int) -> Array:
@@ -134,6 +152,14 @@ class GaussMarkovPath(Distribution):
             lax.slice_in_dim(inv, 0, n - 1, axis=t_axis) + lax.slice_in_dim(inv, 1, n, axis=t_axis)
         )
         return jnp.exp(-0.5 * integral)
+
+    def kl_nodes(self, key: jax.Array) -> KLNodes:
+        """Nodes of the KL-rate integral: the grid itself, with ``weights=None`` (the objective
+        reduces grid values by its own rule, trapezoidal or the reference's mean). ``key`` is
+        not used: the nodes are deterministic."""
+        times = jnp.broadcast_to(self.times, self.batch_shape + (self.event_shape[0],))
+        return KLNodes(times, None, WindowMoments(self.loc, self.var, self.mean_dot,
+                                                  self.dlogvar_dt))
 
     def sample_marginals(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> Array:
         """Independent draws :math:`z_i \\sim N(m_i, S_i)` at every grid time (reparametrised)."""

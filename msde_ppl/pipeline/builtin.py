@@ -62,7 +62,10 @@ def build_program(
     model = partial(multiscale_model, config=config, modules=modules,
                     n_windows=int(recipe["n_windows"]))
     init_loc = init_to_median if init_values is None else init_to_value(values=init_values)
-    guide = AutoAmortizedSDE(model, modules.encoder, kernel=kernel, init_loc_fn=init_loc)
+    # the built-in recipe keeps the reference's kernel interpolation (its tuned default)
+    guide = AutoAmortizedSDE(model, modules.encoder,
+                             kernel="interpolation" if kernel is None else kernel,
+                             init_loc_fn=init_loc)
     return model, guide
 
 

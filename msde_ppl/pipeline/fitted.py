@@ -406,12 +406,17 @@ def _program_reference(model: Callable, guide: AutoAmortizedSDE) -> dict | None:
         return None
     names = {id(obj): name for name, obj in vars(sys.modules[module]).items()}
     encoder = names.get(id(guide._encoder_arg))
-    kernel = None if guide._kernel_arg is None else names.get(id(guide._kernel_arg))
-    if encoder is None or (guide._kernel_arg is not None and kernel is None):
+    kernel = guide._kernel_arg
+    if not isinstance(kernel, str):  # a module of the program's file, found by its name
+        kernel = {"name": names.get(id(guide._kernel_arg))}
+        if kernel["name"] is None:
+            return None
+    if encoder is None:
         return None
     return {"module": module, "function": qualname, "kwargs": kwargs, "encoder": encoder,
             "kernel": kernel, "obs_site": guide.obs_site, "prefix": guide.prefix,
-            "encoder_output": guide.encoder_output, "init_scale": guide.init_scale}
+            "encoder_output": guide.encoder_output, "init_scale": guide.init_scale,
+            "kl_nodes_per_interval": guide.kl_nodes_per_interval}
 
 
 def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
@@ -421,10 +426,17 @@ def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
     for part in ref["function"].split("."):
         func = getattr(func, part)
     model = functools.partial(func, **ref["kwargs"]) if ref["kwargs"] else func
-    kernel = None if ref["kernel"] is None else getattr(module, ref["kernel"])
+    kernel = ref["kernel"]
+    if kernel is None:  # saved before the guide had a choice: the then default
+        kernel = "interpolation"
+    elif isinstance(kernel, str) and kernel not in ("markov", "interpolation"):
+        kernel = getattr(module, kernel)  # a module name: records from before this version
+    elif isinstance(kernel, dict):
+        kernel = getattr(module, kernel["name"])
     guide = AutoAmortizedSDE(model, getattr(module, ref["encoder"]), kernel=kernel,
                              obs_site=ref["obs_site"], prefix=ref["prefix"],
-                             encoder_output=ref["encoder_output"], init_scale=ref["init_scale"])
+                             encoder_output=ref["encoder_output"], init_scale=ref["init_scale"],
+                             kl_nodes_per_interval=ref.get("kl_nodes_per_interval", 1))
     return model, guide
 
 

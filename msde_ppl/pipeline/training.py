@@ -6,8 +6,11 @@ Recipe (docs/method.md §5; defaults are the reference's):
 - minibatches: ``windows_per_step`` windows of ``window`` consecutive snapshots of the training
   split (:func:`msde_ppl.data.random_windows`; fixed shapes, so the jitted step compiles once);
 - objective: the forward-solver-free ELBO, normalised per observed scalar (ELBO / (N n_y), the
-  reference's scale), KL-rate integral by the reference's ``T_B mean_i`` rule, with a linear
-  KL warm-up over ``warmup_steps``;
+  reference's scale), KL-rate integral by the reference's ``T_B mean_i`` rule (kernel
+  interpolation guides; a Markov guide integrates at random interior times), with a linear
+  KL warm-up over ``warmup_steps``; a window's first state has a flat density (its entropy
+  enters the ELBO), except in the built-in model, which keeps the reference's convention of
+  dropping that term;
 - optimiser: Adam, learning rate ``lr`` decayed by 10% every 2000 steps (continuously), as the
   reference; gradient norm clipped at ``clip_norm``. The posterior scales of the global sites
   (the ``scale`` of their mean-field Normals) take ``global_lr_factor`` times larger steps:
@@ -168,9 +171,11 @@ def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
     return batch_fn, n_windows(n_traj, n_time, train.window)
 
 
-def _objective(train: TrainConfig, guide: AutoAmortizedSDE):
-    """``(elbo, optimizer, beta_schedule)`` of the recipe."""
-    elbo = SolverFreeELBO(normalize=True, quadrature="mean")
+def _objective(train: TrainConfig, guide: AutoAmortizedSDE, initial: str = "flat"):
+    """``(elbo, optimizer, beta_schedule)`` of the recipe. ``initial``: the first state of a
+    window has a flat density (``"flat"``, the ELBO of the program as written) or its term is
+    dropped (``"drop"``, the reference code's convention, kept by the built-in model)."""
+    elbo = SolverFreeELBO(normalize=True, quadrature="mean", initial=initial)
     schedule = optax.exponential_decay(train.lr, train.decay_steps, train.decay_rate)
 
     def labels(params: dict) -> dict:  # called at optimiser init, after the guide's set-up
@@ -402,7 +407,8 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
     loop = train.loop
     if loop == "auto":
         loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
-    return MultiscaleSetup(model, guide, *_objective(train, guide), batch_fn, loop, recipe)
+    return MultiscaleSetup(model, guide, *_objective(train, guide, initial="drop"), batch_fn,
+                           loop, recipe)
 
 
 def fit_multiscale(

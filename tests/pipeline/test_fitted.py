@@ -66,7 +66,8 @@ def test_a_user_program_needs_its_code_to_load(tiny_fit, tmp_path):
         msde.Fitted.load(path)
     again = msde.Fitted.load(path, model=tiny_fit.model,
                              guide=msde.AutoAmortizedSDE(tiny_fit.model,
-                                                         tiny_fit.modules.encoder))
+                                                         tiny_fit.modules.encoder,
+                                                         kernel="interpolation"))
     np.testing.assert_array_equal(again.params["diffusion_auto_loc"],
                                   tiny_fit.params["diffusion_auto_loc"])
 
