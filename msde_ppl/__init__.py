@@ -47,6 +47,7 @@ from msde_ppl.pipeline import (  # noqa: E402
     fit_multiscale,
     fit_progressive,
 )
+from msde_ppl.pipeline.run import fit_data  # noqa: E402
 from msde_ppl.predict import forecast, forecast_metrics  # noqa: E402
 
 try:
@@ -67,6 +68,7 @@ __all__ = [
     "Validation",
     "diagnostics",
     "fit",
+    "fit_data",
     "fit_multiscale",
     "fit_progressive",
     "forecast",

@@ -216,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory written by msde fit; several (fits of the same data, e.g. "
                     "other seeds) forecast as one equal-weight mixture, --samples per model")
     fc.add_argument("--data", required=True, type=Path, help="dataset (.nc)")
-    fc.add_argument("--split", default="test", help="split to forecast (default test)")
+    fc.add_argument("--split", default="test",
+                    help="split to forecast (default test), or 'all' (every trajectory; the "
+                    "scores are then flagged in_sample when the data are the ones the model "
+                    "was fitted to). Data without split labels are split by the same rule as "
+                    "msde fit's")
     fc.add_argument("--samples", type=_positive_int, default=64, help="ensemble size (64)")
     fc.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     fc.add_argument("--integrator", choices=["heun", "euler"], default="heun",
@@ -382,7 +386,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     require_complete(args.run_dir, args.allow_incomplete)
     path = build_report(args.run_dir, args.out, n_samples=args.samples, n_draws=args.draws,
-                        seed=args.seed)
+                        seed=args.seed, progress=True)
     print(f"report: {path}")
     return 0
 
@@ -469,7 +473,7 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     check()
     result = run_builtin(ds, args.case, steps=args.steps, micro_steps=args.micro_steps,
                          n_micro=args.micro, seed=args.seed, n_samples=64,
-                         progress=sys.stderr.isatty(), should_stop=stop)
+                         progress=True, should_stop=stop)
     check()
     metrics = dict(result["metrics"])
     print("[3/5] writing the fitted models, forecasts and posteriors ...", flush=True)
@@ -623,6 +627,33 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**settings, out=run_dir, resume=run_dir)
 
 
+def _fitted_on(run_dirs: list[Path], data: Path) -> bool | None:
+    """Whether every model of ``run_dirs`` was fitted (``msde fit``'s ``run.json``) to the
+    file ``data``, byte for byte; ``None`` when a run has no such record."""
+    digests = []
+    for run_dir in run_dirs:
+        try:
+            digests.append(json.loads((Path(run_dir) / "run.json").read_text())["data_sha256"])
+        except (OSError, ValueError, KeyError):
+            return None
+    return all(d == _file_digest(data) for d in digests)
+
+
+def _labelled(ds, path) -> object:
+    """``ds`` with split labels: its own, or held out by the stated rule (with a warning)."""
+    from msde_ppl.data.splits import SPLIT_RULE, with_held_out_splits
+
+    if "split" in ds.coords:
+        return ds
+    ds = with_held_out_splits(ds)
+    counts = {k: int((ds["split"].values == k).sum()) for k in ("train", "val", "test")}
+    print(f"warning: {path} has no split labels; held out {SPLIT_RULE} (train "
+          f"{counts['train']}, val {counts['val']}, test {counts['test']} trajectories). "
+          "msde fit trains on train only and msde forecast scores test by the same rule; "
+          "label the data to choose yourself.", file=sys.stderr)
+    return ds
+
+
 def _fit_plan(args: argparse.Namespace):
     """``(ds, config, stages)`` of a ``msde fit``, every input checked before anything is
     written."""
@@ -630,7 +661,7 @@ def _fit_plan(args: argparse.Namespace):
     from msde_ppl.pipeline.run import model_config, progressive_stages
     from msde_ppl.pipeline.training import TrainConfig, check_training_data
 
-    ds = load(args.data)
+    ds = _labelled(load(args.data), args.data)
     validate(ds, coarse=args.coarse)
     for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
         if choice == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
@@ -734,7 +765,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 if not args.no_validation and "val" in split_names(ds):
                     validation = Validation(seed=args.seed)
                 try:
-                    fits = fit_progressive(ds, config, stages, progress=sys.stderr.isatty(),
+                    fits = fit_progressive(ds, config, stages, progress=True,
                                            checkpoint_dir=stage_dir, resume=resuming,
                                            checkpoint_every=args.checkpoint_every,
                                            should_stop=stop, validation=validation,
@@ -787,6 +818,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         require_complete(run_dir, args.allow_incomplete)
     fits = [Fitted.load(run_dir) for run_dir in args.run_dirs]
     ds = load(args.data)
+    if args.split != "all":
+        ds = _labelled(ds, args.data)
     for run_dir, f in zip(args.run_dirs, fits, strict=True):
         if list(grid_shape(ds)) != list(f.grid["fine_shape"]):
             raise ValueError(f"the data's grid {grid_shape(ds)} differs from the model's "
@@ -799,11 +832,19 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if args.calibrate_on is not None and args.calibrate_on == args.split:
         raise ValueError(f"--calibrate-on {args.calibrate_on} is the split being scored; "
                          "calibrate on another one (e.g. val)")
-    fc, metrics = score(fits, ds, split=args.split, n_samples=args.samples, seed=args.seed,
+    fc, metrics = score(fits, ds, split=None if args.split == "all" else args.split,
+                        n_samples=args.samples, seed=args.seed,
                         integrator=args.integrator, substeps=args.substeps,
-                        calibrate_on=args.calibrate_on, horizon=args.horizon)
+                        calibrate_on=args.calibrate_on, horizon=args.horizon, progress=True)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
+    if args.split == "all":
+        metrics["in_sample"] = _fitted_on(args.run_dirs, args.data)
+    if metrics["in_sample"] is not False:
+        print("warning: " + ("these are in-sample scores: the model was fitted to these "
+                             "trajectories" if metrics["in_sample"] else
+                             "the scored trajectories may include the ones the model was "
+                             "fitted to (in_sample unknown)"), file=sys.stderr)
     report = {"model": metrics}
     if ds.attrs.get("case") in CASES and "split" in ds.coords:
         from msde_ppl.predict import evaluate_coarse_dns

@@ -12,7 +12,12 @@ from msde_ppl.data.schema import (
     spatial_dims,
     validate,
 )
-from msde_ppl.data.splits import first_snapshots, observations, select_split
+from msde_ppl.data.splits import (
+    first_snapshots,
+    observations,
+    select_split,
+    with_held_out_splits,
+)
 from msde_ppl.data.windows import n_windows, random_windows, window_starts
 
 
@@ -41,6 +46,7 @@ __all__ = [
     "restrict",
     "save",
     "select_split",
+    "with_held_out_splits",
     "spatial_dims",
     "validate",
     "window_starts",

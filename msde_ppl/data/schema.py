@@ -360,6 +360,8 @@ def from_arrays(
     noise_std: float | None = None,
     source: str = "user data",
     extra_attrs: dict | None = None,
+    long_name: str | None = None,
+    units: dict[str, str] | None = None,
 ) -> xr.Dataset:
     """Build a validated dataset from arrays.
 
@@ -377,6 +379,11 @@ def from_arrays(
         noise_std: observation noise standard deviation, if known.
         source: what produced the data.
         extra_attrs: further attributes to store.
+        long_name: what ``u`` is (e.g. ``"vorticity"``), stored as its ``long_name``
+            attribute; figures label their colour bars and axes with it.
+        units: units per name, any of ``"u"``, ``"time"``, ``"x"``, ``"y"`` (e.g.
+            ``{"u": "m/s", "time": "s", "x": "m"}``), stored as ``units`` attributes
+            (CF convention); figures show them.
 
     Raises:
         SchemaError: if the arrays cannot form a valid dataset.
@@ -448,6 +455,15 @@ def from_arrays(
             attrs["noise_std"] = float(noise_std)
         except (TypeError, ValueError):
             raise SchemaError(f"'noise_std' must be a number, got {noise_std!r}") from None
+    if long_name is not None:
+        ds["u"].attrs["long_name"] = str(long_name)
+    for name, unit in (units or {}).items():
+        if name not in ("u", "time", "x", "y") or name not in ds.variables:
+            raise SchemaError(f"units given for {name!r}; expected some of 'u', 'time', "
+                              f"{', '.join(repr(d) for d in spatial)}")
+        ds[name].attrs["units"] = str(unit)
+        if name == "u" and u_clean is not None:
+            ds["u_clean"].attrs["units"] = str(unit)
     if extra_attrs is not None and not isinstance(extra_attrs, dict):
         raise SchemaError(f"'extra_attrs' must be a dict, got {type(extra_attrs).__name__}")
     attrs.update(extra_attrs or {})

@@ -13,13 +13,41 @@ import xarray as xr
 
 from msde_ppl.data.schema import SchemaError
 
-__all__ = ["first_snapshots", "observations", "select_split", "split_names"]
+__all__ = ["SPLIT_RULE", "first_snapshots", "observations", "select_split", "split_names",
+           "with_held_out_splits"]
+
+#: How trajectories without labels are split (:func:`with_held_out_splits`), in words.
+SPLIT_RULE = ("in their order: the last max(1, round(n/10)) trajectories are test, the same "
+              "number before them val, the rest train")
 
 
 def split_names(ds: xr.Dataset) -> set[str]:
     """The split labels present in ``ds`` (empty without a ``split`` coordinate)."""
     return set(np.asarray(ds["split"].values).astype(str).tolist()) if "split" in ds.coords \
         else set()
+
+
+def with_held_out_splits(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with a ``split`` coordinate by :data:`SPLIT_RULE` (deterministic: the same data
+    always get the same labels), and the attribute ``split_rule`` saying so.
+
+    Raises:
+        SchemaError: ``ds`` already has labels, or fewer than 3 trajectories (there is then no
+            honest held-out score: label a split in time yourself).
+    """
+    if "split" in ds.coords:
+        raise SchemaError("the dataset already has a 'split' coordinate")
+    n = ds.sizes["traj"]
+    if n < 3:
+        raise SchemaError(
+            f"the dataset has {n} trajectories and no 'split' labels: a held-out score needs "
+            "at least 3 trajectories (train, val, test), or labels you give "
+            "(from_arrays(..., split=[...]))")
+    k = max(1, round(n / 10))
+    labels = ["train"] * (n - 2 * k) + ["val"] * k + ["test"] * k
+    out = ds.assign_coords(split=("traj", np.asarray(labels)))
+    out.attrs["split_rule"] = SPLIT_RULE
+    return out
 
 
 def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:

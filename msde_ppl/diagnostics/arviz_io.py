@@ -216,12 +216,18 @@ def global_sites(tree: xr.DataTree) -> list[str]:
 
 
 def save_datatree(tree: xr.DataTree, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``tree`` to a netCDF4 file (h5netcdf); refuses an existing file unless
-    ``overwrite``."""
+    """Write ``tree`` to a netCDF4 file (h5netcdf, every numeric variable zlib-compressed);
+    refuses an existing file unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    tree.to_netcdf(path, engine="h5netcdf")
+    encoding = {}
+    for node in tree.subtree:
+        group = node.path if node.path != "/" else "/"
+        encoding[group] = {name: {"zlib": True, "complevel": 4}
+                           for name, var in node.dataset.data_vars.items()
+                           if np.issubdtype(var.dtype, np.number) and var.ndim > 0}
+    tree.to_netcdf(path, engine="h5netcdf", encoding=encoding)
     return path
 
 

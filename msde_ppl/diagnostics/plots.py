@@ -48,34 +48,57 @@ def _field(da: xr.DataArray) -> xr.DataArray:
     return da.isel(field=0) if "field" in da.dims else da
 
 
+def _units(da: xr.DataArray | None) -> str:
+    """`` [units]`` from a ``units`` attribute (``"1"``: dimensionless, nothing shown)."""
+    units = None if da is None else da.attrs.get("units")
+    return f" [{units}]" if units and units != "1" else ""
+
+
+def _label(da: xr.DataArray, fallback: str = "u") -> str:
+    """The field's name and units from its attributes: ``"vorticity [1/s]"``."""
+    return f"{da.attrs.get('long_name', fallback)}{_units(da)}"
+
+
+def _coord_label(da: xr.DataArray, name: str) -> str:
+    """Axis label of coordinate ``name`` with its units: ``"x [m]"``, ``"time t [s]"``."""
+    coord = da.coords.get(name)
+    return ("time t" if name == "time" else name) + _units(coord)
+
+
 def plot_space_time(fc: xr.Dataset, traj: int = 0, title: str = "") -> plt.Figure:
-    """Truth / mean / std / |error| over (x, t) for a 1D forecast (2D: the last time's maps)."""
+    """Truth / mean / std / |error| over (x, t) for a 1D forecast (2D: the last time's maps).
+
+    Truth and mean share one colour scale; std and |error| share another that starts at 0, so
+    the spread reads directly as the expected error. Names and units come from the data's
+    ``long_name`` / ``units`` attributes."""
     one = fc.isel(traj=traj)
     panels = [("observed", _field(one["obs"])), ("forecast mean", _field(one["mean"])),
               ("forecast std", _field(one["std"])),
               ("|error|", abs(_field(one["obs"]) - _field(one["mean"])))]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
     is_1d = "y" not in panels[0][1].dims
-    vmin = float(panels[0][1].min())
-    vmax = float(panels[0][1].max())
-    for ax, (name, da) in zip(axes, panels, strict=True):
+    shown = [da if is_1d else da.isel(time=-1) for _, da in panels]
+    vmin, vmax = float(shown[0].min()), float(shown[0].max())
+    top = max(float(shown[2].max()), float(shown[3].max()))
+    label = _label(one["obs"])
+    for ax, (name, _), da in zip(axes, panels, shown, strict=True):
         shared = name in ("observed", "forecast mean")
-        kwargs = dict(vmin=vmin, vmax=vmax) if shared else {}
+        kwargs = dict(vmin=vmin, vmax=vmax) if shared else dict(vmin=0.0, vmax=top)
         cmap = "RdBu_r" if shared else "magma"
         if is_1d:
             im = ax.pcolormesh(da["x"], da["time"], da.values, shading="auto", cmap=cmap,
                                **kwargs)
-            ax.set_xlabel("x")
-            ax.set_ylabel("time t")
+            ax.set_xlabel(_coord_label(da, "x"))
+            ax.set_ylabel(_coord_label(da, "time"))
         else:
-            last = da.isel(time=-1)
-            im = ax.pcolormesh(last["x"], last["y"], last.values.T, shading="auto", cmap=cmap,
+            im = ax.pcolormesh(da["x"], da["y"], da.values.T, shading="auto", cmap=cmap,
                                **kwargs)
-            ax.set_xlabel("x")
-            ax.set_ylabel("y")
-            name = f"{name} (t = {float(last['time']):.3g})"
+            ax.set_xlabel(_coord_label(da, "x"))
+            ax.set_ylabel(_coord_label(da, "y"))
+            name = f"{name} (t = {float(da['time']):.3g})"
         ax.set_title(name)
-        fig.colorbar(im, ax=ax, label="u")
+        bar = label if shared else f"{name.split(' (')[0]}{_units(one['obs'])}"
+        fig.colorbar(im, ax=ax, label=bar)
     if title:
         fig.suptitle(title)
     return fig
@@ -116,7 +139,8 @@ def plot_field_maps(fc: xr.Dataset, traj: int = 0, n_times: int = 4, title: str 
                 ax.set_title(f"t = {float(snap['time']):.3g}")
             if c == 0:
                 ax.set_ylabel(name)
-        fig.colorbar(im, ax=axes[r].tolist(), shrink=0.9)
+        fig.colorbar(im, ax=axes[r].tolist(), shrink=0.9,
+                     label=_label(obs) if cmap == "RdBu_r" else f"{name}{_units(obs)}")
     if title:
         fig.suptitle(title)
     return fig
@@ -158,34 +182,45 @@ def plot_radial_profile(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.
             ax.plot(centres, profile["obs_u_clean"][c], color="k", lw=1, label="clean")
         ax.plot(centres, profile["mean"][c], color="C0", lw=1.5, label="forecast mean")
         ax.set_title(f"t = {float(one['time'][i]):.3g}")
-        ax.set_xlabel("radius r")
-    axes[0, 0].set_ylabel("azimuthal average")
+        ax.set_xlabel("radius r" + _units(one.coords.get("x")))
+    axes[0, 0].set_ylabel(f"azimuthal average of {_label(one['obs'])}")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"radial profiles, trajectory {traj}")
     return fig
 
 
 def plot_decomposition(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.Figure:
-    """Macro part, micro correction and their sum against the observations at a few times."""
+    """Macro part :math:`P\\zeta` and micro correction of the forecast (ensemble means with
+    ±2 ensemble std bands) and their sum against the observations at a few times (2D data: a
+    cut at the middle ``y``). A model without a micro state (implicit-scale: its correction is
+    zero) shows the macro part only, and says so."""
     one = fc.isel(traj=traj)
     steps = np.linspace(0, one.sizes["time"] - 1, n_times).astype(int)
+    has_micro = bool(np.any(np.asarray(_field(one["micro"]).values) != 0))
     fig, axes = plt.subplots(1, n_times, figsize=(4 * n_times, 3.4), sharey=True,
-                             constrained_layout=True)
-    for ax, i in zip(np.atleast_1d(axes), steps, strict=True):
+                             constrained_layout=True, squeeze=False)
+    for ax, i in zip(axes[0], steps, strict=True):
         snap = one.isel(time=i)
-        obs, macro, micro = (_field(snap[k]) for k in ("obs", "macro", "micro"))
-        if "y" in obs.dims:  # 2D: a horizontal cut through the middle
-            mid = obs.sizes["y"] // 2
-            obs, macro, micro = (d.isel(y=mid) for d in (obs, macro, micro))
-        x = obs["x"].values
-        ax.plot(x, obs.values, color="0.6", lw=2.5, label="observed")
-        ax.plot(x, macro.values, label="macro  Pζ")
-        ax.plot(x, micro.values, label="micro correction")
-        ax.plot(x, (macro + micro).values, "k--", lw=1, label="mean")
+        x = _cut(snap["obs"])["x"].values
+        ax.plot(x, _cut(snap["obs"]).values, color="0.6", lw=2.5, label="observed")
+        parts = [("macro", "macro  Pζ", "C0")] + ([("micro", "micro correction", "C1")]
+                                                  if has_micro else [])
+        for name, label, color in parts:
+            mean = _cut(snap[name]).values
+            ax.plot(x, mean, color=color, label=label)
+            if f"{name}_std" in snap:
+                spread = 2 * _cut(snap[f"{name}_std"]).values
+                ax.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.25, lw=0,
+                                label=f"{label.split()[0]} ±2 std")
+        if has_micro:
+            ax.plot(x, _cut(snap["mean"]).values, "k--", lw=1, label="mean (macro + micro)")
         ax.set_title(f"t = {float(snap['time']):.3g}")
-        ax.set_xlabel("x")
-    np.atleast_1d(axes)[0].set_ylabel("u")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+        ax.set_xlabel(_coord_label(snap, "x"))
+    axes[0, 0].set_ylabel(_label(one["obs"]))
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center",
+               ncol=6, fontsize=8)
+    fig.suptitle("macro / micro decomposition of the forecast"
+                 + ("" if has_micro else " (no micro state: implicit-scale model)"))
     return fig
 
 
@@ -212,8 +247,8 @@ def plot_time_slices(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.Fig
             ax.plot(x, _cut(snap["obs_u_clean"]).values, color="k", lw=1, label="clean")
         ax.plot(x, _cut(snap["mean"]).values, color="C0", lw=1.5, label="forecast mean")
         ax.set_title(f"t = {float(snap['time']):.3g} (step {i})")
-        ax.set_xlabel("x")
-    axes[0, 0].set_ylabel("u")
+        ax.set_xlabel(_coord_label(snap, "x"))
+    axes[0, 0].set_ylabel(_label(one["obs"]))
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"forecast time slices, trajectory {traj}")
     return fig
@@ -308,15 +343,24 @@ def plot_latent_paths(posterior: xr.Dataset, n_nodes: int = 4) -> plt.Figure:
                            [(f"{name}[{j}]", da.values[:, :, j]) for j in picks]))
     if not panels:
         raise ValueError("the posterior has no latent path (zeta/eta, or a 'latent' dim)")
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8),
-                             constrained_layout=True, squeeze=False)
-    for ax, (title, ylabel, lines) in zip(axes[0], panels, strict=True):
-        for j, (label, draws) in enumerate(lines):
-            _band(ax, t, draws, f"C{j}", label)
-        ax.set_xlabel("t")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} (median, 5–95%)")
-        ax.legend(fontsize=8)
+    # one small axis per path: overlapping bands of several coordinates are unreadable
+    n_rows = max(len(lines) for _, _, lines in panels)
+    fig, axes = plt.subplots(n_rows, len(panels), figsize=(6 * len(panels), 1.7 * n_rows + 0.8),
+                             constrained_layout=True, squeeze=False, sharex=True)
+    for c, (title, ylabel, lines) in enumerate(panels):
+        axes[0, c].set_title(f"{title} (median, 5–95%)")
+        for r in range(n_rows):
+            ax = axes[r, c]
+            if r >= len(lines):
+                ax.set_visible(False)
+                continue
+            label, draws = lines[r]
+            _band(ax, t, draws, f"C{c}", label)
+            ax.text(0.01, 0.95, label, transform=ax.transAxes, va="top", fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+        last = min(len(lines), n_rows) - 1
+        axes[last, c].set_xlabel("time t")
+        axes[last, c].tick_params(labelbottom=True)
     fig.suptitle("posterior latent paths over the window")
     return fig
 

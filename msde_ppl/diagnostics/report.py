@@ -13,7 +13,8 @@ writes into a NEW directory (default ``RUN_DIR/report``; an existing one is refu
 - per model ``MODEL_*.png``: space-time panels, macro/micro decomposition, time slices with
   5-95% bands, energy spectra, latent paths, forest plot, ELBO trace, coverage curve, PIT
   histogram, spread-skill;
-- per model ``MODEL_posterior.nc``: the ArviZ tree of :mod:`msde_ppl.diagnostics.arviz_io`.
+- per model ``MODEL_posterior.nc``: the ArviZ tree of :mod:`msde_ppl.diagnostics.arviz_io` (globals
+  and latent paths of a test window, compressed; the decoded fields are left out to keep it small).
 
 Calibration (coverage curve, PIT) needs ensemble members, which ``forecast.nc`` does not keep:
 the first test trajectory is re-forecast with ``n_samples`` members (``return_samples=True``);
@@ -23,6 +24,7 @@ spread-skill and CRPS use the stored ``forecast.nc`` (all test trajectories).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -90,14 +92,22 @@ def _metrics_section(metrics: dict) -> list[str]:
 
 def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
                  fc: xr.Dataset | None = None, n_samples: int = 32, n_draws: int = 100,
-                 seed: int = 0) -> list[str]:
+                 seed: int = 0, progress: bool = False) -> list[str]:
     """Figures (``out/KEY_*.png``), the ArviZ tree (``out/KEY_posterior.nc``) and the markdown
     lines of one fitted program on the test split of ``ds`` (forecast first if ``fc`` is
-    ``None``)."""
+    ``None``). ``progress`` prints a line (stderr) as each phase starts."""
+    name = key.replace("_", "-")
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"report, {name} model: {message} ...", file=sys.stderr, flush=True)
+
     eval_steps = ds.attrs.get("eval_steps")
     if fc is None:
+        say("forecasting the test split")
         fc = forecast(jax.random.key(seed), fitted, ds, split="test", n_samples=n_samples,
-                      n_steps=eval_steps)
+                      n_steps=eval_steps, progress=progress)
+    say("forecast figures")
     lines = [f"## {key.replace('_', '-')} model", ""]
     figs = {}
     title = f"{key.replace('_', '-')} model, test trajectory 0"
@@ -117,6 +127,7 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
         lines += [f"The forecast is calibrated: its spread is scaled by a factor fitted on the "
                   f"val split (median {np.median(factor):.3g}, docs/calibration.md); the "
                   "metrics table shows the scores before and after.", ""]
+    say("calibration checks (a forecast of test trajectory 0 keeping its members)")
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True,
                    spread_factor=None if factor is None or factor.size != fc.sizes["time"]
@@ -157,8 +168,11 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
              for lvl, emp in zip(curve["level"].values, curve["empirical"].values, strict=True)]
     lines += _table(["check", "value"], rows)
 
-    tree = arviz_io.to_datatree(fitted, ds, fc, split="test", traj=0, n_draws=n_draws,
-                                seed=seed)
+    say(f"posterior draws ({n_draws}) and the ArviZ summary")
+    # globals and latent paths only (the decoded fields of every draw would make the file
+    # ~100x larger; the forecast is the run's own forecast.nc), compressed
+    tree = arviz_io.to_datatree(fitted, ds, None, split="test", traj=0, n_draws=n_draws,
+                                seed=seed, decoded=False)
     arviz_io.save_datatree(tree, out / f"{key}_posterior.nc")
     table = arviz_io.summary(tree, warn=False)  # the warning is written below
     lines += ["", "### Posterior of the global parameters (ArviZ)", "",
@@ -185,7 +199,8 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
-                 n_samples: int = 32, n_draws: int = 100, seed: int = 0) -> Path:
+                 n_samples: int = 32, n_draws: int = 100, seed: int = 0,
+                 progress: bool = False) -> Path:
     """Regenerate every figure and write ``report.md`` for a run directory of ``msde run``.
 
     Args:
@@ -194,6 +209,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
         n_samples: ensemble members of the calibration re-forecast.
         n_draws: posterior draws of the ArviZ tree.
         seed: PRNG seed.
+        progress: print a line (stderr) as each phase starts.
 
     Returns:
         The path of ``report.md``.
@@ -237,7 +253,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     for key in keys:
         fc = forecasts.get(key)
         lines += model_report(key, Fitted.load(run_dir / key), ds, out, fc=fc,
-                              n_samples=n_samples, n_draws=n_draws, seed=seed)
+                              n_samples=n_samples, n_draws=n_draws, seed=seed,
+                              progress=progress)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

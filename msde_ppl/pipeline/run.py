@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 
@@ -36,8 +37,8 @@ from msde_ppl.predict.calibration import fit_spread_factor
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
 
-__all__ = ["divergence_warning", "model_config", "progressive_stages", "run_builtin", "run_case",
-           "run_schedule", "score"]
+__all__ = ["divergence_warning", "fit_data", "model_config", "progressive_stages", "run_builtin",
+           "run_case", "run_schedule", "score"]
 
 # `msde run`: implicit-scale stage, then multiscale stage, 1 window of 64 snapshots per step
 # (about 7 ms per step on 2 CPU cores in 1D; more, noisier steps beat fewer larger ones on the
@@ -94,6 +95,69 @@ def model_config(
         physics=physics, domain=domain if physics else None, dissipation=dissipation)
 
 
+def fit_data(
+    ds: xr.Dataset,
+    coarse: int | Sequence[int],
+    n_micro: int = 5,
+    *,
+    steps: int = 20000,
+    budget_s: float | None = 600.0,
+    validate: bool = True,
+    train: TrainConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **options: str | None,
+) -> Fitted:
+    """Fit the built-in multiscale model to any dataset, as ``msde fit`` does.
+
+    The implicit-scale model (micro dimension 0) takes the first quarter of ``steps`` and is
+    then grown into the multiscale model (``n_micro``), which takes the rest; with a ``val``
+    split and ``validate``, every stage is scored on it while it trains, keeps its best
+    checkpoint and stops when the score stops improving (:class:`~msde_ppl.Validation`);
+    ``budget_s`` bounds the training time (seconds, ``None``: no bound).
+
+    Args:
+        ds: a dataset in the schema, with ``split`` labels (the fit reads ``train``; see
+            :func:`msde_ppl.data.with_held_out_splits` for data without labels).
+        coarse: coarse grid, one size per spatial axis (an int for 1D data).
+        n_micro: micro dimension ``K`` (0: the implicit-scale model only).
+        steps: total optimisation steps (at most).
+        budget_s: training time budget in seconds.
+        validate: score on the val split while training (when there is one).
+        train: optimisation settings (default :class:`TrainConfig` with ``steps``, ``seed``).
+        seed: PRNG seed.
+        progress: report progress (a bar, or lines in a log).
+        **options: model options of :func:`model_config` (``encoder``, ``decoder``,
+            ``scale_kernel``, ``physics``, ``drift``).
+
+    Returns:
+        The fitted multiscale model (the last stage).
+
+    Raises:
+        SchemaError: the dataset has no split labels, or no train split.
+    """
+    from msde_ppl.data.schema import SchemaError
+    from msde_ppl.pipeline.validation import Validation
+
+    if "split" not in ds.coords:
+        raise SchemaError(
+            "the dataset has no 'split' labels, so nothing would be held out for an honest "
+            "score: label it (from_arrays(..., split=[...])) or use "
+            "msde_ppl.data.with_held_out_splits(ds), the rule msde fit applies")
+    coarse = (coarse,) if isinstance(coarse, int) else tuple(coarse)
+    train = TrainConfig(steps=steps, seed=seed) if train is None else dataclasses.replace(
+        train, steps=steps, seed=seed)
+    stages = [(n_micro, train)]
+    if n_micro and steps >= 4:
+        first = dataclasses.replace(train, steps=steps // 4)
+        stages = progressive_stages(n_micro, first, steps - first.steps)
+    config = model_config(ds, coarse, n_micro, **options)
+    validation = Validation(seed=seed) if validate and "val" in split_names(ds) else None
+    fits = fit_progressive(ds, config, stages, progress=progress, validation=validation,
+                           budget_s=budget_s)
+    return fits[-1].replace(wall_time_s=sum(f.wall_time_s for f in fits))
+
+
 def progressive_stages(n_micro: int, train: TrainConfig, micro_steps: int,
                        micro_lr: float | None = None, micro_warmup: int = 0,
                        ) -> list[tuple[int, TrainConfig]]:
@@ -108,13 +172,14 @@ def score(
     fitted: Fitted | Sequence[Fitted],
     ds: xr.Dataset,
     *,
-    split: str = "test",
+    split: str | None = "test",
     n_samples: int = 64,
     seed: int = 0,
     integrator: str = "heun",
     substeps: int = 1,
     calibrate_on: str | None = None,
     horizon: int | None = None,
+    progress: bool = False,
 ) -> tuple[xr.Dataset, dict]:
     """Forecast ``split`` over the dataset's evaluation horizon (its ``eval_steps`` snapshots,
     at most ``horizon`` of them) and score it: ``(forecast, metrics)`` with the fits' training
@@ -130,7 +195,10 @@ def score(
     calibrated one; the top-level metrics stay the uncalibrated ones). If the calibration
     split's forecast is not finite, the calibration is skipped (a printed warning) and
     ``metrics["calibrated"]`` says why. A calibrated forecast carries its factor as the
-    ``spread_factor`` variable (over ``time``).
+    ``spread_factor`` variable (over ``time``). ``metrics["in_sample"]`` is ``True`` for the
+    train split, ``False`` for another one, ``None`` for every trajectory (``split=None``:
+    unknown here). ``progress`` reports each forecast's
+    trajectories as they are done.
     """
     eval_steps = ds.attrs.get("eval_steps")
     if horizon is not None:
@@ -139,8 +207,12 @@ def score(
         eval_steps = min(int(horizon), int(eval_steps or ds.sizes["time"]))
     start = time.perf_counter()
     fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=n_samples,
-                  substeps=substeps, method=integrator, n_steps=eval_steps)
+                  substeps=substeps, method=integrator, n_steps=eval_steps,
+                  progress=progress and (f"forecast of the {split} split" if split
+                                         else "forecast of every trajectory"))
     metrics = forecast_metrics(fc, eval_steps)
+    # the package's fits train on the train split: any other split is held out
+    metrics["in_sample"] = None if split is None else split == "train"
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
     splits = split_names(ds)
     train = select_split(ds, "train") if "train" in splits else None
@@ -150,7 +222,9 @@ def score(
         # independent keys: the calibration split's ensemble, the calibrated rerun
         key_val, key_test = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
         fc_val = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
-                          substeps=substeps, method=integrator, n_steps=eval_steps)
+                          substeps=substeps, method=integrator, n_steps=eval_steps,
+                          progress=progress and f"forecast of the {calibrate_on} split "
+                          "(to calibrate the spread)")
         try:
             factor = fit_spread_factor(fc_val)
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
@@ -160,7 +234,8 @@ def score(
         if factor is not None:
             fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
-                          spread_factor=factor)
+                          spread_factor=factor,
+                          progress=progress and f"calibrated forecast of the {split} split")
             calibrated = forecast_metrics(fc, eval_steps)
             calibrated["fitted_on"] = calibrate_on
             calibrated["lead_time"] = _as_lists(lead_time_metrics(fc, train, eval_steps))
@@ -250,9 +325,12 @@ def run_case(
     splits = split_names(ds)
     calibrate_on = "val" if calibrate and "val" in splits and split != "val" else None
     for name, fitted in named.items():
+        if progress:
+            print(f"scoring the {name.replace('_', '-')} model on the {split} split ...",
+                  file=sys.stderr, flush=True)
         forecasts[name], metrics[name] = score(fitted, ds, split=split, n_samples=n_samples,
                                                seed=seed, integrator=integrator,
-                                               calibrate_on=calibrate_on)
+                                               calibrate_on=calibrate_on, progress=progress)
         if name == "multiscale" and len(fits) > 1:
             metrics[name]["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
             metrics[name]["fit_steps"] = int(sum(len(f.losses) for f in fits))

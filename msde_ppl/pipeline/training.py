@@ -238,7 +238,7 @@ def _run(
     loop: str,
     recipe: dict | None,
     parts: dict | None,
-    progress: bool,
+    progress: bool | str,
     checkpointing: Checkpointing,
     split: str,
     callback: Callable[[Fitted], bool | None] | None,
@@ -279,7 +279,10 @@ def _run(
                          checkpoint_path=checkpointing.path, resume=checkpointing.resume,
                          checkpoint_every=checkpointing.every_s, checkpoint_extra=extra,
                          should_stop=checkpointing.should_stop, progress=progress,
-                         callback=timed_callback, loop=loop)
+                         callback=timed_callback, loop=loop,
+                         # user programs: tail-averaged global posteriors; the built-in
+                         # recipe keeps its last iterate (its validation picks checkpoints)
+                         average_from=0.5 if recipe is None else None)
     except NonFiniteLossError as err:
         if err.params is None:  # the data themselves are not finite
             raise
@@ -411,12 +414,17 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
                            loop, recipe)
 
 
+def model_label(n_micro: int) -> str:
+    """``"implicit-scale K=0"`` or ``"multiscale K=5"``: the model of a micro dimension."""
+    return f"{'multiscale' if n_micro else 'implicit-scale'} K={n_micro}"
+
+
 def fit_multiscale(
     ds: xr.Dataset,
     config: MultiscaleConfig,
     train: TrainConfig = TrainConfig(),
     *,
-    progress: bool = True,
+    progress: bool | str = True,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: float = 60.0,
@@ -435,6 +443,8 @@ def fit_multiscale(
     setup = multiscale_setup(ds, config, train, warm_start)
     objective = (setup.elbo, setup.optimizer, setup.beta_schedule)
     checkpointing = Checkpointing(checkpoint_path, resume, checkpoint_every, should_stop)
+    if progress is True:
+        progress = model_label(config.n_micro)
     return _run(setup.model, setup.guide, ds, train, setup.batch_fn, objective, loop=setup.loop,
                 recipe=setup.recipe, parts=latent_parts(config), progress=progress,
                 checkpointing=checkpointing, split="train", callback=callback)
@@ -557,8 +567,9 @@ def fit_progressive(
             # micro state) competes too: the stage never ends worse on val than it began
             monitor.evaluate(_initial_fitted(ds, stage_config, train, warm))
         stage_callback = _chain(callback, monitor)
+        label = progress and f"stage {i + 1}/{len(stages)}, {model_label(n_micro)}"
         try:
-            stage = fit_multiscale(ds, stage_config, train, progress=progress, warm_start=warm,
+            stage = fit_multiscale(ds, stage_config, train, progress=label, warm_start=warm,
                                    callback=stage_callback, checkpoint_path=ckpt,
                                    resume=resume, checkpoint_every=checkpoint_every,
                                    should_stop=should_stop)

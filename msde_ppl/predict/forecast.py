@@ -42,6 +42,7 @@ from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
 from msde_ppl.predict.metrics import crps_sorted, diverged_members, divergence_limits
+from msde_ppl.progress import Progress
 
 __all__ = ["forecast", "observe", "program_trace", "rollout", "trajectory_ensemble"]
 
@@ -221,7 +222,8 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
         keys = jax.random.split(key_block, n_samples)
         draw, mu, var, extra = jax.vmap(observe_member)(globals_, z_block, keys)
         std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var, mu.shape).mean(0))
-        summary = dict(mean=mu.mean(0), std=std, **{k: v.mean(0) for k, v in extra.items()})
+        summary = dict(mean=mu.mean(0), std=std, **{k: v.mean(0) for k, v in extra.items()},
+                       **{f"{k}_std": v.std(0) for k, v in extra.items()})
         return jnp.swapaxes(draw, 0, 1), summary  # (block, S, C, *fine)
 
     return jax.jit(roll), jax.jit(decode), n_blocks, block
@@ -315,6 +317,7 @@ def forecast(
     levels: Sequence[float] | None = None,
     return_samples: bool = False,
     spread_factor: float | Sequence[float] | np.ndarray | None = None,
+    progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
 
@@ -340,10 +343,14 @@ def forecast(
     statistics and ``macro``/``micro`` are unchanged): the post-hoc calibration of
     :mod:`msde_ppl.predict.calibration`, fitted on the validation split.
 
+    ``progress`` reports one line per trajectory (:class:`msde_ppl.progress.Progress`; a string
+    is the label).
+
     Returns:
         ``xarray.Dataset`` with ``mean``, ``std``, ``q05``, ``q95`` on the data's dims (and,
         for the product-of-experts likelihood, ``macro`` and ``micro``: ensemble means of
-        :math:`P\\zeta` and of the weighted micro part), ``crps`` (per trajectory and time,
+        :math:`P\\zeta` and of the weighted micro part, with their ensemble spreads
+        ``macro_std`` and ``micro_std``), ``crps`` (per trajectory and time,
         against the noisy data), ``latent_mean``, ``latent_std`` (``traj, time, latent``) and
         ``diverged`` (``traj, member``: the member left the training data's bounds,
         :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes).
@@ -372,6 +379,9 @@ def forecast(
 
     keys = jax.random.split(rng_key, y.shape[0])
     parts = []
+    label = progress if isinstance(progress, str) else f"forecast ({split or 'all'})"
+    bar = Progress(y.shape[0], label, unit="trajectory", enabled=bool(progress))
+    bar.compiling()
     for key, y_traj in zip(keys, y, strict=True):
         fit_keys = [key] if len(fits) == 1 else jax.random.split(key, len(fits))
         runs = [ensemble.blocks(k, y_traj) for ensemble, k in zip(ensembles, fit_keys,
@@ -409,6 +419,8 @@ def forecast(
         if return_samples:
             summary["samples"] = np.moveaxis(summary["samples"], 1, 0)
         parts.append(summary)
+        bar.update(1)
+    bar.close()
     out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
     result["diverged"].attrs.update(  # the bounds as text: netCDF keeps strings exactly
@@ -441,6 +453,8 @@ def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
     for name in ("macro", "micro"):
         if all(name in s for s in summaries):
             summary[name] = stack(name).mean(0)
+            spread = (stack(f"{name}_std") ** 2 + stack(name) ** 2).mean(0)
+            summary[f"{name}_std"] = np.sqrt(np.maximum(spread - summary[name] ** 2, 0.0))
     return draws, summary
 
 
@@ -505,7 +519,7 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
     dims = sel["u"].dims
     has_field = "field" in dims
     data = {}
-    for name in ("mean", "std", "q05", "q95", "macro", "micro"):
+    for name in ("mean", "std", "q05", "q95", "macro", "micro", "macro_std", "micro_std"):
         if name in out:
             arr = out[name] if has_field else out[name][:, :, 0]
             data[name] = (dims, arr.astype(np.float32))
@@ -519,4 +533,10 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
     for name in ("u", "u_clean"):
         if name in sel:
             result[f"obs_{name}" if name == "u_clean" else "obs"] = sel[name]
+    # the data's units and name go with every field of the forecast (figures read them)
+    field_attrs = {k: v for k, v in sel["u"].attrs.items() if k in ("units", "long_name")}
+    for name in ("mean", "std", "q05", "q95", "macro", "micro", "macro_std", "micro_std", "obs",
+                 "obs_u_clean"):
+        if name in result:
+            result[name].attrs.update(field_attrs)
     return result

@@ -181,3 +181,24 @@ def test_checkpoints_of_another_fit_or_damaged_are_refused(problem, partial_run,
     assert checkpoint_record(tmp_path / "other.npz")["step"] == 0
     assert oct((tmp_path / "other.npz").stat().st_mode & 0o777) == oct(0o666 & ~umask())
 
+
+
+def test_tail_average_is_the_mean_of_the_late_iterates_and_leaves_the_path_alone():
+    from msde_ppl.inference.fit import FitState, averaged_params, tail_average
+
+    opt = optax.sgd(0.1)
+    avg = tail_average(opt, ["a"], start=3)
+    params = {"a": jnp.asarray(1.0), "b": jnp.asarray(2.0)}
+    plain_state, avg_state = opt.init(params), avg.init(params)
+    plain, iterates = dict(params), []
+    for k in range(6):
+        grads = {"a": jnp.asarray(float(k)), "b": jnp.asarray(-1.0)}
+        up_plain, plain_state = opt.update(grads, plain_state, plain)
+        up_avg, avg_state = avg.update(grads, avg_state, params)
+        plain, params = optax.apply_updates(plain, up_plain), optax.apply_updates(params, up_avg)
+        iterates.append(float(params["a"]))
+        np.testing.assert_array_equal(params["a"], plain["a"])  # same updates
+    state = FitState(params, avg_state, jax.random.key(0), jnp.asarray(6, jnp.int32))
+    out = averaged_params(state)
+    np.testing.assert_allclose(out["a"], np.mean(iterates[3:]), rtol=1e-6)
+    assert out["b"] == params["b"]  # not averaged

@@ -60,6 +60,7 @@ class PDECase:
     name: ClassVar[str]
     boundary: ClassVar[str]  # "periodic" or "dirichlet"
     pde: ClassVar[str]  # the equation, for the dataset's attributes
+    long_name: ClassVar[str] = "solution u"  # what the field is, for figures
 
     domain: tuple[float, ...]
     shape: tuple[int, ...]  # fine grid
@@ -182,6 +183,9 @@ class PDECase:
             split=labels,
             noise_std=self.noise_std,
             source=f"msde_ppl built-in case '{self.name}' (seed {seed}): {self.pde}",
+            long_name=self.long_name,
+            # nondimensional equations: unit "1" (CF convention for dimensionless)
+            units={name: "1" for name in ("u", "time", "x", "y")[: 3 + (self.ndim == 2)]},
             extra_attrs={
                 "case": self.name,
                 "seed": int(seed),

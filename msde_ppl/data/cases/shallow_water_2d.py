@@ -42,6 +42,7 @@ _WIDTH = 5.0
 @dataclass(frozen=True)
 class ShallowWater2D(PDECase):
     name = "shallow_water_2d"
+    long_name = "height deviation h - 1"
     boundary = "dirichlet"
     pde = ("shallow water h_t + div(h u) = 0, (h u)_t + div(h u u) + grad(g h^2 / 2) = 0, "
            "g = 1, flat bottom, radial dam break; field h - 1")
