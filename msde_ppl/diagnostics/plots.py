@@ -345,22 +345,21 @@ def plot_latent_paths(posterior: xr.Dataset, n_nodes: int = 4) -> plt.Figure:
         raise ValueError("the posterior has no latent path (zeta/eta, or a 'latent' dim)")
     # one small axis per path: overlapping bands of several coordinates are unreadable
     n_rows = max(len(lines) for _, _, lines in panels)
-    fig, axes = plt.subplots(n_rows, len(panels), figsize=(6 * len(panels), 1.7 * n_rows + 0.8),
+    fig, axes = plt.subplots(n_rows, len(panels), figsize=(6 * len(panels), 1.9 * n_rows + 0.8),
                              constrained_layout=True, squeeze=False, sharex=True)
     for c, (title, ylabel, lines) in enumerate(panels):
         axes[0, c].set_title(f"{title} (median, 5–95%)")
         for r in range(n_rows):
             ax = axes[r, c]
             if r >= len(lines):
-                ax.set_visible(False)
+                ax.remove()
                 continue
             label, draws = lines[r]
             _band(ax, t, draws, f"C{c}", label)
             ax.text(0.01, 0.95, label, transform=ax.transAxes, va="top", fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
-        last = min(len(lines), n_rows) - 1
-        axes[last, c].set_xlabel("time t")
-        axes[last, c].tick_params(labelbottom=True)
+            ax.set_xlabel("time t", fontsize=8)
+            ax.tick_params(labelbottom=True)
     fig.suptitle("posterior latent paths over the window")
     return fig
 

@@ -453,6 +453,7 @@ def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
     for name in ("macro", "micro"):
         if all(name in s for s in summaries):
             summary[name] = stack(name).mean(0)
+        if all(f"{name}_std" in s for s in summaries):  # the pooled spread, as for std
             spread = (stack(f"{name}_std") ** 2 + stack(name) ** 2).mean(0)
             summary[f"{name}_std"] = np.sqrt(np.maximum(spread - summary[name] ** 2, 0.0))
     return draws, summary

@@ -14,12 +14,14 @@ def test_mixture_moments_equal_the_pooled_draws(np_rng):
     for shift in (0.0, 1.5, -0.7):
         draws = shift + np_rng.normal(size=(5, 40, 1, 6)) * (1 + shift**2)
         summary = dict(mean=draws.mean(1), std=draws.std(1), macro=draws.mean(1),
-                       micro=0 * draws.mean(1))
+                       micro=0 * draws.mean(1), macro_std=draws.std(1),
+                       micro_std=0 * draws.std(1))
         runs.append((draws, summary))
     draws, summary = _mixture(runs)
     assert draws.shape == (5, 120, 1, 6)
     np.testing.assert_allclose(summary["mean"], draws.mean(1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(summary["std"], draws.std(1), rtol=1e-10)
+    np.testing.assert_allclose(summary["macro_std"], draws.std(1), rtol=1e-10)  # same pooling
 
 
 def test_forecast_of_several_fits_pools_their_ensembles(tiny_fit, tiny_ds):

@@ -67,8 +67,10 @@ def test_forest_refuses_unknown_variables(tiny_tree):
 def test_implicit_scale_latent_paths_have_one_panel(tiny_tree):
     post = tiny_tree["posterior"].to_dataset().drop_vars(["eta", "obs_var_micro", "micro_part",
                                                           "macro", "y_mean"])
-    fig = plots.plot_latent_paths(post)
-    assert len(fig.axes) == 1
+    fig = plots.plot_latent_paths(post)  # one column of small multiples: the macro nodes
+    fig.canvas.draw()
+    assert len({round(ax.get_position().x0, 3) for ax in fig.axes}) == 1
+    assert all("ζ" in ax.get_ylabel() for ax in fig.axes)
     plt.close(fig)
     fig = plots.plot_forest(post)
     assert len(fig.axes[0].get_yticks()) == post.sizes["diffusion_dim_0"] + 1

@@ -77,12 +77,12 @@ def _fit(seed):
 
     guide = AutoAmortizedSDE(model, AffineEncoder(), kernel_key=jax.random.key(seed + 100))
     data = {"times": jnp.asarray(times, jnp.float32), "obs": jnp.asarray(obs, jnp.float32)}
-    # the recipe of tests/inference/test_recovery.py (the package's fit averages the global
-    # sites' variational parameters over the second half of the steps)
+    # 8 windows and 4 particles per step, as tests/inference/test_recovery.py; the package's
+    # fit averages the global sites' variational parameters over the second half of the steps
     result = fit(jax.random.key(seed), model, guide,
                  SolverFreeELBO(num_particles=4, normalize=True),
-                 optax.adam(optax.exponential_decay(1e-2, 1000, 0.5)),
-                 window_batches(data, 8), num_steps=2000, chunk_size=250, progress=False)
+                 optax.adam(optax.exponential_decay(1e-2, 2000, 0.35)),
+                 window_batches(data, 8), num_steps=4000, chunk_size=500, progress=False)
     fitted = {}
     for name in ("theta", "sigma"):  # LogNormal moments of the mean-field Normal in log space
         loc = float(result.params[f"{name}_auto_loc"])

@@ -10,7 +10,6 @@ from scipy import stats
 from msde_ppl.inference import (
     AutoAmortizedSDE,
     SolverFreeELBO,
-    TemporalKernel,
     fit,
     window_batches,
 )
@@ -29,8 +28,7 @@ def _fit_one(ou, seed, n_time=2001, window=32, steps=1500):
     def model(times, obs):
         ou.model(times, obs, n_windows=n_windows)
 
-    guide = AutoAmortizedSDE(model, ou.SnapshotEncoder(key=key_enc),
-                             kernel=TemporalKernel(hidden_size=16, key=key_kern))
+    guide = AutoAmortizedSDE(model, ou.SnapshotEncoder(key=key_enc), kernel_key=key_kern)
     result = fit(key_fit, model, guide, SolverFreeELBO(num_particles=4, normalize=True),
                  optax.adam(optax.exponential_decay(1e-2, 1000, 0.5)),
                  window_batches(windows, 8), num_steps=steps, chunk_size=250, progress=False)
@@ -59,8 +57,10 @@ def test_drift_coefficient_intervals_have_nominal_coverage(coverage):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known: diffusion scales are biased (s_x ~0.59 for 0.5, "
-                   "s_y ~0.78 for 1.0 after 1500 steps) and their mean-field intervals are narrow")
+@pytest.mark.xfail(strict=True, reason="known: the guide's path family is diagonal (one OU "
+                   "reference per coordinate), so it cannot correlate the slow and fast paths of "
+                   "this coupled model; the fast state's c*y forcing is then read as diffusion of "
+                   "the slow one: s_x 0.56-0.63 for 0.5 (s_y 0.99-1.08 for 1.0, 7/8 covered)")
 def test_diffusion_intervals_have_nominal_coverage(coverage):
     n_cov, n = int(coverage[:, 2:].sum()), coverage[:, 2:].size
     assert stats.binomtest(n_cov, n, 0.9).pvalue > 1e-3
