@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         "forecast",
         help="ensemble forecasts of a fitted model, with metrics",
         description="Forecast every trajectory of a split from its first snapshot and write "
-        "forecast.nc and metrics.json into a new directory.",
+        "forecast.nc, metrics.json and figures of its first trajectory (space-time panels or "
+        "field maps, the macro/micro decomposition) into a new directory.",
     )
     fc.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                     help="directory written by msde fit; several (fits of the same data, e.g. "
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="further steps after growing it into the multiscale model "
                      f"(default {RUN_MICRO_STEPS}; {per_case})")
     run.add_argument("--micro", type=_positive_int, default=5, help="micro dimension (5)")
+    run.add_argument("--samples", type=_positive_int, default=64,
+                     help="forecast ensemble size (64)")
     run.set_defaults(handler=cmd_run)
 
     report = sub.add_parser(
@@ -472,7 +475,7 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
           flush=True)
     check()
     result = run_builtin(ds, args.case, steps=args.steps, micro_steps=args.micro_steps,
-                         n_micro=args.micro, seed=args.seed, n_samples=64,
+                         n_micro=args.micro, seed=args.seed, n_samples=args.samples,
                          progress=True, should_stop=stop)
     check()
     metrics = dict(result["metrics"])
@@ -528,9 +531,11 @@ def _write_posterior(fitted, ds, path: Path, seed: int) -> None:
     arviz_io.save_datatree(tree, path)
 
 
-def _write_figures(forecasts: dict, run_dir: Path, radial: bool = False) -> None:
+def _write_figures(forecasts: dict, run_dir: Path, radial: bool = False,
+                   split: str = "test") -> list[Path]:
     """Per model: space-time panels (1D) or field maps at several times (2D), the macro/micro
-    decomposition, and for a radial problem (the dam break) radial profiles."""
+    decomposition, and for a radial problem (the dam break) radial profiles. Returns the
+    files written."""
     import matplotlib.pyplot as plt
 
     from msde_ppl.diagnostics.plots import (
@@ -540,23 +545,24 @@ def _write_figures(forecasts: dict, run_dir: Path, radial: bool = False) -> None
         plot_space_time,
     )
 
-    for key, fc in forecasts.items():
-        title = f"{key.replace('_', '-')} model, test trajectory 0"
-        if "y" in fc.dims:
-            fig = plot_field_maps(fc, 0, title=title)
-            fig.savefig(run_dir / f"{key}_maps.png", dpi=80)
-            plt.close(fig)
-            if radial:
-                fig = plot_radial_profile(fc, 0)
-                fig.savefig(run_dir / f"{key}_radial_profile.png", dpi=90)
-                plt.close(fig)
-        else:
-            fig = plot_space_time(fc, 0, title=title)
-            fig.savefig(run_dir / f"{key}_space_time.png", dpi=90)
-            plt.close(fig)
-        fig = plot_decomposition(fc, 0)
-        fig.savefig(run_dir / f"{key}_decomposition.png", dpi=90)
+    written = []
+
+    def save(fig, name: str, dpi: int) -> None:
+        fig.savefig(run_dir / name, dpi=dpi)
         plt.close(fig)
+        written.append(run_dir / name)
+
+    for key, fc in forecasts.items():
+        title = f"{key.replace('_', '-')} model, {split} trajectory 0"
+        if "y" in fc.dims:
+            save(plot_field_maps(fc, 0, title=title), f"{key}_maps.png", 80)
+            if radial:
+                save(plot_radial_profile(fc, 0), f"{key}_radial_profile.png", 90)
+        else:
+            save(plot_space_time(fc, 0, title=title), f"{key}_space_time.png", 90)
+        if "macro" in fc:
+            save(plot_decomposition(fc, 0), f"{key}_decomposition.png", 90)
+    return written
 
 
 def _new_dir(path: Path, what: str) -> Path:
@@ -661,7 +667,7 @@ def _fit_plan(args: argparse.Namespace):
     from msde_ppl.pipeline.run import model_config, progressive_stages
     from msde_ppl.pipeline.training import TrainConfig, check_training_data
 
-    ds = _labelled(load(args.data), args.data)
+    ds = load(args.data)
     validate(ds, coarse=args.coarse)
     for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
         if choice == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
@@ -674,6 +680,7 @@ def _fit_plan(args: argparse.Namespace):
         raise ValueError("--physics needs the dataset's 'domain' attribute (the grid spacing)")
     train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
                         windows_per_step=args.windows)
+    ds = _labelled(ds, args.data)
     check_training_data(ds, train)
     stages = [(args.micro, train)]
     if args.micro and not args.no_progressive and args.steps >= 4:
@@ -854,6 +861,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
             ds, None if config is None else config.coarse_shape, split=args.split)
     report["meta"] = _meta(ds, grid_shape(ds), args.seed)
     _write_metrics(out / "metrics.json", report)
+    figures = _write_figures({"model": fc}, out, split=args.split)
     print(f"rel-L2 (vs noisy data) {metrics['rel_l2_mean']:.4f} ± {metrics['rel_l2_std']:.4f}; "
           f"CRPS {metrics['crps']:.3g}; 90% coverage {metrics['coverage_90']:.2f}; "
           f"spread/skill {metrics['spread_skill']:.2f}")
@@ -868,6 +876,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     warning = divergence_warning(metrics)
     if warning:
         print(warning, file=sys.stderr)
+    print(f"figures: {', '.join(str(p) for p in figures)}")
     print(f"report: {out / 'metrics.json'}")
     return 0
 

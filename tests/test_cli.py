@@ -77,7 +77,7 @@ def test_bad_arguments_are_refused(tmp_path, call, args, message):
 def test_run_writes_report_and_refuses_existing_run_dir(tmp_path, call):
     run_dir = tmp_path / "run"
     out = run_cli("run", "burgers_1d", "--n-traj", "3", "--steps", "30", "--micro-steps", "30",
-                  "--out", str(run_dir))
+                  "--samples", "8", "--out", str(run_dir))
     assert out.returncode == 0, out.stderr
     assert str(run_dir / "metrics.json") in out.stdout
     assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"

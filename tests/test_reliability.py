@@ -65,6 +65,7 @@ def _status(run_dir):
     return json.loads((run_dir / "status.json").read_text())
 
 
+@pytest.mark.slow  # ~3 min of subprocess fits; the library's resume tests run by default
 def test_interrupted_then_killed_fit_resumes_bit_identically(data, reference, tmp_path, capsys):
     """One run, faulted twice: Ctrl-C while the first stage compiles (a checkpoint of stage 0
     is kept and the run is marked), then, resumed in a new process, SIGKILL in the middle of the

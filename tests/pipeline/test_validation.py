@@ -60,6 +60,7 @@ def test_a_diverged_checkpoint_never_wins(ds, monkeypatch):
     assert monitor.best.tag == 2 and monitor.summary()["history"][2] == [3, None]
 
 
+@pytest.mark.slow  # ~80 s: a real progressive fit validated every 50 steps
 def test_fit_returns_its_best_checkpoint_and_records_it(ds, tmp_path):
     """A real tiny fit with validation every 50 steps: the returned model scores exactly the
     recorded best score (same key: common random numbers), the record is saved with the model,
