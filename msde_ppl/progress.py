@@ -104,7 +104,8 @@ class Progress:
         measured = self.done - self._start_done
         if measured > 0 and elapsed > 0:
             rate = measured / elapsed
-            parts.append(f"{rate:.3g} {self.unit}s/s")
+            plural = self.unit[:-1] + "ies" if self.unit.endswith("y") else self.unit + "s"
+            parts.append(f"{rate:.3g} {plural}/s")
             if self.done < self.total:
                 parts.append(f"ETA {format_seconds((self.total - self.done) / rate)}")
         return ", ".join(parts)
