@@ -273,12 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="figures and a markdown report of a run directory",
+        help="figures and a markdown report of a run or model directory",
         description="Regenerate every figure (forecasts, uncertainty, calibration, ELBO trace, "
         "posterior of the physical parameters and latent paths) and write report.md plus the "
-        "ArviZ posterior (netCDF) of a run directory written by `msde run`.",
+        "ArviZ posterior (netCDF) of a run directory written by `msde run`, or of a model "
+        "directory written by `msde fit` (on the test split of its data; with --forecast, the "
+        "scores of an `msde forecast` directory of it).",
     )
-    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory of msde run")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="directory of msde run, or of msde fit")
+    report.add_argument("--data", type=Path, default=None,
+                        help="for an msde fit directory: its dataset (default: the file msde fit "
+                        "recorded); unlabelled data are split by msde fit's rule")
+    report.add_argument("--forecast", type=Path, default=None, metavar="FORECAST_DIR",
+                        help="for an msde fit directory: an msde forecast directory of it, whose "
+                        "metrics and forecast the report shows")
     report.add_argument("--out", type=Path, default=None,
                         help="report directory to create (default RUN_DIR/report); must not "
                         "exist")
@@ -388,8 +397,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     from msde_ppl.pipeline.rundir import require_complete
 
     require_complete(args.run_dir, args.allow_incomplete)
-    path = build_report(args.run_dir, args.out, n_samples=args.samples, n_draws=args.draws,
-                        seed=args.seed, progress=True)
+    data = None
+    if (args.run_dir / "fitted.json").is_file():  # msde fit's directory: label its data
+        from msde_ppl.data import load
+
+        path = args.data
+        if path is None:
+            try:
+                path = Path(json.loads((args.run_dir / "run.json").read_text())["args"]["data"])
+            except (OSError, ValueError, KeyError):
+                path = None
+        if path is not None and path.is_file():
+            data = _labelled(load(path), path)
+            if _file_digest(path) != _recorded_digest(args.run_dir):
+                print(f"warning: {path} is not the file the model was fitted to: its test "
+                      "split may hold trajectories it was fitted on", file=sys.stderr)
+    elif args.data is not None or args.forecast is not None:
+        raise ValueError("--data and --forecast are for msde fit directories; an msde run "
+                         "directory reports its own data.nc and forecasts")
+    path = build_report(args.run_dir, args.out, data=data, forecast_dir=args.forecast,
+                        n_samples=args.samples, n_draws=args.draws, seed=args.seed,
+                        progress=True)
     print(f"report: {path}")
     return 0
 
@@ -553,7 +581,8 @@ def _write_figures(forecasts: dict, run_dir: Path, radial: bool = False,
         written.append(run_dir / name)
 
     for key, fc in forecasts.items():
-        title = f"{key.replace('_', '-')} model, {split} trajectory 0"
+        what = "forecast" if key == "model" else f"{key.replace('_', '-')} model"
+        title = f"{what}, {split} trajectory 0"
         if "y" in fc.dims:
             save(plot_field_maps(fc, 0, title=title), f"{key}_maps.png", 80)
             if radial:
@@ -580,13 +609,9 @@ _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", 
 
 
 def _file_digest(path: Path) -> str:
-    import hashlib
+    from msde_ppl.pipeline.rundir import file_sha256
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -633,15 +658,20 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**settings, out=run_dir, resume=run_dir)
 
 
+def _recorded_digest(run_dir: Path) -> str | None:
+    """The SHA-256 of the data ``msde fit`` recorded in ``run_dir/run.json`` (or ``None``)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())["data_sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _fitted_on(run_dirs: list[Path], data: Path) -> bool | None:
     """Whether every model of ``run_dirs`` was fitted (``msde fit``'s ``run.json``) to the
     file ``data``, byte for byte; ``None`` when a run has no such record."""
-    digests = []
-    for run_dir in run_dirs:
-        try:
-            digests.append(json.loads((Path(run_dir) / "run.json").read_text())["data_sha256"])
-        except (OSError, ValueError, KeyError):
-            return None
+    digests = [_recorded_digest(run_dir) for run_dir in run_dirs]
+    if None in digests:
+        return None
     return all(d == _file_digest(data) for d in digests)
 
 

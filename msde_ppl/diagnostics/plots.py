@@ -59,6 +59,12 @@ def _label(da: xr.DataArray, fallback: str = "u") -> str:
     return f"{da.attrs.get('long_name', fallback)}{_units(da)}"
 
 
+def _time_text(time: xr.DataArray) -> str:
+    """``"t = 0.26 s"``: a time coordinate's value with its units (none if dimensionless)."""
+    units = time.attrs.get("units")
+    return f"t = {float(time):.3g}" + (f" {units}" if units and units != "1" else "")
+
+
 def _coord_label(da: xr.DataArray, name: str) -> str:
     """Axis label of coordinate ``name`` with its units: ``"x [m]"``, ``"time t [s]"``."""
     coord = da.coords.get(name)
@@ -95,7 +101,7 @@ def plot_space_time(fc: xr.Dataset, traj: int = 0, title: str = "") -> plt.Figur
                                **kwargs)
             ax.set_xlabel(_coord_label(da, "x"))
             ax.set_ylabel(_coord_label(da, "y"))
-            name = f"{name} (t = {float(da['time']):.3g})"
+            name = f"{name} ({_time_text(da['time'])})"
         ax.set_title(name)
         bar = label if shared else f"{name.split(' (')[0]}{_units(one['obs'])}"
         fig.colorbar(im, ax=ax, label=bar)
@@ -133,12 +139,13 @@ def plot_field_maps(fc: xr.Dataset, traj: int = 0, n_times: int = 4, title: str 
             im = ax.pcolormesh(snap["x"], snap["y"], snap.values.T, shading="auto", cmap=cmap,
                                **limits)
             ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.tick_params(labelsize=7, labelbottom=r == len(rows) - 1, labelleft=c == 0)
             if r == 0:
-                ax.set_title(f"t = {float(snap['time']):.3g}")
+                ax.set_title(_time_text(snap['time']))
+            if r == len(rows) - 1:
+                ax.set_xlabel(_coord_label(snap, "x"))
             if c == 0:
-                ax.set_ylabel(name)
+                ax.set_ylabel(f"{name}\n{_coord_label(snap, 'y')}")
         fig.colorbar(im, ax=axes[r].tolist(), shrink=0.9,
                      label=_label(obs) if cmap == "RdBu_r" else f"{name}{_units(obs)}")
     if title:
@@ -181,7 +188,7 @@ def plot_radial_profile(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.
         if "obs_u_clean" in profile:
             ax.plot(centres, profile["obs_u_clean"][c], color="k", lw=1, label="clean")
         ax.plot(centres, profile["mean"][c], color="C0", lw=1.5, label="forecast mean")
-        ax.set_title(f"t = {float(one['time'][i]):.3g}")
+        ax.set_title(_time_text(one['time'][i]))
         ax.set_xlabel("radius r" + _units(one.coords.get("x")))
     axes[0, 0].set_ylabel(f"azimuthal average of {_label(one['obs'])}")
     axes[0, 0].legend(fontsize=8)
@@ -214,7 +221,7 @@ def plot_decomposition(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.F
                                 label=f"{label.split()[0]} ±2 std")
         if has_micro:
             ax.plot(x, _cut(snap["mean"]).values, "k--", lw=1, label="mean (macro + micro)")
-        ax.set_title(f"t = {float(snap['time']):.3g}")
+        ax.set_title(_time_text(snap['time']))
         ax.set_xlabel(_coord_label(snap, "x"))
     axes[0, 0].set_ylabel(_label(one["obs"]))
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center",
@@ -246,7 +253,7 @@ def plot_time_slices(fc: xr.Dataset, traj: int = 0, n_times: int = 4) -> plt.Fig
         if "obs_u_clean" in snap:
             ax.plot(x, _cut(snap["obs_u_clean"]).values, color="k", lw=1, label="clean")
         ax.plot(x, _cut(snap["mean"]).values, color="C0", lw=1.5, label="forecast mean")
-        ax.set_title(f"t = {float(snap['time']):.3g} (step {i})")
+        ax.set_title(f"{_time_text(snap['time'])} (step {i})")
         ax.set_xlabel(_coord_label(snap, "x"))
     axes[0, 0].set_ylabel(_label(one["obs"]))
     axes[0, 0].legend(fontsize=8)
@@ -286,7 +293,7 @@ def plot_energy_spectrum(fc: xr.Dataset, times: Sequence[int] | None = None) -> 
         # round-off tails of smooth fields (1e-20) would squash the resolved range
         ax.set_ylim(bottom=top * 1e-10)
         ax.set_xlabel("wavenumber k (modes along x)")
-        ax.set_title(f"t = {float(snap['time']):.3g}")
+        ax.set_title(_time_text(snap['time']))
     axes[0, 0].set_ylabel("energy |û_k|² / n² (u²)")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("energy spectra: truth vs forecast")

@@ -1,4 +1,4 @@
-"""``msde report RUN_DIR``: figures, ArviZ posterior and a markdown report of a run directory.
+"""``msde report DIR``: figures, ArviZ posterior and a markdown report of a run directory.
 
 A run directory written by ``msde run`` holds ``metrics.json``, ``data.nc`` and, per fitted model
 (``multiscale``, ``implicit_scale``), a saved :class:`~msde_ppl.Fitted` (``fitted.json``,
@@ -10,11 +10,16 @@ writes into a NEW directory (default ``RUN_DIR/report``; an existing one is refu
   numbers, the ArviZ summary of the physical parameters and the figures;
 - ``lead_time.png``: rel-L2 (with the persistence and climatology baselines), CRPS and 90%
   coverage of every model over lead time;
-- per model ``MODEL_*.png``: space-time panels, macro/micro decomposition, time slices with
-  5-95% bands, energy spectra, latent paths, forest plot, ELBO trace, coverage curve, PIT
-  histogram, spread-skill;
+- per model ``MODEL_*.png``: space-time panels (2D: field maps at several times), macro/micro
+  decomposition, time slices with 5-95% bands, energy spectra, latent paths, forest plot, ELBO
+  trace, coverage curve, PIT histogram, spread-skill;
 - per model ``MODEL_posterior.nc``: the ArviZ tree of :mod:`msde_ppl.diagnostics.arviz_io` (globals
   and latent paths of a test window, compressed; the decoded fields are left out to keep it small).
+
+A directory of ``msde fit`` (one fitted model, ``fitted.json`` at its top) is reported the same
+way, as the ``fitted`` model: its data are the file ``msde fit`` recorded in ``run.json`` (or
+``data``; a file other than the one fitted is named in a warning), and its scores and lead-time
+figure come from an ``msde forecast`` directory of it (``forecast_dir``) when one is given.
 
 Calibration (coverage curve, PIT) needs ensemble members, which ``forecast.nc`` does not keep:
 the first test trajectory is re-forecast with ``n_samples`` members (``return_samples=True``);
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -36,6 +42,7 @@ from msde_ppl.data import load
 from msde_ppl.data.splits import select_split, split_names
 from msde_ppl.diagnostics import arviz_io, checks, plots
 from msde_ppl.pipeline.fitted import Fitted
+from msde_ppl.pipeline.rundir import file_sha256
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import lead_time_metrics
 
@@ -111,8 +118,12 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     lines = [f"## {key.replace('_', '-')} model", ""]
     figs = {}
     title = f"{key.replace('_', '-')} model, test trajectory 0"
-    figs["space-time"] = _save(plots.plot_space_time(fc, 0, title=title),
-                               out / f"{key}_space_time.png")
+    if "y" in fc.dims:  # 2D: truth / mean / std / |error| maps at several times
+        figs["field maps"] = _save(plots.plot_field_maps(fc, 0, title=title),
+                                   out / f"{key}_maps.png")
+    else:
+        figs["space-time"] = _save(plots.plot_space_time(fc, 0, title=title),
+                                   out / f"{key}_space_time.png")
     if "macro" in fc:
         figs["macro/micro decomposition"] = _save(plots.plot_decomposition(fc, 0),
                                                   out / f"{key}_decomposition.png")
@@ -198,14 +209,44 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     return lines + [""]
 
 
+def _fit_dir_data(run_dir: Path, data: str | Path | xr.Dataset | None) -> xr.Dataset:
+    """The dataset of an ``msde fit`` directory: ``data``, or the file its ``run.json`` names;
+    a file other than the fitted one (by SHA-256) is named in a warning."""
+    record = {}
+    if (run_dir / "run.json").is_file():
+        record = json.loads((run_dir / "run.json").read_text())
+    if isinstance(data, xr.Dataset):
+        return data
+    path = Path(data) if data is not None else record.get("args", {}).get("data")
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is a directory of `msde fit`; give its data (--data FILE): "
+            + ("its run.json names none" if path is None else f"{path} does not exist"))
+    digest = record.get("data_sha256")
+    if digest is not None and file_sha256(path) != digest:
+        warnings.warn(f"{path} is not the file the model in {run_dir} was fitted to (its "
+                      "SHA-256 differs): the test split may hold trajectories it was fitted on",
+                      UserWarning, stacklevel=3)
+    return load(path)
+
+
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
+                 data: str | Path | xr.Dataset | None = None,
+                 forecast_dir: str | Path | None = None,
                  n_samples: int = 32, n_draws: int = 100, seed: int = 0,
                  progress: bool = False) -> Path:
-    """Regenerate every figure and write ``report.md`` for a run directory of ``msde run``.
+    """Regenerate every figure and write ``report.md`` for a run directory of ``msde run`` or
+    a model directory of ``msde fit``.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory (``msde run``) or model directory (``msde fit``).
         out_dir: directory to create (default ``run_dir/report``); must not exist.
+        data: an ``msde fit`` directory's dataset (a path, or a labelled ``xarray.Dataset``);
+            default: the file its ``run.json`` records. Not used for ``msde run`` directories
+            (their ``data.nc``).
+        forecast_dir: an ``msde forecast`` directory of the ``msde fit`` model, whose
+            ``forecast.nc`` and ``metrics.json`` the report shows (default: the report
+            forecasts the test split itself, without the metrics table).
         n_samples: ensemble members of the calibration re-forecast.
         n_draws: posterior draws of the ArviZ tree.
         seed: PRNG seed.
@@ -215,33 +256,55 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
         The path of ``report.md``.
 
     Raises:
-        FileNotFoundError: ``run_dir`` lacks ``data.nc`` or any fitted model.
+        FileNotFoundError: ``run_dir`` is neither kind of directory, or its data are missing.
         FileExistsError: ``out_dir`` exists.
+        ValueError: the data have no test split.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "data.nc").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory of `msde run`: "
-                                "data.nc is missing")
-    keys = [k for k in MODEL_KEYS if (run_dir / k / "fitted.json").is_file()]
-    if not keys:
-        raise FileNotFoundError(f"{run_dir} has no fitted model ({', '.join(MODEL_KEYS)}/"
-                                "fitted.json)")
+    metrics = {}
+    if (run_dir / "fitted.json").is_file():  # msde fit: one model at the top
+        models = {"fitted": run_dir}
+        ds = _fit_dir_data(run_dir, data)
+        fc_files = {}
+        if forecast_dir is not None:
+            forecast_dir = Path(forecast_dir)
+            if not (forecast_dir / "forecast.nc").is_file():
+                raise FileNotFoundError(f"{forecast_dir} is not a directory of `msde forecast`:"
+                                        " forecast.nc is missing")
+            fc_files["fitted"] = forecast_dir / "forecast.nc"
+            if (forecast_dir / "metrics.json").is_file():
+                metrics = json.loads((forecast_dir / "metrics.json").read_text())
+                if "model" in metrics:
+                    metrics["fitted"] = metrics.pop("model")
+    else:
+        if not (run_dir / "data.nc").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory of `msde run` (data.nc "
+                                    "is missing) nor a model directory of `msde fit` "
+                                    "(fitted.json is missing)")
+        models = {k: run_dir / k for k in MODEL_KEYS if (run_dir / k / "fitted.json").is_file()}
+        if not models:
+            raise FileNotFoundError(f"{run_dir} has no fitted model ({', '.join(MODEL_KEYS)}/"
+                                    "fitted.json)")
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        ds = load(run_dir / "data.nc")
+        fc_files = {k: d / "forecast.nc" for k, d in models.items()
+                    if (d / "forecast.nc").is_file()}
+    if "test" not in split_names(ds):
+        raise ValueError("the report scores the test split, and the data have none: label "
+                         "them (msde_ppl.data.with_held_out_splits applies msde fit's rule)")
+    keys = list(models)
     out = run_dir / "report" if out_dir is None else Path(out_dir)
     if out.exists():
         raise FileExistsError(f"report directory {out} already exists; choose another "
                               "output directory")
-    metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    ds = load(run_dir / "data.nc")
     out.mkdir(parents=True)
     lines = [f"# Report of `{run_dir}`", "", "## Metrics (test split)", ""]
     lines += _metrics_section(metrics) + [""]
     forecasts = {}
-    for key in keys:
-        if (run_dir / key / "forecast.nc").is_file():
-            with xr.open_dataset(run_dir / key / "forecast.nc", engine="h5netcdf") as f:
-                forecasts[key] = f.load()
+    for key, path in fc_files.items():
+        with xr.open_dataset(path, engine="h5netcdf") as f:
+            forecasts[key] = f.load()
     if forecasts:
         train = select_split(ds, "train") if "train" in split_names(ds) else None
         scores = {k.replace("_", "-"): lead_time_metrics(f, train, ds.attrs.get("eval_steps"))
@@ -252,7 +315,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
                   f"![scores by lead time]({name})", ""]
     for key in keys:
         fc = forecasts.get(key)
-        lines += model_report(key, Fitted.load(run_dir / key), ds, out, fc=fc,
+        lines += model_report(key, Fitted.load(models[key]), ds, out, fc=fc,
                               n_samples=n_samples, n_draws=n_draws, seed=seed,
                               progress=progress)
     path = out / "report.md"

@@ -21,6 +21,7 @@ Ctrl-C crash the process); a second signal ends the process at once, after marki
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -30,8 +31,8 @@ from pathlib import Path
 
 from msde_ppl.atomic import write_text
 
-__all__ = ["STATES", "RunIncompleteError", "RunLock", "StopRequest", "describe", "read_status",
-           "require_complete", "still_running", "write_status"]
+__all__ = ["STATES", "RunIncompleteError", "RunLock", "StopRequest", "describe", "file_sha256",
+           "read_status", "require_complete", "still_running", "write_status"]
 
 STATUS_FILE = "status.json"
 STATES = ("running", "failed", "interrupted", "complete")
@@ -39,6 +40,15 @@ STATES = ("running", "failed", "interrupted", "complete")
 
 class RunIncompleteError(ValueError):
     """A run directory whose status is not ``complete``."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex): how a run records the data it was fitted to."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_status(run_dir: str | os.PathLike, state: str, reason: str | None = None,

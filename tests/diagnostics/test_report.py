@@ -61,3 +61,48 @@ def test_cli_report_refuses_existing_output_with_exit_2(run_dir, tmp_path, capsy
     assert "already exists" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "data.nc is missing" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fit_dirs(tmp_path_factory, tiny_ds, tiny_fit):
+    """The layout of ``msde fit`` (model at the top, run.json naming the data) and of an
+    ``msde forecast`` directory of it."""
+    from msde_ppl.pipeline.rundir import file_sha256
+
+    root = tmp_path_factory.mktemp("own")
+    save(tiny_ds, root / "mine.nc")
+    fit_dir = root / "fit"
+    fit_dir.mkdir()
+    tiny_fit.save(fit_dir)
+    (fit_dir / "run.json").write_text(json.dumps({
+        "command": "fit", "args": {"data": str(root / "mine.nc")},
+        "data_sha256": file_sha256(root / "mine.nc")}))
+    fc_dir = root / "fc"
+    fc_dir.mkdir()
+    fc = forecast(jax.random.key(1), tiny_fit, tiny_ds, n_samples=8)
+    fc.to_netcdf(fc_dir / "forecast.nc", engine="h5netcdf")
+    (fc_dir / "metrics.json").write_text(json.dumps({"model": forecast_metrics(fc)}))
+    return root, fit_dir, fc_dir
+
+
+def test_report_of_an_msde_fit_directory_uses_its_recorded_data_and_forecast(fit_dirs):
+    root, fit_dir, fc_dir = fit_dirs
+    path = build_report(fit_dir, root / "rep", forecast_dir=fc_dir, n_samples=8, n_draws=10)
+    text = path.read_text()
+    assert "## fitted model" in text and "| fitted | " in text  # the forecast's metrics row
+    assert (root / "rep" / "lead_time.png").stat().st_size > 1000
+    assert (root / "rep" / "fitted_space_time.png").stat().st_size > 1000
+
+
+def test_report_of_an_msde_fit_directory_names_missing_or_other_data(fit_dirs, tiny_ds, tmp_path):
+    root, fit_dir, _ = fit_dirs
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report(fit_dir, tmp_path / "a", data=tmp_path / "nowhere.nc")
+    other = tiny_ds.copy(deep=True)
+    other["u"] = other["u"] * 1.01
+    save(other, tmp_path / "other.nc")
+    with pytest.warns(UserWarning, match="not the file the model"):
+        build_report(fit_dir, tmp_path / "b", data=tmp_path / "other.nc", n_samples=8,
+                      n_draws=10)
+    with pytest.raises(FileNotFoundError, match="forecast.nc is missing"):
+        build_report(fit_dir, tmp_path / "c", forecast_dir=tmp_path)
