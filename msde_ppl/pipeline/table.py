@@ -203,6 +203,10 @@ def _load() -> float | None:
         return None
 
 
+def _load_text(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "diverged"
@@ -212,7 +216,9 @@ def _fmt(value, digits: int = 3) -> str:
 def _cell(row: dict | None) -> str:
     if row is None:
         return ""
-    ours = ("diverged" if not row.get("finite", True) else
+    finite = (row.get("settings") or {}).get("finite_fraction")
+    ours = (("diverged" if finite is None else f"diverged ({finite:.0%} of snapshots finite)")
+            if not row.get("finite", True) else
             f"{_fmt(row['rel_l2_mean'])} ± {_fmt(row['rel_l2_std'])}")
     ref = row.get("reference")
     return ours if ref is None else f"{ours} / {ref['rel_l2_mean']:.3f}"
@@ -224,9 +230,11 @@ def to_markdown(table: dict) -> str:
     methods = s["methods"]
     mode = ("quick (smoke-sized: few trajectories and steps; not comparable with the "
             "reference)" if s["quick"] else "full (msde run's schedule)")
+    load = f"{_load_text(s.get('load_avg_start'))} -> {_load_text(s.get('load_avg_end'))}"
     lines = ["# msde table", "",
              f"Settings: {mode}, seed {s['seed']}, {s['created']}, {s['machine']}, load average "
-             f"{s.get('load_avg_start')} -> {s.get('load_avg_end')}.", "",
+             f"{load} (1 min).",
+             "",
              "Test rel-L2 mean ± std against the noisy data (ours / the reference's):", "",
              "| case | " + " | ".join(LABELS[m] for m in methods) + " |",
              "|---|" + "---|" * len(methods)]
