@@ -75,3 +75,13 @@ def test_table_refuses_bad_input_before_any_work(tmp_path, capsys):
     assert main(["table", "--runs", str(tmp_path), "--out", str(tmp_path / "t")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_a_diverged_cell_says_how_much_stayed_finite():
+    from msde_ppl.pipeline.table import _cell
+
+    row = {"finite": False, "rel_l2_mean": None, "rel_l2_std": None,
+           "settings": {"finite_fraction": 0.5058}, "reference": {"rel_l2_mean": 0.057}}
+    assert _cell(row) == "diverged (51% of snapshots finite) / 0.057"
+    assert _cell({"finite": True, "rel_l2_mean": 0.1234, "rel_l2_std": 0.01,
+                  "reference": None}) == "0.123 ± 0.010"
