@@ -105,8 +105,9 @@ def test_field_maps_and_radial_profile_of_2d_forecasts():
     fig = plots.plot_field_maps(fc, 0, n_times=3, title="maps")
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert len(panels) == 12 and panels[0].get_title() == "t = 0"
+    # each row names its field, then the coordinate of its vertical axis
     assert [panels[3 * r].get_ylabel() for r in range(4)] == [
-        "observed", "forecast mean", "forecast std", "|error|"]
+        "observed\ny", "forecast mean\ny", "forecast std\ny", "|error|\ny"]
     plt.close(fig)
     fig = plots.plot_radial_profile(fc, 0, n_times=2)
     _labelled(fig)
