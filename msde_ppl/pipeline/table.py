@@ -275,6 +275,10 @@ def plot_table(table: dict):
         ours = [table["cases"][c].get(m, {}).get("rel_l2_mean") for c in cases]
         ours = [v if v is not None and math.isfinite(v) else np.nan for v in ours]
         ax.bar(xs, ours, width, label=LABELS[m], color=f"C{j}")
+        for x, c, v in zip(xs, cases, ours, strict=True):
+            if m in table["cases"][c] and not np.isfinite(v):  # scored, but no number
+                ax.text(x, 0.03, "diverged", rotation=90, ha="center", va="bottom",
+                        fontsize=7, color=f"C{j}", transform=ax.get_xaxis_transform())
         refs = [(table["cases"][c].get(m) or {}).get("reference") for c in cases]
         ax.scatter(xs, [r["rel_l2_mean"] if r else np.nan for r in refs], marker="_", s=160,
                    color="k", zorder=3, label="reference" if j == 0 else None)

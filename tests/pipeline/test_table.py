@@ -85,3 +85,17 @@ def test_a_diverged_cell_says_how_much_stayed_finite():
     assert _cell(row) == "diverged (51% of snapshots finite) / 0.057"
     assert _cell({"finite": True, "rel_l2_mean": 0.1234, "rel_l2_std": 0.01,
                   "reference": None}) == "0.123 ± 0.010"
+
+
+def test_the_figure_marks_a_diverged_method():
+    import matplotlib.pyplot as plt
+
+    from msde_ppl.pipeline.table import plot_table
+
+    ok = {"finite": True, "rel_l2_mean": 0.1, "reference": {"rel_l2_mean": 0.2}}
+    table = {"settings": {"methods": ["dmd", "pod_sindy"], "quick": False},
+             "cases": {"kdv_1d": {"dmd": ok, "pod_sindy": {"finite": False,
+                                                          "rel_l2_mean": None}}}}
+    fig = plot_table(table)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["diverged"]
+    plt.close(fig)
