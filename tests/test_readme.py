@@ -36,3 +36,13 @@ def test_quickstart_runs_and_draws_its_figure(tmp_path):
     assert (tmp_path / "quickstart.png").stat().st_size > 10_000
     # progress is reported even though stderr is not a terminal
     assert "compiling" in run.stderr and "stage 2/2, multiscale K=2: step 60/60" in run.stderr
+
+
+def test_results_table_is_the_output_of_msde_table():
+    """The README's summary table is the paper-style table `msde table` wrote into
+    benchmarks/results/table/table.md, copied verbatim (no hand-edited numbers)."""
+    table_md = README.parent / "benchmarks" / "results" / "table" / "table.md"
+    rows = table_md.read_text().split("(ours / the reference's):\n\n", 1)[1].split("\n\n")[0]
+    assert rows.startswith("| case |") and rows.count("\n") >= 3
+    results = README.read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    assert rows in results
