@@ -231,7 +231,11 @@ def score(
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
             factor = None
+        # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
+        # is still needed while the calibrated rerun allocates its own
+        del fc_val
         if factor is not None:
+            del fc  # scored above; the calibrated forecast replaces it
             fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           spread_factor=factor,
