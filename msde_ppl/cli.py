@@ -504,14 +504,13 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     check()
     result = run_builtin(ds, args.case, steps=args.steps, micro_steps=args.micro_steps,
                          n_micro=args.micro, seed=args.seed, n_samples=args.samples,
-                         progress=True, should_stop=stop)
+                         progress=True, should_stop=stop, save_to=run_dir)
     check()
     metrics = dict(result["metrics"])
-    print("[3/5] writing the fitted models, forecasts and posteriors ...", flush=True)
+    # the fitted models and forecasts are written as each is done (run_case's save_to)
+    print("[3/5] writing the posteriors ...", flush=True)
     for key, fitted in (("multiscale", result["fits"][-1]), ("implicit_scale", result["fits"][0])):
-        model_dir = fitted.save(run_dir / key)
-        result["forecasts"][key].to_netcdf(model_dir / "forecast.nc", engine="h5netcdf")
-        _write_posterior(fitted, ds, model_dir / "posterior.nc", args.seed)
+        _write_posterior(fitted, ds, run_dir / key / "posterior.nc", args.seed)
         print(f"      {key}: rel-L2 {metrics[key]['rel_l2_mean']:.4f} "
               f"(clean {metrics[key].get('rel_l2_clean_mean', float('nan')):.4f}), "
               f"fit {metrics[key]['fit_wall_time_s']:.0f} s", flush=True)

@@ -17,6 +17,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -279,17 +280,19 @@ def divergence_warning(metrics: dict, name: str = "the model") -> str | None:
 
 def run_builtin(ds: xr.Dataset, case: str, *, steps: int, micro_steps: int, n_micro: int = 5,
                 seed: int = 0, n_samples: int = 64, calibrate: bool = True,
-                progress: bool = False, should_stop=None) -> dict:
+                progress: bool = False, should_stop=None, save_to: Path | None = None) -> dict:
     """``msde run``'s recipe on a built-in case's dataset: the case's config on its coarse
     grid, ``steps`` implicit-scale steps then ``micro_steps`` multiscale steps (1 window per
-    step), both scored on the test split (:func:`run_case`)."""
+    step), both scored on the test split (:func:`run_case`, which also documents
+    ``save_to``)."""
     from msde_ppl.data.cases import get_case
 
     config = model_config(ds, get_case(case).coarse, n_micro)
     first = TrainConfig(steps=steps, seed=seed, windows_per_step=RUN_WINDOWS)
     stages = progressive_stages(n_micro, first, micro_steps)
     return run_case(ds, config, stages, split="test", n_samples=n_samples, seed=seed,
-                    calibrate=calibrate, progress=progress, should_stop=should_stop)
+                    calibrate=calibrate, progress=progress, should_stop=should_stop,
+                    save_to=save_to)
 
 
 def run_case(
@@ -305,6 +308,7 @@ def run_case(
     progress: bool = False,
     callback=None,
     should_stop=None,
+    save_to: Path | None = None,
 ) -> dict:
     """Fit ``stages`` progressively and score the implicit-scale (first stage) and multiscale
     (last stage) models on ``split``.
@@ -312,6 +316,12 @@ def run_case(
     When the dataset has a ``val`` split (and ``split`` is another) and ``calibrate`` is set,
     each model's spread is also calibrated on it (:func:`score` with ``calibrate_on="val"``):
     the metrics gain ``"calibrated"`` and the forecasts are the calibrated ones.
+
+    With ``save_to`` (an existing directory), each model is written to ``save_to / name`` as
+    soon as the fit ends (:meth:`Fitted.save`; a later failure loses no fit) and its forecast to
+    ``save_to / name / "forecast.nc"`` as soon as it is scored; the returned forecasts are then
+    opened lazily from those files, so a 2D case's forecasts (GBs each) are not all held in
+    memory at once.
 
     Returns:
         ``{"fits": [Fitted, ...], "forecasts": {name: Dataset}, "metrics": {name: dict}}`` with
@@ -325,6 +335,9 @@ def run_case(
                            should_stop=should_stop)
     named = {"implicit_scale": fits[0], "multiscale": fits[-1]} if len(fits) > 1 else {
         ("multiscale" if config.n_micro else "implicit_scale"): fits[-1]}
+    if save_to is not None:
+        for name, fitted in named.items():
+            fitted.save(Path(save_to) / name)
     forecasts, metrics = {}, {}
     splits = split_names(ds)
     calibrate_on = "val" if calibrate and "val" in splits and split != "val" else None
@@ -335,6 +348,10 @@ def run_case(
         forecasts[name], metrics[name] = score(fitted, ds, split=split, n_samples=n_samples,
                                                seed=seed, integrator=integrator,
                                                calibrate_on=calibrate_on, progress=progress)
+        if save_to is not None:  # to disk, then read back lazily: one forecast in memory
+            path = Path(save_to) / name / "forecast.nc"
+            forecasts[name].to_netcdf(path, engine="h5netcdf")
+            forecasts[name] = xr.open_dataset(path, engine="h5netcdf")
         if name == "multiscale" and len(fits) > 1:
             metrics[name]["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
             metrics[name]["fit_steps"] = int(sum(len(f.losses) for f in fits))

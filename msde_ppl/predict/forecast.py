@@ -378,11 +378,11 @@ def forecast(
     lower, upper = divergence_limits(_training_range(fits[0], ds))
 
     keys = jax.random.split(rng_key, y.shape[0])
-    parts = []
+    out: dict[str, np.ndarray] = {}  # (traj, ...) per statistic, filled one trajectory at a time
     label = progress if isinstance(progress, str) else f"forecast ({split or 'all'})"
     bar = Progress(y.shape[0], label, unit="trajectory", enabled=bool(progress))
     bar.compiling()
-    for key, y_traj in zip(keys, y, strict=True):
+    for i, (key, y_traj) in enumerate(zip(keys, y, strict=True)):
         fit_keys = [key] if len(fits) == 1 else jax.random.split(key, len(fits))
         runs = [ensemble.blocks(k, y_traj) for ensemble, k in zip(ensembles, fit_keys,
                                                                   strict=True)]
@@ -418,10 +418,13 @@ def forecast(
                 summary[name] = np.moveaxis(summary[name], 1, 0)
         if return_samples:
             summary["samples"] = np.moveaxis(summary["samples"], 1, 0)
-        parts.append(summary)
+        for name, value in summary.items():  # no list of per-trajectory copies to stack
+            if name not in out:
+                out[name] = np.empty((y.shape[0], *value.shape), value.dtype)
+            out[name][i] = value
+        del summary
         bar.update(1)
     bar.close()
-    out = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
     result["diverged"].attrs.update(  # the bounds as text: netCDF keeps strings exactly
         description="member left the data's bounds: a non-finite value, or one outside "
@@ -523,7 +526,7 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
     for name in ("mean", "std", "q05", "q95", "macro", "micro", "macro_std", "micro_std"):
         if name in out:
             arr = out[name] if has_field else out[name][:, :, 0]
-            data[name] = (dims, arr.astype(np.float32))
+            data[name] = (dims, arr.astype(np.float32, copy=False))
     data["crps"] = (("traj", "time"), out["crps"])
     data["diverged"] = (("traj", "member"), out["diverged"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)

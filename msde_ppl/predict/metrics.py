@@ -66,23 +66,79 @@ def baseline_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     - ``climatology``: the mean field of the training split ``train`` (over trajectories and
       times), omitted when ``train`` is ``None``.
     """
-    obs = fc["obs"]
-    n = obs.sizes["time"] if eval_steps is None else min(int(eval_steps), obs.sizes["time"])
-    obs = obs.isel(time=slice(0, n))
-    out = {name: pooled_relative_l2(obs, pred) for name, pred in
-           _trivial_forecasts(obs, train).items()}
-    return {k: {"rel_l2_mean": v["mean"], "rel_l2_std": v["std"]} for k, v in out.items()}
+    n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
+    rows = _snapshot_scores(fc.isel(time=slice(0, n)), train, needs=())
+    return {name: {"rel_l2_mean": float(rows[name].mean()), "rel_l2_std": float(rows[name].std())}
+            for name in _TRIVIAL if name in rows}
 
 
-def _trivial_forecasts(obs: xr.DataArray, train: xr.Dataset | None) -> dict[str, xr.DataArray]:
-    """Persistence (the first snapshot of ``obs`` held) and, with ``train``, climatology (its
-    mean field), shaped and labelled like ``obs``."""
-    held = obs.isel(time=0).expand_dims(time=obs["time"]).transpose(*obs.dims)
-    out = {"persistence": held.assign_coords(obs.coords)}
+_TRIVIAL = ("persistence", "climatology")
+
+
+def _snapshot_scores(window: xr.Dataset, train: xr.Dataset | None = None,
+                     needs: tuple[str, ...] = ("mean", "std", "band"),
+                     ) -> dict[str, np.ndarray]:
+    """Per-snapshot scores ``(traj, time)`` of a forecast window, read one trajectory at a time
+    in float64 (a forecast of many 2D snapshots is never copied whole, a lazily opened one never
+    loaded whole). With ``y`` the observations (``obs``) and ``m``, ``s``, ``[l, u]`` the
+    forecast's ``mean``, ``std`` and 5–95% band (``q05``, ``q95``), sums over the grid values:
+
+    - ``persistence`` (and, with ``train``, ``climatology``): the rel-L2 of the trivial
+      forecasts of :func:`baseline_metrics` (always);
+    - with ``"mean"`` in ``needs``: ``rel_l2`` = ``||y - m|| / ||y||`` (``rel_l2_clean``
+      against ``obs_u_clean`` when there is one) and ``err2`` = ``sum (y - m)^2``;
+    - with ``"std"``: ``std2`` = ``sum s^2`` and ``sane`` = all of ``m, s`` finite;
+    - with ``"band"``: ``inside`` = #{``l <= y <= u``} and ``readable`` = all of ``y, l, u``
+      finite;
+    - ``size``: the number of grid values per snapshot (a scalar).
+    """
+    n_traj, n_time = window.sizes["traj"], window.sizes["time"]
+    space = [d for d in window["obs"].dims if d not in ("traj", "time")]
+    clim = None
     if train is not None:
-        clim = _mean_field(train["u"]).broadcast_like(obs).transpose(*obs.dims)
-        out["climatology"] = clim.assign_coords(obs.coords)
-    return out
+        clim = np.asarray(_mean_field(train["u"]).transpose(*space).values, np.float64).ravel()
+    scores: dict[str, np.ndarray] = {}
+
+    def put(name: str, i: int, value: np.ndarray) -> None:
+        if name not in scores:
+            scores[name] = np.empty((n_traj, n_time), value.dtype)
+        scores[name][i] = value
+
+    def rel(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        return np.sqrt(((truth - pred) ** 2).sum(1)) / np.sqrt((truth**2).sum(1))
+
+    size = 0
+    for i in range(n_traj):
+        def read(name: str, i: int = i) -> np.ndarray:
+            block = window[name].isel(traj=i).transpose("time", *space)
+            return np.asarray(block.values, np.float64).reshape(n_time, -1)
+
+        obs = read("obs")
+        size = obs.shape[1]
+        put("persistence", i, rel(obs, obs[:1]))
+        if clim is not None:
+            put("climatology", i, rel(obs, clim[None]))
+        if "mean" in needs:
+            mean = read("mean")
+            put("rel_l2", i, rel(obs, mean))
+            if "obs_u_clean" in window:
+                put("rel_l2_clean", i, rel(read("obs_u_clean"), mean))
+            put("err2", i, ((obs - mean) ** 2).sum(1))
+            if "std" in needs:
+                std = read("std")
+                put("std2", i, (std**2).sum(1))
+                put("sane", i, np.isfinite(mean).all(1) & np.isfinite(std).all(1))
+                del std
+            del mean
+        if "band" in needs:
+            lower, upper = read("q05"), read("q95")
+            put("inside", i, ((obs >= lower) & (obs <= upper)).sum(1).astype(np.float64))
+            put("readable", i, np.isfinite(obs).all(1) & np.isfinite(lower).all(1)
+                & np.isfinite(upper).all(1))
+            del lower, upper
+        del obs
+    scores["size"] = np.asarray(size)
+    return scores
 
 
 def _mean_field(u: xr.DataArray) -> xr.DataArray:
@@ -172,25 +228,24 @@ def interval_coverage(obs, lower, upper) -> float:
 def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
     """Rel-L2 of the mean (vs noisy and clean data), CRPS, 90% coverage and the spread-skill
     ratio (RMS ``std`` over the RMSE of the mean, both pooled over every value) of a forecast of
-    :func:`msde_ppl.forecast` over its first ``eval_steps`` times (docs/method.md §7)."""
+    :func:`msde_ppl.forecast` over its first ``eval_steps`` times (docs/method.md §7); read one
+    trajectory at a time."""
     n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
     window = fc.isel(time=slice(0, n))
-    noisy = pooled_relative_l2(window["obs"], window["mean"])
-    result = {"rel_l2_mean": noisy["mean"], "rel_l2_std": noisy["std"], "n_pairs": noisy["n"]}
-    if "obs_u_clean" in window:
-        clean = pooled_relative_l2(window["obs_u_clean"], window["mean"])
-        result["rel_l2_clean_mean"] = clean["mean"]
-        result["rel_l2_clean_std"] = clean["std"]
-    result["coverage_90"] = interval_coverage(window["obs"], window["q05"], window["q95"])
+    rows = _snapshot_scores(window)
+    result = {"rel_l2_mean": float(rows["rel_l2"].mean()),
+              "rel_l2_std": float(rows["rel_l2"].std()), "n_pairs": int(rows["rel_l2"].size)}
+    if "rel_l2_clean" in rows:
+        result["rel_l2_clean_mean"] = float(rows["rel_l2_clean"].mean())
+        result["rel_l2_clean_std"] = float(rows["rel_l2_clean"].std())
+    result["coverage_90"] = (float(rows["inside"].sum() / (rows["size"] * rows["inside"].size))
+                             if rows["readable"].all() else float("nan"))
     result["crps"] = float(np.asarray(window["crps"].values, np.float64).mean())
-    std = np.asarray(window["std"].values, np.float64)
-    error = np.asarray(window["obs"].values, np.float64) - np.asarray(window["mean"].values,
-                                                                        np.float64)
-    finite = all(np.isfinite(np.asarray(window[v].values)).all() for v in ("mean", "std"))
+    finite = bool(rows["sane"].all())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = float(np.sqrt(np.mean(std**2)) / np.sqrt(np.mean(error**2)))
+        ratio = float(np.sqrt(rows["std2"].sum()) / np.sqrt(rows["err2"].sum()))
     result["spread_skill"] = ratio if finite else float("nan")  # not 0 = spread / inf
-    result["finite"] = bool(finite)
+    result["finite"] = finite
     if "diverged" in fc:
         flags = np.asarray(fc["diverged"].values, bool)
         result["diverged_members"] = int(flags.sum())
@@ -202,7 +257,7 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
                       eval_steps: int | None = None) -> xr.Dataset:
     """Scores of a forecast as functions of lead time (over its first ``eval_steps`` times),
     each averaged over trajectories (coverage and spread-skill pooled over trajectories and grid
-    values):
+    values), read one trajectory at a time:
 
     - ``rel_l2``: rel-L2 of the mean vs the noisy observations (and ``rel_l2_clean``);
     - ``crps``, ``coverage_90`` (of the 5–95% band), ``spread_skill`` (RMS std / RMSE);
@@ -214,23 +269,21 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     """
     n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
     window = fc.isel(time=slice(0, n))
-    obs = window["obs"]
-    space = [d for d in obs.dims if d not in ("traj", "time")]
-    out = {"rel_l2": relative_l2(obs, window["mean"]).mean("traj")}
-    if "obs_u_clean" in window:
-        out["rel_l2_clean"] = relative_l2(window["obs_u_clean"], window["mean"]).mean("traj")
-    out["crps"] = window["crps"].mean("traj")
-    inside = (obs >= window["q05"]) & (obs <= window["q95"])
-    readable = (np.isfinite(obs) & np.isfinite(window["q05"]) & np.isfinite(window["q95"])).all(
-        ["traj", *space])  # as interval_coverage: NaN where a value is not finite
-    out["coverage_90"] = inside.mean(["traj", *space]).where(readable)
-    error2 = ((obs - window["mean"]) ** 2).mean(["traj", *space])
+    rows = _snapshot_scores(window, train)
+    out = {"rel_l2": rows["rel_l2"].mean(0)}
+    if "rel_l2_clean" in rows:
+        out["rel_l2_clean"] = rows["rel_l2_clean"].mean(0)
+    out["crps"] = np.asarray(window["crps"].values, np.float64).mean(0)
+    n_values = rows["size"] * rows["inside"].shape[0]
+    # as interval_coverage: NaN where a value is not finite
+    out["coverage_90"] = np.where(rows["readable"].all(0), rows["inside"].sum(0) / n_values,
+                                  np.nan)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.sqrt((window["std"] ** 2).mean(["traj", *space])) / np.sqrt(error2)
-    sane = (np.isfinite(window["mean"]) & np.isfinite(window["std"])).all(["traj", *space])
-    out["spread_skill"] = ratio.where(sane)  # not 0 = spread / inf
-    for name, pred in _trivial_forecasts(obs, train).items():
-        out[name] = relative_l2(obs, pred).mean("traj")
-    result = xr.Dataset({k: v.astype(np.float64) for k, v in out.items()})
+        ratio = np.sqrt(rows["std2"].sum(0)) / np.sqrt(rows["err2"].sum(0))
+    out["spread_skill"] = np.where(rows["sane"].all(0), ratio, np.nan)  # not 0 = spread / inf
+    for name in _TRIVIAL:
+        if name in rows:
+            out[name] = rows[name].mean(0)
     times = np.asarray(window["time"].values, np.float64)
-    return result.assign_coords(lead_time=("time", times - times[0]))
+    return xr.Dataset({k: ("time", np.asarray(v, np.float64)) for k, v in out.items()},
+                      coords={"time": window["time"], "lead_time": ("time", times - times[0])})
