@@ -118,5 +118,6 @@ def load(path: str | os.PathLike, *, lazy: bool | None = None) -> xr.Dataset:
     for name in _VECTOR_ATTRS & set(ds.attrs):
         ds.attrs[name] = np.atleast_1d(ds.attrs[name])
     if "split" in ds.coords:
-        ds = ds.assign_coords(split=("traj", np.asarray(ds["split"].values).astype(str)))
+        ds = ds.assign_coords(split=(ds["split"].dims[0],
+                                     np.asarray(ds["split"].values).astype(str)))
     return validate(ds)

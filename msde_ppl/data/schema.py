@@ -5,7 +5,10 @@ A dataset is an ``xarray.Dataset`` with
 - ``u``: float field, dims ``("traj", "time", "x")`` (1D) or ``("traj", "time", "x", "y")`` (2D),
   optionally with a ``"field"`` dim right after ``"time"`` for multi-field data;
 - coordinates ``time`` (strictly increasing, uniform), ``x`` (and ``y``) uniform and increasing;
-- optionally a ``split`` coordinate on ``traj`` with values ``"train"``, ``"val"``, ``"test"``;
+- optionally a ``split`` coordinate with values ``"train"``, ``"val"``, ``"test"``: on ``traj``
+  (a label per trajectory), or on ``time`` (a split in time: every trajectory's snapshots are
+  cut into consecutive blocks, each split one block, in the order train, val, test; for one
+  long record, such as a flow observed once);
 - optionally ``u_clean``, the noise-free field, with the dims and shape of ``u``;
 - attributes ``boundary`` (``"periodic"`` or ``"dirichlet"``, required), ``domain`` (one length
   per spatial axis: ``N dx`` if periodic, ``(N - 1) dx`` if Dirichlet), ``noise_std``, ``source``,
@@ -335,15 +338,28 @@ def _check_split(ds: xr.Dataset) -> None:
     if "split" not in ds.coords:
         return
     split = ds.coords["split"]
-    if split.dims != ("traj",):
-        raise SchemaError(f"coordinate 'split' must lie on dim 'traj', has dims {split.dims}")
-    values = set(np.asarray(split.values).astype(str).tolist())
-    unknown = values - set(SPLIT_VALUES)
+    if split.dims not in (("traj",), ("time",)):
+        raise SchemaError(f"coordinate 'split' must lie on dim 'traj' (a label per trajectory) "
+                          f"or 'time' (a split in time), has dims {split.dims}")
+    labels = np.asarray(split.values).astype(str)
+    unknown = set(labels.tolist()) - set(SPLIT_VALUES)
     if unknown:
         raise SchemaError(
             f"coordinate 'split' has unknown value(s) {sorted(unknown)}; "
             f"allowed: {', '.join(SPLIT_VALUES)}"
         )
+    if split.dims == ("time",):
+        blocks = [str(labels[0])] + [str(b) for a, b in zip(labels[:-1], labels[1:],
+                                                           strict=True) if a != b]
+        order = [name for name in SPLIT_VALUES if name in blocks]
+        if blocks != order:
+            raise SchemaError(
+                "a split in time ('split' on dim 'time') must cut the record into consecutive "
+                f"blocks in the order train, val, test; got the blocks {blocks}")
+        short = [name for name in order if (labels == name).sum() < 2]
+        if short:
+            raise SchemaError(f"a split in time needs at least 2 snapshots per split; "
+                              f"{short[0]!r} has 1")
 
 
 def from_arrays(
@@ -356,6 +372,7 @@ def from_arrays(
     domain: Sequence[float] | None = None,
     u_clean=None,
     split: Sequence[str] | None = None,
+    split_over: str = "traj",
     fields: Sequence[str] | None = None,
     noise_std: float | None = None,
     source: str = "user data",
@@ -373,7 +390,10 @@ def from_arrays(
         boundary: ``"periodic"`` or ``"dirichlet"``.
         domain: lengths per spatial axis; computed from the grid when omitted.
         u_clean: optional noise-free field, same shape as ``u``.
-        split: optional ``"train"``/``"val"``/``"test"`` label per trajectory.
+        split: optional ``"train"``/``"val"``/``"test"`` label per trajectory, or per
+            snapshot with ``split_over="time"`` (a split in time: consecutive blocks, in the
+            order train, val, test).
+        split_over: ``"traj"`` (default) or ``"time"``: what ``split`` labels.
         fields: names of the fields if ``u`` has a field axis (its presence is inferred from
             ``u.ndim``: one more axis than ``2 + number of spatial axes``).
         noise_std: observation noise standard deviation, if known.
@@ -421,14 +441,16 @@ def from_arrays(
         coords["field"] = names
     elif fields is not None:
         raise SchemaError("field names given but 'u' has no field axis")
+    if split_over not in ("traj", "time"):
+        raise SchemaError(f"split_over must be 'traj' or 'time', got {split_over!r}")
     if split is not None:
         split = np.asarray(split).astype(str)
-        if split.shape != (u.shape[0],):
-            raise SchemaError(
-                f"'split' has shape {split.shape}; expected one label per trajectory "
-                f"({u.shape[0]},)"
-            )
-        coords["split"] = ("traj", split)
+        n = u.shape[0] if split_over == "traj" else time.size
+        if split.shape != (n,):
+            what = "trajectory" if split_over == "traj" else "snapshot (split_over='time')"
+            raise SchemaError(f"'split' has shape {split.shape}; expected one label per {what} "
+                              f"({n},)")
+        coords["split"] = (split_over, split)
     data_vars = {"u": (dims, u)}
     if u_clean is not None:
         u_clean = _as_float_array("u_clean", u_clean)

@@ -1,7 +1,10 @@
 """Split selection and the model-facing view of a dataset (the one owner of both).
 
 A dataset's optional ``split`` coordinate labels every trajectory ``"train"``, ``"val"`` or
-``"test"``. :func:`select_split` picks one split; :func:`observations` returns it as the arrays a
+``"test"``, or every snapshot (a split in time, :mod:`msde_ppl.data.schema`: one long record cut
+into consecutive blocks). :func:`select_split` picks one split (trajectories, or a block of
+times of every trajectory: either way a dataset of whole trajectories to window or forecast
+from their first snapshot); :func:`observations` returns it as the arrays a
 model program reads: ``u`` as ``(traj, time, C, *fine)`` float32 (``C = 1`` without a ``field``
 dim) and the time stamps ``(time,)`` float32.
 """
@@ -14,7 +17,7 @@ import xarray as xr
 from msde_ppl.data.schema import SchemaError
 
 __all__ = ["SPLIT_RULE", "first_snapshots", "observations", "select_split", "split_names",
-           "with_held_out_splits"]
+           "splits_in_time", "with_held_out_splits"]
 
 #: How trajectories without labels are split (:func:`with_held_out_splits`), in words.
 SPLIT_RULE = ("in their order: the last max(1, round(n/10)) trajectories are test, the same "
@@ -50,8 +53,14 @@ def with_held_out_splits(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def splits_in_time(ds: xr.Dataset) -> bool:
+    """Whether ``ds``'s ``split`` labels snapshots (a split in time), not trajectories."""
+    return "split" in ds.coords and ds["split"].dims == ("time",)
+
+
 def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:
-    """Trajectories of one split; all of them if ``split`` is ``None``.
+    """Trajectories of one split (with a split in time: the split's block of times of every
+    trajectory); all of ``ds`` if ``split`` is ``None``.
 
     Raises:
         SchemaError: a split is requested but the dataset has no labels, or none in ``split``.
@@ -62,8 +71,9 @@ def select_split(ds: xr.Dataset, split: str | None) -> xr.Dataset:
         raise SchemaError(f"split {split!r} requested but the dataset has no 'split' coordinate")
     mask = np.asarray(ds["split"].values).astype(str) == split
     if not mask.any():
-        raise SchemaError(f"the dataset has no trajectory in split {split!r}")
-    return ds.isel(traj=np.flatnonzero(mask))
+        what = "snapshot" if splits_in_time(ds) else "trajectory"
+        raise SchemaError(f"the dataset has no {what} in split {split!r}")
+    return ds.isel({ds["split"].dims[0]: np.flatnonzero(mask)})
 
 
 def observations(ds: xr.Dataset, split: str | None = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,9 @@ vector ``z`` of length ``C * prod(coarse) + n_micro``.
 - :class:`StencilDrift`, the macro drift: at every coarse node :math:`j` the *same* MLP maps the
   periodic neighbourhood of radius :math:`r` (``(2r+1)^d`` nodes, all ``C`` fields) and the micro
   activation :math:`a_\eta(\eta)` to :math:`d\zeta_j/dt`. It is local and translation-equivariant
-  (shifting :math:`\zeta` on the periodic grid shifts the drift), the "physics prior" of the method.
+  (shifting :math:`\zeta` on the periodic grid shifts the drift), the "physics prior" of the method;
+  with ``positional`` every node also reads its position (:func:`position_features`), for a
+  flow that is not translation invariant (the cylinder wake).
 - :class:`MicroDrift`: a global MLP :math:`[t, \zeta, \eta] \mapsto d\eta/dt` (non-autonomous:
   absolute time, as the reference), or :math:`[\zeta, \eta] \mapsto d\eta/dt` (autonomous).
 - :class:`MultiscaleDrift`: both, on the flat state, with the ``drift(t, z, args)`` signature of
@@ -37,6 +39,7 @@ __all__ = [
     "MultiscaleDrift",
     "StencilDrift",
     "neighbourhood_index",
+    "position_features",
     "stencil_inputs",
 ]
 
@@ -52,18 +55,33 @@ def neighbourhood_index(coarse_shape: tuple[int, ...], radius: int) -> np.ndarra
 
 
 def stencil_inputs(
-    zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"], radius: int
+    zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"], radius: int,
+    positional: bool = False,
 ) -> Float[Array, "n_nodes n_in"]:
-    """Per coarse node: its periodic neighbourhood (all fields) followed by ``aux``.
+    """Per coarse node: its periodic neighbourhood (all fields), then ``aux``, then (with
+    ``positional``) the node's position features :func:`position_features`.
 
-    Returns ``(n_nodes, C * (2r+1)^d + n_aux)``, nodes in row-major order of the coarse grid.
+    Returns ``(n_nodes, C * (2r+1)^d + n_aux [+ 2d])``, nodes in row-major order of the coarse
+    grid.
     """
     coarse_shape = zeta.shape[1:]
     index = neighbourhood_index(coarse_shape, radius)  # trace-time constant
     patches = zeta.reshape(zeta.shape[0], -1)[:, index]  # (C, n_nodes, stencil)
     patches = jnp.moveaxis(patches, 0, 1).reshape(index.shape[0], -1)
     aux = jnp.broadcast_to(aux, (index.shape[0], aux.shape[0]))
-    return jnp.concatenate([patches, aux], axis=1)
+    parts = [patches, aux]
+    if positional:
+        parts.append(jnp.asarray(position_features(coarse_shape), zeta.dtype))
+    return jnp.concatenate(parts, axis=1)
+
+
+def position_features(coarse_shape: tuple[int, ...]) -> np.ndarray:
+    """``(n_nodes, 2d)``: per node ``i`` of the coarse grid, ``cos(2 pi i_k / N_k)`` and
+    ``sin(2 pi i_k / N_k)`` for every axis ``k`` (the reference's inputs for a flow that is not
+    translation invariant, the cylinder wake; nodes in row-major order)."""
+    grids = np.meshgrid(*(np.arange(n) for n in coarse_shape), indexing="ij")
+    angles = [2 * np.pi * g.ravel() / n for g, n in zip(grids, coarse_shape, strict=True)]
+    return np.stack([f(a) for a in angles for f in (np.cos, np.sin)], axis=1)
 
 
 class Dissipation(eqx.Module):
@@ -125,6 +143,7 @@ class StencilDrift(eqx.Module):
     radius: int = eqx.field(static=True)
     coarse_shape: tuple[int, ...] = eqx.field(static=True)
     n_channels: int = eqx.field(static=True)
+    positional: bool = eqx.field(static=True, default=False)
 
     def __init__(
         self,
@@ -134,20 +153,24 @@ class StencilDrift(eqx.Module):
         radius: int = 2,
         hidden: tuple[int, ...] = (128, 128, 128),
         dissipation: Dissipation | None = None,
+        positional: bool = False,
         *,
         key: PRNGKeyArray,
     ) -> None:
         self.coarse_shape = tuple(coarse_shape)
         self.n_channels = n_channels
         self.radius = radius
+        self.positional = positional
         n_in = n_channels * (2 * radius + 1) ** len(self.coarse_shape) + n_aux
+        n_in += 2 * len(self.coarse_shape) if positional else 0
         self.mlp = MLP(n_in, hidden, n_channels, key=key)
         self.dissipation = dissipation
 
     def __call__(
         self, zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"]
     ) -> Float[Array, "C ..."]:
-        out = jax.vmap(self.mlp)(stencil_inputs(zeta, aux, self.radius))  # (n_nodes, C)
+        inputs = stencil_inputs(zeta, aux, self.radius, self.positional)
+        out = jax.vmap(self.mlp)(inputs)  # (n_nodes, C)
         out = out.T.reshape(self.n_channels, *self.coarse_shape)
         return out if self.dissipation is None else self.dissipation(zeta, out)
 
@@ -199,6 +222,7 @@ class MultiscaleDrift(eqx.Module):
         micro_time: bool = True,
         physics: CoarsePDE | None = None,
         dissipation: tuple[float, float, float] | None = None,
+        positional: bool = False,
         *,
         key: PRNGKeyArray,
     ) -> None:
@@ -212,7 +236,7 @@ class MultiscaleDrift(eqx.Module):
             macro_diss = Dissipation(n_channels, rate, macro_bound)
             micro_diss = Dissipation(n_micro, rate, micro_bound) if n_micro else None
         self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
-                                  macro_diss, key=key_macro)
+                                  macro_diss, positional, key=key_macro)
         n_macro = n_channels * int(np.prod(coarse_shape))
         self.micro = None
         if n_micro:

@@ -119,6 +119,9 @@ class MultiscaleConfig:
             networks (the reference's form, kept by the built-in cases it was tuned on).
             :func:`msde_ppl.pipeline.run.model_config` derives it from a dataset that is not a
             built-in case (:func:`dissipation_from_data`).
+        positional: the macro drift also reads each coarse node's position (cos/sin of its
+            grid indices, :func:`~msde_ppl.generative.drifts.position_features`): no longer
+            translation-equivariant, for a flow that is not (the cylinder wake).
     """
 
     fine_shape: tuple[int, ...]
@@ -138,6 +141,7 @@ class MultiscaleConfig:
     physics: str | None = None
     domain: tuple[float, ...] | None = None
     dissipation: tuple[float, float, float] | None = None
+    positional: bool = False
 
     @property
     def n_macro(self) -> int:
@@ -166,6 +170,9 @@ CASE_CONFIGS = {
     "burgers_1d": dict(coarse_shape=(20,), n_sigma=3),
     "burgers_2d": dict(coarse_shape=(8, 8), n_sigma=2),
     "shallow_water_2d": dict(coarse_shape=(8, 8), n_sigma=2),
+    # two fields (u, v), 8 x 32 coarse (x first here), the reference's positional features and
+    # autonomous micro dynamics (its micro drift reads no t)
+    "cylinder_2d": dict(coarse_shape=(32, 8), n_sigma=2, positional=True, micro_time=False),
 }
 
 
@@ -198,7 +205,8 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
         physics = CoarsePDE(config.physics, spacing)
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden,
-                            config.micro_time, physics, config.dissipation, key=k_drift)
+                            config.micro_time, physics, config.dissipation,
+                            config.positional, key=k_drift)
     if config.decoder not in ("mlp", "cnn", "stencil"):
         raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'cnn' or "
                          "'stencil'")

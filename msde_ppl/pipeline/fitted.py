@@ -64,8 +64,9 @@ def grid_info(ds: xr.Dataset, split: str | None = None) -> dict:
     dims = [d for d in ds["u"].dims if d not in ("traj", "time", "field")]
     times = np.asarray(ds["time"].values, np.float64)
     seen = ds["u"]
-    if split is not None and "split" in ds.coords:
-        seen = seen.isel(traj=np.flatnonzero(np.asarray(ds["split"].values) == split))
+    if split is not None and "split" in ds.coords:  # trajectories or times (a split in time)
+        labels = np.asarray(ds["split"].values).astype(str)
+        seen = seen.isel({ds["split"].dims[0]: np.flatnonzero(labels == split)})
     n_fields = int(ds.sizes.get("field", 1))
     low, high = np.full(n_fields, np.inf), np.full(n_fields, -np.inf)
     for _, values in trajectory_blocks(seen):  # a lazily opened file is read by blocks

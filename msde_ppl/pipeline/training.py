@@ -45,7 +45,7 @@ import xarray as xr
 
 from msde_ppl.data.blocks import WindowReader, in_memory, trajectory_blocks
 from msde_ppl.data.schema import SchemaError, check_coarse, grid_shape, validate
-from msde_ppl.data.splits import observations, select_split
+from msde_ppl.data.splits import observations, select_split, splits_in_time
 from msde_ppl.data.windows import n_windows, random_windows
 from msde_ppl.inference import AutoAmortizedSDE, SolverFreeELBO, TemporalKernel, linear_beta_warmup
 from msde_ppl.inference import fit as run_fit
@@ -144,10 +144,10 @@ def check_training_data(ds: xr.Dataset, train: TrainConfig, split: str = "train"
     """
     _check_train(train)
     validate(ds)
-    n_traj = select_split(ds, split).sizes["traj"] if "split" in ds.coords else ds.sizes["traj"]
     if "split" not in ds.coords and split != "train":
         raise SchemaError(f"split {split!r} requested but the dataset has no 'split' coordinate")
-    n_time = ds.sizes["time"]
+    sel = select_split(ds, split) if "split" in ds.coords else ds
+    n_traj, n_time = sel.sizes["traj"], sel.sizes["time"]
     if train.window > n_time:
         raise SchemaError(f"window of {train.window} snapshots is longer than the {n_time} "
                           "snapshots per trajectory")
@@ -161,10 +161,15 @@ def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
     if in_memory(ds["u"]):
         u, t = observations(ds, split)
     else:  # a file larger than memory: every step reads its windows (msde_ppl.data.blocks)
-        rows = (np.flatnonzero(np.asarray(ds["split"].values) == split)
-                if "split" in ds.coords else np.arange(ds.sizes["traj"]))
-        u = WindowReader(ds["u"], rows, train.window)
-        t = np.asarray(ds["time"].values, np.float32)
+        if splits_in_time(ds):  # the split's block of times, read lazily
+            sel = select_split(ds, split)
+            u = WindowReader(sel["u"], np.arange(sel.sizes["traj"]), train.window)
+            t = np.asarray(sel["time"].values, np.float32)
+        else:
+            rows = (np.flatnonzero(np.asarray(ds["split"].values) == split)
+                    if "split" in ds.coords else np.arange(ds.sizes["traj"]))
+            u = WindowReader(ds["u"], rows, train.window)
+            t = np.asarray(ds["time"].values, np.float32)
     n_traj, n_time = (u.n_traj, u.n_time) if isinstance(u, WindowReader) else u.shape[:2]
     batch_fn = random_windows(u, t, train.window, train.windows_per_step, train.sampling,
                               constrain)

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from msde_ppl.generative.drifts import MultiscaleDrift, StencilDrift, neighbourhood_index
+from msde_ppl.generative.drifts import (
+    MultiscaleDrift,
+    StencilDrift,
+    neighbourhood_index,
+    position_features,
+)
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.generative.operators import ScaleOperator
 
@@ -122,6 +127,30 @@ def test_stencil_drift_is_translation_equivariant(coarse, rng_key):
     for axis in range(len(coarse)):
         shifted = drift(jnp.roll(zeta, 1, axis=1 + axis), aux)
         np.testing.assert_allclose(shifted, jnp.roll(out, 1, axis=1 + axis), atol=1e-5)
+
+
+def test_positional_stencil_drift_reads_each_node_position(rng_key):
+    """With positional features the drift is the same node MLP applied to [neighbourhood,
+    aux, cos/sin of the node's indices]: equal to a plain drift whose aux carries them."""
+    coarse = (6, 4)
+    k_net, k_z, k_a = jax.random.split(rng_key, 3)
+    drift = StencilDrift(coarse, n_channels=2, n_aux=3, positional=True, key=k_net)
+    zeta = jax.random.normal(k_z, (2, *coarse))
+    aux = jax.random.normal(k_a, (3,))
+    out = np.asarray(drift(zeta, aux))
+    features = position_features(coarse)
+    assert features.shape == (24, 4)
+    np.testing.assert_allclose(features[5], [np.cos(2 * np.pi * 1 / 6), np.sin(2 * np.pi / 6),
+                                             np.cos(2 * np.pi * 1 / 4), np.sin(2 * np.pi / 4)],
+                               atol=1e-12)  # node (1, 1) in row-major order
+    for node in (0, 5, 23):
+        plain = StencilDrift(coarse, n_channels=2, n_aux=7, key=k_net)
+        plain = eqx.tree_at(lambda d: d.mlp, plain, drift.mlp)
+        both = plain(zeta, jnp.concatenate([aux, jnp.asarray(features[node], jnp.float32)]))
+        np.testing.assert_allclose(out.reshape(2, -1)[:, node],
+                                   np.asarray(both).reshape(2, -1)[:, node], atol=1e-5)
+    shifted = np.asarray(drift(jnp.roll(zeta, 1, axis=1), aux))
+    assert np.abs(shifted - np.roll(out, 1, axis=1)).max() > 1e-4  # no longer equivariant
 
 
 def test_stencil_drift_is_local(rng_key):

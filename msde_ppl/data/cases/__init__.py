@@ -3,12 +3,14 @@
 from msde_ppl.data.cases._base import PDECase, split_counts
 from msde_ppl.data.cases.burgers_1d import Burgers1D
 from msde_ppl.data.cases.burgers_2d import Burgers2D
+from msde_ppl.data.cases.cylinder_2d import Cylinder2D
 from msde_ppl.data.cases.kdv_1d import KdV1D
 from msde_ppl.data.cases.shallow_water_2d import ShallowWater2D
 from msde_ppl.data.cases.wave_1d import Wave1D
 
-CASES: dict[str, PDECase] = {
-    case.name: case for case in (KdV1D(), Wave1D(), Burgers1D(), Burgers2D(), ShallowWater2D())
+CASES: dict[str, PDECase | Cylinder2D] = {
+    case.name: case for case in (KdV1D(), Wave1D(), Burgers1D(), Burgers2D(), ShallowWater2D(),
+                                 Cylinder2D())
 }
 DEFAULT_CASE = "kdv_1d"
 
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_CASE",
     "Burgers1D",
     "Burgers2D",
+    "Cylinder2D",
     "KdV1D",
     "PDECase",
     "ShallowWater2D",
