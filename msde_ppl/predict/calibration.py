@@ -62,22 +62,34 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         raise ValueError("grid must be increasing positive factors")
     if int(smooth) < 1:
         raise ValueError(f"smooth must be a positive number of lead times, got {smooth}")
-    dims = [d for d in fc["mean"].dims if d != "time"]
-    mean = np.asarray(fc["mean"].transpose("time", *dims).values, np.float64)
-    std = np.asarray(fc["std"].transpose("time", *dims).values, np.float64)
-    obs = np.asarray(fc[obs_var].transpose("time", *dims).values, np.float64)
-    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-        raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
-    n_time = mean.shape[0]
-    mean, std, obs = (a.reshape(n_time, -1) for a in (mean, std, obs))
-    std = np.maximum(std, np.finfo(np.float32).tiny)
+    n_time = fc.sizes["time"]
+    space = [d for d in fc["mean"].dims if d not in ("traj", "time")]
+    # per lead time, sums over trajectories and grid values, read one trajectory at a time
+    # (a 2D forecast is never copied whole)
+    scores = np.zeros((grid.size, n_time))  # "crps": summed CRPS per candidate factor
+    err2, spread2 = np.zeros(n_time), np.zeros(n_time)  # "spread_skill"
+    n_traj = fc.sizes.get("traj", 1)
+    for i in range(n_traj):
+        one = fc.isel(traj=i) if "traj" in fc.dims else fc
+
+        def read(name: str, one=one) -> np.ndarray:
+            values = one[name].transpose("time", *space).values
+            return np.asarray(values, np.float64).reshape(n_time, -1)
+
+        mean, std, obs = read("mean"), read("std"), read(obs_var)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
+        std = np.maximum(std, np.finfo(np.float32).tiny)
+        if rule == "crps":
+            for g, c in enumerate(grid):
+                scores[g] += crps_gaussian(mean, c * std, obs).sum(axis=1)
+        else:
+            err2 += ((obs - mean) ** 2).sum(axis=1)
+            spread2 += (std**2).sum(axis=1)
     if rule == "crps":
-        scores = np.stack([crps_gaussian(mean, c * std, obs).mean(axis=1) for c in grid])
         log_c = np.log(grid[np.argmin(scores, axis=0)])  # scores: (G, T)
-    else:
-        rmse = np.sqrt(np.mean((obs - mean) ** 2, axis=1))
-        spread = np.sqrt(np.mean(std**2, axis=1))
-        log_c = np.log(np.maximum(rmse, np.finfo(np.float32).tiny) / spread)
+    else:  # RMSE / RMS spread: the common count of values cancels
+        log_c = np.log(np.maximum(np.sqrt(err2), np.finfo(np.float32).tiny) / np.sqrt(spread2))
     width = min(int(smooth), n_time)
     if width > 1:
         left = (width - 1) // 2
