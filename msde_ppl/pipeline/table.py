@@ -213,12 +213,19 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _diverged(row: dict) -> bool:
+    """A scored method whose forecast went non-finite (the table's cell and the figure's bar
+    both say so)."""
+    value = row.get("rel_l2_mean")
+    return not row.get("finite", True) or value is None or not math.isfinite(value)
+
+
 def _cell(row: dict | None) -> str:
     if row is None:
         return ""
     finite = (row.get("settings") or {}).get("finite_fraction")
     ours = (("diverged" if finite is None else f"diverged ({finite:.0%} of snapshots finite)")
-            if not row.get("finite", True) else
+            if _diverged(row) else
             f"{_fmt(row['rel_l2_mean'])} ± {_fmt(row['rel_l2_std'])}")
     ref = row.get("reference")
     return ours if ref is None else f"{ours} / {ref['rel_l2_mean']:.3f}"
@@ -272,11 +279,11 @@ def plot_table(table: dict):
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
         xs = np.arange(len(cases)) + (j - (len(methods) - 1) / 2) * width
-        ours = [table["cases"][c].get(m, {}).get("rel_l2_mean") for c in cases]
-        ours = [v if v is not None and math.isfinite(v) else np.nan for v in ours]
+        rows = [table["cases"][c].get(m) for c in cases]
+        ours = [np.nan if row is None or _diverged(row) else row["rel_l2_mean"] for row in rows]
         ax.bar(xs, ours, width, label=LABELS[m], color=f"C{j}")
-        for x, c, v in zip(xs, cases, ours, strict=True):
-            if m in table["cases"][c] and not np.isfinite(v):  # scored, but no number
+        for x, row in zip(xs, rows, strict=True):
+            if row is not None and _diverged(row):  # scored, but no number
                 ax.text(x, 0.03, "diverged", rotation=90, ha="center", va="bottom",
                         fontsize=7, color=f"C{j}", transform=ax.get_xaxis_transform())
         refs = [(table["cases"][c].get(m) or {}).get("reference") for c in cases]
