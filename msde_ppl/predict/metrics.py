@@ -270,10 +270,11 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     n = fc.sizes["time"] if eval_steps is None else min(int(eval_steps), fc.sizes["time"])
     window = fc.isel(time=slice(0, n))
     rows = _snapshot_scores(window, train)
-    out = {"rel_l2": rows["rel_l2"].mean(0)}
+    out = {"rel_l2": _traj_mean(rows["rel_l2"])}
     if "rel_l2_clean" in rows:
-        out["rel_l2_clean"] = rows["rel_l2_clean"].mean(0)
-    out["crps"] = np.asarray(window["crps"].values, np.float64).mean(0)
+        out["rel_l2_clean"] = _traj_mean(rows["rel_l2_clean"])
+    crps = window["crps"].transpose("traj", "time").values
+    out["crps"] = _traj_mean(np.asarray(crps, np.float64))
     n_values = rows["size"] * rows["inside"].shape[0]
     # as interval_coverage: NaN where a value is not finite
     out["coverage_90"] = np.where(rows["readable"].all(0), rows["inside"].sum(0) / n_values,
@@ -283,7 +284,17 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     out["spread_skill"] = np.where(rows["sane"].all(0), ratio, np.nan)  # not 0 = spread / inf
     for name in _TRIVIAL:
         if name in rows:
-            out[name] = rows[name].mean(0)
+            out[name] = _traj_mean(rows[name])
     times = np.asarray(window["time"].values, np.float64)
     return xr.Dataset({k: ("time", np.asarray(v, np.float64)) for k, v in out.items()},
                       coords={"time": window["time"], "lead_time": ("time", times - times[0])})
+
+
+def _traj_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over trajectories (axis 0) skipping NaN (a trajectory whose score is NaN is left
+    out of that lead time; NaN only where every one is)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN lead times stay NaN
+        return np.nanmean(values, axis=0)
