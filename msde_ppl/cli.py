@@ -9,8 +9,8 @@
   ``metrics.json`` report in a new run directory.
 - ``msde report RUN_DIR``: regenerate every figure and a markdown report of a run.
 - ``msde baseline {coarse_dns,dmd,pod_sindy} --data FILE.nc --out DIR``: a reference baseline.
-- ``msde table [--cases ...] [--methods ...] [--quick] [--runs RUN_DIR ...] --out DIR``: the
-  paper's table (every case x the five methods) with the reference's numbers.
+- ``msde table [--cases ...] [--methods ...] [--quick] [--runs RUN_DIR ...] [--extend TABLE_DIR]
+  --out DIR``: the paper's table (every case x the five methods) with the reference's numbers.
 
 Nothing a user has is overwritten: an existing output file or run directory is refused unless
 ``--overwrite`` is given (files only; run directories are never reused).
@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN_DIR",
                        help="`msde run` directories whose models (and data) to use for their "
                        "cases instead of fitting")
+    table.add_argument("--extend", type=Path, default=None, metavar="TABLE_DIR",
+                       help="an earlier `msde table` output: its rows of the cases not scored "
+                       "here are carried over (same mode, quick or full)")
     table.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     table.add_argument("--out", required=True, type=Path, help="output directory to create")
     table.set_defaults(handler=cmd_table)
@@ -386,7 +389,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     for case in args.cases:
         _check_case(case)
     table = build_table(args.cases, args.methods, quick=args.quick, runs=args.runs,
-                        seed=args.seed, log=lambda line: print(line, flush=True))
+                        extend=args.extend, seed=args.seed,
+                        log=lambda line: print(line, flush=True))
     out = write_table(table, args.out)
     print(f"report: {out / 'table.md'}")
     return 0

@@ -9,7 +9,10 @@ prediction, and the reference's number beside ours (:data:`REFERENCE`).
 
 The two fitted models of a case come either from this call (``msde run``'s schedule, or a
 smoke-sized one with ``quick``) or from an earlier ``msde run`` directory (``runs``: its
-``metrics.json`` and ``data.nc``; the baselines are then computed on that same data). Outputs:
+``metrics.json`` and ``data.nc``; the baselines are then computed on that same data). Rows of
+cases not scored in a call can be carried over from an earlier table (``extend``: its
+``table.json``, same mode; each carried row keeps its source and says which table it came from),
+so adding one case's row does not re-run the others. Outputs:
 ``table.json`` (everything), ``table.md`` and ``table.png`` (rel-L2 per case and method on a
 log scale, the reference's as markers).
 """
@@ -112,6 +115,7 @@ def build_table(
     *,
     quick: bool = False,
     runs: Sequence[Path] = (),
+    extend: Path | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -123,6 +127,8 @@ def build_table(
         quick: the smoke-sized settings (:data:`QUICK_TRAJ`, :data:`QUICK_STEPS`).
         runs: ``msde run`` directories whose fitted models' scores (and data) stand in for
             fitting a case here.
+        extend: an earlier ``msde table`` output directory; its rows for the cases not in
+            ``cases`` are carried over (case order: :data:`TABLE_CASES`, then the rest).
         seed: dataset, training, forecast and POD seed.
         log: where progress lines go.
 
@@ -137,6 +143,7 @@ def build_table(
 
     for case in cases:
         get_case(case)  # a clear error for an unknown name, before any work
+    earlier = _earlier_table(extend, quick, methods) if extend is not None else None
     previous = {}
     for run_dir in runs:
         case, ds, metrics = _from_run(run_dir)
@@ -178,7 +185,49 @@ def build_table(
                          for m, r in table["cases"][case].items())
         log(f"[{case}] rel-L2: {line}")
     table["settings"]["load_avg_end"] = _load()
+    if earlier is not None:
+        _carry_over(table, earlier, Path(extend))
     return table
+
+
+def _earlier_table(extend: Path, quick: bool, methods: Sequence[str]) -> dict:
+    """The ``table.json`` of an earlier ``msde table`` output, checked against this call."""
+    path = Path(extend) / "table.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{extend} is not an `msde table` output (no table.json)")
+    earlier = json.loads(path.read_text())
+    if bool(earlier["settings"]["quick"]) != bool(quick):
+        raise ValueError(f"{extend} is a {'quick' if earlier['settings']['quick'] else 'full'} "
+                         "table; its rows cannot be mixed with a "
+                         f"{'quick' if quick else 'full'} one")
+    missing = [m for m in methods if m not in earlier["settings"]["methods"]]
+    if missing:
+        raise ValueError(f"{extend} has no column for {', '.join(missing)}; pass --methods "
+                         f"{' '.join(earlier['settings']['methods'])} or re-score its cases")
+    return earlier
+
+
+def _carry_over(table: dict, earlier: dict, extend: Path) -> None:
+    """Add ``earlier``'s rows of the cases ``table`` has not scored, in :data:`TABLE_CASES`
+    order; rows the earlier table computed itself say so with its date."""
+    created = earlier["settings"]["created"]
+    carried = [c for c in earlier["cases"] if c not in table["cases"]]
+    for case in carried:
+        rows = {}
+        for m in table["settings"]["methods"]:
+            if m in earlier["cases"][case]:
+                row = dict(earlier["cases"][case][m])
+                if row.get("source") == "this table":
+                    row["source"] = f"msde table of {created}"
+                rows[m] = row
+        table["cases"][case] = rows
+    order = [c for c in TABLE_CASES if c in table["cases"]]
+    table["cases"] = {c: table["cases"][c] for c in order + [c for c in table["cases"]
+                                                             if c not in order]}
+    table["settings"]["carried_over"] = {"from": str(extend), "created": created,
+                                         "cases": carried,
+                                         "load_avg": [earlier["settings"].get("load_avg_start"),
+                                                      earlier["settings"].get("load_avg_end")]}
 
 
 def _fit_models(ds, case, methods, quick, seed, log) -> dict:
@@ -240,7 +289,7 @@ def to_markdown(table: dict) -> str:
     load = f"{_load_text(s.get('load_avg_start'))} -> {_load_text(s.get('load_avg_end'))}"
     lines = ["# msde table", "",
              f"Settings: {mode}, seed {s['seed']}, {s['created']}, {s['machine']}, load average "
-             f"{load} (1 min).",
+             f"{load} (1 min)." + _carried_text(s),
              "",
              "Test rel-L2 mean ± std against the noisy data (ours / the reference's):", "",
              "| case | " + " | ".join(LABELS[m] for m in methods) + " |",
@@ -267,6 +316,14 @@ def to_markdown(table: dict) -> str:
                 f"{_fmt(r.get('fit_wall_time_s'), 1)} | {_fmt(r.get('predict_wall_time_s'), 1)}"
                 f" | {r['source']} |")
     return "\n".join(lines) + "\n"
+
+
+def _carried_text(settings: dict) -> str:
+    carried = settings.get("carried_over")
+    if not carried or not carried["cases"]:
+        return ""
+    return (f" Rows of {', '.join(carried['cases'])} carried over from the table of "
+            f"{carried['created']} ({carried['from']}).")
 
 
 def plot_table(table: dict):

@@ -66,6 +66,58 @@ def test_table_takes_fitted_models_from_a_run_directory(tmp_path):
     assert rows["dmd"]["n_pairs"] == n_test * 50 and np.isfinite(rows["dmd"]["rel_l2_mean"])
 
 
+def _fake_run(tmp_path, case_name="kdv_1d"):
+    case = dataclasses.replace(KdV1D(), n_time=51, t_final=0.05, eval_steps=50)
+    run = tmp_path / "run"
+    run.mkdir()
+    save(case.generate(5), run / "data.nc")
+    fake = {"rel_l2_mean": 0.05, "rel_l2_std": 0.01, "finite": True,
+            "fit_wall_time_s": 12.0, "forecast_wall_time_s": 3.0}
+    (run / "metrics.json").write_text(json.dumps(
+        {"multiscale": fake, "meta": {"dataset": case_name}}))
+    return run
+
+
+def test_extend_carries_the_other_cases_rows_over(tmp_path):
+    """--extend: the earlier table's rows of cases not scored now are kept (in the paper's case
+    order, their sources kept and dated); a quick/full mix or a missing column is refused."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    old_row = {"rel_l2_mean": 0.6, "rel_l2_std": 0.1, "finite": True, "source": "this table",
+               "reference": None}
+    fitted_row = dict(old_row, rel_l2_mean=0.04, source="msde run /runs/wave")
+    (earlier / "table.json").write_text(json.dumps({
+        "settings": {"quick": False, "seed": 0, "methods": list(METHODS),
+                     "created": "2026-01-01T00:00:00", "load_avg_start": 1.0,
+                     "load_avg_end": 1.1},
+        "cases": {"wave_1d": {"dmd": old_row, "multiscale": fitted_row},
+                  "kdv_1d": {"dmd": dict(old_row, rel_l2_mean=9.9)}}}))
+    run = _fake_run(tmp_path)
+    out = tmp_path / "table"
+    assert main(["table", "--cases", "kdv_1d", "--methods", "dmd", "multiscale",
+                 "--runs", str(run), "--extend", str(earlier), "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert list(table["cases"]) == ["wave_1d", "kdv_1d"]
+    wave = table["cases"]["wave_1d"]
+    assert wave["dmd"]["rel_l2_mean"] == 0.6
+    assert wave["dmd"]["source"] == "msde table of 2026-01-01T00:00:00"
+    assert wave["multiscale"]["source"] == "msde run /runs/wave"
+    kdv = table["cases"]["kdv_1d"]  # scored now, not carried over
+    assert kdv["multiscale"]["rel_l2_mean"] == 0.05 and kdv["dmd"]["rel_l2_mean"] != 9.9
+    assert table["settings"]["carried_over"]["cases"] == ["wave_1d"]
+    assert "carried over from the table of 2026-01-01" in (out / "table.md").read_text()
+
+    assert main(["table", "--cases", "kdv_1d", "--quick", "--extend", str(earlier),
+                 "--out", str(tmp_path / "t2")]) == 2
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "table.json").write_text(json.dumps({
+        "settings": {"quick": False, "methods": ["dmd"], "created": "x"}, "cases": {}}))
+    assert main(["table", "--cases", "kdv_1d", "--methods", "dmd", "multiscale", "--runs",
+                 str(run), "--extend", str(partial), "--out", str(tmp_path / "t3")]) == 2
+    assert not (tmp_path / "t2").exists() and not (tmp_path / "t3").exists()
+
+
 def test_table_refuses_bad_input_before_any_work(tmp_path, capsys):
     existing = tmp_path / "exists"
     existing.mkdir()
