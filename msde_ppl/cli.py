@@ -891,7 +891,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
         config = fits[0].config
         report["coarse_dns"] = evaluate_coarse_dns(
-            ds, None if config is None else config.coarse_shape, split=args.split)
+            ds, None if config is None else config.coarse_shape,
+            split=None if args.split == "all" else args.split)
     report["meta"] = _meta(ds, grid_shape(ds), args.seed)
     _write_metrics(out / "metrics.json", report)
     figures = _write_figures({"model": fc}, out, split=args.split)

@@ -21,7 +21,7 @@ import xarray as xr
 
 from msde_ppl.data.schema import check_coarse
 from msde_ppl.data.splits import select_split
-from msde_ppl.predict.coarse_dns import case_of, coarse_dns
+from msde_ppl.predict.coarse_dns import case_of, coarse_dns, coarse_dns_grid
 from msde_ppl.predict.dmd import dmd_forecast
 from msde_ppl.predict.metrics import point_forecast_metrics
 from msde_ppl.predict.pod_sindy import pod_sindy_forecast
@@ -79,8 +79,7 @@ def run_baseline(
         start = time.perf_counter()
         pred = coarse_dns(ds, coarse, split=split)
         wall = time.perf_counter() - start
-        info = {"coarse": list(check_coarse(ds, case_of(ds).coarse if coarse is None
-                                            else coarse)),
+        info = {"coarse": coarse_dns_grid(ds, coarse),
                 "fit_wall_time_s": 0.0, "predict_wall_time_s": wall}
     else:
         coarse = default_coarse(ds) if coarse is None else coarse

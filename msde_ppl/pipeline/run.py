@@ -23,9 +23,10 @@ import jax
 import numpy as np
 import xarray as xr
 
+from msde_ppl.atomic import atomic_file
 from msde_ppl.data.blocks import trajectory_blocks
 from msde_ppl.data.schema import grid_shape
-from msde_ppl.data.splits import select_split, split_names
+from msde_ppl.data.splits import select_split, split_names, splits_in_time
 from msde_ppl.multiscale.program import (
     CASE_CONFIGS,
     MultiscaleConfig,
@@ -75,6 +76,8 @@ def model_config(
     saturated at a learned bound plus a learned linear relaxation, initialised from the
     training split, :func:`~msde_ppl.multiscale.program.dissipation_from_data`); default: free
     for the built-in cases (their recipes were tuned with it), dissipative for any other data.
+    Data split in time forecast times past the training record, so their micro dynamics are
+    autonomous (``micro_time=False``): a drift reading the absolute time would extrapolate.
     """
     case = ds.attrs.get("case")
     if drift is None:
@@ -94,7 +97,8 @@ def model_config(
         case, grid_shape(ds), coarse, n_micro=n_micro,
         n_channels=ds.sizes.get("field", 1), encoder=encoder, decoder=decoder,
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
-        physics=physics, domain=domain if physics else None, dissipation=dissipation)
+        physics=physics, domain=domain if physics else None, dissipation=dissipation,
+        micro_time=False if splits_in_time(ds) else None)
 
 
 def fit_data(
@@ -351,7 +355,8 @@ def run_case(
                                                calibrate_on=calibrate_on, progress=progress)
         if save_to is not None:  # to disk, then read back lazily: one forecast in memory
             path = Path(save_to) / name / "forecast.nc"
-            forecasts[name].to_netcdf(path, engine="h5netcdf")
+            with atomic_file(path) as tmp:
+                forecasts[name].to_netcdf(tmp, engine="h5netcdf")
             forecasts[name] = xr.open_dataset(path, engine="h5netcdf")
         if name == "multiscale" and len(fits) > 1:
             metrics[name]["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)

@@ -36,7 +36,7 @@ def case_of(ds: xr.Dataset) -> PDECase:
         )
     case = get_case(name)
     if not isinstance(case, PDECase):
-        return case
+        return case.for_dataset(ds)
     physical = {k: float(ds.attrs[k]) for k in case.physical_parameters() if k in ds.attrs}
     return dataclasses.replace(case, **physical)
 
@@ -75,23 +75,31 @@ def coarse_dns(
     return ds["u"].copy(data=fine)
 
 
+def coarse_dns_grid(ds: xr.Dataset, coarse: Sequence[int] | None = None) -> list[int]:
+    """The grid the coarse DNS of ``ds`` solves on (the case's own lattice for the cylinder,
+    else ``coarse`` or the case's coarse grid)."""
+    case = case_of(ds)
+    if not isinstance(case, PDECase):
+        return list(case.coarse_dns_grid)
+    return list(check_coarse(ds, case.coarse if coarse is None else coarse))
+
+
 def evaluate_coarse_dns(
     ds: xr.Dataset,
     coarse: Sequence[int] | None = None,
     *,
-    split: str = "test",
+    split: str | None = "test",
     method: str = "spline",
 ) -> dict:
-    """Run :func:`coarse_dns` and score it as in docs/method.md §7 (``metrics.json`` entry)."""
+    """Run :func:`coarse_dns` and score it as in docs/method.md §7 (``metrics.json`` entry);
+    ``split=None`` scores every trajectory."""
     start = _time.perf_counter()
     pred = coarse_dns(ds, coarse, split=split, method=method)
     wall = _time.perf_counter() - start
     result = point_forecast_metrics(select_split(ds, split), pred,
                                     ds.attrs.get("eval_steps"))
-    case = case_of(ds)
     result.update({
-        "coarse": (list(case.coarse_dns_grid) if not isinstance(case, PDECase) else
-                   list(check_coarse(ds, case.coarse if coarse is None else coarse))),
+        "coarse": coarse_dns_grid(ds, coarse),
         "interpolation": method,
         "wall_time_s": wall,
         "fit_wall_time_s": 0.0,

@@ -43,6 +43,17 @@ def test_a_fit_windows_only_the_train_block():
         check_training_data(ds, TrainConfig(window=13))
 
 
+def test_data_split_in_time_gets_autonomous_micro_dynamics():
+    """Forecasts of a split in time start past the training record: the default config's
+    micro drift does not read the absolute time there (it does for trajectory splits)."""
+    from msde_ppl.pipeline.run import model_config
+
+    assert model_config(record(), coarse=(4,)).micro_time is False
+    by_traj = from_arrays(record()["u"].values.repeat(3, 0), time=record()["time"].values,
+                          x=record()["x"].values, split=["train", "val", "test"])
+    assert model_config(by_traj, coarse=(4,)).micro_time is True
+
+
 @pytest.mark.parametrize("labels, match", [
     (["train"] * 6 + ["test"] * 4 + ["val"] * 4, "order train, val, test"),
     (["train"] * 4 + ["val"] * 4 + ["train"] * 4 + ["test"] * 4, "order train, val, test"),

@@ -24,6 +24,14 @@ def test_full_resolution_coarse_dns_reproduces_the_data_1d():
     np.testing.assert_allclose(pred.values, ds.u_clean.values, atol=2e-6)
 
 
+def test_every_trajectory_is_scored_with_no_split():
+    """``split=None`` (``msde forecast --split all``) scores all trajectories."""
+    case = dataclasses.replace(Burgers1D(), n_time=11, t_final=0.1, eval_steps=10)
+    ds = clean_copy(case.generate(3))
+    assert evaluate_coarse_dns(ds, [1000], split=None)["n_pairs"] == 3 * 10
+    assert evaluate_coarse_dns(ds, [1000])["n_pairs"] == 10
+
+
 def test_full_resolution_coarse_dns_reproduces_the_data_2d():
     case = dataclasses.replace(Burgers2D(), n_time=6, t_final=0.05)
     ds = clean_copy(case.generate(3))

@@ -56,6 +56,22 @@ class Cylinder2D:
         factor = round(self._coarse_channel().dx / self.output_dx)
         return self.shape[0] // factor, self.shape[1] // factor
 
+    def for_dataset(self, ds: xr.Dataset) -> Cylinder2D:
+        """This case with the flow and sampling of ``ds`` (its Reynolds number, diameter and
+        lattice from the attributes; the snapshot interval, cell size and kept columns from
+        its coordinates), so the coarse DNS solves the flow that made the data."""
+        t = np.asarray(ds["time"].values, np.float64)
+        x = np.asarray(ds["x"].values, np.float64)
+        steps, cells = np.diff(t), np.diff(x)
+        if t.size < 2 or np.ptp(steps) > 1e-6 * steps.mean() or np.ptp(cells) > 1e-6 * cells[0]:
+            raise ValueError("the cylinder's coarse DNS needs equally spaced snapshots and "
+                             "cells")
+        channel = dataclasses.replace(self.channel, **{
+            k: type(getattr(self.channel, k))(ds.attrs[k])
+            for k in ("reynolds", "diameter", "cells_per_diameter") if k in ds.attrs})
+        return dataclasses.replace(self, channel=channel, dt=float(steps.mean()),
+                                   output_dx=float(cells[0]), n_columns=x.size)
+
     def _coarse_channel(self) -> CylinderChannel:
         return dataclasses.replace(self.channel, cells_per_diameter=self.coarse_dns_cells)
 
