@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 
 from msde_ppl import Fitted  # noqa: E402
 from msde_ppl.data import from_arrays, make_dataset  # noqa: E402
-from msde_ppl.data.cases import get_case  # noqa: E402
+from msde_ppl.data.cases import PDECase, get_case  # noqa: E402
 from msde_ppl.inference import init, make_chunk_runner, step  # noqa: E402
 from msde_ppl.multiscale import config_for  # noqa: E402
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive, multiscale_setup  # noqa: E402
@@ -244,11 +244,73 @@ def section_accuracy(ds, args) -> tuple[dict, Fitted]:
 
 
 # ----------------------------------------------------------------------------- forecast
+# What limits each fine solver's time step (the cases' docstrings and stable_dt).
+FINE_STEP_LIMIT = {
+    "burgers_1d": "explicit RK4, diffusion: dt < 2 / (4 nu / dx^2 + |u| / dx)",
+    "burgers_2d": "explicit RK4, diffusion: dt < 2.5 / (4 nu (1/dx^2 + 1/dy^2) + ...)",
+    "kdv_1d": "explicit RK4, dispersion: dt < 2.5 / (8 beta / dx^3 + |u| / dx)",
+    "wave_1d": "explicit RK4, advection: dt < 2.5 dx / c",
+    "shallow_water_2d": "SSP-RK2 finite volume, CFL 0.45 on gravity waves sqrt(g h)",
+    "cylinder_2d": "lattice Boltzmann, acoustic scaling: dt = u_lattice dx / U "
+                   "(u_lattice 0.08, 20 cells per diameter)",
+}
+
+
+def fine_solve_costs(case, ds, times, n_paths: int, median_time) -> dict:
+    """Seconds of the fine solver over the forecast horizon ``times``: one solve, and
+    ``n_paths`` solves (batched through the PDE cases' vectorised solvers; the cylinder's
+    lattice Boltzmann run is one state at a time, so ``n_paths`` runs cost ``n_paths`` times one:
+    a run's cost does not depend on its state). Also the fine steps per snapshot and what
+    limits them."""
+    from msde_ppl.data.cases import PDECase
+
+    times = np.asarray(times, np.float64)
+    dt_out = float(times[1] - times[0])
+    out = {"fine_step_limit": FINE_STEP_LIMIT.get(case.name, "")}
+    if isinstance(case, PDECase):
+        u0 = np.asarray(ds["u_clean"].isel(traj=0, time=0).values, np.float64)[None]
+        grid = case.spacing(u0.shape[1:])
+        local = times - times[0]
+        out["fine_solver_one_s"] = median_time(lambda: case.solve(u0, grid, local))
+        out["fine_solver_64_s"] = median_time(
+            lambda: case.solve(np.repeat(u0, n_paths, 0), grid, local))
+        out["fine_solver_64_batched"] = True
+        out["fine_steps_per_snapshot"] = int(np.ceil(
+            dt_out / case.stable_dt(grid, float(np.abs(u0).max()) + 1e-12)))
+        return out
+    from msde_ppl.data.cases._lattice_boltzmann import simulate
+
+    horizon = float(times[-1] - times[0])
+    out["fine_solver_one_s"] = median_time(lambda: simulate(
+        case.channel, 0.0, horizon - dt_out, dt_out, output_dx=case.output_dx,
+        n_columns=case.n_columns)["u"])
+    out["fine_solver_64_s"] = n_paths * out["fine_solver_one_s"]
+    out["fine_solver_64_batched"] = False
+    out["fine_steps_per_snapshot"] = round(dt_out / case.channel.dt)
+    return out
+
+
+def forecast_dataset(case: str):
+    """The test data of the forecast section: the built-in dataset, with fewer trajectories in
+    2D (the ensemble's cost is per trajectory), and for the cylinder a short record with the
+    full test block (100 snapshots; its spin-up and train block shortened)."""
+    import dataclasses
+
+    from msde_ppl.data.cases import Cylinder2D
+
+    if case == "cylinder_2d":
+        return dataclasses.replace(Cylinder2D(), spinup=2.0, t_final=3.0,
+                                   split_times=(1.0, 2.0)).generate()
+    return make_dataset(case, n_traj=20 if case.endswith("2d") else None)
+
+
 def section_forecast(ds, fitted: Fitted, args) -> dict:
     from msde_ppl.data import observations
     from msde_ppl.predict.forecast import trajectory_ensemble
 
     case = get_case(ds.attrs["case"])
+    if not isinstance(case, PDECase):
+        case = case.for_dataset(ds)
     y, times = observations(ds, "test")
     n_out = y.shape[1]
     s = 64
@@ -267,11 +329,8 @@ def section_forecast(ds, fitted: Fitted, args) -> dict:
         return float(np.median(samples))
 
     ens_s = median_time(lambda: ensemble(jax.random.key(0), y_traj))
-    u0 = np.asarray(ds["u_clean"].isel(traj=0, time=0).values, np.float64)[None]
-    grid = case.spacing(u0.shape[1:])
-    fine_one_s = median_time(lambda: case.solve(u0, grid, case.times()[:n_out]))
-    fine_batch_s = median_time(lambda: case.solve(np.repeat(u0, s, 0), grid,
-                                                  case.times()[:n_out]))
+    fine = fine_solve_costs(case, ds, times, s, median_time)
+    fine_one_s, fine_batch_s = fine["fine_solver_one_s"], fine["fine_solver_64_s"]
     start = time.perf_counter()
     forecast(jax.random.key(2), fitted, ds, split="test", n_samples=s)
     first_full = time.perf_counter() - start
@@ -280,7 +339,7 @@ def section_forecast(ds, fitted: Fitted, args) -> dict:
     out = {
         "case": ds.attrs["case"], "paths": s, "snapshots": n_out, "fine_points": int(y[0, 0].size),
         "test_trajectories": int(y.shape[0]),
-        "ensemble_s": ens_s, "fine_solver_one_s": fine_one_s, "fine_solver_64_s": fine_batch_s,
+        "ensemble_s": ens_s, **fine,
         "speedup_vs_one_fine_solve": fine_one_s / ens_s,
         "speedup_vs_64_fine_solves": fine_batch_s / ens_s,
         "forecast_full_s": full_s, "forecast_full_first_call_s": first_full,
@@ -431,7 +490,17 @@ def markdown(res: dict) -> str:
                 f"{f['speedup_full_vs_reference_eval']:.0f}x |")
         lines += ["", "Ensemble: encode, roll 64 paths, decode to the fine grid, one predictive "
                   "draw per path, mean and std. "
-                  "Full `forecast()` adds quantiles, CRPS and the xarray output.", ""]
+                  "Full `forecast()` adds quantiles, CRPS and the xarray output. Fine solver: "
+                  "64 solves in one vectorised batch where the solver is vectorised, else 64 "
+                  "times one solve.", "",
+                  "| case | fine steps per snapshot | what limits the fine step | 64 solves |",
+                  "|---|---|---|---|"]
+        for case, f in res["forecast"].items():
+            if "fine_step_limit" in f:
+                lines.append(f"| {case} | {f['fine_steps_per_snapshot']} | "
+                             f"{f['fine_step_limit']} | "
+                             f"{'batched' if f['fine_solver_64_batched'] else '64 x one'} |")
+        lines.append("")
     if "memory" in res:
         m = res["memory"]
         lines += ["## Peak memory (fresh process, VmHWM)", "", "| process | MiB |", "|---|---|",
@@ -457,6 +526,9 @@ def main(argv: list[str] | None = None) -> None:
                         "the val split)")
     parser.add_argument("--tta-split", default="test", choices=["val", "test"],
                         help="split scored by the time-to-accuracy runs (val to choose a recipe)")
+    parser.add_argument("--forecast-cases", nargs="+", default=None, metavar="CASE",
+                        help="cases of the forecast section (default burgers_1d kdv_1d; also "
+                        "shallow_water_2d, burgers_2d, cylinder_2d)")
     parser.add_argument("--tag", default="perf")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
@@ -484,16 +556,19 @@ def main(argv: list[str] | None = None) -> None:
             res["accuracy"] = acc
             save()
     if "forecast" in args.sections:
+        from msde_ppl.pipeline.run import model_config
         from msde_ppl.pipeline.training import fit_multiscale
 
-        res["forecast"] = {}
-        for case in ("burgers_1d",) if args.quick else ("burgers_1d", "kdv_1d"):
-            case_ds = ds if case == "burgers_1d" else make_dataset(case)
+        res.setdefault("forecast", {})
+        cases = args.forecast_cases or (("burgers_1d",) if args.quick else ("burgers_1d",
+                                                                            "kdv_1d"))
+        for case in cases:
+            case_ds = ds if case == "burgers_1d" else forecast_dataset(case)
             case_fit = fitted if case == "burgers_1d" else None
             if case_fit is None:  # a short fit: the forecast's cost does not depend on weights
-                case_fit = fit_multiscale(case_ds,
-                                          config_for(case, case_ds["u"].shape[2:], n_micro=5),
-                                          TrainConfig(steps=200), progress=False)
+                case_fit = fit_multiscale(case_ds, model_config(case_ds, n_micro=5),
+                                          TrainConfig(steps=200 if case.endswith("1d") else 50),
+                                          progress=False)
             res["forecast"][case] = section_forecast(case_ds, case_fit, args)
             save()
     if "memory" in args.sections:
