@@ -487,6 +487,8 @@ class _Interrupted(Exception):
 
 def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     """The phases of ``msde run``; ``stop()`` is checked between them."""
+    import jax
+
     from msde_ppl.data.splits import select_split
     from msde_ppl.pipeline.run import divergence_warning, run_builtin, run_schedule
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
@@ -524,6 +526,11 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     check()
     print("[5/5] figures ...", flush=True)
     _write_figures(result["forecasts"], run_dir, radial=args.case == "shallow_water_2d")
+    if _is_velocity(ds):
+        for key, fitted in (("multiscale", result["fits"][-1]),
+                            ("implicit_scale", result["fits"][0])):
+            _write_vorticity(fitted, ds, result["forecasts"][key], run_dir, key,
+                             jax.random.fold_in(jax.random.key(args.seed), 7 + len(key)))
     test = select_split(ds, "test")
     floor = noise_floor(test, test.attrs.get("eval_steps"))
     metrics["meta"] = _meta(ds, grid_shape(ds), args.seed)
@@ -595,6 +602,36 @@ def _write_figures(forecasts: dict, run_dir: Path, radial: bool = False,
         if "macro" in fc:
             save(plot_decomposition(fc, 0), f"{key}_decomposition.png", 90)
     return written
+
+
+def _is_velocity(ds) -> bool:
+    """A 2D velocity: fields exactly ``u`` and ``v`` on dims ``x`` and ``y``."""
+    return ("field" in ds["u"].dims and "y" in ds["u"].dims
+            and sorted(map(str, ds["field"].values)) == ["u", "v"])
+
+
+def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
+    """``{key}_vorticity.png``: truth / mean / std of the vorticity at three test times (the
+    first test trajectory), from a forecast that keeps its members (64), spread as in
+    ``fc`` (its ``spread_factor``, when calibrated)."""
+    import matplotlib.pyplot as plt
+
+    from msde_ppl.data.splits import select_split
+    from msde_ppl.diagnostics.plots import plot_vorticity
+    from msde_ppl.predict import forecast
+
+    one = select_split(ds, "test").isel(traj=[0])
+    factor = fc["spread_factor"].values if "spread_factor" in fc else None
+    draws = forecast(rng_key, fitted, one, split=None, n_samples=64, return_samples=True,
+                     spread_factor=factor)
+    obs = one["u"].isel(traj=0).transpose("time", "field", "x", "y")
+    samples = draws["samples"].isel(traj=0).transpose("sample", "time", "field", "x", "y")
+    fig = plot_vorticity(obs, samples, title=f"{key.replace('_', '-')} model, vorticity, "
+                         "test trajectory 0")
+    path = run_dir / f"{key}_vorticity.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _new_dir(path: Path, what: str) -> Path:

@@ -4,6 +4,8 @@
 - :func:`plot_space_time`: truth, forecast mean, std and |error| of one trajectory as space-time
   panels (1D data) with colour bars;
 - :func:`plot_field_maps`: 2D data: truth / mean / std / |error| maps at several times;
+- :func:`plot_vorticity`: a 2D velocity (fields ``u``, ``v``): vorticity of the truth, of the
+  forecast mean and the ensemble std of the members' vorticity at a few times;
 - :func:`plot_radial_profile`: 2D data: azimuthal averages about the domain's centre (a radial
   dam break) of truth, mean and the 5–95% band at several times;
 - :func:`plot_decomposition`: the macro part :math:`P\\zeta` and the micro correction of the mean
@@ -41,6 +43,8 @@ __all__ = [
     "plot_space_time",
     "plot_spread_skill",
     "plot_time_slices",
+    "plot_vorticity",
+    "vorticity",
 ]
 
 
@@ -148,6 +152,60 @@ def plot_field_maps(fc: xr.Dataset, traj: int = 0, n_times: int = 4, title: str 
                 ax.set_ylabel(f"{name}\n{_coord_label(snap, 'y')}")
         fig.colorbar(im, ax=axes[r].tolist(), shrink=0.9,
                      label=_label(obs) if cmap == "RdBu_r" else f"{name}{_units(obs)}")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def vorticity(velocity: xr.DataArray) -> xr.DataArray:
+    """Vorticity :math:`\\omega = \\partial_x v - \\partial_y u` of a 2D velocity (a ``field``
+    dim holding ``u`` and ``v``, dims ``x`` and ``y``), by second-order central differences
+    (one-sided at the edges) on the data's coordinates; the ``field`` dim is dropped."""
+    if "field" not in velocity.dims or sorted(map(str, velocity["field"].values)) != ["u", "v"]:
+        raise ValueError("vorticity needs a 2D velocity: a 'field' dim with 'u' and 'v'")
+    u, v = velocity.sel(field="u"), velocity.sel(field="v")
+    dv_dx = v.copy(data=np.gradient(v.values, v["x"].values, axis=v.get_axis_num("x")))
+    du_dy = u.copy(data=np.gradient(u.values, u["y"].values, axis=u.get_axis_num("y")))
+    out = (dv_dx - du_dy).drop_vars("field", errors="ignore")
+    return out.rename("vorticity")
+
+
+def plot_vorticity(obs: xr.DataArray, samples: xr.DataArray, times: Sequence[int] | None = None,
+                   title: str = "") -> plt.Figure:
+    """Rows: the vorticity of the truth, of the forecast mean (the mean of the members'
+    vorticity: it is linear in the velocity) and the std of the members' vorticity, at
+    ``times`` (indices; default three from the first lead time to the last).
+
+    Args:
+        obs: the true velocity of one trajectory, dims ``(time, field, x, y)``.
+        samples: the ensemble's velocity draws, dims ``(sample, time, field, x, y)``.
+    """
+    n = obs.sizes["time"]
+    times = list(_times(n, 4)[1:] if times is None else times)
+    truth = vorticity(obs.isel(time=times))
+    members = vorticity(samples.isel(time=times))
+    rows = [("truth", truth, "RdBu_r"), ("forecast mean", members.mean("sample"), "RdBu_r"),
+            ("forecast std", members.std("sample"), "magma")]
+    top = float(np.nanpercentile(np.abs(truth.values), 99.5))
+    fig, axes = plt.subplots(3, len(times), figsize=(4.2 * len(times) + 1.2, 6.4),
+                             squeeze=False, constrained_layout=True)
+    std_top = float(rows[2][1].max())
+    for r, (name, da, cmap) in enumerate(rows):
+        limits = dict(vmin=-top, vmax=top) if cmap == "RdBu_r" else dict(vmin=0.0, vmax=std_top)
+        for c in range(len(times)):
+            ax = axes[r, c]
+            snap = da.isel(time=c)
+            im = ax.pcolormesh(snap["x"], snap["y"], snap.values.T, shading="auto", cmap=cmap,
+                               **limits)
+            ax.set_aspect("equal")
+            ax.tick_params(labelsize=7, labelbottom=r == 2, labelleft=c == 0)
+            if r == 0:
+                ax.set_title(_time_text(snap["time"]))
+            if r == 2:
+                ax.set_xlabel(_coord_label(snap, "x"))
+            if c == 0:
+                ax.set_ylabel(f"{name}\n{_coord_label(snap, 'y')}")
+        fig.colorbar(im, ax=axes[r].tolist(), shrink=0.9, label=f"{name} vorticity")
     if title:
         fig.suptitle(title)
     return fig

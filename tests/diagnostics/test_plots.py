@@ -1,8 +1,10 @@
 """Every plot function returns a labelled figure on small inputs, without warnings."""
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import xarray as xr
 from matplotlib.figure import Figure
 
 from msde_ppl.diagnostics import checks, plots
@@ -46,8 +48,9 @@ NAMES = ["space_time", "decomposition", "time_slices", "spectrum", "latent_paths
 def test_every_plot_is_covered():
     called = {"space_time", "decomposition", "time_slices", "energy_spectrum", "latent_paths",
               "forest", "elbo_trace", "coverage", "pit", "spread_skill",
-              "field_maps", "radial_profile"}  # the 2D ones: test_field_maps_and_radial...
-    assert set(plots.__all__) == {f"plot_{n}" for n in called}
+              "field_maps", "radial_profile",  # the 2D ones: test_field_maps_and_radial...
+              "vorticity"}  # test_vorticity_...
+    assert set(plots.__all__) - {"vorticity"} == {f"plot_{n}" for n in called}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -119,3 +122,77 @@ def test_field_maps_and_radial_profile_of_2d_forecasts():
     plt.close(fig)
     with pytest.raises(ValueError, match="needs 2D data"):
         plots.plot_field_maps(fc.isel(y=0), 0)
+
+
+def _velocity(u, v, x, y, times=(0.0,)):
+    import xarray as xr
+
+    data = np.stack([u, v])[None].repeat(len(times), 0)  # (time, field, x, y)
+    return xr.DataArray(data, dims=("time", "field", "x", "y"),
+                        coords={"time": list(times), "field": ["u", "v"], "x": x, "y": y})
+
+
+def test_vorticity_of_solid_rotation_and_of_a_shear_wave():
+    """Solid rotation u = -W y, v = W x has vorticity 2W (exact for central differences);
+    u = sin(y), v = 0 has -cos(y), to O(h^2) inside and O(h) at the edges."""
+    x, y = np.linspace(-1, 1, 21), np.linspace(-0.5, 0.5, 11)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    w = plots.vorticity(_velocity(-0.7 * Y, 0.7 * X, x, y))
+    assert w.dims == ("time", "x", "y")
+    np.testing.assert_allclose(w.values, 1.4, atol=1e-12)
+    y = np.linspace(0, 2 * np.pi, 101)
+    h = y[1] - y[0]
+    U = np.sin(y)[None].repeat(x.size, 0)
+    w = plots.vorticity(_velocity(U, 0 * U, x, y)).values[0]
+    exact = np.broadcast_to(-np.cos(y[1:-1]), w[:, 1:-1].shape)  # error cos(y)(1 - sin h / h)
+    np.testing.assert_allclose(w[:, 1:-1], exact, rtol=0, atol=h**2 / 6 * 1.01)
+    with pytest.raises(ValueError, match="'u' and 'v'"):
+        plots.vorticity(_velocity(X, Y, x, np.linspace(-0.5, 0.5, 11)).isel(field=[0]))
+
+
+def test_vorticity_figure_rows_and_std_of_the_members():
+    """Truth / mean / std rows at three times; members differing by a uniform rotation rate
+    have a vorticity std of exactly 2 x the std of the rates."""
+    import xarray as xr
+
+    x, y = np.linspace(-1, 1, 21), np.linspace(-0.5, 0.5, 11)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    times = np.arange(5) * 0.1
+    obs = _velocity(-Y, X, x, y, times)
+    rates = np.array([0.5, 1.0, 1.5])
+    samples = xr.concat([obs * r for r in rates], "sample")
+    fig = plots.plot_vorticity(obs, samples, title="vorticity")
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 9 and [ax.get_title() for ax in panels[:3]] == [
+        "t = 0.1", "t = 0.2", "t = 0.4"]
+    assert [panels[3 * r].get_ylabel().split("\n")[0] for r in range(3)] == [
+        "truth", "forecast mean", "forecast std"]
+    std = panels[6].collections[0].get_array()
+    np.testing.assert_allclose(std, 2 * rates.std(), atol=1e-12)
+    assert panels[6].get_xlabel() == "x" and panels[1].get_xlabel() == ""
+    plt.close(fig)
+
+
+def test_msde_run_draws_the_vorticity_of_a_velocity_forecast(tmp_path):
+    """`msde run`'s vorticity figure for two-field (u, v) data, from a forecast that keeps its
+    members (an untrained two-channel model: the figure's plumbing, not its accuracy)."""
+    from helpers import untrained_fit
+
+    from msde_ppl.cli import _is_velocity, _write_vorticity
+    from msde_ppl.data import from_arrays
+    from msde_ppl.multiscale import MultiscaleConfig
+
+    x = y = np.linspace(-0.5, 0.5, 8)
+    t = np.arange(10) * 0.1
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    rate = np.exp(-t)[:, None, None]
+    u = np.stack([-Y * rate, X * rate], axis=1)[None].repeat(3, 0)  # (traj, time, 2, x, y)
+    ds = from_arrays(u.astype(np.float32), time=t, x=x, y=y, fields=["u", "v"],
+                     split=["train", "val", "test"])
+    assert _is_velocity(ds) and not _is_velocity(ds.isel(field=[0]))
+    config = MultiscaleConfig(fine_shape=(8, 8), coarse_shape=(4, 4), n_micro=1, n_channels=2,
+                              macro_hidden=(4,), micro_hidden=(4,), codec_hidden=(4,))
+    fitted = untrained_fit(ds, config)
+    fc = xr.Dataset({"spread_factor": ("time", np.full(10, 2.0, np.float32))})
+    path = _write_vorticity(fitted, ds, fc, tmp_path, "multiscale", jax.random.key(3))
+    assert path.name == "multiscale_vorticity.png" and path.stat().st_size > 0
