@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from msde_ppl.data.cases._lattice_boltzmann import (
+    VELOCITIES,
     CylinderChannel,
     _collide,
     _stream,
@@ -72,3 +73,24 @@ def test_the_wake_sheds_at_the_published_strouhal_number_and_drag_on_two_grids()
         assert 0.185 < st < 0.215, results
         assert 1.35 < out["drag"].mean() < 1.65, results
     assert results[10][0] == pytest.approx(results[20][0], rel=0.03), results
+
+
+def test_interpolated_links_cross_the_circle_where_q_says():
+    """Every cylinder link's wall fraction puts the crossing on the circle (the root between the
+    fluid and the solid centre); the half-way wall puts it at 1/2 of every link."""
+    channel = CylinderChannel(cells_per_diameter=10)
+    links, q = channel.links()
+    x, y = channel.centres()
+    assert links[0].sum() == 0 and links.sum() > 0
+    for i in range(1, 9):
+        ix, iy = np.nonzero(links[i])
+        d = VELOCITIES[i] * channel.dx
+        crossing = np.hypot(x[ix] + q[i, ix, iy] * d[0], y[iy] + q[i, ix, iy] * d[1])
+        np.testing.assert_allclose(crossing, channel.diameter / 2, rtol=1e-12)
+        assert (q[i, ix, iy] > 0).all() and (q[i, ix, iy] <= 1).all()
+    halfway = dataclasses.replace(channel, wall="halfway")
+    links_h, q_h = halfway.links()
+    np.testing.assert_array_equal(links_h, links)
+    assert (q_h == 0.5).all()
+    with pytest.raises(ValueError, match="unknown wall"):
+        dataclasses.replace(channel, wall="curved").links()

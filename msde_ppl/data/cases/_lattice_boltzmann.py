@@ -17,9 +17,15 @@ Scheme (D2Q9, velocities ``c_i``, weights ``w_i``):
   :math:`Q_i = c_i c_i - \tfrac13 I`, :math:`\Pi^{neq} = \sum_i c_i c_i (f_i - f^{eq}_i)`.
   Plain BGK is unstable at the ``tau`` close to 1/2 that Re = 160 needs on a grid that fits
   this CPU; the regularized operator damps the non-hydrodynamic (ghost) moments that blow up;
-- **cylinder**: no-slip by half-way bounce-back on the cells whose centre lies inside the
-  circle (a staircase), the force on it by momentum exchange,
-  :math:`F = \sum_{x, i:\ x + c_i \in \text{solid}} 2\,c_i f^*_i(x)` (post-collision);
+- **cylinder**: no-slip on the circle itself by linearly interpolated bounce-back (Bouzidi,
+  Firdaouss & Lallemand, *Phys. Fluids* 13, 2001; ``wall="interpolated"``, the default): on
+  every link from a fluid cell centre :math:`x` to a solid one :math:`x + c_i`, with the wall at
+  the fraction :math:`q` of the link,
+  :math:`f_{\bar\imath}(x) = 2q f^*_i(x) + (1 - 2q) f^*_i(x - c_i)` for :math:`q < 1/2` and
+  :math:`f_{\bar\imath}(x) = f^*_i(x) / (2q) + (2q - 1) f^*_{\bar\imath}(x) / (2q)` otherwise
+  (post-collision :math:`f^*`); ``wall="halfway"`` is plain half-way bounce-back
+  (:math:`q = 1/2`: the staircase of cells whose centre lies inside the circle). The force on it
+  by momentum exchange, :math:`F = \sum_{\text{links}} c_i (f^*_i(x) + f_{\bar\imath}(x))`;
 - **walls** ``y = +-H/2`` (half-way between cell centres): slip, by specular reflection of the
   populations that cross them (the stream is uniform at the inlet, so free-slip walls keep it
   uniform up to the cylinder);
@@ -70,6 +76,7 @@ class CylinderChannel:
     height: float = 1.0
     cells_per_diameter: int = 20
     u_lattice: float = 0.08
+    wall: str = "interpolated"  # the cylinder's bounce-back: "interpolated" or "halfway"
 
     @property
     def dx(self) -> float:
@@ -102,6 +109,28 @@ class CylinderChannel:
         """``(Nx, Ny)``: cells whose centre lies inside the cylinder."""
         x, y = self.centres()
         return x[:, None] ** 2 + y[None, :] ** 2 < (0.5 * self.diameter) ** 2
+
+    def links(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(links, q)``, both ``(9, Nx, Ny)``: ``links[i]`` marks the fluid cells whose
+        neighbour along ``c_i`` is solid, ``q[i]`` (in ``(0, 1]``) the fraction of that link
+        where it crosses the circle (1/2 everywhere for ``wall="halfway"``)."""
+        if self.wall not in ("interpolated", "halfway"):
+            raise ValueError(f"unknown wall {self.wall!r}; use 'interpolated' or 'halfway'")
+        solid = self.solid()
+        links = np.stack([np.roll(solid, tuple(-VELOCITIES[i]), axis=(0, 1))
+                          for i in range(9)]) & ~solid[None]
+        q = np.full(links.shape, 0.5)
+        if self.wall == "interpolated":
+            x, y = self.centres()
+            radius2 = (0.5 * self.diameter) ** 2
+            for i in range(1, 9):
+                ix, iy = np.nonzero(links[i])
+                px, py = x[ix], y[iy]
+                dx, dy = VELOCITIES[i] * self.dx
+                # |p + t d| = R, the root in (0, 1]: p is outside, p + d inside
+                a, b, c = dx * dx + dy * dy, px * dx + py * dy, px * px + py * py - radius2
+                q[i, ix, iy] = (-b - np.sqrt(b * b - a * c)) / a
+        return links, q
 
 
 def equilibrium(rho: jax.Array, ux: jax.Array, uy: jax.Array) -> jax.Array:
@@ -144,23 +173,31 @@ def _stream(f: jax.Array) -> jax.Array:
     return jnp.stack([jnp.roll(f[i], tuple(VELOCITIES[i]), axis=(0, 1)) for i in range(9)])
 
 
-def _step(f: jax.Array, links: jax.Array, box: tuple[int, int, int, int], u_in: float,
-          omega: float):
+def _step(f: jax.Array, links: jax.Array, q: jax.Array, box: tuple[int, int, int, int],
+          u_in: float, omega: float):
     """One lattice step from pre-collision populations ``f``: ``(f_next, force)``, the force
-    ``(Fx, Fy)`` on the cylinder in lattice units. ``links`` ``(9, bx, by)``: the cell-to-solid
-    links inside the box ``(x0, y0, bx, by)`` that holds the cylinder and its neighbours."""
+    ``(Fx, Fy)`` on the cylinder in lattice units. ``links`` and ``q`` ``(9, bx, by)``: the
+    cell-to-solid links and their wall fractions (:meth:`CylinderChannel.links`) inside the box
+    ``(x0, y0, bx, by)`` that holds the cylinder and its neighbours."""
     x0, y0, bx, by = box
     outlet_before = f[jnp.array(_LEFTWARD), -1, :]
     post = _collide(f, omega)
     post_box = lax.dynamic_slice(post, (0, x0, y0), (9, bx, by))
-    c = jnp.asarray(VELOCITIES, f.dtype)
-    total = jnp.where(links, post_box, 0.0).sum((1, 2))  # populations that hit the cylinder
-    force = 2.0 * jnp.stack([total @ c[:, 0], total @ c[:, 1]])
     new = _stream(post)
-    # the cylinder: half-way bounce-back, f_opp(x) <- f*_i(x) on every link x -> x + c_i
+    # the cylinder: interpolated bounce-back into f_opp(x) on every link x -> x + c_i; in the
+    # arrays indexed by j = opp(i): post_box[OPPOSITE] is f*_i(x), streamed[OPPOSITE] is
+    # f*_i(x - c_i) and post_box is f*_j(x)
     new_box = lax.dynamic_slice(new, (0, x0, y0), (9, bx, by))
-    new_box = jnp.where(links[OPPOSITE], post_box[OPPOSITE], new_box)
+    incoming, upstream, q_j = post_box[OPPOSITE], new_box[OPPOSITE], q[OPPOSITE]
+    bounced = jnp.where(q_j < 0.5, 2.0 * q_j * incoming + (1.0 - 2.0 * q_j) * upstream,
+                        (incoming + (2.0 * q_j - 1.0) * post_box) / (2.0 * q_j))
+    hit = links[OPPOSITE]
+    new_box = jnp.where(hit, bounced, new_box)
     new = lax.dynamic_update_slice(new, new_box, (0, x0, y0))
+    # momentum exchange: c_i (f*_i + f_opp) per link, i.e. -c_j (f*_opp(j) + bounced_j)
+    c = jnp.asarray(VELOCITIES, f.dtype)
+    total = jnp.where(hit, incoming + bounced, 0.0).sum((1, 2))
+    force = -jnp.stack([total @ c[:, 0], total @ c[:, 1]])
     # slip walls: specular reflection at the top (c_y: +1 -> -1) and the bottom (-1 -> +1)
     for up, down in zip(_UP, _DOWN, strict=True):
         cx = int(VELOCITIES[up, 0])
@@ -177,7 +214,7 @@ def _step(f: jax.Array, links: jax.Array, box: tuple[int, int, int, int], u_in: 
 
 
 @partial(jax.jit, static_argnames=("box", "steps_per_frame", "n_frames", "block", "n_columns"))
-def _advance(f, links, box, solid, u_in, omega, steps_per_frame: int, n_frames: int, block: int,
+def _advance(f, links, q, box, solid, u_in, omega, steps_per_frame: int, n_frames: int, block: int,
              n_columns: int):
     """``n_frames`` frames of ``steps_per_frame`` lattice steps: the final populations, the
     velocity ``(frame, 2, Nx/block, Ny/block)`` averaged over ``block x block`` cells (zero in
@@ -187,7 +224,7 @@ def _advance(f, links, box, solid, u_in, omega, steps_per_frame: int, n_frames: 
     def frame(f, _):
         def body(_, carry):
             f, force = carry
-            f, step_force = _step(f, links, box, u_in, omega)
+            f, step_force = _step(f, links, q, box, u_in, omega)
             return f, force + step_force
 
         f, force = lax.fori_loop(0, steps_per_frame, body, (f, jnp.zeros(2, f.dtype)))
@@ -226,15 +263,13 @@ def simulate(channel: CylinderChannel, t_spinup: float, t_final: float, dt_out: 
     nx, ny = channel.shape
     n_columns = nx // block if n_columns is None else int(n_columns)
     solid_np = channel.solid()
-    # links[i]: fluid cell x whose neighbour x + c_i is solid
-    neighbour_solid = np.stack([np.roll(solid_np, tuple(-VELOCITIES[i]), axis=(0, 1))
-                                for i in range(9)])
-    links_np = neighbour_solid & ~solid_np[None]
+    links_np, q_np = channel.links()
     # the box of the cylinder's links (two cells of margin)
     hit = np.nonzero(links_np.any(0))
     x0, y0 = int(hit[0].min()) - 2, int(hit[1].min()) - 2
     box = (x0, y0, int(hit[0].max()) + 3 - x0, int(hit[1].max()) + 3 - y0)
     links = jnp.asarray(links_np[:, x0 : x0 + box[2], y0 : y0 + box[3]])
+    q = jnp.asarray(q_np[:, x0 : x0 + box[2], y0 : y0 + box[3]], dtype)
     solid = jnp.asarray(solid_np)
     x, y = channel.centres()
     u_in = channel.u_lattice
@@ -251,7 +286,7 @@ def simulate(channel: CylinderChannel, t_spinup: float, t_final: float, dt_out: 
     uy0 = jnp.asarray(np.where(solid_np, 0.0, initial[1]), dtype)
     f = equilibrium(jnp.ones_like(ux0), ux0, uy0)
     omega = 1.0 / channel.tau
-    run = partial(_advance, links=links, box=box, solid=solid, u_in=u_in, omega=omega,
+    run = partial(_advance, links=links, q=q, box=box, solid=solid, u_in=u_in, omega=omega,
                   steps_per_frame=steps, block=block, n_columns=n_columns)
     n_spin = round(t_spinup / dt_out)
     if n_spin:
