@@ -612,8 +612,8 @@ def _is_velocity(ds) -> bool:
 
 def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
     """``{key}_vorticity.png``: truth / mean / std of the vorticity at three test times (the
-    first test trajectory), from a forecast that keeps its members (64), spread as in
-    ``fc`` (its ``spread_factor``, when calibrated)."""
+    first test trajectory), from a forecast that keeps its members (64), over ``fc``'s horizon
+    and spread as in ``fc`` (its ``spread_factor``, when calibrated)."""
     import matplotlib.pyplot as plt
 
     from msde_ppl.data.splits import select_split
@@ -623,8 +623,9 @@ def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
     one = select_split(ds, "test").isel(traj=[0])
     factor = fc["spread_factor"].values if "spread_factor" in fc else None
     draws = forecast(rng_key, fitted, one, split=None, n_samples=64, return_samples=True,
-                     spread_factor=factor)
-    obs = one["u"].isel(traj=0).transpose("time", "field", "x", "y")
+                     spread_factor=factor, n_steps=fc.sizes.get("time"))  # fc's horizon
+    obs = one["u"].isel(traj=0, time=slice(0, draws.sizes["time"]))
+    obs = obs.transpose("time", "field", "x", "y")
     samples = draws["samples"].isel(traj=0).transpose("sample", "time", "field", "x", "y")
     fig = plot_vorticity(obs, samples, title=f"{key.replace('_', '-')} model, vorticity, "
                          "test trajectory 0")

@@ -49,10 +49,10 @@ def test_the_unperturbed_flow_keeps_its_mirror_symmetry():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured (benchmarks/results/cylinder_flow.md): St 0.194 / 0.201 on 10 "
-                   "/ 20 cells per diameter (3.8% apart, the test asks 3%), mean Cd 1.71 / 1.60 "
-                   "(10 cells above 1.65): the staircase cylinder needs a finer lattice or "
-                   "interpolated bounce-back", strict=False)
+@pytest.mark.xfail(reason="measured with interpolated bounce-back (this test's 10 + 5 time units): "
+                   "St 0.197 / 0.204 on 10 / 20 cells per diameter (3.4% apart, the test asks "
+                   "3%), Cd 1.60 / 1.55 (met); half-way bounce-back gave St 0.194 / 0.201, Cd "
+                   "1.71 / 1.60", strict=False)
 def test_the_wake_sheds_at_the_published_strouhal_number_and_drag_on_two_grids():
     """Re = 160, D/H = 1/8, slip walls. Unconfined 2D flow at Re = 160: St = 0.187 (Williamson
     1996's fit, parallel shedding), Cd = 1.33 (2D simulations at Re 150-200); the walls at
