@@ -262,6 +262,10 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def _diverged(row: dict) -> bool:
     """A scored method whose forecast went non-finite (the table's cell and the figure's bar
     both say so)."""
@@ -308,12 +312,14 @@ def to_markdown(table: dict) -> str:
                     return ""
                 cal = r.get(f"{key}_calibrated")
                 return _fmt(r[key], 4) + ("" if cal is None else f" -> {_fmt(cal, 4)}")
-            clean = r.get("rel_l2_clean_mean")
+            clean = r.get("rel_l2_clean_mean")  # None: not scored, or non-finite (from JSON)
+            if clean is None and _diverged(r):
+                clean = math.nan
             lines.append(
                 f"| {case} | {LABELS[m]} | {_fmt(r.get('rel_l2_mean'), 4)} | "
                 f"{'' if clean is None else _fmt(clean, 4)} | {pair('crps')} | "
                 f"{pair('coverage_90')} | {pair('spread_skill')} | "
-                f"{_fmt(r.get('fit_wall_time_s'), 1)} | {_fmt(r.get('predict_wall_time_s'), 1)}"
+                f"{_seconds(r.get('fit_wall_time_s'))} | {_seconds(r.get('predict_wall_time_s'))}"
                 f" | {r['source']} |")
     return "\n".join(lines) + "\n"
 

@@ -85,7 +85,9 @@ def test_extend_carries_the_other_cases_rows_over(tmp_path):
     earlier.mkdir()
     old_row = {"rel_l2_mean": 0.6, "rel_l2_std": 0.1, "finite": True, "source": "this table",
                "reference": None}
-    fitted_row = dict(old_row, rel_l2_mean=0.04, source="msde run /runs/wave")
+    # a diverged model: its non-finite scores come back from JSON as null
+    fitted_row = dict(old_row, rel_l2_mean=None, rel_l2_std=None, rel_l2_clean_mean=None,
+                      finite=False, source="msde run /runs/wave")
     (earlier / "table.json").write_text(json.dumps({
         "settings": {"quick": False, "seed": 0, "methods": list(METHODS),
                      "created": "2026-01-01T00:00:00", "load_avg_start": 1.0,
@@ -105,7 +107,11 @@ def test_extend_carries_the_other_cases_rows_over(tmp_path):
     kdv = table["cases"]["kdv_1d"]  # scored now, not carried over
     assert kdv["multiscale"]["rel_l2_mean"] == 0.05 and kdv["dmd"]["rel_l2_mean"] != 9.9
     assert table["settings"]["carried_over"]["cases"] == ["wave_1d"]
-    assert "carried over from the table of 2026-01-01" in (out / "table.md").read_text()
+    markdown = (out / "table.md").read_text()
+    assert "carried over from the table of 2026-01-01" in markdown
+    # both columns say so; no wall times recorded: blank, not "diverged"
+    assert "| wave_1d | multiscale K=5 | diverged | diverged |" in markdown
+    assert "| wave_1d | DMD | 0.6000 |  |  |  |  |  |  | msde table of 2026-01-01" in markdown
 
     assert main(["table", "--cases", "kdv_1d", "--quick", "--extend", str(earlier),
                  "--out", str(tmp_path / "t2")]) == 2
