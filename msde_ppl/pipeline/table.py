@@ -262,6 +262,15 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _error_cell(row: dict, key: str) -> str:
+    """A rel-L2 cell: "diverged" for a diverged row (its non-finite scores are null after a
+    JSON round trip), blank where the score was not computed."""
+    value = row.get(key)
+    if value is None and not _diverged(row):
+        return ""
+    return _fmt(value, 4)
+
+
 def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
@@ -312,12 +321,9 @@ def to_markdown(table: dict) -> str:
                     return ""
                 cal = r.get(f"{key}_calibrated")
                 return _fmt(r[key], 4) + ("" if cal is None else f" -> {_fmt(cal, 4)}")
-            clean = r.get("rel_l2_clean_mean")  # None: not scored, or non-finite (from JSON)
-            if clean is None and _diverged(r):
-                clean = math.nan
             lines.append(
-                f"| {case} | {LABELS[m]} | {_fmt(r.get('rel_l2_mean'), 4)} | "
-                f"{'' if clean is None else _fmt(clean, 4)} | {pair('crps')} | "
+                f"| {case} | {LABELS[m]} | {_error_cell(r, 'rel_l2_mean')} | "
+                f"{_error_cell(r, 'rel_l2_clean_mean')} | {pair('crps')} | "
                 f"{pair('coverage_90')} | {pair('spread_skill')} | "
                 f"{_seconds(r.get('fit_wall_time_s'))} | {_seconds(r.get('predict_wall_time_s'))}"
                 f" | {r['source']} |")
