@@ -43,9 +43,10 @@ __all__ = ["divergence_warning", "fit_data", "model_config", "progressive_stages
            "run_case", "run_schedule", "run_window", "score"]
 
 # `msde run`: implicit-scale stage, then multiscale stage, 1 window of 64 snapshots per step
-# (the cylinder's: 32, RUN_WINDOW_2D) (about 7 ms per step on 2 CPU cores in 1D; more, noisier steps beat fewer larger ones on the
-# val split): a 1D job stays within ~15 min. The 2D cases (~0.15 s per step at 128 x 128) get
-# steps well within the 45-minute training budget of the 2D rows (burgers_2d: 19 min measured).
+# (the cylinder's: 32, RUN_WINDOW_2D) (about 7 ms per step on 2 CPU cores in 1D; more, noisier
+# steps beat fewer larger ones on the val split): a 1D job stays within ~15 min. The 2D cases
+# (~0.15 s per step at 128 x 128) get steps well within the 45-minute training budget of the 2D
+# rows (burgers_2d: 19 min measured).
 RUN_STEPS = 4000
 RUN_MICRO_STEPS = 60000
 RUN_STEPS_2D = {"burgers_2d": (3250, 9750), "shallow_water_2d": (5000, 15000),
@@ -298,8 +299,8 @@ def run_builtin(ds: xr.Dataset, case: str, *, steps: int, micro_steps: int, n_mi
                 progress: bool = False, should_stop=None, save_to: Path | None = None) -> dict:
     """``msde run``'s recipe on a built-in case's dataset: the case's config on its coarse
     grid, ``steps`` implicit-scale steps then ``micro_steps`` multiscale steps (1 window of
-    :func:`run_window` snapshots per step), both scored on the test split (:func:`run_case`, which also documents
-    ``save_to``)."""
+    :func:`run_window` snapshots per step), both scored on the test split (:func:`run_case`,
+    which also documents ``save_to``)."""
     from msde_ppl.data.cases import get_case
 
     config = model_config(ds, get_case(case).coarse, n_micro)
