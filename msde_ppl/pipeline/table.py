@@ -36,7 +36,7 @@ from msde_ppl.pipeline.baselines import BASELINES, run_baseline
 
 METHODS = ("coarse_dns", "dmd", "pod_sindy", "implicit_scale", "multiscale")
 FITTED = ("implicit_scale", "multiscale")
-TABLE_CASES = ("wave_1d", "kdv_1d", "burgers_2d", "shallow_water_2d")
+TABLE_CASES = ("wave_1d", "kdv_1d", "burgers_2d", "cylinder_2d", "shallow_water_2d")
 LABELS = {"coarse_dns": "coarse DNS", "dmd": "DMD", "pod_sindy": "POD-SINDy",
           "implicit_scale": "implicit-scale", "multiscale": "multiscale K=5"}
 
@@ -52,6 +52,9 @@ REFERENCE: dict[str, dict[str, tuple[float, float]]] = {
     "burgers_2d": {"coarse_dns": (0.560, 0.273), "dmd": (0.097, 0.039),
                    "pod_sindy": (0.057, 0.045), "implicit_scale": (0.141, 0.040),
                    "multiscale": (0.028, 0.019)},
+    "cylinder_2d": {"coarse_dns": (0.130, 0.040), "dmd": (0.016, 0.006),
+                    "pod_sindy": (0.051, 0.024), "implicit_scale": (0.063, 0.005),
+                    "multiscale": (0.009, 0.001)},
     "shallow_water_2d": {"coarse_dns": (0.861, 0.190), "dmd": (0.531, 0.227),
                          "pod_sindy": (0.535, 0.210), "implicit_scale": (0.426, 0.099),
                          "multiscale": (0.152, 0.047)},
