@@ -42,8 +42,8 @@ from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_ti
 __all__ = ["divergence_warning", "fit_data", "model_config", "progressive_stages", "run_builtin",
            "run_case", "run_schedule", "run_window", "score"]
 
-# `msde run`: implicit-scale stage, then multiscale stage, 1 window of 64 snapshots per step
-# (the cylinder's: 32, RUN_WINDOW_2D) (about 7 ms per step on 2 CPU cores in 1D; more, noisier
+# `msde run`: implicit-scale stage, then multiscale stage, 1 window per step of 64 snapshots
+# (RUN_WINDOW_2D overrides it per case). About 7 ms per step on 2 CPU cores in 1D (more, noisier
 # steps beat fewer larger ones on the val split): a 1D job stays within ~15 min. The 2D cases
 # (~0.15 s per step at 128 x 128) get steps well within the 45-minute training budget of the 2D
 # rows (burgers_2d: 19 min measured).
