@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", default=list(REFERENCE))
     parser.add_argument("--split", default="test", choices=["val", "test"])
     parser.add_argument("--micro", type=int, default=5)
-    parser.add_argument("--encoder", default=None, choices=["mlp", "cnn"],
+    parser.add_argument("--encoder", default=None, choices=["mlp", "spline", "cnn"],
                         help="micro encoder: an MLP or the reference's CNN on the residual; "
                         "default: the case's (CASE_CONFIGS)")
-    parser.add_argument("--decoder", default=None, choices=["mlp", "stencil"],
+    parser.add_argument("--decoder", default=None, choices=["mlp", "spline", "stencil"],
                         help="micro decoder: g(eta) (reference form) or g(zeta, eta); default: "
                         "the case's (CASE_CONFIGS)")
     parser.add_argument("--scale-kernel", default=None, choices=["learned", "frozen"],

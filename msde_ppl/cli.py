@@ -170,12 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=_positive_float, default=1e-3,
                      help="initial learning rate (default 1e-3)")
-    fit.add_argument("--encoder", choices=["mlp", "cnn"], default=None,
-                     help="micro encoder on the residual y - G*y: 'mlp' (cheap) or 'cnn' (the "
-                     "reference's strided convolutions; 1D grids, length divisible by 8); "
+    fit.add_argument("--encoder", choices=["mlp", "spline", "cnn"], default=None,
+                     help="micro encoder on the residual y - G*y: 'mlp' (cheap), 'spline' (the "
+                     "MLP on the residual's cubic-spline coefficients, knots every 2 fine "
+                     "points: ~1/4 of the work in 2D) or 'cnn' (the reference's strided "
+                     "convolutions; 1D grids, length divisible by 8); "
                      "default: the built-in case's choice, else 'mlp'")
-    fit.add_argument("--decoder", choices=["mlp", "cnn", "stencil"], default=None,
-                     help="micro decoder: 'mlp' g(eta), 'cnn' g(eta) by the reference's "
+    fit.add_argument("--decoder", choices=["mlp", "spline", "cnn", "stencil"], default=None,
+                     help="micro decoder: 'mlp' g(eta), 'spline' g(eta) through a cubic-spline "
+                     "basis (knots every 2 fine points), 'cnn' g(eta) by the reference's "
                      "transposed convolutions (1D, length divisible by 8) or 'stencil' "
                      "(translation-equivariant g(zeta, eta) reading the local coarse field); "
                      "default: the built-in case's choice, else 'mlp'")

@@ -8,6 +8,13 @@ r"""Encoder/decoder networks of the multiscale model (docs/method.md §2.3, §2.
   coordinate, initialised at :math:`\log\mathrm{softplus}(-4)`, as the reference).
 - :class:`MicroDecoder` maps :math:`\eta` to the fine-grid micro correction :math:`g(\eta)`
   (the reference's form, a global network of the micro state only);
+- :class:`SplineMicroEncoder` and :class:`SplineMicroDecoder` are the MLPs on a coarser
+  *spline grid*: the residual's least-squares coefficients in an open cubic B-spline basis with
+  knots every ``spacing`` fine points (:func:`~msde_ppl.generative.operators.spline_basis`,
+  separable over the axes), and :math:`g(\eta) = B\,\mathrm{MLP}(\eta)` decoded through
+  the same basis. With ``spacing = 2`` in 2D the networks' widest layer has about 1/4 of the
+  fine grid's size (and of the plain MLPs' parameters and work), and the decoded correction is
+  a :math:`C^2` field;
 - :class:`StencilMicroDecoder` is a translation-equivariant alternative
   :math:`g(\zeta, \eta)`: in every coarse cell the same MLP maps the cell's periodic
   neighbourhood of coarse values and :math:`\eta` to the cell's ``sigma^d`` fine values
@@ -26,18 +33,21 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from msde_ppl.generative.conv import CircularConv1d, ConvTranspose1d
 from msde_ppl.generative.drifts import stencil_inputs
 from msde_ppl.generative.networks import MLP, xavier_linear
-from msde_ppl.generative.operators import ScaleOperator
+from msde_ppl.generative.operators import ScaleOperator, spline_basis
 
 __all__ = [
     "ConvMicroDecoder",
     "ConvMicroEncoder",
     "MicroDecoder",
     "MultiscaleEncoder",
+    "SplineMicroDecoder",
+    "SplineMicroEncoder",
     "StencilMicroDecoder",
 ]
 
@@ -75,15 +85,76 @@ class ConvMicroEncoder(eqx.Module):
         return self.head(h.ravel())
 
 
+def _along_axes(x: Array, matrices: list[np.ndarray]) -> Array:
+    """Apply ``matrices[a]`` (``(out_a, in_a)``) along spatial axis ``a`` of ``x``
+    (``(C, in_1, ..., in_d)``): the separable product, ``(C, out_1, ..., out_d)``."""
+    for axis, matrix in enumerate(matrices, start=1):
+        x = jnp.moveaxis(jnp.tensordot(jnp.asarray(matrix, x.dtype), x, axes=(1, axis)), 0,
+                         axis)
+    return x
+
+
+def _spline_bases(fine_shape: tuple[int, ...], spacing: int) -> list[np.ndarray]:
+    return [spline_basis(n, spacing) for n in fine_shape]
+
+
+class SplineMicroEncoder(eqx.Module):
+    r"""Residual ``(C, *fine)`` :math:`\mapsto \eta = \mathrm{MLP}(B^{+} r)`: the MLP reads
+    the least-squares coefficients of the residual in the separable open cubic B-spline basis
+    :math:`B = B_1 \otimes \dots \otimes B_d` with knots every ``spacing`` fine points
+    (``B^+`` the pseudo-inverse, per axis; both are trace-time constants, not parameters)."""
+
+    net: MLP
+    fine_shape: tuple[int, ...] = eqx.field(static=True)
+    spacing: int = eqx.field(static=True)
+
+    def __init__(self, n_channels: int, fine_shape: tuple[int, ...], n_micro: int,
+                 spacing: int = 2, hidden: tuple[int, ...] = (256,), *,
+                 key: PRNGKeyArray) -> None:
+        self.fine_shape, self.spacing = tuple(fine_shape), int(spacing)
+        n_coeffs = math.prod(b.shape[1] for b in _spline_bases(self.fine_shape, self.spacing))
+        self.net = MLP(n_channels * n_coeffs, hidden, n_micro, key=key)
+
+    def __call__(self, residual: Float[Array, "C ..."]) -> Float[Array, " n_micro"]:
+        analysis = [np.linalg.pinv(b) for b in _spline_bases(self.fine_shape, self.spacing)]
+        return self.net(_along_axes(residual, analysis).ravel())
+
+
+class SplineMicroDecoder(eqx.Module):
+    r""":math:`\eta \mapsto g(\eta) = B\,\mathrm{MLP}(\eta)`, shape ``(C, *fine)``: the MLP
+    gives spline coefficients ``(C, n_1, ..., n_d)`` in the basis of
+    :class:`SplineMicroEncoder`. The output layer starts at zero (no correction at first)."""
+
+    net: MLP
+    out_shape: tuple[int, ...] = eqx.field(static=True)
+    spacing: int = eqx.field(static=True)
+
+    def __init__(self, n_micro: int, out_shape: tuple[int, ...], spacing: int = 2,
+                 hidden: tuple[int, ...] = (256,), *, key: PRNGKeyArray) -> None:
+        self.out_shape, self.spacing = tuple(out_shape), int(spacing)
+        n_coeffs = math.prod(b.shape[1] for b in _spline_bases(self.out_shape[1:], spacing))
+        net = MLP(n_micro, hidden, self.out_shape[0] * n_coeffs, key=key)
+        last = net.layers[-1]
+        self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net,
+                               (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+
+    def __call__(self, zeta: Array, eta: Float[Array, " n_micro"]) -> Float[Array, "C ..."]:
+        """``g(eta)`` (``zeta`` is accepted for a common signature and ignored)."""
+        bases = _spline_bases(self.out_shape[1:], self.spacing)
+        coeffs = self.net(eta).reshape(self.out_shape[0], *(b.shape[1] for b in bases))
+        return _along_axes(coeffs, bases)
+
+
 class MultiscaleEncoder(eqx.Module):
     """``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring).
 
-    ``network`` is ``"mlp"`` (an MLP on the flattened residual) or ``"cnn"``
+    ``network`` is ``"mlp"`` (an MLP on the flattened residual), ``"spline"``
+    (:class:`SplineMicroEncoder`, knots every ``spacing`` fine points) or ``"cnn"``
     (:class:`ConvMicroEncoder`, 1D only).
     """
 
     scale: ScaleOperator
-    micro: MLP | ConvMicroEncoder | None
+    micro: MLP | ConvMicroEncoder | SplineMicroEncoder | None
     logvar: Float[Array, " n_z"]
     n_micro: int = eqx.field(static=True)
 
@@ -93,19 +164,24 @@ class MultiscaleEncoder(eqx.Module):
         n_micro: int,
         hidden: tuple[int, ...] = (256,),
         network: str = "mlp",
+        spacing: int = 2,
         *,
         key: PRNGKeyArray,
     ) -> None:
         self.scale = scale
         self.n_micro = n_micro
         n_fine = scale.n_channels * math.prod(scale.fine_shape)
-        if network not in ("mlp", "cnn"):
-            raise ValueError(f"unknown micro encoder {network!r}; use 'mlp' or 'cnn'")
+        if network not in ("mlp", "cnn", "spline"):
+            raise ValueError(f"unknown micro encoder {network!r}; use 'mlp', 'spline' or "
+                             "'cnn'")
         if network == "cnn" and len(scale.fine_shape) != 1:
             raise ValueError("the CNN micro encoder is implemented for 1D grids only")
         self.micro = None
         if n_micro and network == "mlp":
             self.micro = MLP(n_fine, hidden, n_micro, key=key)
+        elif n_micro and network == "spline":
+            self.micro = SplineMicroEncoder(scale.n_channels, scale.fine_shape, n_micro, spacing,
+                                            hidden, key=key)
         elif n_micro:
             self.micro = ConvMicroEncoder(scale.n_channels, scale.fine_shape[0], n_micro,
                                           key=key)
@@ -113,13 +189,13 @@ class MultiscaleEncoder(eqx.Module):
         self.logvar = jnp.full((n_macro + n_micro,), _INIT_LOGVAR, jnp.float32)
 
     def __call__(self, y: Float[Array, "C ..."]) -> tuple[Array, Array]:
-        mean = self.scale.restrict(y).ravel()
-        if self.micro is not None:
-            residual = y - self.scale.smooth(y)
-            if isinstance(self.micro, MLP):
-                residual = residual.ravel()
-            mean = jnp.concatenate([mean, self.micro(residual)])
-        return mean, self.logvar
+        if self.micro is None:
+            return self.scale.restrict(y).ravel(), self.logvar
+        coarse, smooth = self.scale.restrict_and_smooth(y)
+        residual = y - smooth
+        if isinstance(self.micro, MLP):
+            residual = residual.ravel()
+        return jnp.concatenate([coarse.ravel(), self.micro(residual)]), self.logvar
 
 
 class MicroDecoder(eqx.Module):

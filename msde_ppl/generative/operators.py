@@ -38,20 +38,42 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["MATRIX_NODES", "ScaleOperator"]
+__all__ = ["MATRIX_COST", "ScaleOperator", "cubic_bspline", "spline_basis"]
 
-#: Largest coarse grid (nodes per channel) whose prolongation is applied as a matrix (2D+).
-MATRIX_NODES = 1024
+#: On grids of two or more dimensions :math:`S` is applied as its matrix when the coarse grid
+#: has at most ``MATRIX_COST * log2(fine points)`` nodes per channel: a matrix product costs
+#: about ``n_nodes`` multiply-adds per fine point, an FFT pair about this many times
+#: ``log2(fine points)`` (measured on the Burgers 2D, 64 nodes on 128 x 128, and cylinder,
+#: 256 nodes on 320 x 80, training steps: the matrix is faster for the first, FFTs for the
+#: second).
+MATRIX_COST = 8
 
 
-def _cubic_bspline(u: np.ndarray) -> np.ndarray:
+def cubic_bspline(u: np.ndarray) -> np.ndarray:
     """Cubic B-spline on ``[-2, 2]``: a C^2 partition of unity under integer shifts."""
     a = np.abs(u)
     return np.where(a < 1, 2 / 3 - a**2 + a**3 / 2, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
 
 
+def spline_basis(n_points: int, spacing: int) -> np.ndarray:
+    r"""Open (non-periodic) cubic B-spline basis on ``n_points`` uniform grid points,
+    ``(n_points, n_knots + 2)``.
+
+    ``n_knots = ceil((n_points - 1) / spacing) + 1`` knots span the grid with the first and
+    last point on a knot (knot spacing at most ``spacing`` grid points), plus one spline
+    centred beyond each end, so the basis reproduces cubic polynomials up to the boundary
+    (no wrap-around: a field that is not periodic is represented as well as a periodic one).
+    """
+    if n_points < 2 or spacing < 1:
+        raise ValueError(f"a spline basis needs >= 2 points and spacing >= 1, got {n_points}, "
+                         f"{spacing}")
+    n_knots = -(-(n_points - 1) // spacing) + 1
+    x = np.arange(n_points) * (n_knots - 1) / (n_points - 1)
+    return cubic_bspline(x[:, None] - (np.arange(n_knots + 2)[None, :] - 1))
+
+
 _INIT_PROFILES = {
-    "bspline": _cubic_bspline,
+    "bspline": cubic_bspline,
     "gaussian": lambda u: np.exp(-(u**2) / 2),
 }
 
@@ -130,14 +152,46 @@ class ScaleOperator(eqx.Module):
     def n_channels(self) -> int:
         return self.weight.shape[0]
 
-    def _kernel_spectrum(self) -> Array:
-        """rFFT of the kernel wrapped onto the fine grid with its centre tap at index 0."""
+    def _wrapped_kernel(self) -> Float[Array, "C ..."]:
+        """The kernel wrapped onto the fine grid, centre tap at index 0: ``(C, *fine)`` with
+        entry ``[c, m mod N]`` the tap of offset ``m``."""
         c, *taps = self.kernel.shape
         padded = jnp.zeros((c, *self.fine_shape), self.kernel.dtype)
         padded = padded.at[(slice(None), *(slice(0, t) for t in taps))].set(self.kernel)
         shift = tuple(-(t // 2) for t in taps)
-        padded = jnp.roll(padded, shift, axis=tuple(range(1, 1 + len(taps))))
-        return jnp.fft.rfftn(padded, axes=self._axes)
+        return jnp.roll(padded, shift, axis=tuple(range(1, 1 + len(taps))))
+
+    def _kernel_spectrum(self) -> Array:
+        """rFFT of the kernel wrapped onto the fine grid with its centre tap at index 0."""
+        return jnp.fft.rfftn(self._wrapped_kernel(), axes=self._axes)
+
+    @property
+    def uses_matrix(self) -> bool:
+        """Whether :meth:`restrict` and :meth:`prolong_many` apply :math:`S` as its matrix
+        (grids of two or more dimensions with at most :data:`MATRIX_COST` ``* log2(fine
+        points)`` coarse nodes)."""
+        n_fine = math.prod(self.fine_shape)
+        return (len(self.fine_shape) >= 2
+                and math.prod(self.coarse_shape) <= MATRIX_COST * math.log2(n_fine))
+
+    def columns(self) -> Float[Array, "n C F"]:
+        r"""The rows of :math:`S` as fine fields, ``(n_nodes, C, prod(fine))``, nodes in
+        row-major order: since :math:`(S y)_k = \sum_m G_m\, y_{k\sigma + m}`, row :math:`k`
+        is the wrapped kernel shifted by :math:`k\sigma`,
+        :math:`S_{k,i} = G_{(i - k\sigma) \bmod N}` (built by one gather, no FFT)."""
+        wrapped = self._wrapped_kernel()
+        shifts = [(np.arange(n)[None, :] - np.arange(m)[:, None] * s) % n
+                  for n, m, s in zip(self.fine_shape, self.coarse_shape, self.stride,
+                                     strict=True)]
+        # index arrays broadcast to (m_1..m_d, N_1..N_d): axis a uses m_a and N_a
+        index = tuple(
+            idx.reshape(tuple(m if b == a else 1 for b, m in enumerate(self.coarse_shape))
+                        + tuple(n if b == a else 1 for b, n in enumerate(self.fine_shape)))
+            for a, idx in enumerate(shifts))
+        rows = wrapped[(slice(None), *index)]  # (C, m_1..m_d, N_1..N_d)
+        n_nodes = math.prod(self.coarse_shape)
+        rows = rows.reshape(self.n_channels, n_nodes, -1)
+        return jnp.swapaxes(rows, 0, 1)
 
     @property
     def _axes(self) -> tuple[int, ...]:
@@ -152,8 +206,19 @@ class ScaleOperator(eqx.Module):
         return y[(slice(None), *(slice(None, None, s) for s in self.stride))]
 
     def restrict(self, y: Float[Array, "C ..."]) -> Float[Array, "C ..."]:
-        r""":math:`R y = (G\star y)[::\sigma] + b`."""
-        return self._subsample(self.smooth(y)) + self._bias_like(len(self.stride))
+        r""":math:`R y = (G\star y)[::\sigma] + b`; by the matrix :meth:`columns` when
+        :attr:`uses_matrix` (its rows do not depend on ``y``, so under ``vmap`` they are built
+        once), else by FFT. The two agree to rounding."""
+        bias = self._bias_like(len(self.stride))
+        if not self.uses_matrix:
+            return self._subsample(self.smooth(y)) + bias
+        coarse = jnp.einsum("ncf,cf->cn", self.columns(), y.reshape(self.n_channels, -1))
+        return coarse.reshape(self.n_channels, *self.coarse_shape) + bias
+
+    def restrict_and_smooth(self, y: Float[Array, "C ..."]) -> tuple[Array, Array]:
+        r"""``(R y, G * y)`` from one FFT pair (the micro encoder needs both)."""
+        smooth = self.smooth(y)
+        return self._subsample(smooth) + self._bias_like(len(self.stride)), smooth
 
     def prolong(self, zeta: Float[Array, "C ..."]) -> Float[Array, "C ..."]:
         r""":math:`P\zeta = \sigma^d S^\top\zeta + b` with :math:`S^\top` the exact transpose."""
@@ -164,24 +229,21 @@ class ScaleOperator(eqx.Module):
     def prolong_many(self, zeta: Float[Array, "B C ..."]) -> Float[Array, "B C ..."]:
         r""":math:`P\zeta` of a batch of coarse fields.
 
-        On grids of two or more dimensions with at most :data:`MATRIX_NODES` coarse nodes
-        :math:`n` per channel, :math:`P` is applied as its matrix: the columns :math:`P e_k -
-        b` (one prolongation per coarse node, all channels at once since the kernel is
-        depthwise) and one matrix product for the batch, instead of one FFT pair per field.
-        The columns do not depend on the batch, so under ``vmap`` (a forecast's ensemble
-        members) they are built once: a 2D forecast decodes ~4x faster. Otherwise (and always
-        in 1D, where the FFTs are cheap) field by field. The two agree to rounding.
+        When :attr:`uses_matrix`, :math:`P` is applied as its matrix
+        :math:`\sigma^d S^\top` (:meth:`columns`, one gather of the kernel) and one matrix
+        product for the batch, instead of one FFT pair per field; the matrix does not depend
+        on the batch, so under ``vmap`` (a forecast's ensemble members) it is built once.
+        Otherwise (and always in 1D, where the FFTs are cheap) field by field. The two agree
+        to rounding.
         """
-        n_nodes = math.prod(self.coarse_shape)
-        if len(self.fine_shape) < 2 or n_nodes > MATRIX_NODES:
+        if not self.uses_matrix:
             return jax.vmap(self.prolong)(zeta)
-        c = self.n_channels
-        basis = jnp.broadcast_to(jnp.eye(n_nodes, dtype=zeta.dtype).reshape(
-            n_nodes, 1, *self.coarse_shape), (n_nodes, c, *self.coarse_shape))
+        c, n_nodes = self.n_channels, math.prod(self.coarse_shape)
         bias = self._bias_like(len(self.stride))[None]  # (1, C, 1, ...)
-        columns = (jax.vmap(self.prolong)(basis) - bias).reshape(n_nodes, c, -1)
-        fine = jnp.einsum("bcn,ncf->bcf", zeta.reshape(zeta.shape[0], c, n_nodes), columns)
-        return fine.reshape(zeta.shape[0], c, *self.fine_shape) + bias
+        fine = jnp.einsum("bcn,ncf->bcf", zeta.reshape(zeta.shape[0], c, n_nodes),
+                          self.columns())
+        scale = float(np.prod(self.stride))
+        return scale * fine.reshape(zeta.shape[0], c, *self.fine_shape) + bias
 
     def _bias_like(self, n_space: int) -> Array:
         return jnp.reshape(self.bias, (-1,) + (1,) * n_space)

@@ -70,6 +70,7 @@ from msde_ppl.generative.codec import (
     ConvMicroDecoder,
     MicroDecoder,
     MultiscaleEncoder,
+    SplineMicroDecoder,
     StencilMicroDecoder,
 )
 from msde_ppl.generative.drifts import MultiscaleDrift
@@ -103,12 +104,17 @@ class MultiscaleConfig:
             initial profile. A frozen kernel keeps :math:`\zeta` a smooth coarse field: a
             learned one may sharpen to fit narrow features with the macro expert alone, and a
             kernel narrower than the coarse spacing aliases them (see the wave 1D case).
-        encoder: micro encoder, ``"mlp"`` or ``"cnn"`` (the reference's network, 1D; see
+        encoder: micro encoder, ``"mlp"``, ``"spline"`` (the MLP on the residual's spline
+            coefficients, :class:`~msde_ppl.generative.codec.SplineMicroEncoder`) or ``"cnn"``
+            (the reference's network, 1D; see
             :class:`~msde_ppl.generative.codec.ConvMicroEncoder`).
         decoder: micro decoder, ``"mlp"`` (:math:`g(\eta)`, the reference's form),
-            ``"cnn"`` (:math:`g(\eta)` by the reference's network, 1D) or ``"stencil"``
+            ``"spline"`` (:math:`g(\eta)` through a spline basis,
+            :class:`~msde_ppl.generative.codec.SplineMicroDecoder`), ``"cnn"``
+            (:math:`g(\eta)` by the reference's network, 1D) or ``"stencil"``
             (translation-equivariant :math:`g(\zeta, \eta)`, see
             :class:`~msde_ppl.generative.codec.StencilMicroDecoder`).
+        codec_spacing: knot spacing (fine points) of the ``"spline"`` codec's basis.
         physics: known coarse PDE operator of the macro drift (``"burgers"``, ``"kdv"``) or
             ``None`` (a purely learned drift); see :mod:`msde_ppl.generative.physics`.
         domain: domain lengths per axis (needed with ``physics``: the coarse spacing).
@@ -138,6 +144,7 @@ class MultiscaleConfig:
     learn_kernel: bool = True
     encoder: str = "mlp"
     decoder: str = "mlp"
+    codec_spacing: int = 2
     physics: str | None = None
     domain: tuple[float, ...] | None = None
     dissipation: tuple[float, float, float] | None = None
@@ -181,7 +188,7 @@ class MultiscaleModules(NamedTuple):
 
     encoder: MultiscaleEncoder
     drift: MultiscaleDrift
-    decoder: MicroDecoder | ConvMicroDecoder | StencilMicroDecoder | None
+    decoder: MicroDecoder | ConvMicroDecoder | SplineMicroDecoder | StencilMicroDecoder | None
 
 
 def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModules:
@@ -196,7 +203,7 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
     scale = ScaleOperator(config.fine_shape, config.coarse_shape, config.n_channels,
                           config.n_sigma, config.kernel_init, config.learn_kernel)
     encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, config.encoder,
-                                key=k_enc)
+                                config.codec_spacing, key=k_enc)
     physics = None
     if config.physics is not None:
         if config.domain is None:
@@ -207,12 +214,15 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
                             config.radius, config.macro_hidden, config.micro_hidden,
                             config.micro_time, physics, config.dissipation,
                             config.positional, key=k_drift)
-    if config.decoder not in ("mlp", "cnn", "stencil"):
-        raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'cnn' or "
-                         "'stencil'")
+    if config.decoder not in ("mlp", "cnn", "stencil", "spline"):
+        raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'spline', "
+                         "'cnn' or 'stencil'")
     decoder = None
     if config.n_micro and config.decoder == "mlp":
         decoder = MicroDecoder(config.n_micro, config.obs_shape, config.codec_hidden, key=k_dec)
+    elif config.n_micro and config.decoder == "spline":
+        decoder = SplineMicroDecoder(config.n_micro, config.obs_shape, config.codec_spacing,
+                                     config.codec_hidden, key=k_dec)
     elif config.n_micro and config.decoder == "cnn":
         decoder = ConvMicroDecoder(config.n_micro, config.obs_shape, key=k_dec)
     elif config.n_micro:

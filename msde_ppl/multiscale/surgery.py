@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msde_ppl.generative.codec import ConvMicroDecoder
+from msde_ppl.generative.codec import ConvMicroDecoder, SplineMicroEncoder
 from msde_ppl.generative.networks import MLP
 from msde_ppl.multiscale.program import (
     MultiscaleConfig,
@@ -48,9 +48,12 @@ def _grow_mlp(new: MLP, old: MLP, zero_new_inputs: bool) -> MLP:
 
 
 def _grow_micro_encoder(new, old):
-    """MLP: grow every layer; CNN: keep the convolutions, grow the output rows of the head."""
+    """MLP (also on spline coefficients): grow every layer; CNN: keep the convolutions, grow
+    the output rows of the head."""
     if isinstance(new, MLP):
         return _grow_mlp(new, old, False)
+    if isinstance(new, SplineMicroEncoder):
+        return eqx.tree_at(lambda e: e.net, new, _grow_mlp(new.net, old.net, False))
     grown = eqx.tree_at(lambda e: e.convs, new, old.convs)
     return eqx.tree_at(lambda e: e.head, grown, _grow_linear(new.head, old.head, False))
 

@@ -248,3 +248,84 @@ def test_untrained_stencil_decoder_is_zero():
 
     dec = StencilMicroDecoder(2, (4, 6), (8, 8), n_channels=2, key=jax.random.key(0))
     assert float(jnp.abs(dec(jnp.ones((2, 4, 6)), jnp.ones(2))).max()) == 0.0
+
+
+@pytest.mark.parametrize("fine, coarse, channels", [((128, 128), (8, 8), 1),
+                                                    ((320, 80), (32, 8), 2),
+                                                    ((32, 48), (4, 6), 2)])
+def test_matrix_and_fft_scale_operators_agree_with_gradients(fine, coarse, channels, rng_key,
+                                                              monkeypatch):
+    """R, P and their kernel gradients by the gathered matrix (:meth:`columns`) equal the FFT
+    forms to rounding (float64), whichever path :attr:`uses_matrix` picks by default."""
+    from msde_ppl.generative import operators
+
+    with jax.enable_x64(True):
+        op = random_kernel(ScaleOperator(fine, coarse, channels), rng_key)
+        op = jax.tree.map(lambda a: a.astype(jnp.float64), op)
+        ky, kz = jax.random.split(jax.random.fold_in(rng_key, 5))
+        y = jax.random.normal(ky, (channels, *fine), jnp.float64)
+        zeta = jax.random.normal(kz, (3, channels, *coarse), jnp.float64)
+
+        def outputs(o):
+            loss = lambda o: jnp.sum(jnp.sin(o.restrict(y))) + jnp.sum(  # noqa: E731
+                jnp.cos(o.prolong_many(zeta)))
+            return o.restrict(y), o.prolong_many(zeta), eqx.filter_grad(loss)(o).weight
+
+        monkeypatch.setattr(operators, "MATRIX_COST", 10**6)
+        assert op.uses_matrix
+        by_matrix = outputs(op)
+        monkeypatch.setattr(operators, "MATRIX_COST", 0)
+        assert not op.uses_matrix
+        by_fft = outputs(op)
+        for a, b in zip(by_matrix, by_fft, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * float(jnp.abs(b).max()))
+        coarse_r, smooth = op.restrict_and_smooth(y)
+        np.testing.assert_allclose(coarse_r, by_fft[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(smooth, op.smooth(y), rtol=1e-12, atol=1e-12)
+
+
+def test_matrix_threshold_picks_the_cheaper_form():
+    """Burgers 2D (64 nodes on 128 x 128) by matrix, the cylinder (256 on 320 x 80) by FFT."""
+    assert ScaleOperator((128, 128), (8, 8)).uses_matrix
+    assert not ScaleOperator((320, 80), (32, 8), 2).uses_matrix
+    assert not ScaleOperator((1000,), (20,)).uses_matrix  # 1D: FFTs
+
+
+@pytest.mark.parametrize("n_points, spacing", [(128, 2), (80, 2), (320, 4), (37, 3), (5, 8)])
+def test_spline_basis_reproduces_cubics_up_to_the_boundary(n_points, spacing):
+    from msde_ppl.generative.operators import spline_basis
+
+    basis = spline_basis(n_points, spacing)
+    n_knots = basis.shape[1] - 2
+    assert (n_points - 1) / (n_knots - 1) <= spacing  # knots at most `spacing` points apart
+    x = np.linspace(-1.0, 2.0, n_points)  # not periodic: different values at the two ends
+    for f in (np.ones_like(x), x, x**2 - 0.5 * x**3):
+        coeffs, *_ = np.linalg.lstsq(basis, f, rcond=None)
+        np.testing.assert_allclose(basis @ coeffs, f, atol=1e-10)
+
+
+def test_spline_codec_reads_coefficients_and_starts_at_zero(rng_key):
+    """The spline encoder's network reads exactly the least-squares coefficients of a residual
+    in its basis; the decoder starts at zero and decodes through the same basis."""
+    from msde_ppl.generative.codec import SplineMicroDecoder, SplineMicroEncoder
+    from msde_ppl.generative.operators import spline_basis
+
+    k1, k2, k3 = jax.random.split(rng_key, 3)
+    fine = (24, 10)
+    encoder = SplineMicroEncoder(2, fine, 3, spacing=2, hidden=(8,), key=k1)
+    b1, b2 = spline_basis(24, 2), spline_basis(10, 2)
+    coeffs = np.asarray(jax.random.normal(k2, (2, b1.shape[1], b2.shape[1])))
+    field = np.einsum("ij,cjk,lk->cil", b1, coeffs, b2)
+    ls = np.einsum("ij,cjk,lk->cil", np.linalg.pinv(b1), field, np.linalg.pinv(b2))
+    expected = encoder.net(jnp.asarray(ls.ravel(), jnp.float32))
+    np.testing.assert_allclose(encoder(jnp.asarray(field, jnp.float32)), expected, rtol=1e-4,
+                               atol=1e-5)
+    decoder = SplineMicroDecoder(3, (2, *fine), spacing=2, hidden=(8,), key=k3)
+    eta = jnp.array([1.0, -0.5, 2.0])
+    assert decoder(None, eta).shape == (2, *fine) and float(jnp.abs(decoder(None, eta)).max()) == 0
+    trained = eqx.tree_at(lambda d: d.net.layers[-1].weight, decoder,
+                          jax.random.normal(k1, decoder.net.layers[-1].weight.shape))
+    out_coeffs = np.asarray(trained.net(eta)).reshape(2, b1.shape[1], b2.shape[1])
+    np.testing.assert_allclose(trained(None, eta),
+                               np.einsum("ij,cjk,lk->cil", b1, out_coeffs, b2), rtol=1e-4,
+                               atol=1e-5)

@@ -52,7 +52,7 @@ def test_untrained_decoder_gives_macro_only_reconstruction(rng_key):
 
 
 @pytest.mark.parametrize(("encoder", "decoder"), [
-    ("mlp", "mlp"), ("mlp", "stencil"),
+    ("mlp", "mlp"), ("mlp", "stencil"), ("spline", "spline"),
     pytest.param("cnn", "cnn", marks=pytest.mark.slow),  # ~15 s; test_conv covers the codec
 ])
 def test_grown_model_computes_the_old_model(rng_key, encoder, decoder):
