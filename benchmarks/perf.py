@@ -9,6 +9,10 @@ Sections (``--sections``, default all):
   cost analysis of one step, compile time separated from run time, and the proof that later
   chunks never recompile (trace count and jit cache size stay 1). Our default configuration
   (MLP micro codec, 4 windows of 64) is timed the same way for comparison.
+- ``step2d``: median 2D training-step time and GFLOP/s at the Burgers 2D / dam-break sizes
+  (128 x 128 -> 8 x 8, windows of 64 and 128) and the cylinder's (2 x 320 x 80 -> 32 x 8,
+  windows of 32 and 64): implicit scale, and multiscale (K = 5) with the MLP and the spline
+  micro codec; plus a per-op breakdown (``jax.profiler`` trace) of each multiscale step.
 - ``scaling``: step time against trajectory length (10^3 .. 10^5 snapshots; the trajectory is a
   tiled Burgers trajectory, since a step's cost does not depend on the values), window size M
   and windows per step.
@@ -134,6 +138,119 @@ def section_reference(ds, args) -> dict:
                       TrainConfig(window=64, windows_per_step=4, chunk_size=20), repeats)
     print(f"reference config: {json.dumps(ref)}\ndefault config: {json.dumps(ours)}", flush=True)
     return {"reference_config": ref, "default_config": ours, "load": load_note()}
+
+
+# ----------------------------------------------------------------------------- 2D step
+STEP2D_CONFIGS = {
+    # name: (case, (fields, nx, ny), windows M timed)
+    "burgers_2d": ("burgers_2d", (1, 128, 128), (64, 128)),
+    "cylinder_2d": ("cylinder_2d", (2, 320, 80), (32, 64)),
+}
+
+
+def synthetic_2d(fields: int, nx: int, ny: int, n_traj: int = 2, n_time: int = 300):
+    """Travelling smooth waves on a 2D grid: a step's cost does not depend on the values, and
+    the built-in 2D datasets take minutes to generate."""
+    rng = np.random.default_rng(0)
+    x, y = np.arange(nx) / nx, np.arange(ny) / ny
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    t = np.arange(n_time) * 0.01
+    u = np.zeros((n_traj, n_time, fields, nx, ny), np.float32)
+    for i in range(n_traj):
+        for f in range(fields):
+            a, b = rng.uniform(0, 2 * np.pi, 2)
+            u[i, :, f] = (np.sin(2 * np.pi * xx + a + t[:, None, None])
+                          * np.cos(2 * np.pi * yy + b))
+    names = None if fields == 1 else [f"f{k}" for k in range(fields)]
+    return from_arrays(u if fields > 1 else u[:, :, 0], time=t, x=x, y=y, fields=names)
+
+
+def op_breakdown(ds, config, train: TrainConfig, n_steps: int = 5, top: int = 12) -> dict:
+    """Per-op time of ``n_steps`` jitted training steps from a ``jax.profiler`` trace: the
+    ``top`` XLA ops by summed duration, with output shape and the JAX operation they come
+    from, and the share of FFTs. Durations of ops running concurrently on the two cores add
+    up, so shares (not sums) are the figure to read."""
+    import collections
+    import gzip
+    import re
+    import tempfile
+
+    from msde_ppl.pipeline.training import multiscale_setup
+
+    setup = multiscale_setup(ds, config, train)
+    key_init, key_batch, key_run = jax.random.split(jax.random.key(1), 3)
+    example = setup.batch_fn(key_batch, jnp.zeros((), jnp.int32))
+    problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
+                          example, beta_schedule=setup.beta_schedule)
+    state = state._replace(rng_key=key_run)
+    one_step = jax.jit(lambda st, batch: step(problem, st, batch))
+    compiled = one_step.lower(state, example).compile()
+    hlo = compiled.as_text()
+    state, _ = compiled(state, example)
+    jax.block_until_ready(state.params)
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp)
+        for _ in range(n_steps):
+            state, _ = compiled(state, example)
+        jax.block_until_ready(state.params)
+        jax.profiler.stop_trace()
+        trace = next(Path(tmp).rglob("*.trace.json.gz"))
+        events = json.load(gzip.open(trace))["traceEvents"]
+    totals: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "hlo_op" in e.get("args", {}):
+            totals[e["args"]["hlo_op"]] += e["dur"]
+    lines = {m.group(1): m.group(0) for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*",
+                                                           hlo, re.M)}
+    bodies = {m.group(1): m.group(2) for m in re.finditer(
+        r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S)}
+
+    def describe(op: str) -> tuple[str, str]:
+        line = lines.get(op, "")
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        text = bodies.get(called.group(1), "") if called else line
+        names = re.findall(r'op_name="([^"]+)"', text) or re.findall(r'op_name="([^"]+)"', line)
+        name = collections.Counter(n.split("/", 1)[-1] for n in names).most_common(1)
+        shape = re.search(r"= (\S+)", line)
+        return (shape.group(1).split("{")[0] if shape else "?"), (name[0][0] if name else "?")
+
+    total = sum(totals.values())
+    fft = sum(v for op, v in totals.items() if op.startswith("fft"))
+    rows = []
+    for op, v in totals.most_common(top):
+        shape, origin = describe(op)
+        rows.append({"op": op, "share": v / total, "ms_per_step": v / n_steps / 1e3,
+                     "shape": shape, "origin": origin[:90]})
+    return {"ops": rows, "fft_share": fft / total, "summed_ms_per_step": total / n_steps / 1e3}
+
+
+def section_step2d(args) -> dict:
+    """Median 2D training-step times (implicit scale, multiscale with the MLP and the spline
+    micro codec) at the 2D cases' sizes, GFLOP/s from XLA's cost analysis, and a per-op
+    breakdown of the multiscale step at ``msde run``'s window."""
+    from msde_ppl.pipeline.run import run_window
+
+    repeats = 3 if args.quick else 10
+    out: dict = {"load_before": load_note()}
+    for name, (case, (fields, nx, ny), windows) in STEP2D_CONFIGS.items():
+        ds = synthetic_2d(fields, nx, ny)
+        rows = []
+        for window in windows:
+            for n_micro, codec in ((0, None), (5, "mlp"), (5, "spline")):
+                config = config_for(case, (nx, ny), n_micro=n_micro, n_channels=fields,
+                                    encoder=codec, decoder=codec)
+                timed = time_steps(ds, config, TrainConfig(window=window, windows_per_step=1,
+                                                           chunk_size=10), repeats)
+                timed.update(window=window, n_micro=n_micro, codec=codec or "-")
+                print(f"step2d {name}: {json.dumps(timed)}", flush=True)
+                rows.append(timed)
+        window = run_window(case)
+        breakdown = op_breakdown(ds, config_for(case, (nx, ny), n_micro=5, n_channels=fields),
+                                 TrainConfig(window=window, windows_per_step=1))
+        out[name] = {"grid": f"{fields} x {nx} x {ny}", "steps": rows,
+                     "breakdown": {"window": window, **breakdown}}
+    out["load_after"] = load_note()
+    return out
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -435,6 +552,30 @@ def markdown(res: dict) -> str:
                 f"{x['gflops_per_s']:.0f} | {x['compile_s']:.1f} | {x['traces']} | "
                 f"{REFERENCE_STEP_S / x['step_median_s']:.1f}x |")
         lines += ["", f"({res['reference']['load']})", ""]
+    if "step2d" in res:
+        st = res["step2d"]
+        lines += ["## 2D training step (synthetic fields of the cases' sizes, one window per step)",
+                  "", "| case (fields x grid) | window M | K | micro codec | median step (s) | "
+                  "p10–p90 (s) | GFLOP/step | GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+        for name in STEP2D_CONFIGS:
+            if name not in st:
+                continue
+            for x in st[name]["steps"]:
+                lines.append(
+                    f"| {name} ({st[name]['grid']}) | {x['window']} | {x['n_micro']} | "
+                    f"{x['codec']} | {x['step_median_s']:.4f} | {x['step_p10_s']:.4f}–"
+                    f"{x['step_p90_s']:.4f} | {x['flops_per_step'] / 1e9:.2f} | "
+                    f"{x['gflops_per_s']:.0f} |")
+        for name in STEP2D_CONFIGS:
+            if name not in st:
+                continue
+            b = st[name]["breakdown"]
+            lines += ["", f"Top XLA ops of the {name} multiscale step (MLP codec, M = "
+                      f"{b['window']}; shares of summed op time, FFTs {100 * b['fft_share']:.0f}%"
+                      "):", "", "| op | share | output | from |", "|---|---|---|---|"]
+            lines += [f"| {o['op']} | {100 * o['share']:.1f}% | `{o['shape']}` | {o['origin']} |"
+                      for o in b["ops"]]
+        lines += ["", f"(before: {st['load_before']}; after: {st['load_after']})", ""]
     if "scaling" in res:
         sc = res["scaling"]
         lines += ["## Step time scaling (ours, MLP codec)", "",
@@ -515,7 +656,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, short accuracy run")
     parser.add_argument("--sections", nargs="+",
-                        default=["reference", "scaling", "accuracy", "forecast", "memory"])
+                        default=["reference", "scaling", "step2d", "accuracy", "forecast",
+                                 "memory"])
     parser.add_argument("--kdv", action="store_true", help="also KdV 1D's time to 0.042 (long)")
     parser.add_argument("--burgers-steps", type=int, default=40000,
                         help="maximum K=5 steps of the Burgers time-to-accuracy run")
@@ -549,6 +691,9 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if "scaling" in args.sections:
         res["scaling"] = section_scaling(ds, args)
+        save()
+    if "step2d" in args.sections:
+        res["step2d"] = section_step2d(args)
         save()
     if "accuracy" in args.sections or "forecast" in args.sections:
         acc, fitted = section_accuracy(ds, args) if "accuracy" in args.sections else (None, None)

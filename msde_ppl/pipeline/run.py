@@ -50,11 +50,12 @@ __all__ = ["divergence_warning", "fit_data", "model_config", "progressive_stages
 RUN_STEPS = 4000
 RUN_MICRO_STEPS = 60000
 RUN_STEPS_2D = {"burgers_2d": (3250, 9750), "shallow_water_2d": (5000, 15000),
-                "cylinder_2d": (2000, 4000)}
-# cylinder: set from the measured step time, not from accuracy. With 64-snapshot windows its
-# steps cost 0.42 s (implicit scale) and 0.9 s (multiscale) on 2 cores (320 x 80 x 2 values,
-# 256 coarse nodes): 10k steps are over two hours. With 32-snapshot windows `msde run` trains at
-# 3.0 and 2.14 steps/s (stop 34): 2000 + 4000 steps are ~42 min, within the 45-minute budget.
+                "cylinder_2d": (3000, 8000)}
+# cylinder: set from the measured step time, not from accuracy (320 x 80 x 2 values, 256 coarse
+# nodes, 32-snapshot windows). Its steps cost 0.27 s (implicit scale) and 0.46 s (multiscale) on
+# 2 cores until the prolongation matrix was gathered from the kernel instead of built by one FFT
+# pair per coarse node (stop 35); now 0.075 s and 0.21 s (benchmarks/perf.py --sections
+# step2d): 3000 + 8000 steps are ~35 min, within the 45-minute training budget.
 RUN_WINDOW_2D = {"cylinder_2d": 32}
 RUN_WINDOWS = 1
 
