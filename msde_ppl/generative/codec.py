@@ -28,6 +28,7 @@ networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder`
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -85,7 +86,7 @@ class ConvMicroEncoder(eqx.Module):
         return self.head(h.ravel())
 
 
-def _along_axes(x: Array, matrices: list[np.ndarray]) -> Array:
+def _along_axes(x: Array, matrices: tuple[np.ndarray, ...]) -> Array:
     """Apply ``matrices[a]`` (``(out_a, in_a)``) along spatial axis ``a`` of ``x``
     (``(C, in_1, ..., in_d)``): the separable product, ``(C, out_1, ..., out_d)``."""
     for axis, matrix in enumerate(matrices, start=1):
@@ -94,8 +95,16 @@ def _along_axes(x: Array, matrices: list[np.ndarray]) -> Array:
     return x
 
 
-def _spline_bases(fine_shape: tuple[int, ...], spacing: int) -> list[np.ndarray]:
-    return [spline_basis(n, spacing) for n in fine_shape]
+@functools.lru_cache(maxsize=32)
+def _spline_bases(fine_shape: tuple[int, ...], spacing: int) -> tuple[np.ndarray, ...]:
+    """Per axis: the basis ``(n_points, n_coeffs)`` (computed once per grid)."""
+    return tuple(spline_basis(n, spacing) for n in fine_shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _spline_analysis(fine_shape: tuple[int, ...], spacing: int) -> tuple[np.ndarray, ...]:
+    """Per axis: the basis' pseudo-inverse ``(n_coeffs, n_points)`` (least squares)."""
+    return tuple(np.linalg.pinv(b) for b in _spline_bases(fine_shape, spacing))
 
 
 class SplineMicroEncoder(eqx.Module):
@@ -116,7 +125,7 @@ class SplineMicroEncoder(eqx.Module):
         self.net = MLP(n_channels * n_coeffs, hidden, n_micro, key=key)
 
     def __call__(self, residual: Float[Array, "C ..."]) -> Float[Array, " n_micro"]:
-        analysis = [np.linalg.pinv(b) for b in _spline_bases(self.fine_shape, self.spacing)]
+        analysis = _spline_analysis(self.fine_shape, self.spacing)
         return self.net(_along_axes(residual, analysis).ravel())
 
 
@@ -132,7 +141,8 @@ class SplineMicroDecoder(eqx.Module):
     def __init__(self, n_micro: int, out_shape: tuple[int, ...], spacing: int = 2,
                  hidden: tuple[int, ...] = (256,), *, key: PRNGKeyArray) -> None:
         self.out_shape, self.spacing = tuple(out_shape), int(spacing)
-        n_coeffs = math.prod(b.shape[1] for b in _spline_bases(self.out_shape[1:], spacing))
+        n_coeffs = math.prod(b.shape[1] for b in _spline_bases(self.out_shape[1:],
+                                                                self.spacing))
         net = MLP(n_micro, hidden, self.out_shape[0] * n_coeffs, key=key)
         last = net.layers[-1]
         self.net = eqx.tree_at(lambda n: (n.layers[-1].weight, n.layers[-1].bias), net,
