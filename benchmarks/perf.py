@@ -80,19 +80,24 @@ def reference_config(fine_shape, **overrides):
 
 
 # ----------------------------------------------------------------------------- step time
-def time_steps(ds, config, train: TrainConfig, repeats: int) -> dict:
-    """Compile time, per-step median and spread, XLA FLOPs of one step, recompilation check."""
+def compiled_step(ds, config, train: TrainConfig, seed: int = 0):
+    """``(setup, problem, state, example batch, compiled one-step program, compile s)`` of a
+    fit of ``config`` on ``ds``."""
     setup = multiscale_setup(ds, config, train)
-    key_init, key_batch, key_run = jax.random.split(jax.random.key(0), 3)
+    key_init, key_batch, key_run = jax.random.split(jax.random.key(seed), 3)
     example = setup.batch_fn(key_batch, jnp.zeros((), jnp.int32))
     problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
                           example, beta_schedule=setup.beta_schedule)
     state = state._replace(rng_key=key_run)
-
     one_step = jax.jit(lambda st, batch: step(problem, st, batch))
     start = time.perf_counter()
     compiled = one_step.lower(state, example).compile()
-    step_compile_s = time.perf_counter() - start
+    return setup, problem, state, example, compiled, time.perf_counter() - start
+
+
+def time_steps(ds, config, train: TrainConfig, repeats: int) -> dict:
+    """Compile time, per-step median and spread, XLA FLOPs of one step, recompilation check."""
+    setup, problem, state, _, compiled, step_compile_s = compiled_step(ds, config, train)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", float("nan")))
@@ -175,16 +180,7 @@ def op_breakdown(ds, config, train: TrainConfig, n_steps: int = 5, top: int = 12
     import re
     import tempfile
 
-    from msde_ppl.pipeline.training import multiscale_setup
-
-    setup = multiscale_setup(ds, config, train)
-    key_init, key_batch, key_run = jax.random.split(jax.random.key(1), 3)
-    example = setup.batch_fn(key_batch, jnp.zeros((), jnp.int32))
-    problem, state = init(key_init, setup.model, setup.guide, setup.elbo, setup.optimizer,
-                          example, beta_schedule=setup.beta_schedule)
-    state = state._replace(rng_key=key_run)
-    one_step = jax.jit(lambda st, batch: step(problem, st, batch))
-    compiled = one_step.lower(state, example).compile()
+    *_, state, example, compiled, _ = compiled_step(ds, config, train, seed=1)
     hlo = compiled.as_text()
     state, _ = compiled(state, example)
     jax.block_until_ready(state.params)
