@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "split is forecast")
     fc.add_argument("--no-calibrate", action="store_true",
                     help="do not calibrate the spread (forecast.nc is the raw ensemble)")
+    fc.add_argument("--no-residual", action="store_true",
+                    help="calibrate the spread only: do not carry the first snapshot's "
+                    "reconstruction residual forward (residual persistence, a gain per lead "
+                    "time fitted on the calibration split, docs/calibration.md)")
     fc.add_argument("--allow-incomplete", action="store_true",
                     help="also forecast a run that failed or was interrupted (its last saved "
                     "state)")
@@ -616,7 +620,7 @@ def _is_velocity(ds) -> bool:
 def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
     """``{key}_vorticity.png``: truth / mean / std of the vorticity at three test times (the
     first test trajectory), from a forecast that keeps its members (64), over ``fc``'s horizon
-    and spread as in ``fc`` (its ``spread_factor``, when calibrated)."""
+    and spread as in ``fc`` (its ``spread_factor`` and ``residual_gain``, when calibrated)."""
     import matplotlib.pyplot as plt
 
     from msde_ppl.data.splits import select_split
@@ -625,8 +629,10 @@ def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
 
     one = select_split(ds, "test").isel(traj=[0])
     factor = fc["spread_factor"].values if "spread_factor" in fc else None
+    gain = fc["residual_gain"].values if "residual_gain" in fc else None
     draws = forecast(rng_key, fitted, one, split=None, n_samples=64, return_samples=True,
-                     spread_factor=factor, n_steps=fc.sizes.get("time"))  # fc's horizon
+                     spread_factor=factor, residual_gain=gain,
+                     n_steps=fc.sizes.get("time"))  # fc's horizon
     obs = one["u"].isel(traj=0, time=slice(0, draws.sizes["time"]))
     obs = obs.transpose("time", "field", "x", "y")
     samples = draws["samples"].isel(traj=0).transpose("sample", "time", "field", "x", "y")
@@ -916,7 +922,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     fc, metrics = score(fits, ds, split=None if args.split == "all" else args.split,
                         n_samples=args.samples, seed=args.seed,
                         integrator=args.integrator, substeps=args.substeps,
-                        calibrate_on=args.calibrate_on, horizon=args.horizon, progress=True)
+                        calibrate_on=args.calibrate_on, residual=not args.no_residual,
+                        horizon=args.horizon, progress=True)
     out = _new_dir(args.out, "output directory")
     fc.to_netcdf(out / "forecast.nc", engine="h5netcdf")
     if args.split == "all":
@@ -942,7 +949,10 @@ def cmd_forecast(args: argparse.Namespace) -> int:
           f"spread/skill {metrics['spread_skill']:.2f}")
     if "calibrated" in metrics and "skipped" not in metrics["calibrated"]:
         cal = metrics["calibrated"]
-        print(f"calibrated on {cal['fitted_on']}: CRPS {cal['crps']:.3g}; 90% coverage "
+        moved = (f"rel-L2 {cal['rel_l2_mean']:.4f} ± {cal['rel_l2_std']:.4f} (residual "
+                 f"persistence, gain {cal['residual_gain']['lead_1']:.2f} at lead 1); "
+                 if "residual_gain" in cal else "")
+        print(f"calibrated on {cal['fitted_on']}: {moved}CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}")
     _print_baselines(metrics)
     if not metrics["finite"]:

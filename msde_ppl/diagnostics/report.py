@@ -132,7 +132,10 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     # calibration: re-forecast the first test trajectory keeping the members (with the spread
     # factor of the run's forecast, if it was calibrated)
     test = select_split(ds, "test").isel(traj=slice(0, 1))
-    factor = None
+    factor = gain = None
+    if fc is not None and "residual_gain" in fc and fc["residual_gain"].sizes["time"] == \
+            fc.sizes["time"]:
+        gain = np.asarray(fc["residual_gain"].values, np.float64)
     if fc is not None and "spread_factor" in fc:
         factor = np.asarray(fc["spread_factor"].values, np.float64)
         lines += [f"The forecast is calibrated: its spread is scaled by a factor fitted on the "
@@ -142,7 +145,7 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True,
                    spread_factor=None if factor is None or factor.size != fc.sizes["time"]
-                   else factor)
+                   else factor, residual_gain=gain)
     figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
                                    out / f"{key}_spectrum.png")
     curve = checks.coverage_curve(cal["samples"], cal["obs"])

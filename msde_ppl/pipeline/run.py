@@ -35,7 +35,11 @@ from msde_ppl.multiscale.program import (
 )
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
-from msde_ppl.predict.calibration import fit_spread_factor
+from msde_ppl.predict.calibration import (
+    apply_residual_gain,
+    fit_residual_gain,
+    fit_spread_factor,
+)
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
 
@@ -196,6 +200,7 @@ def score(
     integrator: str = "heun",
     substeps: int = 1,
     calibrate_on: str | None = None,
+    residual: bool = True,
     horizon: int | None = None,
     progress: bool = False,
 ) -> tuple[xr.Dataset, dict]:
@@ -213,7 +218,12 @@ def score(
     calibrated one; the top-level metrics stay the uncalibrated ones). If the calibration
     split's forecast is not finite, the calibration is skipped (a printed warning) and
     ``metrics["calibrated"]`` says why. A calibrated forecast carries its factor as the
-    ``spread_factor`` variable (over ``time``). ``metrics["in_sample"]`` is ``True`` for the
+    ``spread_factor`` variable (over ``time``). With ``residual`` (default) the calibration
+    first fits the residual-persistence gain on that split
+    (:func:`~msde_ppl.predict.fit_residual_gain`: the first snapshot's reconstruction residual
+    carried forward, which moves the mean, so ``metrics["calibrated"]`` has its own rel-L2),
+    then the spread factor on the corrected errors; the forecast carries it as
+    ``residual_gain``. ``metrics["in_sample"]`` is ``True`` for the
     train split, ``False`` for another one, ``None`` for every trajectory (``split=None``:
     unknown here). ``progress`` reports each forecast's
     trajectories as they are done.
@@ -243,12 +253,16 @@ def score(
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
                           "(to calibrate the spread)")
+        gain = None
         try:
+            if residual:
+                gain = fit_residual_gain(fc_val)
+                fc_val = apply_residual_gain(fc_val, gain)
             factor = fit_spread_factor(fc_val)
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
-            factor = None
+            factor = gain = None
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
@@ -256,7 +270,7 @@ def score(
             del fc  # scored above; the calibrated forecast replaces it
             fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
-                          spread_factor=factor,
+                          spread_factor=factor, residual_gain=gain,
                           progress=progress and f"calibrated forecast of the {split} split")
             calibrated = forecast_metrics(fc, eval_steps)
             calibrated["fitted_on"] = calibrate_on
@@ -264,7 +278,17 @@ def score(
             calibrated["spread_factor"] = {"min": float(factor.min()),
                                            "median": float(np.median(factor)),
                                            "max": float(factor.max())}
+            if gain is not None:
+                calibrated["residual_gain"] = {
+                    "lead_1": float(np.mean(gain[1])) if len(gain) > 1 else 1.0,
+                    "half_life_steps": _half_life(gain)}
             metrics["calibrated"] = calibrated
+            if gain is not None:
+                fc["residual_gain"] = (("time", "field") if gain.ndim == 2 else ("time",),
+                                       gain.astype(np.float32))
+                fc["residual_gain"].attrs["description"] = (
+                    f"residual-persistence gain fitted on the {calibrate_on} split: the first "
+                    "snapshot's reconstruction residual times this is added to every member")
             fc["spread_factor"] = ("time", factor.astype(np.float32))
             fc["spread_factor"].attrs["description"] = (
                 f"post-hoc spread factor fitted on the {calibrate_on} split (applied to this "
@@ -275,6 +299,13 @@ def score(
     losses = [float(f.losses[-1]) for f in fits if len(f.losses)]
     metrics["final_loss"] = losses[0] if len(losses) == 1 else (losses or None)
     return fc, metrics
+
+
+def _half_life(gain: np.ndarray) -> int | None:
+    """First lead time (in steps) at which the mean residual gain falls below 1/2 (``None``:
+    not within the horizon)."""
+    below = np.flatnonzero(np.reshape(gain, (len(gain), -1)).mean(1) < 0.5)
+    return int(below[0]) if below.size else None
 
 
 def _as_lists(scores: xr.Dataset) -> dict[str, list[float]]:

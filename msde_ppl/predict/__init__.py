@@ -1,6 +1,6 @@
 """Forecasts, metrics and baselines."""
 
-from msde_ppl.predict.calibration import fit_spread_factor
+from msde_ppl.predict.calibration import apply_residual_gain, fit_residual_gain, fit_spread_factor
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
 from msde_ppl.predict.forecast import forecast, rollout
 from msde_ppl.predict.metrics import (
@@ -17,6 +17,7 @@ from msde_ppl.predict.metrics import (
 )
 
 __all__ = ["baseline_metrics", "coarse_dns", "crps_ensemble", "diverged_members",
-           "divergence_limits", "evaluate_coarse_dns", "fit_spread_factor", "forecast",
+           "apply_residual_gain", "divergence_limits", "evaluate_coarse_dns", "fit_residual_gain",
+           "fit_spread_factor", "forecast",
            "forecast_metrics", "interval_coverage", "lead_time_metrics", "noise_floor",
            "pooled_relative_l2", "relative_l2", "rollout"]

@@ -26,6 +26,26 @@ neighbouring lead times share most of their error, so the factor varies slowly w
 :math:`\tau`). The test forecast is rolled out again with the factor applied inside the
 ensemble (``forecast(..., spread_factor=c)``), so its quantiles, coverage and ensemble CRPS are
 those of the inflated members.
+
+**Residual persistence** (:func:`fit_residual_gain`). The forecast starts from the encoded first
+snapshot, so its mean at lead 0 already misses :math:`y_0` by the reconstruction residual
+:math:`e_0 = y_0 - \bar y_0` (what the coarse grid and the micro state do not carry: on a
+chaotic flow under-resolved by the coarse grid, 40% of the field). That residual is *known* at
+forecast time and stays correlated with the later errors :math:`e_\tau = y_\tau - \bar y_\tau`
+for as long as the unresolved scales persist. The correction adds it back with a gain per lead
+time and field,
+
+.. math::
+
+    \tilde y^{(s)}_\tau = y^{(s)}_\tau + a(\tau)\,e_0, \qquad
+    a(\tau) = \frac{\sum e_\tau\, e_0}{\sum e_0^2}\ \text{clipped to}\ [0, 1],
+
+the least-squares regression of the error at lead :math:`\tau` on the initial residual, pooled
+over the validation trajectories and grid points (model output statistics, as in weather
+forecasting). :math:`a(0) = 1`, so the corrected mean starts at the observed snapshot and falls
+back to the model as the residual decorrelates; observation noise in :math:`y_0` does not
+persist and lowers :math:`a` by itself. It moves every member by the same amount: the spread is
+then calibrated on the corrected validation errors.
 """
 
 from __future__ import annotations
@@ -35,7 +55,7 @@ import xarray as xr
 
 from msde_ppl.predict.metrics import crps_gaussian
 
-__all__ = ["fit_spread_factor", "FACTOR_GRID"]
+__all__ = ["FACTOR_GRID", "apply_residual_gain", "fit_residual_gain", "fit_spread_factor"]
 
 #: Candidate inflation factors (log-spaced, 1/8 ... 32; 1 is on the grid).
 FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
@@ -96,3 +116,44 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         padded = np.pad(log_c, (left, width - 1 - left), mode="edge")
         log_c = np.convolve(padded, np.full(width, 1.0 / width), mode="valid")
     return np.exp(log_c)
+
+
+def _first_residual(fc: xr.Dataset, obs_var: str) -> xr.DataArray:
+    """``e_0 = y_0 - mean_0`` per trajectory (the reconstruction residual of the first
+    snapshot)."""
+    first = fc.isel(time=0, drop=True)
+    return first[obs_var] - first["mean"]
+
+
+def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
+    r"""Residual-persistence gain per lead time (and field) of a (validation) forecast,
+    shape ``(time,)``, or ``(time, field)`` for a forecast with a ``field`` dim (module
+    docstring): :math:`a(\tau) = \sum e_\tau e_0 / \sum e_0^2` in ``[0, 1]``, ``a(0) = 1``.
+
+    A field whose first snapshot is reconstructed exactly has no residual to carry: its gain is
+    0 after lead 0.
+
+    Raises:
+        ValueError: non-finite forecast means.
+    """
+    if not np.isfinite(fc["mean"].values).all():
+        raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
+    e0 = _first_residual(fc, obs_var)
+    pooled = [d for d in fc["mean"].dims if d not in ("time", "field")]
+    num = ((fc[obs_var] - fc["mean"]) * e0).sum(pooled)
+    den = (e0**2).sum([d for d in pooled if d in e0.dims])
+    ratio = (num / den.where(den > 0)).fillna(0.0)
+    gain = np.clip(np.asarray(ratio.transpose("time", ...).values, np.float64), 0.0, 1.0)
+    gain[0] = 1.0
+    return gain
+
+
+def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs") -> xr.Dataset:
+    """``fc`` with its ``mean`` moved by ``gain(tau) e_0`` (nothing else changes): the
+    corrected validation forecast the spread factor is then fitted on."""
+    e0 = _first_residual(fc, obs_var)
+    dims = ("time", "field") if "field" in fc["mean"].dims else ("time",)
+    shift = xr.DataArray(np.asarray(gain, np.float32), dims=dims) * e0
+    out = fc.copy()
+    out["mean"] = (fc["mean"] + shift).transpose(*fc["mean"].dims)
+    return out

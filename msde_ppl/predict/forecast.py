@@ -317,6 +317,7 @@ def forecast(
     levels: Sequence[float] | None = None,
     return_samples: bool = False,
     spread_factor: float | Sequence[float] | np.ndarray | None = None,
+    residual_gain: Sequence[float] | np.ndarray | None = None,
     progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
@@ -342,6 +343,11 @@ def forecast(
     any statistic is taken (``std`` is multiplied by :math:`c`; the mean, the latent
     statistics and ``macro``/``micro`` are unchanged): the post-hoc calibration of
     :mod:`msde_ppl.predict.calibration`, fitted on the validation split.
+
+    ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
+    :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
+    forward (residual persistence, :func:`~msde_ppl.predict.fit_residual_gain`): ``mean`` and
+    the predictive statistics move with it, ``macro``/``micro`` stay the model's parts.
 
     ``progress`` reports one line per trajectory (:class:`msde_ppl.progress.Progress`; a string
     is the label).
@@ -374,6 +380,7 @@ def forecast(
             raise ValueError(f"spread_factor must be a positive scalar or {n_out} positive "
                              f"values (one per output time), got shape "
                              f"{np.shape(spread_factor)}")
+    gain = None if residual_gain is None else _gain_per_field(residual_gain, n_out, y.shape[2])
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
 
@@ -400,6 +407,13 @@ def forecast(
                 mean = stats["mean"][:, None]
                 draws = mean + c * (draws - mean)
                 stats["std"] = stats["std"] * c[:, 0]
+            if gain is not None:
+                if start == 0:  # blocks come in order: the first holds lead 0
+                    residual = y_traj[0] - stats["mean"][0]  # (C, *fine)
+                a = gain[span].reshape(gain[span].shape + (1,) * (residual.ndim - 1))
+                shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
+                draws = draws + shift[:, None]
+                stats["mean"] = stats["mean"] + shift
             hit = diverged_members(draws, lower, upper)
             diverged = hit if diverged is None else diverged | hit
             stats.update(_sample_statistics(draws, y_traj[span]))
@@ -433,6 +447,19 @@ def forecast(
     if levels is not None or return_samples:
         result = _add_optional(result, out, levels)
     return result
+
+
+def _gain_per_field(gain, n_out: int, n_channels: int) -> np.ndarray:
+    """A residual gain as ``(n_out, n_channels)`` (one value per time is shared by the
+    fields)."""
+    arr = np.asarray(gain, np.float64)
+    if arr.ndim == 1:
+        arr = np.repeat(arr[:, None], n_channels, axis=1)
+    if arr.shape != (n_out, n_channels) or not np.isfinite(arr).all():
+        raise ValueError(f"residual_gain must be {n_out} finite values (one per output time) or "
+                         f"({n_out}, {n_channels}) (per time and field), got shape "
+                         f"{np.shape(gain)}")
+    return arr
 
 
 def _training_range(fitted: Fitted, ds: xr.Dataset) -> list:

@@ -148,6 +148,27 @@ def test_spread_factor_inflates_the_members_around_their_mean(data):
                       spread_factor=-1.0)
 
 
+def test_residual_gain_moves_every_member_by_the_first_residual(data):
+    """Same key, with and without a gain a(tau): every statistic of the draws moves by
+    a(tau) (y_0 - mean_0) (the std does not), the mean at lead 0 becomes y_0 with a(0) = 1,
+    and a gain of the wrong length is refused by name."""
+    fitted = _fitted(data, as_leaf=False)
+    gain = np.linspace(1.0, 0.2, T_OUT)
+    plain = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64)
+    moved = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                          residual_gain=gain)
+    residual = (plain["obs"] - plain["mean"]).isel(time=0)
+    shift = gain[None, :, None] * residual.values[:, None, :]
+    for name in ("mean", "q05", "q95"):
+        np.testing.assert_allclose(moved[name], plain[name] + shift, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moved["std"], plain["std"], rtol=1e-6)
+    np.testing.assert_allclose(moved["mean"].isel(time=0), plain["obs"].isel(time=0),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="residual_gain"):
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
+                      residual_gain=np.ones(T_OUT - 1))
+
+
 def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys):
     from msde_ppl.pipeline import run as run_module
 
@@ -158,6 +179,11 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert cal["fitted_on"] == "val" and cal["spread_factor"]["min"] > 0
     assert {"coverage_90", "crps", "spread_skill"} <= set(cal) and "fit_wall_time_s" in metrics
     assert fc["spread_factor"].dims == ("time",) and fc.sizes["time"] == T_OUT
+    assert fc["residual_gain"].dims == ("time",) and fc["residual_gain"].values[0] == 1
+    assert "rel_l2_mean" in cal and cal["residual_gain"]["lead_1"] <= 1
+    fc, spread_only = run_module.score(fitted, data, split="test", n_samples=64,
+                                       calibrate_on="val", residual=False)
+    assert "residual_gain" not in spread_only["calibrated"] and "residual_gain" not in fc
 
     def diverged(_fc):
         raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
