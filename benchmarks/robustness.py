@@ -157,8 +157,8 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
     return row
 
 
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _num(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -197,8 +197,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {base['climatology']['rel_l2_mean']:.4f} "
             f"| {ms['diverged_members']}/{ms['n_members']} (implicit "
             f"{r['diverged_members_implicit_scale']}) | {r['decorrelation_time']:.3g} "
-            f"| {beats} | {ms['coverage_90']:.3f} → {cal['coverage_90']:.3f} "
-            f"| {ms['spread_skill']:.2f} → {cal['spread_skill']:.2f} "
+            f"| {beats} | {ms['coverage_90']:.3f} → {_num(cal.get('coverage_90'), 3)} "
+            f"| {ms['spread_skill']:.2f} → {_num(cal.get('spread_skill'), 2)} "
             f"| {met}{'; MISSED: ' + ', '.join(missed) if missed else ''} |")
     return "\n".join(lines) + "\n"
 

@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=_positive_float, default=1e-3,
                      help="initial learning rate (default 1e-3)")
+    fit.add_argument("--ema", type=_ema_decay, default=None, metavar="DECAY",
+                     help="validate, checkpoint and keep the exponential moving average of the "
+                     "parameters with this decay (e.g. 0.999: about the last 1000 steps); "
+                     "default: none")
     fit.add_argument("--encoder", choices=["mlp", "spline", "cnn"], default=None,
                      help="micro encoder on the residual y - G*y: 'mlp' (cheap), 'spline' (the "
                      "MLP on the residual's cubic-spline coefficients, knots every 2 fine "
@@ -740,6 +744,13 @@ def _labelled(ds, path) -> object:
     return ds
 
 
+def _ema_decay(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"an EMA decay must be in (0, 1), got {text}")
+    return value
+
+
 def _fit_plan(args: argparse.Namespace):
     """``(ds, config, stages)`` of a ``msde fit``, every input checked before anything is
     written."""
@@ -759,7 +770,7 @@ def _fit_plan(args: argparse.Namespace):
     if args.physics and "domain" not in ds.attrs:
         raise ValueError("--physics needs the dataset's 'domain' attribute (the grid spacing)")
     train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
-                        windows_per_step=args.windows)
+                        windows_per_step=args.windows, ema_decay=args.ema)
     ds = _labelled(ds, args.data)
     check_training_data(ds, train)
     stages = [(args.micro, train)]

@@ -68,7 +68,9 @@ class TrainConfig:
     ``"scan"``, ``"python"``, or ``"auto"`` (``"python"`` when the built-in model has
     convolutional networks, which XLA's CPU backend runs slowly inside a loop, else
     ``"scan"``). ``sampling`` is how window starts are drawn, ``"uniform"`` or ``"tiled"``
-    (:func:`msde_ppl.data.random_windows`).
+    (:func:`msde_ppl.data.random_windows`). ``ema_decay``: the fit's result, its checkpoints
+    and its validation use the exponential moving average of the parameters
+    (:func:`~msde_ppl.inference.parameter_ema`; ``None``: the last iterate).
     """
 
     steps: int = 2000
@@ -85,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     loop: str = "auto"
     sampling: str = "uniform"
+    ema_decay: float | None = None
 
 
 class FitStopped(RuntimeError):
@@ -287,7 +290,8 @@ def _run(
                          callback=timed_callback, loop=loop,
                          # user programs: tail-averaged global posteriors; the built-in
                          # recipe keeps its last iterate (its validation picks checkpoints)
-                         average_from=0.5 if recipe is None else None)
+                         average_from=0.5 if recipe is None else None,
+                         ema_decay=train.ema_decay)
     except NonFiniteLossError as err:
         if err.params is None:  # the data themselves are not finite
             raise

@@ -87,7 +87,7 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
     # per lead time, sums over trajectories and grid values, read one trajectory at a time
     # (a 2D forecast is never copied whole)
     scores = np.zeros((grid.size, n_time))  # "crps": summed CRPS per candidate factor
-    err2, spread2 = np.zeros(n_time), np.zeros(n_time)  # "spread_skill"
+    err2, spread2 = np.zeros(n_time), np.zeros(n_time)  # squared errors and spreads
     n_traj = fc.sizes.get("traj", 1)
     for i in range(n_traj):
         one = fc.isel(traj=i) if "traj" in fc.dims else fc
@@ -103,13 +103,21 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         if rule == "crps":
             for g, c in enumerate(grid):
                 scores[g] += crps_gaussian(mean, c * std, obs).sum(axis=1)
-        else:
-            err2 += ((obs - mean) ** 2).sum(axis=1)
-            spread2 += (std**2).sum(axis=1)
+        err2 += ((obs - mean) ** 2).sum(axis=1)
+        spread2 += (std**2).sum(axis=1)
     if rule == "crps":
         log_c = np.log(grid[np.argmin(scores, axis=0)])  # scores: (G, T)
     else:  # RMSE / RMS spread: the common count of values cancels
         log_c = np.log(np.maximum(np.sqrt(err2), np.finfo(np.float32).tiny) / np.sqrt(spread2))
+    informative = err2 > 0
+    if not informative.any():
+        raise ValueError("the forecast matches its observations exactly at every lead time: "
+                         "no spread factor can be fitted")
+    # a lead time with no error (lead 0 of a residual-corrected forecast: its mean IS the
+    # observation) says nothing about the spread: it takes its nearest neighbours' factor,
+    # instead of dragging theirs towards 0 through the smoothing
+    index = np.arange(n_time)
+    log_c = np.interp(index, index[informative], log_c[informative])
     width = min(int(smooth), n_time)
     if width > 1:
         left = (width - 1) // 2

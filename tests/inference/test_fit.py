@@ -202,3 +202,32 @@ def test_tail_average_is_the_mean_of_the_late_iterates_and_leaves_the_path_alone
     out = averaged_params(state)
     np.testing.assert_allclose(out["a"], np.mean(iterates[3:]), rtol=1e-6)
     assert out["b"] == params["b"]  # not averaged
+
+
+def test_parameter_ema_is_the_debiased_moving_average_and_leaves_the_path_alone():
+    """m_n = d m_{n-1} + (1 - d) theta_n from m_0 = 0, debiased by 1 - d^n, for every
+    parameter; the updates are the wrapped optimiser's; nested in a tail average, the tail
+    average wins for its parameters and the EMA holds for the rest."""
+    from msde_ppl.inference.fit import FitState, averaged_params, parameter_ema, tail_average
+
+    d, opt = 0.8, optax.sgd(0.1)
+    ema = tail_average(parameter_ema(opt, d), ["b"], start=2)
+    params = {"a": jnp.asarray(1.0), "b": jnp.asarray(2.0)}
+    plain_state, ema_state = opt.init(params), ema.init(params)
+    plain, iterates = dict(params), []
+    for k in range(7):
+        grads = {"a": jnp.asarray(float(k) - 2.0), "b": jnp.asarray(-1.0)}
+        up_plain, plain_state = opt.update(grads, plain_state, plain)
+        up_ema, ema_state = ema.update(grads, ema_state, params)
+        plain, params = optax.apply_updates(plain, up_plain), optax.apply_updates(params, up_ema)
+        iterates.append({k_: float(v) for k_, v in params.items()})
+        np.testing.assert_array_equal(params["a"], plain["a"])  # same updates
+    n = len(iterates)
+    weights = (1 - d) * d ** np.arange(n - 1, -1, -1)
+    expected_a = sum(w * it["a"] for w, it in zip(weights, iterates, strict=True)) / (1 - d**n)
+    out = averaged_params(FitState(params, ema_state, jax.random.key(0),
+                                   jnp.asarray(n, jnp.int32)))
+    np.testing.assert_allclose(out["a"], expected_a, rtol=1e-6)
+    np.testing.assert_allclose(out["b"], np.mean([it["b"] for it in iterates[2:]]), rtol=1e-6)
+    with pytest.raises(ValueError, match="EMA decay"):
+        parameter_ema(opt, 1.0)

@@ -133,3 +133,14 @@ def test_residual_gain_per_field_and_refusals(np_rng):
     exact = fc.copy()
     exact["mean"] = exact["obs"]
     np.testing.assert_array_equal(fit_residual_gain(exact)[1:], 0.0)  # nothing to carry
+
+
+@pytest.mark.parametrize("rule", ["spread_skill", "crps"])
+def test_a_lead_time_without_error_does_not_shrink_its_neighbours(np_rng, rule):
+    """Lead 0 of a residual-corrected forecast has no error (its mean is the observation): the
+    factor there is its neighbours', and the smoothing does not drag the early lead times'
+    factors towards 0 (it did: 90% coverage 0.00 at the first lead times of a benchmark)."""
+    fc = _forecast(np_rng, 2.0)
+    fc["obs"][:, 0] = fc["mean"][:, 0]
+    factor = fit_spread_factor(fc, rule=rule)
+    np.testing.assert_allclose(factor, 2.0, rtol=0.10)
