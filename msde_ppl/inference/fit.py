@@ -381,7 +381,7 @@ def averaged_params(state: FitState) -> dict[str, Array]:
     ema = tail.inner if tail is not None else opt_state
     if isinstance(ema, ParameterEmaState):
         use, weight = ema.weight > 0, jnp.maximum(ema.weight, jnp.finfo(jnp.float32).tiny)
-        params = {k: jnp.where(use, ema.ema[k] / weight, v) for k, v in params.items()}
+        params = jax.tree.map(lambda m, v: jnp.where(use, m / weight, v), ema.ema, params)
     if tail is not None:
         use = tail.count > 0
         params = {k: jnp.where(use, tail.mean[k], v) if k in tail.mean else v

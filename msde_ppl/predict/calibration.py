@@ -38,11 +38,14 @@ time and field,
 .. math::
 
     \tilde y^{(s)}_\tau = y^{(s)}_\tau + a(\tau)\,e_0, \qquad
-    a(\tau) = \frac{\sum e_\tau\, e_0}{\sum e_0^2}\ \text{clipped to}\ [0, 1],
+    a(\tau) = \min_{\tau' \le \tau} \frac{\sum e_{\tau'}\, e_0}{\sum e_0^2}
+    \ \text{clipped to}\ [0, 1],
 
 the least-squares regression of the error at lead :math:`\tau` on the initial residual, pooled
 over the validation trajectories and grid points (model output statistics, as in weather
-forecasting). :math:`a(0) = 1`, so the corrected mean starts at the observed snapshot and falls
+forecasting), made non-increasing in lead time: once the forecast error has grown far beyond
+the residual, the ratio is mostly sampling noise (on a fast advection, gains of 0 and 1
+alternated after the residual had decorrelated). :math:`a(0) = 1`, so the corrected mean starts at the observed snapshot and falls
 back to the model as the residual decorrelates; observation noise in :math:`y_0` does not
 persist and lowers :math:`a` by itself. It moves every member by the same amount: the spread is
 then calibrated on the corrected validation errors.
@@ -136,7 +139,8 @@ def _first_residual(fc: xr.Dataset, obs_var: str) -> xr.DataArray:
 def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
     r"""Residual-persistence gain per lead time (and field) of a (validation) forecast,
     shape ``(time,)``, or ``(time, field)`` for a forecast with a ``field`` dim (module
-    docstring): :math:`a(\tau) = \sum e_\tau e_0 / \sum e_0^2` in ``[0, 1]``, ``a(0) = 1``.
+    docstring): :math:`a(\tau) = \sum e_\tau e_0 / \sum e_0^2` in ``[0, 1]``, ``a(0) = 1``,
+    non-increasing in lead time (a running minimum).
 
     A field whose first snapshot is reconstructed exactly has no residual to carry: its gain is
     0 after lead 0.
@@ -153,7 +157,10 @@ def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
     ratio = (num / den.where(den > 0)).fillna(0.0)
     gain = np.clip(np.asarray(ratio.transpose("time", ...).values, np.float64), 0.0, 1.0)
     gain[0] = 1.0
-    return gain
+    # non-increasing in lead time: once the forecast error dwarfs the residual, the ratio is
+    # mostly sampling noise (clipped to 0 or 1 at random); a residual that has decorrelated
+    # is not trusted to come back
+    return np.minimum.accumulate(gain, axis=0)
 
 
 def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs") -> xr.Dataset:

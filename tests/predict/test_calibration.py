@@ -144,3 +144,20 @@ def test_a_lead_time_without_error_does_not_shrink_its_neighbours(np_rng, rule):
     fc["obs"][:, 0] = fc["mean"][:, 0]
     factor = fit_spread_factor(fc, rule=rule)
     np.testing.assert_allclose(factor, 2.0, rtol=0.10)
+
+
+def test_residual_gain_does_not_come_back_once_it_has_decayed(np_rng):
+    """A residual that persists for 3 lead times and then no longer, while the forecast error
+    grows 100-fold: the per-lead ratio after lead 3 is noise of order 100 / sqrt(n) that the
+    clip sends to 0 or 1 at random; the running minimum keeps it at 0 once it got there."""
+    n_time, n_x = 40, 200
+    e0 = np_rng.normal(size=(1, 1, n_x))
+    err = np.concatenate([np.repeat(e0, 3, axis=1),
+                          np.zeros((1, 1, n_x)),  # fully decorrelated at lead 3
+                          100.0 * np_rng.normal(size=(1, n_time - 4, n_x))], axis=1)
+    dims = ("traj", "time", "x")
+    fc = xr.Dataset({"mean": (dims, np.zeros_like(err)), "std": (dims, np.ones_like(err)),
+                     "obs": (dims, err)})
+    gain = fit_residual_gain(fc)
+    np.testing.assert_allclose(gain[:3], 1.0)
+    np.testing.assert_array_equal(gain[3:], 0.0)
