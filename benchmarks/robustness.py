@@ -128,7 +128,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         fit_s = msde("fit", "--data", data, "--coarse", coarse, "--micro", 5, "--out", fit_dir)
     else:
         data, fit_dir = reuse / f"{name}.nc", reuse / f"{name}_fit"
-        gen_s = fit_s = float("nan")
+        gen_s = fit_s = None  # not redone
     msde("forecast", fit_dir, "--data", data, "--out", fc_ms)
     msde("forecast", fit_dir / "stages" / "stage0", "--data", data, "--out", fc_is)
     ms = json.loads((fc_ms / "metrics.json").read_text())["model"]
