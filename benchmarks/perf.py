@@ -393,7 +393,9 @@ def fine_solve_costs(case, ds, times, n_paths: int, median_time) -> dict:
         return out
     from msde_ppl.data.cases._lattice_boltzmann import simulate
 
-    horizon = float(times[-1] - times[0])
+    lattice_dt = case.channel.dt  # the snapshot times are float32: whole lattice steps again
+    dt_out = round(dt_out / lattice_dt) * lattice_dt
+    horizon = round(float(times[-1] - times[0]) / dt_out) * dt_out
     out["fine_solver_one_s"] = median_time(lambda: simulate(
         case.channel, 0.0, horizon - dt_out, dt_out, output_dx=case.output_dx,
         n_columns=case.n_columns)["u"])

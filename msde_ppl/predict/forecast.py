@@ -221,12 +221,26 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
 
         keys = jax.random.split(key_block, n_samples)
         draw, mu, var, extra = jax.vmap(observe_member)(globals_, z_block, keys)
-        std = jnp.sqrt(mu.var(0) + jnp.broadcast_to(var, mu.shape).mean(0))
-        summary = dict(mean=mu.mean(0), std=std, **{k: v.mean(0) for k, v in extra.items()},
-                       **{f"{k}_std": v.std(0) for k, v in extra.items()})
+        mean = _member_mean(mu)
+        std = jnp.sqrt(_member_mean((mu - mean[None]) ** 2) + _member_mean(var, like=mu))
+        summary = dict(mean=mean, std=std)
+        for k, v in extra.items():
+            summary[k] = _member_mean(v)
+            summary[f"{k}_std"] = jnp.sqrt(_member_mean((v - summary[k][None]) ** 2))
         return jnp.swapaxes(draw, 0, 1), summary  # (block, S, C, *fine)
 
     return jax.jit(roll), jax.jit(decode), n_blocks, block
+
+
+def _member_mean(x: jax.Array, like: jax.Array | None = None) -> jax.Array:
+    """Mean over the leading (member) axis as a matrix-vector product: XLA's CPU reduction
+    over a leading axis of 2D fields walks memory with the field's stride and took 65% of a
+    dam-break decode (64 members of 128 x 128), the product streams it. ``like``: broadcast
+    ``x`` to its shape first (a variance shared by the grid)."""
+    if like is not None:
+        x = jnp.broadcast_to(x, like.shape)
+    weights = jnp.full((x.shape[0],), 1.0 / x.shape[0], x.dtype)
+    return jnp.tensordot(weights, x, axes=(0, 0))
 
 
 class TrajectoryEnsemble:
