@@ -45,10 +45,11 @@ the least-squares regression of the error at lead :math:`\tau` on the initial re
 over the validation trajectories and grid points (model output statistics, as in weather
 forecasting), made non-increasing in lead time: once the forecast error has grown far beyond
 the residual, the ratio is mostly sampling noise (on a fast advection, gains of 0 and 1
-alternated after the residual had decorrelated). :math:`a(0) = 1`, so the corrected mean starts at the observed snapshot and falls
-back to the model as the residual decorrelates; observation noise in :math:`y_0` does not
-persist and lowers :math:`a` by itself. It moves every member by the same amount: the spread is
-then calibrated on the corrected validation errors.
+alternated after the residual had decorrelated). :math:`a(0) = 1`, so the corrected mean
+starts at the observed snapshot and falls back to the model as the residual decorrelates;
+observation noise in :math:`y_0` does not persist and lowers :math:`a` by itself. It moves
+every member by the same amount: the spread is then calibrated on the corrected validation
+errors.
 """
 
 from __future__ import annotations
