@@ -61,6 +61,10 @@ from msde_ppl.predict.metrics import crps_gaussian
 
 __all__ = ["FACTOR_GRID", "apply_residual_gain", "fit_residual_gain", "fit_spread_factor"]
 
+#: Relative error below which a lead time counts as reconstructed exactly (float32 rounding of
+#: the data is ~6e-8; a forecast's own error is orders of magnitude above this).
+_ROUNDING = 1e-5
+
 #: Candidate inflation factors (log-spaced, 1/8 ... 32; 1 is on the grid).
 FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
 
@@ -92,6 +96,7 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
     # (a 2D forecast is never copied whole)
     scores = np.zeros((grid.size, n_time))  # "crps": summed CRPS per candidate factor
     err2, spread2 = np.zeros(n_time), np.zeros(n_time)  # squared errors and spreads
+    obs2 = np.zeros(n_time)
     n_traj = fc.sizes.get("traj", 1)
     for i in range(n_traj):
         one = fc.isel(traj=i) if "traj" in fc.dims else fc
@@ -108,12 +113,15 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
             for g, c in enumerate(grid):
                 scores[g] += crps_gaussian(mean, c * std, obs).sum(axis=1)
         err2 += ((obs - mean) ** 2).sum(axis=1)
+        obs2 += (obs**2).sum(axis=1)
         spread2 += (std**2).sum(axis=1)
     if rule == "crps":
         log_c = np.log(grid[np.argmin(scores, axis=0)])  # scores: (G, T)
     else:  # RMSE / RMS spread: the common count of values cancels
         log_c = np.log(np.maximum(np.sqrt(err2), np.finfo(np.float32).tiny) / np.sqrt(spread2))
-    informative = err2 > 0
+    # an error at float32 rounding level of the data is none (lead 0 of a residual-corrected
+    # forecast: its mean is the observation up to rounding)
+    informative = err2 > _ROUNDING**2 * obs2
     if not informative.any():
         raise ValueError("the forecast matches its observations exactly at every lead time: "
                          "no spread factor can be fitted")

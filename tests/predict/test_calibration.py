@@ -139,11 +139,13 @@ def test_residual_gain_per_field_and_refusals(np_rng):
 def test_a_lead_time_without_error_does_not_shrink_its_neighbours(np_rng, rule):
     """Lead 0 of a residual-corrected forecast has no error (its mean is the observation): the
     factor there is its neighbours', and the smoothing does not drag the early lead times'
-    factors towards 0 (it did: 90% coverage 0.00 at the first lead times of a benchmark)."""
+    factors towards 0 (it did: 90% coverage 0.00 at the first lead times of a benchmark; a
+    factor of 1e-4 on wave 1D, where lead 0 matched to float32 rounding)."""
     fc = _forecast(np_rng, 2.0)
-    fc["obs"][:, 0] = fc["mean"][:, 0]
-    factor = fit_spread_factor(fc, rule=rule)
-    np.testing.assert_allclose(factor, 2.0, rtol=0.10)
+    for rounding in (0.0, 1e-7):  # exact, and float32 rounding of the data
+        fc["obs"][:, 0] = fc["mean"][:, 0] * (1 + rounding)
+        factor = fit_spread_factor(fc, rule=rule)
+        np.testing.assert_allclose(factor, 2.0, rtol=0.10)
 
 
 def test_residual_gain_does_not_come_back_once_it_has_decayed(np_rng):
