@@ -78,8 +78,7 @@ def assess(ms: dict, implicit: dict, t_dec: float) -> dict:
     """The targets on one PDE from the two models' metrics (module docstring): the scores of
     the forecasts ``msde forecast`` writes (calibrated on val, with residual persistence, when
     the calibration ran)."""
-    ms_lead, is_lead = (_delivered(m)["lead_time"] for m in (ms, implicit))
-    lead = ms_lead
+    lead, is_lead = (_delivered(m)["lead_time"] for m in (ms, implicit))
     t = np.asarray(lead["lead_time"])
     window = (t > 0) & (t <= t_dec + 1e-12)
     err = np.asarray(lead["rel_l2"])[window]

@@ -278,12 +278,11 @@ def score(
             calibrated["spread_factor"] = {"min": float(factor.min()),
                                            "median": float(np.median(factor)),
                                            "max": float(factor.max())}
+            metrics["calibrated"] = calibrated
             if gain is not None:
                 calibrated["residual_gain"] = {
                     "lead_1": float(np.mean(gain[1])) if len(gain) > 1 else 1.0,
                     "half_life_steps": _half_life(gain)}
-            metrics["calibrated"] = calibrated
-            if gain is not None:
                 fc["residual_gain"] = (("time", "field") if gain.ndim == 2 else ("time",),
                                        gain.astype(np.float32))
                 fc["residual_gain"].attrs["description"] = (

@@ -119,15 +119,14 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         log_c = np.log(grid[np.argmin(scores, axis=0)])  # scores: (G, T)
     else:  # RMSE / RMS spread: the common count of values cancels
         log_c = np.log(np.maximum(np.sqrt(err2), np.finfo(np.float32).tiny) / np.sqrt(spread2))
-    # an error at float32 rounding level of the data is none (lead 0 of a residual-corrected
-    # forecast: its mean is the observation up to rounding)
+    # a lead time without error (up to float32 rounding of the data: lead 0 of a
+    # residual-corrected forecast, whose mean is the observation) says nothing about the
+    # spread: it takes its nearest neighbours' factor instead of dragging theirs towards 0
+    # through the smoothing
     informative = err2 > _ROUNDING**2 * obs2
     if not informative.any():
         raise ValueError("the forecast matches its observations exactly at every lead time: "
                          "no spread factor can be fitted")
-    # a lead time with no error (lead 0 of a residual-corrected forecast: its mean IS the
-    # observation) says nothing about the spread: it takes its nearest neighbours' factor,
-    # instead of dragging theirs towards 0 through the smoothing
     index = np.arange(n_time)
     log_c = np.interp(index, index[informative], log_c[informative])
     width = min(int(smooth), n_time)
@@ -161,8 +160,8 @@ def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
         raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
     e0 = _first_residual(fc, obs_var)
     pooled = [d for d in fc["mean"].dims if d not in ("time", "field")]
-    num = ((fc[obs_var] - fc["mean"]) * e0).sum(pooled)
-    den = (e0**2).sum([d for d in pooled if d in e0.dims])
+    num = xr.dot(fc[obs_var] - fc["mean"], e0, dim=pooled)
+    den = xr.dot(e0, e0, dim=[d for d in pooled if d in e0.dims])
     ratio = (num / den.where(den > 0)).fillna(0.0)
     gain = np.clip(np.asarray(ratio.transpose("time", ...).values, np.float64), 0.0, 1.0)
     gain[0] = 1.0

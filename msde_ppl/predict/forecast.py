@@ -424,7 +424,7 @@ def forecast(
             if gain is not None:
                 if start == 0:  # blocks come in order: the first holds lead 0
                     residual = y_traj[0] - stats["mean"][0]  # (C, *fine)
-                a = gain[span].reshape(gain[span].shape + (1,) * (residual.ndim - 1))
+                a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
                 shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
                 draws = draws + shift[:, None]
                 stats["mean"] = stats["mean"] + shift
