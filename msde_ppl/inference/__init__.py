@@ -26,9 +26,13 @@ from msde_ppl.inference.kernel import interpolate_window as interpolate_window
 from msde_ppl.inference.kernel import safe_cholesky as safe_cholesky
 from msde_ppl.inference.markov import MarkovBridgePath as MarkovBridgePath
 from msde_ppl.inference.markov import OUSmoother as OUSmoother
+from msde_ppl.inference.markov_coupled import CoupledMarkovPath as CoupledMarkovPath
+from msde_ppl.inference.markov_coupled import CoupledOUSmoother as CoupledOUSmoother
 
 __all__ = [
     "AutoAmortizedSDE",
+    "CoupledMarkovPath",
+    "CoupledOUSmoother",
     "FitInterrupted",
     "FitResult",
     "FitState",

@@ -55,6 +55,12 @@ from msde_ppl.generative.sde_path import SDEPath
 from msde_ppl.inference.gauss_markov import GaussMarkovPath
 from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
 from msde_ppl.inference.markov import MarkovBridgePath, OUSmoother, window_posterior
+from msde_ppl.inference.markov_coupled import (
+    COUPLED_MAX_STATE,
+    CoupledMarkovPath,
+    CoupledOUSmoother,
+    window_posterior_coupled,
+)
 from msde_ppl.inference.param_store import (
     encoder_name,
     fitted_network,
@@ -93,7 +99,13 @@ class AutoAmortizedSDE(AutoGuide):
             posterior of a reference OU process that shares the model's diffusion, conditioned
             on the encodings as pseudo-observations, around a smooth kernel trend
             (:class:`~msde_ppl.inference.markov.OUSmoother`, one rate per latent coordinate;
-            it contains the exact posterior of linear-Gaussian models, docs/calibration.md);
+            it contains the exact posterior of linear-Gaussian models whose coordinates are
+            not coupled, docs/calibration.md); ``"coupled"``: the same with a full reference
+            drift matrix and full-covariance paths
+            (:class:`~msde_ppl.inference.markov_coupled.CoupledOUSmoother`, a state of one
+            axis with at most :data:`~msde_ppl.inference.markov_coupled.COUPLED_MAX_STATE`
+            coordinates), which holds the exact posterior of a linear model that couples
+            them;
             ``"interpolation"``: the reference code's smooth kernel interpolation of means and
             log-variances (:class:`TemporalKernel`); or a module of either kind (or a mapping
             per path site). Default kernels' warp networks are drawn from ``kernel_key``
@@ -131,9 +143,9 @@ class AutoAmortizedSDE(AutoGuide):
         self._encoder_arg = encoder
         if kernel is None:
             kernel = "markov"
-        if isinstance(kernel, str) and kernel not in ("markov", "interpolation"):
-            raise ValueError(
-                f"kernel must be 'markov', 'interpolation' or a module, got {kernel!r}")
+        if isinstance(kernel, str) and kernel not in ("markov", "coupled", "interpolation"):
+            raise ValueError(f"kernel must be 'markov', 'coupled', 'interpolation' or a module, "
+                             f"got {kernel!r}")
         self._kernel_arg = kernel
         self._kernel_key = jax.random.key(0) if kernel_key is None else kernel_key
         self.obs_site = obs_site
@@ -217,8 +229,16 @@ class AutoAmortizedSDE(AutoGuide):
                     # the trend is a plain squared-exponential interpolant (no warp network:
                     # as good on val, ~30% cheaper per step than the deep kernel)
                     state_shape = trace[name]["fn"].state_shape
-                    self.kernels[name] = OUSmoother(
-                        state_shape, trend=TemporalKernel(hidden_size=0, key=k))
+                    trend = TemporalKernel(hidden_size=0, key=k)
+                    if self._kernel_arg == "coupled":
+                        if len(state_shape) != 1 or state_shape[0] > COUPLED_MAX_STATE:
+                            raise ValueError(
+                                f"kernel='coupled' needs a state of one axis with at most "
+                                f"{COUPLED_MAX_STATE} coordinates; path site {name!r} has "
+                                f"state shape {state_shape}")
+                        self.kernels[name] = CoupledOUSmoother(state_shape[0], trend=trend)
+                    else:
+                        self.kernels[name] = OUSmoother(state_shape, trend=trend)
         else:
             self.kernels = self._per_site(self._kernel_arg, "kernel")
 
@@ -304,17 +324,22 @@ class AutoAmortizedSDE(AutoGuide):
                 f"encoder returned states of shape {enc_mean.shape[1:]}, expected {state_shape}"
             )
         times = jnp.reshape(prior.batch_times(), (n_flat, n_time))
-        if isinstance(self.kernels[name], OUSmoother):
+        if isinstance(self.kernels[name], OUSmoother | CoupledOUSmoother):
             diffusion = jnp.reshape(prior.batch_diffusion(), (n_flat,) + state_shape)
             # the KL nodes' positions inside the intervals (midpoints when run unseeded)
             key = numpyro.prng_key()
             frac_shape = (n_flat, n_time - 1, self.kl_nodes_per_interval)
             frac = (jnp.full(frac_shape, 0.5) if key is None
                     else jax.random.uniform(key, frac_shape))
-            grid, cross, nodes = jax.vmap(partial(window_posterior, kernel))(
+            coupled = isinstance(self.kernels[name], CoupledOUSmoother)
+            posterior = window_posterior_coupled if coupled else window_posterior
+            grid, cross, nodes = jax.vmap(partial(posterior, kernel))(
                 times, jnp.reshape(enc_mean, window_shape),
                 jnp.reshape(enc_logvar, window_shape), diffusion, frac)
             unflat = partial(jax.tree.map, lambda x: jnp.reshape(x, batch_shape + x.shape[1:]))
+            if coupled:
+                return CoupledMarkovPath(prior.batch_times(), unflat(grid), unflat(cross),
+                                         unflat(nodes), prior.batch_diffusion())
             return MarkovBridgePath(prior.batch_times(), unflat(grid), unflat(cross),
                                     unflat(nodes), prior.batch_diffusion(), len(state_shape))
         moments = jax.vmap(lambda t, m, lv: interpolate_window(kernel, t, m, lv))(

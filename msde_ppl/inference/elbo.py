@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 from numpyro import handlers
-from numpyro.distributions import Normal, kl_divergence
+from numpyro.distributions import kl_divergence
 from numpyro.infer.elbo import ELBO
 
 from msde_ppl.generative.sde_path import SDEPath
@@ -112,22 +112,14 @@ def path_kl_integral(
         )
     if quadrature not in ("trapezoid", "mean"):
         raise ValueError(f"unknown quadrature {quadrature!r}")
-    # the draws use rng_key itself (as GaussMarkovPath.sample_marginals would), the random
-    # node times a key folded from it
-    nodes = posterior.kl_nodes(jax.random.fold_in(rng_key, 1))
-    mom = nodes.moments
+    times, weights, z, f_q = posterior.kl_draws(rng_key)
     n_batch = len(prior.batch_shape)
-    eps = jax.random.normal(rng_key, jnp.shape(mom.mean), dtype=mom.mean.dtype)
-    z = mom.mean + jnp.sqrt(mom.var) * eps
     s = jnp.expand_dims(prior.batch_diffusion(), n_batch)
-    decay = 0.5 * (s**2 / mom.var - mom.dlogvar_dt)
-    f_q = mom.mean_dot - decay * (z - mom.mean)
-    f_p = prior.drift_values(nodes.times, z)
+    f_p = prior.drift_values(times, z)
     state_axes = tuple(range(n_batch + 1, jnp.ndim(z)))
     rate = 0.5 * jnp.sum(((f_q - f_p) / s) ** 2, axis=state_axes)
-    if nodes.weights is not None:
-        return jnp.sum(nodes.weights * rate, axis=-1)
-    times = nodes.times
+    if weights is not None:
+        return jnp.sum(weights * rate, axis=-1)
     if quadrature == "trapezoid":
         dt = jnp.diff(times, axis=-1)
         return jnp.sum(0.5 * (rate[..., 1:] + rate[..., :-1]) * dt, axis=-1)
@@ -270,22 +262,19 @@ class SolverFreeELBO(ELBO):
 
     @staticmethod
     def _initial_entropy(q: GaussMarkovPath) -> Array:
-        r"""Entropy of the first marginal, :math:`\tfrac12\sum\log(2\pi e S(t_1))`, summed
-        over the batch: minus the KL to a flat density on the first state."""
-        var0 = jnp.take(q.var, 0, axis=len(q.batch_shape))
-        return 0.5 * jnp.sum(jnp.log(2.0 * jnp.pi * jnp.e * var0))
+        r"""Entropy of the first marginal (:math:`\tfrac12\sum\log(2\pi e S(t_1))` when
+        diagonal), summed over the batch: minus the KL to a flat density on the first state."""
+        return jnp.sum(q.initial_marginal().entropy())
 
     @staticmethod
     def _initial_kl(prior: SDEPath, q: GaussMarkovPath, z: Array) -> Array:
-        n_batch = len(q.batch_shape)
-        q0 = Normal(jnp.take(q.loc, 0, axis=n_batch), jnp.sqrt(jnp.take(q.var, 0, axis=n_batch)))
-        q0 = q0.to_event(q.state_ndim)
+        q0 = q.initial_marginal()
         p0 = prior.init_dist.expand(q.batch_shape)
         with jax.numpy_rank_promotion("allow"):
             try:
                 return jnp.sum(kl_divergence(q0, p0))
             except NotImplementedError:
-                z0 = jnp.take(z, 0, axis=n_batch)
+                z0 = jnp.take(z, 0, axis=len(q.batch_shape))
                 return jnp.sum(q0.log_prob(z0) - p0.log_prob(z0))
 
     # ------------------------------------------------------------------ public

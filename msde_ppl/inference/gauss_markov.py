@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
-from numpyro.distributions import Distribution, constraints
+from numpyro.distributions import Distribution, Normal, constraints
 from numpyro.distributions.util import validate_sample
 
 from msde_ppl.inference.kernel import WindowMoments
@@ -160,6 +160,25 @@ class GaussMarkovPath(Distribution):
         times = jnp.broadcast_to(self.times, self.batch_shape + (self.event_shape[0],))
         return KLNodes(times, None, WindowMoments(self.loc, self.var, self.mean_dot,
                                                   self.dlogvar_dt))
+
+    def kl_draws(self, key: jax.Array) -> tuple[Array, Array | None, Array, Array]:
+        r"""What the KL-rate integral needs: ``(times, weights, z, f_q)`` at the nodes
+        (:meth:`kl_nodes`, drawn with a key folded from ``key``), one draw
+        :math:`z \sim \mathcal N(m, S)` per node (from ``key`` itself) and its posterior drift
+        :math:`f_q(z)`; arrays ``batch + (Q,)`` and ``batch + (Q,) + state``."""
+        nodes = self.kl_nodes(jax.random.fold_in(key, 1))
+        mom = nodes.moments
+        eps = jax.random.normal(key, jnp.shape(mom.mean), dtype=mom.mean.dtype)
+        z = mom.mean + jnp.sqrt(mom.var) * eps
+        s2 = self._time_expanded(self.diffusion) ** 2
+        f_q = mom.mean_dot - 0.5 * (s2 / mom.var - mom.dlogvar_dt) * (z - mom.mean)
+        return nodes.times, nodes.weights, z, f_q
+
+    def initial_marginal(self) -> Distribution:
+        r"""The marginal :math:`q(z(t_1))`, batch shape ``batch``, event shape ``state``."""
+        axis = len(self.batch_shape)
+        return Normal(jnp.take(self.loc, 0, axis=axis),
+                      jnp.sqrt(jnp.take(self.var, 0, axis=axis))).to_event(self.state_ndim)
 
     def sample_marginals(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> Array:
         """Independent draws :math:`z_i \\sim N(m_i, S_i)` at every grid time (reparametrised)."""

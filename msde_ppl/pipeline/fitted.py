@@ -430,7 +430,7 @@ def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
     kernel = ref["kernel"]
     if kernel is None:  # saved before the guide had a choice: the then default
         kernel = "interpolation"
-    elif isinstance(kernel, str) and kernel not in ("markov", "interpolation"):
+    elif isinstance(kernel, str) and kernel not in ("markov", "coupled", "interpolation"):
         kernel = getattr(module, kernel)  # a module name: records from before this version
     elif isinstance(kernel, dict):
         kernel = getattr(module, kernel["name"])
