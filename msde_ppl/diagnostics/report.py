@@ -145,7 +145,7 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True,
                    spread_factor=None if factor is None or factor.size != fc.sizes["time"]
-                   else factor, residual_gain=gain)
+                   else factor, residual_gain=gain, residual_spread=_residual_spread(fc))
     figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
                                    out / f"{key}_spectrum.png")
     curve = checks.coverage_curve(cal["samples"], cal["obs"])
@@ -324,3 +324,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *,
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _residual_spread(fc):
+    """The :class:`ResidualSpread` a calibrated forecast was made with (``None`` if none)."""
+    from msde_ppl.predict.calibration import ResidualSpread
+
+    attrs = fc["spread_factor"].attrs if fc is not None and "spread_factor" in fc else {}
+    if "residual_spread_exponent" not in attrs:
+        return None
+    return ResidualSpread(float(attrs["residual_spread_exponent"]),
+                          float(attrs["residual_spread_reference"]))

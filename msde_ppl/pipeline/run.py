@@ -38,7 +38,9 @@ from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 from msde_ppl.predict.calibration import (
     apply_residual_gain,
     fit_residual_gain,
+    fit_residual_spread,
     fit_spread_factor,
+    residual_rms,
 )
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
@@ -222,11 +224,13 @@ def score(
     first fits the residual-persistence gain on that split
     (:func:`~msde_ppl.predict.fit_residual_gain`: the first snapshot's reconstruction residual
     carried forward, which moves the mean, so ``metrics["calibrated"]`` has its own rel-L2),
-    then the spread factor on the corrected errors; the forecast carries it as
-    ``residual_gain``. ``metrics["in_sample"]`` is ``True`` for the
-    train split, ``False`` for another one, ``None`` for every trajectory (``split=None``:
-    unknown here). ``progress`` reports each forecast's
-    trajectories as they are done.
+    then a per-trajectory spread multiplier that grows with that residual
+    (:class:`~msde_ppl.predict.calibration.ResidualSpread`, ``metrics["calibrated"]
+    ["residual_spread"]``), then the spread factor on the corrected errors; the forecast
+    carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
+    ``metrics["in_sample"]`` is ``True`` for the train split, ``False`` for another one,
+    ``None`` for every trajectory (``split=None``: unknown here). ``progress`` reports each
+    forecast's trajectories as they are done.
     """
     eval_steps = ds.attrs.get("eval_steps")
     if horizon is not None:
@@ -253,16 +257,20 @@ def score(
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
                           "(to calibrate the spread)")
-        gain = None
+        gain = spread = None
         try:
             if residual:
                 gain = fit_residual_gain(fc_val)
-                fc_val = apply_residual_gain(fc_val, gain)
-            factor = fit_spread_factor(fc_val)
+                corrected = apply_residual_gain(fc_val, gain)
+                spread = fit_residual_spread(fc_val, corrected)
+                multiplier = spread.multiplier(residual_rms(fc_val))
+                fc_val = corrected
+            factor = fit_spread_factor(fc_val, traj_multiplier=None if spread is None
+                                       else multiplier)
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
-            factor = gain = None
+            factor = gain = spread = None
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
@@ -270,7 +278,7 @@ def score(
             del fc  # scored above; the calibrated forecast replaces it
             fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
-                          spread_factor=factor, residual_gain=gain,
+                          spread_factor=factor, residual_gain=gain, residual_spread=spread,
                           progress=progress and f"calibrated forecast of the {split} split")
             calibrated = forecast_metrics(fc, eval_steps)
             calibrated["fitted_on"] = calibrate_on
@@ -292,6 +300,10 @@ def score(
             fc["spread_factor"].attrs["description"] = (
                 f"post-hoc spread factor fitted on the {calibrate_on} split (applied to this "
                 "forecast's members)")
+            if spread is not None:
+                calibrated["residual_spread"] = spread._asdict()
+                fc["spread_factor"].attrs.update(residual_spread_exponent=spread.exponent,
+                                                 residual_spread_reference=spread.reference)
     fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
     metrics["fit_wall_time_s"] = sum(f.wall_time_s for f in fits)
     metrics["fit_steps"] = int(sum(len(f.losses) for f in fits))

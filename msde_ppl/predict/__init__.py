@@ -1,6 +1,12 @@
 """Forecasts, metrics and baselines."""
 
-from msde_ppl.predict.calibration import apply_residual_gain, fit_residual_gain, fit_spread_factor
+from msde_ppl.predict.calibration import (
+    ResidualSpread,
+    apply_residual_gain,
+    fit_residual_gain,
+    fit_residual_spread,
+    fit_spread_factor,
+)
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
 from msde_ppl.predict.forecast import forecast, rollout
 from msde_ppl.predict.metrics import (
@@ -16,8 +22,8 @@ from msde_ppl.predict.metrics import (
     relative_l2,
 )
 
-__all__ = ["baseline_metrics", "coarse_dns", "crps_ensemble", "diverged_members",
-           "apply_residual_gain", "divergence_limits", "evaluate_coarse_dns", "fit_residual_gain",
-           "fit_spread_factor", "forecast",
+__all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "coarse_dns",
+           "crps_ensemble", "diverged_members", "divergence_limits", "evaluate_coarse_dns",
+           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "forecast",
            "forecast_metrics", "interval_coverage", "lead_time_metrics", "noise_floor",
            "pooled_relative_l2", "relative_l2", "rollout"]

@@ -54,12 +54,15 @@ errors.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import xarray as xr
 
 from msde_ppl.predict.metrics import crps_gaussian
 
-__all__ = ["FACTOR_GRID", "apply_residual_gain", "fit_residual_gain", "fit_spread_factor"]
+__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "ResidualSpread", "apply_residual_gain",
+           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "residual_rms"]
 
 #: Relative error below which a lead time counts as reconstructed exactly (float32 rounding of
 #: the data is ~6e-8; a forecast's own error is orders of magnitude above this).
@@ -69,8 +72,90 @@ _ROUNDING = 1e-5
 FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
 
 
+#: Bounds of the per-trajectory spread multiplier of :class:`ResidualSpread`.
+_MULTIPLIER_RANGE = (1.0 / 3.0, 3.0)
+
+
+class ResidualSpread(NamedTuple):
+    r"""Per-trajectory spread multiplier from the first snapshot's reconstruction residual.
+
+    A trajectory whose first snapshot the coarse model reconstructs worse is harder for it all
+    along (more of its field lies in scales the model only parametrises), while the ensemble's
+    spread hardly depends on the trajectory. With :math:`r` the RMS of
+    :math:`e_0 = y_0 - \bar y_0` over the grid and fields (known at forecast time), every member's
+    deviation from the mean is further multiplied by
+
+    .. math::
+
+        m = \operatorname{clip}\big((r / r_{\text{ref}})^{\beta},\ 1/3,\ 3\big),
+
+    :math:`\beta` and :math:`r_{\text{ref}}` fitted on the validation split
+    (:func:`fit_residual_spread`); :math:`\beta = 0` is no multiplier.
+    """
+
+    exponent: float
+    reference: float
+
+    def multiplier(self, rms: np.ndarray | float) -> np.ndarray:
+        """:math:`m` for residual RMS values ``rms`` (same shape)."""
+        rms = np.asarray(rms, np.float64)
+        if self.exponent == 0.0:
+            return np.ones_like(rms)
+        ratio = np.maximum(rms, np.finfo(np.float32).tiny) / self.reference
+        return np.clip(ratio**self.exponent, *_MULTIPLIER_RANGE)
+
+
+NO_RESIDUAL_SPREAD = ResidualSpread(0.0, 1.0)
+
+
+def residual_rms(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
+    """RMS of the first snapshot's reconstruction residual per trajectory, shape ``(traj,)``."""
+    e0 = _first_residual(fc, obs_var)
+    if "traj" not in e0.dims:
+        e0 = e0.expand_dims("traj")
+    dims = [d for d in e0.dims if d != "traj"]
+    return np.sqrt(np.asarray((e0.astype(np.float64) ** 2).mean(dims).values))
+
+
+def fit_residual_spread(fc: xr.Dataset, corrected: xr.Dataset | None = None, *,
+                        obs_var: str = "obs", min_traj: int = 3) -> ResidualSpread:
+    r""":class:`ResidualSpread` fitted on a (validation) forecast.
+
+    :math:`\beta` is the least-squares slope of :math:`\log(\mathrm{RMSE}_k /
+    \mathrm{RMS}(\sigma_k))` on :math:`\log r_k` over the trajectories :math:`k` (errors and
+    spreads pooled over lead times after the first and grid values), clipped to ``[0, 1]``;
+    :math:`r_{\text{ref}}` the geometric mean of the :math:`r_k`. Fewer than ``min_traj``
+    trajectories, or residuals that do not vary, give :data:`NO_RESIDUAL_SPREAD`.
+
+    Args:
+        fc: the forecast whose lead-0 residuals :math:`r_k` are read (before any residual
+            correction).
+        corrected: the forecast whose errors the spread is to match (``fc`` after
+            :func:`apply_residual_gain`); default ``fc``.
+    """
+    rms = residual_rms(fc, obs_var=obs_var)
+    if rms.size < min_traj or not (np.isfinite(rms).all() and (rms > 0).all()):
+        return NO_RESIDUAL_SPREAD
+    target = fc if corrected is None else corrected
+    later = target.isel(time=slice(1, None))
+    pooled = [d for d in later["mean"].dims if d != "traj"]
+    err = np.sqrt(np.asarray(((later[obs_var] - later["mean"]).astype(np.float64) ** 2)
+                             .mean(pooled).values))
+    spread = np.sqrt(np.asarray((later["std"].astype(np.float64) ** 2).mean(pooled).values))
+    if not (np.isfinite(err).all() and np.isfinite(spread).all() and (spread > 0).all()
+            and (err > 0).all()):
+        return NO_RESIDUAL_SPREAD
+    x = np.log(rms) - np.log(rms).mean()
+    y = np.log(err / spread)
+    if np.sum(x * x) <= 0:
+        return NO_RESIDUAL_SPREAD
+    slope = float(np.clip(np.sum(x * (y - y.mean())) / np.sum(x * x), 0.0, 1.0))
+    return ResidualSpread(slope, float(np.exp(np.log(rms).mean())))
+
+
 def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: str = "obs",
-                      smooth: int = 25, grid: np.ndarray = FACTOR_GRID) -> np.ndarray:
+                      smooth: int = 25, grid: np.ndarray = FACTOR_GRID,
+                      traj_multiplier: np.ndarray | None = None) -> np.ndarray:
     """Spread factor per lead time of a (validation) forecast, shape ``(time,)``.
 
     Args:
@@ -79,6 +164,9 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         obs_var: the observations scored against.
         smooth: width (lead times) of the moving average of ``log c``; ``1``: none.
         grid: candidate factors of the ``"crps"`` rule, increasing and positive.
+        traj_multiplier: a per-trajectory multiplier of the spread applied before the fit
+            (:meth:`ResidualSpread.multiplier`), shape ``(traj,)``; the factor is then the
+            common part on top of it.
 
     Raises:
         ValueError: non-finite forecast values, or bad settings.
@@ -109,6 +197,8 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
         std = np.maximum(std, np.finfo(np.float32).tiny)
+        if traj_multiplier is not None:
+            std = std * float(np.asarray(traj_multiplier).reshape(-1)[i])
         if rule == "crps":
             for g, c in enumerate(grid):
                 scores[g] += crps_gaussian(mean, c * std, obs).sum(axis=1)

@@ -41,6 +41,7 @@ from numpyro import handlers
 from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
+from msde_ppl.predict.calibration import ResidualSpread
 from msde_ppl.predict.metrics import crps_sorted, diverged_members, divergence_limits
 from msde_ppl.progress import Progress
 
@@ -332,6 +333,7 @@ def forecast(
     return_samples: bool = False,
     spread_factor: float | Sequence[float] | np.ndarray | None = None,
     residual_gain: Sequence[float] | np.ndarray | None = None,
+    residual_spread: ResidualSpread | None = None,
     progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
@@ -357,6 +359,11 @@ def forecast(
     any statistic is taken (``std`` is multiplied by :math:`c`; the mean, the latent
     statistics and ``macro``/``micro`` are unchanged): the post-hoc calibration of
     :mod:`msde_ppl.predict.calibration`, fitted on the validation split.
+
+    ``residual_spread`` (a :class:`~msde_ppl.predict.calibration.ResidualSpread`) multiplies
+    that inflation, per trajectory, by :math:`m(r)`, :math:`r` the RMS of the first snapshot's
+    reconstruction residual :math:`y_0 - \bar y_0` (the output then has ``spread_multiplier``,
+    dims ``traj``).
 
     ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
     :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
@@ -416,14 +423,21 @@ def forecast(
             draws, stats = block[0][1:] if len(block) == 1 else _mixture(
                 [b[1:] for b in block])  # (b, R * S, C, *fine)
             span = slice(start, start + draws.shape[0])
-            if factor is not None:
-                c = np.reshape(factor[span], (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
+            if start == 0:  # blocks come in order: the first holds lead 0
+                residual = y_traj[0] - stats["mean"][0]  # (C, *fine)
+                if residual_spread is not None:
+                    rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
+                    summary["spread_multiplier"] = np.asarray(
+                        residual_spread.multiplier(rms), np.float32)
+            if factor is not None or residual_spread is not None:
+                c = np.ones(n_out) if factor is None else factor
+                if residual_spread is not None:
+                    c = c * float(summary["spread_multiplier"])
+                c = np.reshape(c[span], (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
                 mean = stats["mean"][:, None]
                 draws = mean + c * (draws - mean)
                 stats["std"] = stats["std"] * c[:, 0]
             if gain is not None:
-                if start == 0:  # blocks come in order: the first holds lead 0
-                    residual = y_traj[0] - stats["mean"][0]  # (C, *fine)
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
                 shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
                 draws = draws + shift[:, None]
@@ -570,6 +584,8 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
             data[name] = (dims, arr.astype(np.float32, copy=False))
     data["crps"] = (("traj", "time"), out["crps"])
     data["diverged"] = (("traj", "member"), out["diverged"])
+    if "spread_multiplier" in out:
+        data["spread_multiplier"] = ("traj", out["spread_multiplier"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)
         data[name] = ((("fit",) if ensemble else ()) + ("traj", "time", "latent"),
                       np.moveaxis(out[name], 1, 0) if ensemble else out[name])

@@ -7,12 +7,14 @@ import scoringrules as sr
 import xarray as xr
 
 from msde_ppl.predict import (
+    ResidualSpread,
     apply_residual_gain,
     crps_ensemble,
     fit_residual_gain,
+    fit_residual_spread,
     fit_spread_factor,
 )
-from msde_ppl.predict.calibration import FACTOR_GRID
+from msde_ppl.predict.calibration import FACTOR_GRID, NO_RESIDUAL_SPREAD, residual_rms
 from msde_ppl.predict.metrics import crps_gaussian
 
 
@@ -163,3 +165,39 @@ def test_residual_gain_does_not_come_back_once_it_has_decayed(np_rng):
     gain = fit_residual_gain(fc)
     np.testing.assert_allclose(gain[:3], 1.0)
     np.testing.assert_array_equal(gain[3:], 0.0)
+
+
+def _residual_forecast(np_rng, beta, n_traj=40, n_time=30, n_x=400):
+    """Trajectory k: lead-0 residual of RMS r_k exactly, later errors r_k**beta times the std."""
+    dims = ("traj", "time", "x")
+    r = np.exp(np_rng.uniform(-1.0, 1.0, n_traj))
+    std = np.full((n_traj, n_time, n_x), 0.5)
+    mean = np_rng.normal(size=std.shape)
+    obs = mean + (r**beta)[:, None, None] * std * np_rng.normal(size=std.shape)
+    z = np_rng.normal(size=(n_traj, n_x))
+    obs[:, 0] = mean[:, 0] + r[:, None] * z / np.sqrt(np.mean(z**2, axis=1, keepdims=True))
+    return xr.Dataset({"mean": (dims, mean), "std": (dims, std), "obs": (dims, obs)}), r
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_residual_spread_recovers_the_exponent_and_leaves_the_factor_common(np_rng, beta):
+    """Per trajectory the log ratio RMSE/spread is estimated from 11600 values (relative SE
+    ~1/sqrt(2 * 11600) = 0.7%), so over 40 trajectories with log r spread over [-1, 1] the
+    slope's SE is ~0.002: 0.02 is 10 SE. With the multiplier applied, the common factor left
+    is r_ref**beta (r_ref the geometric mean of r)."""
+    fc, r = _residual_forecast(np_rng, beta)
+    np.testing.assert_allclose(residual_rms(fc), r, rtol=1e-10)
+    spread = fit_residual_spread(fc)
+    assert abs(spread.exponent - beta) < 0.02
+    np.testing.assert_allclose(spread.reference, np.exp(np.mean(np.log(r))), rtol=1e-10)
+    later = fc.isel(time=slice(1, None))  # lead 0 holds the residual, not a forecast error
+    factor = fit_spread_factor(later, traj_multiplier=spread.multiplier(r))
+    np.testing.assert_allclose(factor, spread.reference**beta, rtol=0.05)
+
+
+def test_residual_spread_needs_trajectories_and_bounds_its_multiplier(np_rng):
+    fc, _ = _residual_forecast(np_rng, 1.0, n_traj=2)
+    assert fit_residual_spread(fc) == NO_RESIDUAL_SPREAD
+    np.testing.assert_array_equal(NO_RESIDUAL_SPREAD.multiplier([1e-9, 1.0, 1e9]), 1.0)
+    np.testing.assert_allclose(ResidualSpread(1.0, 2.0).multiplier([0.02, 2.0, 3.0, 200.0]),
+                               [1 / 3, 1.0, 1.5, 3.0])

@@ -169,6 +169,27 @@ def test_residual_gain_moves_every_member_by_the_first_residual(data):
                       residual_gain=np.ones(T_OUT - 1))
 
 
+def test_residual_spread_multiplies_each_trajectory_by_its_residual(data):
+    """Same key: with a ResidualSpread the std of trajectory k is multiplied by
+    m(rms of y_0 - mean_0 of k) (and by the spread factor), the mean does not move."""
+    from msde_ppl.predict import ResidualSpread
+
+    fitted = _fitted(data, as_leaf=False)
+    plain = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64)
+    rms = np.sqrt(((plain["obs"] - plain["mean"]).isel(time=0) ** 2).mean("x")).values
+    # this model reconstructs its first snapshot to rounding: the multiplier's lower bound
+    spread = ResidualSpread(0.7, 1.0)
+    factor = np.linspace(1.0, 2.0, T_OUT)
+    wide = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                         spread_factor=factor, residual_spread=spread)
+    m = spread.multiplier(rms)
+    np.testing.assert_allclose(m, 1 / 3)
+    np.testing.assert_allclose(wide["spread_multiplier"], m, rtol=1e-5)
+    np.testing.assert_allclose(wide["mean"], plain["mean"], rtol=1e-6)
+    np.testing.assert_allclose(wide["std"], m[:, None, None] * factor[None, :, None]
+                               * plain["std"], rtol=1e-5)
+
+
 def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys):
     from msde_ppl.pipeline import run as run_module
 
@@ -181,11 +202,12 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert fc["spread_factor"].dims == ("time",) and fc.sizes["time"] == T_OUT
     assert fc["residual_gain"].dims == ("time",) and fc["residual_gain"].values[0] == 1
     assert "rel_l2_mean" in cal and cal["residual_gain"]["lead_1"] <= 1
+    assert 0 <= cal["residual_spread"]["exponent"] <= 1 and "spread_multiplier" in fc
     fc, spread_only = run_module.score(fitted, data, split="test", n_samples=64,
                                        calibrate_on="val", residual=False)
     assert "residual_gain" not in spread_only["calibrated"] and "residual_gain" not in fc
 
-    def diverged(_fc):
+    def diverged(_fc, **_):
         raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
 
     monkeypatch.setattr(run_module, "fit_spread_factor", diverged)
