@@ -57,13 +57,11 @@ def test_drift_coefficient_intervals_have_nominal_coverage(coverage):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known: the default path family is diagonal (one OU "
-                   "reference per coordinate), so it cannot correlate the slow and fast paths of "
-                   "this coupled model; the fast state's c*y forcing is then read as diffusion of "
-                   "the slow one: s_x 0.56-0.63 for 0.5 (s_y 0.99-1.08 for 1.0, 7/8 covered). "
-                   "kernel='coupled' holds the exact posterior (test_markov_coupled.py) and, "
-                   "seed 0, gives s_x [0.517, 0.603] at 1500 steps, [0.483, 0.557] at 4000, "
-                   "but its c interval then misses 0.8 ([-0.92, 0.60])")
+@pytest.mark.xfail(strict=True, reason="known: s_x comes out high, 0.56-0.63 for 0.5 over 8 "
+                   "seeds at this budget (s_y 0.99-1.08 for 1.0, 7/8 covered). Not the diagonal "
+                   "path family: kernel='coupled' (full covariance, exact posterior in the "
+                   "family) gives the same intervals on seed 0. It shrinks with steps: at 4000, "
+                   "s_x centres 0.52-0.60, 4/8 cover 0.5 (11/16 with s_y, p = 0.017)")
 def test_diffusion_intervals_have_nominal_coverage(coverage):
     n_cov, n = int(coverage[:, 2:].sum()), coverage[:, 2:].size
     assert stats.binomtest(n_cov, n, 0.9).pvalue > 1e-3
