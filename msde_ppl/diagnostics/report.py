@@ -138,9 +138,13 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
         gain = np.asarray(fc["residual_gain"].values, np.float64)
     if fc is not None and "spread_factor" in fc:
         factor = np.asarray(fc["spread_factor"].values, np.float64)
+        spread = _residual_spread(fc)
+        per_traj = "" if spread is None or spread.exponent == 0 else (
+            f", times a per-trajectory multiplier (r / {spread.reference:.3g})^"
+            f"{spread.exponent:.2f} of the first snapshot's reconstruction residual r")
         lines += [f"The forecast is calibrated: its spread is scaled by a factor fitted on the "
-                  f"val split (median {np.median(factor):.3g}, docs/calibration.md); the "
-                  "metrics table shows the scores before and after.", ""]
+                  f"val split (median {np.median(factor):.3g}{per_traj}, docs/calibration.md); "
+                  "the metrics table shows the scores before and after.", ""]
     say("calibration checks (a forecast of test trajectory 0 keeping its members)")
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True,
