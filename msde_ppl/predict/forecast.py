@@ -355,14 +355,14 @@ def forecast(
       draws, one per member (memory: ``n_samples`` fields).
 
     ``spread_factor`` (a scalar, or one value per output time) inflates every predictive draw's
-    deviation from the ensemble mean, :math:`\bar y + c(\tau)(y^{(s)} - \bar y)`, before
+    deviation from the ensemble mean, :math:`\\bar y + c(\\tau)(y^{(s)} - \\bar y)`, before
     any statistic is taken (``std`` is multiplied by :math:`c`; the mean, the latent
     statistics and ``macro``/``micro`` are unchanged): the post-hoc calibration of
     :mod:`msde_ppl.predict.calibration`, fitted on the validation split.
 
     ``residual_spread`` (a :class:`~msde_ppl.predict.calibration.ResidualSpread`) multiplies
     that inflation, per trajectory, by :math:`m(r)`, :math:`r` the RMS of the first snapshot's
-    reconstruction residual :math:`y_0 - \bar y_0` (the output then has ``spread_multiplier``,
+    reconstruction residual :math:`y_0 - \\bar y_0` (the output then has ``spread_multiplier``,
     dims ``traj``).
 
     ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
