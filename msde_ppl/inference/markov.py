@@ -59,7 +59,7 @@ from msde_ppl.inference.gauss_markov import GaussMarkovPath, KLNodes
 from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
 
 __all__ = ["MarkovBridgePath", "MarkovWindow", "OUSmoother", "bridge_moments",
-           "condition_window", "window_posterior"]
+           "condition_window", "nodes_and_trend", "window_posterior"]
 
 
 def _softplus_inverse(x: float) -> float:
@@ -222,6 +222,35 @@ def bridge_moments(window: MarkovWindow, tau: Float[Array, " k"],
     return WindowMoments(*jax.vmap(with_rates)(tau, interval))
 
 
+def nodes_and_trend(
+    trend: TemporalKernel | None,
+    times: Float[Array, " m"],
+    enc_mean: Array,
+    enc_logvar: Array,
+    node_fraction: Float[Array, "m_1 k"],
+) -> tuple[Array, Array, Array, Array, Array]:
+    r"""KL nodes of a window and the trend at the grid and the nodes (both path families).
+
+    Node ``j`` of interval ``i`` sits at :math:`t_i + (j + f_{ij})/k\,(t_{i+1} - t_i)` with
+    weight :math:`\Delta t_i / k`. Returns ``(tau, interval, weights, trend_mean, trend_dot)``:
+    node times, their interval indices and weights, shape ``((M-1) k,)``; the trend
+    :math:`m_0` and :math:`\dot m_0` at ``concat(times, tau)``, shape ``(M + (M-1) k,) + state``
+    (zeros without a trend).
+    """
+    n, k = times.shape[0], node_fraction.shape[1]
+    dt = jnp.diff(times)
+    frac = (jnp.arange(k, dtype=times.dtype)[None, :] + node_fraction) / k
+    tau = jnp.reshape(times[:-1, None] + frac * dt[:, None], (-1,))
+    interval = jnp.reshape(jnp.broadcast_to(jnp.arange(n - 1)[:, None], (n - 1, k)), (-1,))
+    weights = jnp.reshape(jnp.broadcast_to(dt[:, None] / k, (n - 1, k)), (-1,))
+    if trend is None:
+        trend_mean = jnp.zeros((n + tau.shape[0],) + enc_mean.shape[1:], enc_mean.dtype)
+        return tau, interval, weights, trend_mean, trend_mean
+    moments = interpolate_window(trend, times, enc_mean, enc_logvar,
+                                 jnp.concatenate([times, tau]))
+    return tau, interval, weights, moments.mean, moments.mean_dot
+
+
 def window_posterior(
     smoother: OUSmoother,
     times: Float[Array, " m"],
@@ -246,19 +275,9 @@ def window_posterior(
         ``(M-1,) + state``, and the :class:`KLNodes` (``(M-1) k`` nodes, weights
         :math:`\Delta t_i / k`).
     """
-    n, k = times.shape[0], node_fraction.shape[1]
-    dt = jnp.diff(times)
-    frac = (jnp.arange(k, dtype=times.dtype)[None, :] + node_fraction) / k
-    tau = jnp.reshape(times[:-1, None] + frac * dt[:, None], (-1,))
-    interval = jnp.reshape(jnp.broadcast_to(jnp.arange(n - 1)[:, None], (n - 1, k)), (-1,))
-    weights = jnp.reshape(jnp.broadcast_to(dt[:, None] / k, (n - 1, k)), (-1,))
-    if smoother.trend is None:
-        trend_mean = jnp.zeros((n + tau.shape[0],) + enc_mean.shape[1:], enc_mean.dtype)
-        trend_dot = trend_mean
-    else:
-        trend = interpolate_window(smoother.trend, times, enc_mean, enc_logvar,
-                                   jnp.concatenate([times, tau]))
-        trend_mean, trend_dot = trend.mean, trend.mean_dot
+    n = times.shape[0]
+    tau, interval, weights, trend_mean, trend_dot = nodes_and_trend(
+        smoother.trend, times, enc_mean, enc_logvar, node_fraction)
     window = condition_window(smoother, times, enc_mean - trend_mean[:n], jnp.exp(enc_logvar),
                               diffusion)
     mean_dot, dlogvar_dt = _grid_rates(window)

@@ -72,7 +72,8 @@ from jax import lax
 from jaxtyping import Array, Float
 
 from msde_ppl.inference.gauss_markov import GaussMarkovPath, KLNodes, _left_pad
-from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
+from msde_ppl.inference.kernel import TemporalKernel, WindowMoments
+from msde_ppl.inference.markov import nodes_and_trend
 
 __all__ = ["COUPLED_MAX_STATE", "CoupledMarkovPath", "CoupledMoments", "CoupledOUSmoother",
            "CoupledWindow", "coupled_bridge", "coupled_transition", "condition_window_coupled",
@@ -331,19 +332,9 @@ def window_posterior_coupled(
     :math:`t_i + (j + f_{ij})/k\,(t_{i+1} - t_i)`, weights :math:`\Delta t_i / k`); the nodes'
     ``moments`` are a :class:`CoupledMoments`. Grid drifts are right limits (left at the end).
     """
-    n, k = times.shape[0], node_fraction.shape[1]
-    dt = jnp.diff(times)
-    frac = (jnp.arange(k, dtype=times.dtype)[None, :] + node_fraction) / k
-    tau = jnp.reshape(times[:-1, None] + frac * dt[:, None], (-1,))
-    interval = jnp.reshape(jnp.broadcast_to(jnp.arange(n - 1)[:, None], (n - 1, k)), (-1,))
-    weights = jnp.reshape(jnp.broadcast_to(dt[:, None] / k, (n - 1, k)), (-1,))
-    if smoother.trend is None:
-        trend_mean = jnp.zeros((n + tau.shape[0],) + enc_mean.shape[1:], enc_mean.dtype)
-        trend_dot = trend_mean
-    else:
-        trend = interpolate_window(smoother.trend, times, enc_mean, enc_logvar,
-                                   jnp.concatenate([times, tau]))
-        trend_mean, trend_dot = trend.mean, trend.mean_dot
+    n = times.shape[0]
+    tau, interval, weights, trend_mean, trend_dot = nodes_and_trend(
+        smoother.trend, times, enc_mean, enc_logvar, node_fraction)
     window = condition_window_coupled(smoother, times, enc_mean - trend_mean[:n],
                                       jnp.exp(enc_logvar), diffusion)
     grid_tau = jnp.concatenate([times[:-1], times[-1:]])

@@ -97,12 +97,14 @@ class ResidualSpread(NamedTuple):
     reference: float
 
     def multiplier(self, rms: np.ndarray | float) -> np.ndarray:
-        """:math:`m` for residual RMS values ``rms`` (same shape)."""
+        """:math:`m` for residual RMS values ``rms`` (same shape; 1 where ``rms`` is not
+        finite)."""
         rms = np.asarray(rms, np.float64)
         if self.exponent == 0.0:
             return np.ones_like(rms)
         ratio = np.maximum(rms, np.finfo(np.float32).tiny) / self.reference
-        return np.clip(ratio**self.exponent, *_MULTIPLIER_RANGE)
+        # a non-finite residual (a diverged reconstruction) says nothing: no multiplier
+        return np.where(np.isfinite(rms), np.clip(ratio**self.exponent, *_MULTIPLIER_RANGE), 1.0)
 
 
 NO_RESIDUAL_SPREAD = ResidualSpread(0.0, 1.0)

@@ -201,3 +201,4 @@ def test_residual_spread_needs_trajectories_and_bounds_its_multiplier(np_rng):
     np.testing.assert_array_equal(NO_RESIDUAL_SPREAD.multiplier([1e-9, 1.0, 1e9]), 1.0)
     np.testing.assert_allclose(ResidualSpread(1.0, 2.0).multiplier([0.02, 2.0, 3.0, 200.0]),
                                [1 / 3, 1.0, 1.5, 3.0])
+    np.testing.assert_array_equal(ResidualSpread(1.0, 2.0).multiplier([np.nan, np.inf]), 1.0)
