@@ -238,7 +238,8 @@ def score(
             raise ValueError(f"a forecast horizon needs at least 2 snapshots, got {horizon}")
         eval_steps = min(int(horizon), int(eval_steps or ds.sizes["time"]))
     start = time.perf_counter()
-    fc = forecast(jax.random.key(seed), fitted, ds, split=split, n_samples=n_samples,
+    key_raw = jax.random.key(seed)
+    fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                   substeps=substeps, method=integrator, n_steps=eval_steps,
                   progress=progress and (f"forecast of the {split} split" if split
                                          else "forecast of every trajectory"))
@@ -251,8 +252,11 @@ def score(
     metrics["baselines"] = baseline_metrics(fc, train, eval_steps)
     metrics["lead_time"] = _as_lists(lead_time_metrics(fc, train, eval_steps))
     if calibrate_on is not None:
-        # independent keys: the calibration split's ensemble, the calibrated rerun
-        key_val, key_test = jax.random.split(jax.random.fold_in(jax.random.key(seed), 1))
+        # the calibration split's ensemble has its own key; the calibrated rerun reuses the raw
+        # forecast's key, so it transforms the very same members (the factor and the gain are
+        # fitted on the other split): raw and delivered scores differ by the calibration
+        # alone, not by a second ensemble's Monte Carlo error
+        key_val = jax.random.fold_in(key_raw, 1)
         fc_val = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
@@ -276,7 +280,7 @@ def score(
         del fc_val
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
-            fc = forecast(key_test, fitted, ds, split=split, n_samples=n_samples,
+            fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           spread_factor=factor, residual_gain=gain, residual_spread=spread,
                           progress=progress and f"calibrated forecast of the {split} split")

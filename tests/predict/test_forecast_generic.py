@@ -206,6 +206,10 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     fc, spread_only = run_module.score(fitted, data, split="test", n_samples=64,
                                        calibrate_on="val", residual=False)
     assert "residual_gain" not in spread_only["calibrated"] and "residual_gain" not in fc
+    # the calibrated rerun transforms the raw forecast's own members: without the residual
+    # gain the mean, and so the rel-L2, is the raw one exactly
+    assert spread_only["calibrated"]["rel_l2_mean"] == pytest.approx(
+        spread_only["rel_l2_mean"], rel=1e-6)
 
     def diverged(_fc, **_):
         raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
