@@ -54,7 +54,12 @@ from numpyro.infer.initialization import init_to_median
 from msde_ppl.generative.sde_path import SDEPath
 from msde_ppl.inference.gauss_markov import GaussMarkovPath
 from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
-from msde_ppl.inference.markov import MarkovBridgePath, OUSmoother, window_posterior
+from msde_ppl.inference.markov import (
+    TREND_STEP_GAIN,
+    MarkovBridgePath,
+    OUSmoother,
+    window_posterior,
+)
 from msde_ppl.inference.markov_coupled import (
     COUPLED_MAX_STATE,
     CoupledMarkovPath,
@@ -229,7 +234,7 @@ class AutoAmortizedSDE(AutoGuide):
                     # the trend is a plain squared-exponential interpolant (no warp network:
                     # as good on val, ~30% cheaper per step than the deep kernel)
                     state_shape = trace[name]["fn"].state_shape
-                    trend = TemporalKernel(hidden_size=0, key=k)
+                    trend = TemporalKernel(hidden_size=0, step_gain=TREND_STEP_GAIN, key=k)
                     if self._kernel_arg == "coupled":
                         if len(state_shape) != 1 or state_shape[0] > COUPLED_MAX_STATE:
                             raise ValueError(

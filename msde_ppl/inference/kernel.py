@@ -90,6 +90,10 @@ class TemporalKernel(eqx.Module):
         hidden_size: width of the warp MLP (``0`` disables the warp network).
         depth: number of hidden layers of the warp MLP.
         activation: hidden activation.
+        step_gain: the three hyperparameters are stored as :math:`r / g` and used as
+            :math:`\operatorname{softplus}(g \cdot \text{stored})`: the same values, but an
+            optimiser step of a given size moves them :math:`g` times as far (Adam's steps
+            are about its learning rate in the stored units).
         key: PRNG key (keyword-only).
     """
 
@@ -97,12 +101,14 @@ class TemporalKernel(eqx.Module):
     raw_lengthscale: Float[Array, ""]
     raw_amplitude: Float[Array, ""]
     raw_nugget: Float[Array, ""]
+    step_gain: float = eqx.field(static=True)
 
     def __init__(
         self,
         hidden_size: int = 128,
         depth: int = 2,
         activation: Callable[[Array], Array] = jax.nn.leaky_relu,
+        step_gain: float = 1.0,
         *,
         key: jax.Array,
     ) -> None:
@@ -117,9 +123,12 @@ class TemporalKernel(eqx.Module):
             self.warp_net = net
         else:
             self.warp_net = None
-        self.raw_lengthscale = jnp.asarray(_softplus_inverse(0.1))
-        self.raw_amplitude = jnp.asarray(_softplus_inverse(1.0))
-        self.raw_nugget = jnp.asarray(_softplus_inverse(0.01))
+        if step_gain <= 0:
+            raise ValueError(f"the step gain must be positive, got {step_gain}")
+        self.step_gain = float(step_gain)
+        self.raw_lengthscale = jnp.asarray(_softplus_inverse(0.1) / step_gain)
+        self.raw_amplitude = jnp.asarray(_softplus_inverse(1.0) / step_gain)
+        self.raw_nugget = jnp.asarray(_softplus_inverse(0.01) / step_gain)
 
     def warp(self, u: Float[Array, ""]) -> Float[Array, ""]:
         """Warped normalised time :math:`w(u) = u + NN(u)` for scalar ``u``."""
@@ -129,8 +138,10 @@ class TemporalKernel(eqx.Module):
 
     def hyperparameters(self, window_size: int) -> tuple[Array, Array, Array]:
         """Return ``(lengthscale, amplitude, nugget_variance)`` for a window of ``M`` points."""
-        lengthscale = jax.nn.softplus(self.raw_lengthscale) + 2.0 / window_size
-        return lengthscale, jax.nn.softplus(self.raw_amplitude), jax.nn.softplus(self.raw_nugget)
+        g = self.step_gain
+        lengthscale = jax.nn.softplus(g * self.raw_lengthscale) + 2.0 / window_size
+        return (lengthscale, jax.nn.softplus(g * self.raw_amplitude),
+                jax.nn.softplus(g * self.raw_nugget))
 
 
 class WindowMoments(NamedTuple):

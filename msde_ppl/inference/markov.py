@@ -58,8 +58,20 @@ from jaxtyping import Array, Float
 from msde_ppl.inference.gauss_markov import GaussMarkovPath, KLNodes
 from msde_ppl.inference.kernel import TemporalKernel, WindowMoments, interpolate_window
 
-__all__ = ["MarkovBridgePath", "MarkovWindow", "OUSmoother", "bridge_moments",
+__all__ = ["TREND_STEP_GAIN", "MarkovBridgePath", "MarkovWindow", "OUSmoother", "bridge_moments",
            "condition_window", "nodes_and_trend", "window_posterior"]
+
+
+#: Step gain of the trend's kernel hyperparameters (:class:`TemporalKernel`'s ``step_gain``):
+#: Adam moves every raw parameter by about its learning rate per step, and the trend's three
+#: hyperparameters have to travel several units (amplitude 1 → 0.01, 5 units of its inverse
+#: softplus, where the exact posterior of a linear-Gaussian model needs no trend), which at
+#: learning rates of 1e-3–1e-2 took thousands of steps; meanwhile the interpolating trend hands
+#: the encodings' noise to the path and the ELBO reads that roughness as diffusion. On the
+#: two-scale OU of tests/inference/test_recovery.py (1500 steps, 8 seeds) s_x = 0.5 came out at
+#: 0.56–0.62 (7 of 16 scale intervals covering) with gain 1, 0.49–0.57 (14 of 16) with gain 10;
+#: the nonlinear fit of notebook 02 is unchanged (docs/calibration.md).
+TREND_STEP_GAIN = 10.0
 
 
 def _softplus_inverse(x: float) -> float:

@@ -278,6 +278,9 @@ class Fitted:
             "global_sites": self.global_sites,
             "n_steps": int(self.losses.size),
             "validation": self.validation,
+            # the stored kernel hyperparameters are in units of their step gain (since v1 of
+            # the Markov trend's gain of 10); files without this key hold them in gain-1 units
+            "kernel_step_gain": True,
         }
         if into:
             if not path.is_dir():
@@ -350,6 +353,8 @@ class Fitted:
         except Exception as err:  # equinox raises several kinds on a mismatch
             raise ValueError(f"{path / 'params.eqx'} does not match the model described by "
                              f"fitted.json (damaged, or from another model): {err}") from err
+        if not meta.get("kernel_step_gain"):
+            params = _from_unit_step_gain(params)
         try:
             losses = (np.load(path / "losses.npy", allow_pickle=False)
                       if (path / "losses.npy").is_file() else np.zeros(0))
@@ -373,6 +378,24 @@ class Fitted:
         fields.update(changes)
         model, guide, params = fields.pop("model"), fields.pop("guide"), fields.pop("params")
         return Fitted(model, guide, params, **fields)
+
+
+def _from_unit_step_gain(params: dict) -> dict:
+    """``params`` read from a file saved before kernels had a step gain: every
+    :class:`~msde_ppl.inference.kernel.TemporalKernel` of gain ``g`` gets its stored
+    hyperparameters divided by ``g`` (the file holds them in gain-1 units), so its
+    hyperparameter values are the fitted ones."""
+    from msde_ppl.inference.kernel import TemporalKernel
+
+    def convert(node: Any) -> Any:
+        if not isinstance(node, TemporalKernel) or node.step_gain == 1.0:
+            return node
+        g = node.step_gain
+        return eqx.tree_at(lambda k: (k.raw_lengthscale, k.raw_amplitude, k.raw_nugget), node,
+                           (node.raw_lengthscale / g, node.raw_amplitude / g,
+                            node.raw_nugget / g))
+
+    return jax.tree.map(convert, params, is_leaf=lambda x: isinstance(x, TemporalKernel))
 
 
 def _warn_if_incomplete(path: Path) -> None:

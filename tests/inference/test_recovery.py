@@ -57,11 +57,6 @@ def test_drift_coefficient_intervals_have_nominal_coverage(coverage):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known: s_x comes out high, 0.56-0.63 for 0.5 over 8 "
-                   "seeds at this budget (s_y 0.99-1.08 for 1.0, 7/8 covered). Not the diagonal "
-                   "path family: kernel='coupled' (full covariance, exact posterior in the "
-                   "family) gives the same intervals on seed 0. It shrinks with steps: at 4000, "
-                   "s_x centres 0.52-0.60, 4/8 cover 0.5 (11/16 with s_y, p = 0.017)")
 def test_diffusion_intervals_have_nominal_coverage(coverage):
     n_cov, n = int(coverage[:, 2:].sum()), coverage[:, 2:].size
     assert stats.binomtest(n_cov, n, 0.9).pvalue > 1e-3

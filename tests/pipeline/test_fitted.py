@@ -96,3 +96,29 @@ def test_recipe_gives_the_global_scales_larger_steps(tiny_fit):
         np.testing.assert_allclose(np.abs(np.asarray(step)), expected, rtol=1e-3, err_msg=name)
     with pytest.raises(ValueError, match="global_lr_factor"):
         _check_train(dataclasses.replace(train, global_lr_factor=0.0))
+
+
+def test_fits_saved_before_the_trend_step_gain_load_with_their_hyperparameters():
+    """Files written before kernels had a step gain hold the hyperparameters in gain-1 units;
+    loading converts them, so the trend's lengthscale, amplitude and nugget are the fitted
+    ones; a kernel of gain 1 (the built-in interpolation) is left as it is."""
+    import equinox as eqx
+
+    from msde_ppl.inference.kernel import TemporalKernel
+    from msde_ppl.inference.markov import TREND_STEP_GAIN, OUSmoother
+    from msde_ppl.pipeline.fitted import _from_unit_step_gain
+
+    trend = TemporalKernel(hidden_size=0, step_gain=TREND_STEP_GAIN, key=jax.random.key(1))
+    trend = eqx.tree_at(lambda k: k.raw_amplitude, trend, trend.raw_amplitude - 0.3)
+    fitted = {"z_kernel$params": OUSmoother((3,), trend=trend),
+              "other_kernel$params": TemporalKernel(hidden_size=0, key=jax.random.key(2))}
+    g = TREND_STEP_GAIN
+    old = {"z_kernel$params": eqx.tree_at(
+        lambda s: (s.trend.raw_lengthscale, s.trend.raw_amplitude, s.trend.raw_nugget),
+        fitted["z_kernel$params"], (g * trend.raw_lengthscale, g * trend.raw_amplitude,
+                                    g * trend.raw_nugget)),
+        "other_kernel$params": fitted["other_kernel$params"]}
+    loaded = _from_unit_step_gain(old)
+    np.testing.assert_allclose(loaded["z_kernel$params"].trend.hyperparameters(16),
+                               trend.hyperparameters(16), rtol=1e-6)
+    assert loaded["other_kernel$params"] is old["other_kernel$params"]
