@@ -278,8 +278,8 @@ class Fitted:
             "global_sites": self.global_sites,
             "n_steps": int(self.losses.size),
             "validation": self.validation,
-            # the stored kernel hyperparameters are in units of their step gain (since v1 of
-            # the Markov trend's gain of 10); files without this key hold them in gain-1 units
+            # kernel hyperparameters are stored in units of their step gain (TemporalKernel);
+            # files written before the step gain existed lack this key and hold gain-1 units
             "kernel_step_gain": True,
         }
         if into:
