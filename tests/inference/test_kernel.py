@@ -155,3 +155,29 @@ def test_interpolation_rejects_single_point():
     with pytest.raises(ValueError, match="at least 2"):
         interpolate_window(TemporalKernel(hidden_size=0, key=jax.random.key(0)),
                            jnp.zeros(1), jnp.zeros((1, 2)), jnp.zeros((1, 2)))
+
+
+def test_step_gain_keeps_the_values_and_lengthens_the_steps():
+    """The same hyperparameters at any gain; one Adam step (|update| = lr for a fresh state)
+    moves the softplus argument of each by g * lr instead of lr."""
+    import optax
+
+    plain = TemporalKernel(hidden_size=0, key=jax.random.key(0))
+    fast = TemporalKernel(hidden_size=0, step_gain=10.0, key=jax.random.key(0))
+    np.testing.assert_allclose(fast.hyperparameters(16), plain.hyperparameters(16), rtol=1e-6)
+
+    def loss(kern):
+        ell, amp, nug = kern.hyperparameters(16)
+        return ell + amp + nug
+
+    def argument_moves(kern, g):
+        opt = optax.adam(1e-3)
+        params = eqx.filter(kern, eqx.is_array)
+        updates, _ = opt.update(eqx.filter_grad(loss)(kern), opt.init(params))
+        moved = eqx.apply_updates(kern, updates)
+        return g * (moved.raw_amplitude - kern.raw_amplitude)
+
+    np.testing.assert_allclose(argument_moves(plain, 1.0), -1e-3, rtol=1e-3)
+    np.testing.assert_allclose(argument_moves(fast, 10.0), -1e-2, rtol=1e-3)
+    with pytest.raises(ValueError, match="step gain"):
+        TemporalKernel(hidden_size=0, step_gain=0.0, key=jax.random.key(0))
