@@ -122,12 +122,20 @@ def test_zero_coupling_is_the_diagonal_family(np_rng):
                                    p1.initial_marginal().entropy(), rtol=1e-12)
 
 
+def _window_and_bridge_times(np_rng):
+    """A conditioned coupled window of :func:`_problem` and one random time inside each
+    interval: ``(problem, window, tau, interval)``."""
+    times, mu, v, drift = problem = _problem(np_rng)
+    win = condition_window_coupled(_smoother(drift, times[-1] - times[0]), jnp.asarray(times),
+                                   jnp.asarray(mu), jnp.asarray(v), jnp.asarray(S3))
+    interval = np.arange(len(times) - 1)
+    tau = times[:-1] + np_rng.uniform(0.05, 0.95, len(interval)) * np.diff(times)
+    return problem, win, tau, interval
+
+
 def test_coupled_marginals_cross_covariances_and_bridges_equal_dense_gaussian(np_rng):
     with jax.enable_x64(True):
-        times, mu, v, drift = _problem(np_rng)
-        win = condition_window_coupled(_smoother(drift, times[-1] - times[0]),
-                                       jnp.asarray(times), jnp.asarray(mu), jnp.asarray(v),
-                                       jnp.asarray(S3))
+        (times, mu, v, drift), win, tau, interval = _window_and_bridge_times(np_rng)
         _, mean, cov = _dense_posterior(times, mu, v, drift, S3)
         np.testing.assert_allclose(win.mean, mean, rtol=1e-8, atol=1e-10)
         for i in range(len(times)):
@@ -135,8 +143,6 @@ def test_coupled_marginals_cross_covariances_and_bridges_equal_dense_gaussian(np
         for i in range(len(times) - 1):
             np.testing.assert_allclose(win.cross[i], _block(cov, i, i + 1), rtol=1e-7,
                                        atol=1e-12)
-        interval = np.arange(len(times) - 1)
-        tau = times[:-1] + np_rng.uniform(0.05, 0.95, len(interval)) * np.diff(times)
         out = coupled_bridge(win, jnp.asarray(tau), jnp.asarray(interval))
         all_t, mean, cov = _dense_posterior(times, mu, v, drift, S3, extra=tau)
         for j, k in enumerate(np.searchsorted(all_t, tau)):
@@ -147,13 +153,8 @@ def test_coupled_marginals_cross_covariances_and_bridges_equal_dense_gaussian(np
 def test_posterior_drift_generates_the_moments(np_rng):
     """Finite differences in tau: m' = E f_q and S' = B S + S B^T + diag(s^2)."""
     with jax.enable_x64(True):
-        times, mu, v, drift = _problem(np_rng)
-        win = condition_window_coupled(_smoother(drift, times[-1] - times[0]),
-                                       jnp.asarray(times), jnp.asarray(mu), jnp.asarray(v),
-                                       jnp.asarray(S3))
-        interval = jnp.arange(len(times) - 1)
-        tau = times[:-1] + np_rng.uniform(0.05, 0.95, len(times) - 1) * np.diff(times)
-        out = coupled_bridge(win, jnp.asarray(tau), interval)
+        (times, mu, v, drift), win, tau, interval = _window_and_bridge_times(np_rng)
+        out = coupled_bridge(win, jnp.asarray(tau), jnp.asarray(interval))
         h = 1e-6
         up = coupled_bridge(win, jnp.asarray(tau + h), interval)
         dn = coupled_bridge(win, jnp.asarray(tau - h), interval)
