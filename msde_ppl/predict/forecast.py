@@ -53,8 +53,9 @@ _DECODE_VALUES = 2**23  # fine-grid values (members x snapshots x field) decoded
 def _decode_block(n_samples: int, n_values: int) -> int:
     """Snapshots decoded at a time: 32, fewer when a block of ``n_samples`` fields of
     ``n_values`` values would exceed :data:`_DECODE_VALUES` (2D grids: big temporaries cost
-    more in memory traffic than they save in dispatch)."""
-    return int(max(1, min(32, _DECODE_VALUES // max(1, n_samples * n_values))))
+    more in memory traffic than they save in dispatch), and at least 2: the program is traced
+    on a window of the block's snapshots, and a path site needs two times."""
+    return int(max(2, min(32, _DECODE_VALUES // max(1, n_samples * n_values))))
 
 
 def rollout(

@@ -10,6 +10,7 @@ drift either as ``drift_args`` or as an array leaf of the drift module built fro
 site; both must be per-member.
 """
 
+import importlib
 from functools import partial
 
 import equinox as eqx
@@ -250,3 +251,16 @@ def test_score_by_lead_time_and_a_shorter_horizon(data):
     assert np.mean(lead["rel_l2"]) == pytest.approx(metrics["rel_l2_mean"], rel=1e-9)
     with pytest.raises(ValueError, match="at least 2 snapshots"):
         run_module.score(fitted, data, split="test", n_samples=4, horizon=1)
+
+
+def test_fields_too_large_for_a_block_of_two_still_decode(data, monkeypatch):
+    """Many members of a big field: the decode block would be one snapshot, on which the
+    program's path site cannot be traced (it needs two times); the block stays at two and the
+    members' mean (which does not depend on the decode's keys) is the default block's."""
+    fitted = _fitted(data, as_leaf=False)
+    default = msde.forecast(jax.random.key(1), fitted, data, split="test", n_samples=64)
+    forecast_module = importlib.import_module("msde_ppl.predict.forecast")
+    monkeypatch.setattr(forecast_module, "_DECODE_VALUES", 64 * N)  # one snapshot's fields
+    fitted = _fitted(data, as_leaf=False)  # a fresh compile cache
+    small = msde.forecast(jax.random.key(1), fitted, data, split="test", n_samples=64)
+    np.testing.assert_allclose(small["mean"].values, default["mean"].values, rtol=1e-6)
