@@ -57,5 +57,13 @@ class MLP(eqx.Module):
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
         for layer in self.layers[:-1]:
-            x = self.activation(layer(x))
-        return self.layers[-1](x)
+            x = self.activation(_affine(layer, x))
+        return _affine(self.layers[-1], x)
+
+
+def _affine(layer: eqx.nn.Linear, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
+    """:math:`W x + b` written as :math:`x W^\top + b`: the same numbers, but under ``vmap``
+    the batch stays the leading (row) axis of XLA's matrix product. Written as ``W @ x`` (as
+    ``eqx.nn.Linear`` does) the product comes out as ``(out, batch)`` and every elementwise
+    consumer transposes it again: decoding 64 members of a 128 x 128 field took 6x longer."""
+    return x @ layer.weight.T + layer.bias

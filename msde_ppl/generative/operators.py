@@ -240,8 +240,11 @@ class ScaleOperator(eqx.Module):
             return jax.vmap(self.prolong)(zeta)
         c, n_nodes = self.n_channels, math.prod(self.coarse_shape)
         bias = self._bias_like(len(self.stride))[None]  # (1, C, 1, ...)
-        fine = jnp.einsum("bcn,ncf->bcf", zeta.reshape(zeta.shape[0], c, n_nodes),
-                          self.columns())
+        coarse, columns = zeta.reshape(zeta.shape[0], c, n_nodes), self.columns()
+        # a plain (batch, nodes) x (nodes, fine) product per channel: the batch stays the
+        # leading axis of the product under vmap (a channel-batched einsum came out as
+        # (fine, batch), and every elementwise consumer transposed it again)
+        fine = jnp.stack([coarse[:, k] @ columns[:, k] for k in range(c)], axis=1)
         scale = float(np.prod(self.stride))
         return scale * fine.reshape(zeta.shape[0], c, *self.fine_shape) + bias
 
