@@ -1,4 +1,4 @@
-"""The MLP computes W_L phi(... phi(W_1 x + b_1) ...) + b_L, whichever way the product is written."""
+"""The MLP computes W_L phi(... phi(W_1 x + b_1) ...) + b_L, however the product is written."""
 
 import jax
 import jax.numpy as jnp
