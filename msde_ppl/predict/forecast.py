@@ -287,9 +287,15 @@ class TrajectoryEnsemble:
 
     def __call__(self, key: jax.Array, y_traj, t0: float | None = None):
         latent, blocks = self.blocks(key, y_traj, t0)
-        parts = list(blocks)
-        draws = np.concatenate([d for _, d, _ in parts])
-        summary = {k: np.concatenate([s[k] for _, _, s in parts]) for k in parts[0][2]}
+        draws = summary = None
+        for start, block_draws, block_summary in blocks:  # filled in place: one copy
+            if draws is None:
+                draws = np.empty((self._n_out, *block_draws.shape[1:]), block_draws.dtype)
+                summary = {k: np.empty((self._n_out, *v.shape[1:]), v.dtype)
+                           for k, v in block_summary.items()}
+            draws[start:start + len(block_draws)] = block_draws
+            for k, v in block_summary.items():
+                summary[k][start:start + len(v)] = v
         return draws, {**summary, **latent}
 
 
