@@ -253,7 +253,7 @@ def test_score_by_lead_time_and_a_shorter_horizon(data):
         run_module.score(fitted, data, split="test", n_samples=4, horizon=1)
 
 
-def test_fields_too_large_for_a_block_of_two_still_decode(data, monkeypatch):
+def test_a_decode_block_holds_at_least_two_snapshots(data, monkeypatch):
     """Many members of a big field: the decode block would be one snapshot, on which the
     program's path site cannot be traced (it needs two times); the block stays at two and the
     members' mean (which does not depend on the decode's keys) is the default block's."""
