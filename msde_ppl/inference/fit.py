@@ -235,6 +235,16 @@ def _strong_types(state: FitState) -> FitState:
     return jax.tree.map(strong, state)
 
 
+def _choose(pred: Array, on_true: Any, on_false: Any) -> Any:
+    """``on_true`` if ``pred`` else ``on_false`` (pytrees of one structure), as one conditional.
+
+    Not a ``jnp.where`` per leaf: XLA fuses the scalar chain that computes ``pred`` (the tail of
+    the loss, with its random draws) into every leaf's select, which made the training step's
+    optimised program ~5x larger and its compile time and memory with it.
+    """
+    return jax.lax.cond(pred, lambda: on_true, lambda: on_false)
+
+
 def step(problem: FitProblem, state: FitState, batch: Batch) -> tuple[FitState, StepInfo]:
     """One optimisation step (pure; the state is returned unchanged if anything is non-finite).
 
@@ -264,7 +274,7 @@ def step(problem: FitProblem, state: FitState, batch: Batch) -> tuple[FitState, 
     )
     new = FitState(params, opt_state, rng_key, state.step + 1)
     kept = FitState(state.params, state.opt_state, state.rng_key, state.step)
-    out = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
+    out = _choose(finite, new, kept)
     return out, StepInfo(loss, finite)
 
 
@@ -463,6 +473,27 @@ def load_checkpoint(path: str | os.PathLike, like: FitState) -> tuple[FitState, 
     return _strong_types(state), np.asarray(losses)
 
 
+def _hoisted(batch_fn: Callable[[jax.Array, Array], Batch], key: jax.Array,
+             ) -> tuple[Callable[[list, jax.Array, Array], Batch], list]:
+    """``batch_fn`` as ``(consts, key, step) -> batch`` plus the arrays it closes over.
+
+    A jitted function embeds the arrays it closes over (the training data, for a minibatch
+    function) in the compiled program as constants; XLA and LLVM then copy them several times
+    while compiling. Passed as arguments instead, they cost nothing to compile: on Burgers 1D
+    (32 MB of training windows) the step compiled 30% faster and the fit's peak resident memory
+    fell by ~0.2 GiB.
+    """
+    closed, out_shape = jax.make_jaxpr(batch_fn, return_shape=True)(
+        key, jax.ShapeDtypeStruct((), jnp.int32))
+    out_tree = jax.tree.structure(out_shape)
+
+    def batch_from(consts: list, rng_key: jax.Array, step: Array) -> Batch:
+        return jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(closed.jaxpr, consts, rng_key,
+                                                                step))
+
+    return batch_from, list(closed.consts)
+
+
 def make_chunk_runner(
     problem: FitProblem,
     batch_fn: Callable[[jax.Array, Array], Batch],
@@ -478,31 +509,39 @@ def make_chunk_runner(
     convolutions inside a loop body about ten times slower than outside one, so models with
     convolutional networks train faster this way (the dispatch costs well under a millisecond).
     Either way one compiled program serves every chunk; ``run_chunk.cache_size()`` reports how
-    many programs were compiled.
+    many programs were compiled. The arrays ``batch_fn`` closes over (the data) are passed to
+    that program as arguments, not compiled into it (:func:`_hoisted`).
     """
     if loop not in ("scan", "python"):
         raise ValueError(f"loop must be 'scan' or 'python', got {loop!r}")
+    hoisted: list = []  # (batch_from, consts), built at the first call from the state's key type
 
-    def one_step(st: FitState, active: Array, failed: Array):
+    def one_step(consts: list, st: FitState, active: Array, failed: Array):
         if trace_counter is not None:
             trace_counter.append(1)  # Python side effect: runs only when tracing
         key_next, key_batch = jax.random.split(st.rng_key)
-        batch = batch_fn(key_batch, st.step)
+        batch = hoisted[0][0](consts, key_batch, st.step)
         new, info = step(problem, st._replace(rng_key=key_next), batch)
         active = active & ~failed
         accept = active & info.finite
-        st = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, st)
+        st = _choose(accept, new, st)
         return st, failed | (active & ~info.finite), info, active
+
+    def consts_for(state: FitState) -> list:
+        if not hoisted:
+            hoisted.append(_hoisted(batch_fn, jax.ShapeDtypeStruct((), state.rng_key.dtype)))
+        return hoisted[0][1]
 
     if loop == "python":
         jitted_step = jax.jit(one_step)
 
         def run_python(state: FitState, n_active: Array):
             """Only the ``n_active`` steps run; the rest of the chunk is reported inactive."""
+            consts = consts_for(state)
             failed, active = jnp.zeros((), bool), jnp.ones((), bool)
             infos, actives = [], []
             for _ in range(int(n_active)):
-                state, failed, info, was_active = jitted_step(state, active, failed)
+                state, failed, info, was_active = jitted_step(consts, state, active, failed)
                 infos.append(info)
                 actives.append(was_active)
             idle = chunk_size - len(infos)
@@ -514,10 +553,11 @@ def make_chunk_runner(
         run_python.cache_size = jitted_step._cache_size
         return run_python
 
-    def run_chunk(state: FitState, n_active: Array) -> tuple[FitState, StepInfo, Array, Array]:
+    def run_chunk(consts: list, state: FitState, n_active: Array,
+                  ) -> tuple[FitState, StepInfo, Array, Array]:
         def body(carry: tuple[FitState, Array], i: Array) -> tuple[tuple[FitState, Array], Any]:
             st, failed = carry
-            st, failed, info, active = one_step(st, i < n_active, failed)
+            st, failed, info, active = one_step(consts, st, i < n_active, failed)
             return (st, failed), (info, active)
 
         (state, failed), (infos, active) = jax.lax.scan(
@@ -528,7 +568,7 @@ def make_chunk_runner(
     jitted = jax.jit(run_chunk)
 
     def run_scan(state: FitState, n_active: Array):
-        return jitted(state, n_active)
+        return jitted(consts_for(state), state, n_active)
 
     run_scan.cache_size = jitted._cache_size
     return run_scan

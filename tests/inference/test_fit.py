@@ -231,3 +231,20 @@ def test_parameter_ema_is_the_debiased_moving_average_and_leaves_the_path_alone(
     np.testing.assert_allclose(out["b"], np.mean([it["b"] for it in iterates[2:]]), rtol=1e-6)
     with pytest.raises(ValueError, match="EMA decay"):
         parameter_ema(opt, 1.0)
+
+
+def test_the_data_a_minibatch_function_closes_over_are_arguments_not_constants():
+    """The chunk program takes the arrays ``batch_fn`` closes over as arguments (compiled into
+    it, 1 MB of data is ~2 MB of program text and is copied by every compiler pass)."""
+    from msde_ppl.inference.fit import _hoisted
+
+    data = {"obs": jnp.arange(64 * 4096, dtype=jnp.float32).reshape(64, 4096)}
+    batch_fn = window_batches(data, 4)
+    batch_from, consts = _hoisted(batch_fn, jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+    assert any(c.shape == (64, 4096) for c in consts)
+    key, step = jax.random.key(3), jnp.asarray(5, jnp.int32)
+    np.testing.assert_array_equal(batch_from(consts, key, step)["obs"],
+                                  batch_fn(key, step)["obs"])
+    embedded = jax.jit(batch_fn).lower(key, step).as_text()
+    hoisted = jax.jit(batch_from).lower(consts, key, step).as_text()
+    assert len(embedded) > 1_000_000 > 10 * len(hoisted)
