@@ -235,14 +235,16 @@ def _strong_types(state: FitState) -> FitState:
     return jax.tree.map(strong, state)
 
 
-def _choose(pred: Array, on_true: Any, on_false: Any) -> Any:
-    """``on_true`` if ``pred`` else ``on_false`` (pytrees of one structure), as one conditional.
+def _materialized(flag: Array) -> Array:
+    """``flag`` (a scalar bool), computed once into a buffer.
 
-    Not a ``jnp.where`` per leaf: XLA fuses the scalar chain that computes ``pred`` (the tail of
-    the loss, with its random draws) into every leaf's select, which made the training step's
-    optimised program ~5x larger and its compile time and memory with it.
+    Every parameter and optimiser-state leaf selects on the step's finiteness flag, and XLA
+    fuses the cheap scalar chain behind that flag (the tail of the loss, with the random draws
+    of the global sites) into each leaf's select: the optimised training step of Burgers 1D was
+    68k lines, 25k with the flag passed out of a conditional, which XLA does not fuse through;
+    its compile took 10.6 s, 8.6 s after (same numbers, step time unchanged).
     """
-    return jax.lax.cond(pred, lambda: on_true, lambda: on_false)
+    return jax.lax.cond(flag, lambda: jnp.ones((), bool), lambda: jnp.zeros((), bool))
 
 
 def step(problem: FitProblem, state: FitState, batch: Batch) -> tuple[FitState, StepInfo]:
@@ -272,9 +274,10 @@ def step(problem: FitProblem, state: FitState, batch: Batch) -> tuple[FitState, 
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
+    finite = _materialized(finite)
     new = FitState(params, opt_state, rng_key, state.step + 1)
     kept = FitState(state.params, state.opt_state, state.rng_key, state.step)
-    out = _choose(finite, new, kept)
+    out = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, kept)
     return out, StepInfo(loss, finite)
 
 
@@ -479,9 +482,9 @@ def _hoisted(batch_fn: Callable[[jax.Array, Array], Batch], key: jax.Array,
 
     A jitted function embeds the arrays it closes over (the training data, for a minibatch
     function) in the compiled program as constants; XLA and LLVM then copy them several times
-    while compiling. Passed as arguments instead, they cost nothing to compile: on Burgers 1D
-    (32 MB of training windows) the step compiled 30% faster and the fit's peak resident memory
-    fell by ~0.2 GiB.
+    while compiling. Passed as arguments instead, they cost nothing to compile: a 200-step
+    Burgers 2D fit on 4 training trajectories (262 MB) peaked at 3.04 GiB resident instead of
+    3.54 GiB (same numbers).
     """
     closed, out_shape = jax.make_jaxpr(batch_fn, return_shape=True)(
         key, jax.ShapeDtypeStruct((), jnp.int32))
@@ -524,7 +527,7 @@ def make_chunk_runner(
         new, info = step(problem, st._replace(rng_key=key_next), batch)
         active = active & ~failed
         accept = active & info.finite
-        st = _choose(accept, new, st)
+        st = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, st)
         return st, failed | (active & ~info.finite), info, active
 
     def consts_for(state: FitState) -> list:
