@@ -192,7 +192,8 @@ def init(
     # one compiled program instead of op-by-op dispatch of the whole model and guide
     params = jax.jit(traced)(key_init)
     problem = FitProblem(model, guide, elbo, optimizer, found[-1], beta_schedule)
-    state = FitState(params, optimizer.init(params), rng_key, jnp.zeros((), jnp.int32))
+    state = FitState(params, jax.jit(optimizer.init)(params), rng_key,
+                     jnp.zeros((), jnp.int32))
     return problem, _strong_types(state)
 
 
@@ -232,7 +233,7 @@ def _strong_types(state: FitState) -> FitState:
             return x
         return jnp.asarray(x, dtype=jnp.result_type(x))
 
-    return jax.tree.map(strong, state)
+    return jax.jit(lambda s: jax.tree.map(strong, s))(state)  # one program, not one per leaf
 
 
 def _materialized(flag: Array) -> Array:
@@ -648,7 +649,8 @@ def fit(
         ValueError: the checkpoint to resume from is damaged or belongs to another fit.
     """
     key_init, key_data0 = jax.random.split(rng_key)
-    example = batch_fn(key_data0, jnp.zeros((), jnp.int32))
+    batch_from, consts = _hoisted(batch_fn, jax.ShapeDtypeStruct((), key_data0.dtype))
+    example = jax.jit(batch_from)(consts, key_data0, jnp.zeros((), jnp.int32))
     problem, state = init(key_init, model, guide, elbo, optimizer, example,
                           beta_schedule=beta_schedule)
     losses = np.zeros(0, np.float32)
@@ -657,7 +659,7 @@ def fit(
     if ema_decay is not None:
         optimizer = parameter_ema(optimizer, float(ema_decay))
         problem = problem._replace(optimizer=optimizer)
-        state = _strong_types(state._replace(opt_state=optimizer.init(state.params)))
+        state = _strong_types(state._replace(opt_state=jax.jit(optimizer.init)(state.params)))
         extra["ema_decay"] = float(ema_decay)
     if average_from is not None and names:
         if not 0.0 <= average_from < 1.0:
@@ -665,7 +667,7 @@ def fit(
         start = int(average_from * num_steps)
         averaging = tail_average(optimizer, names, start)
         problem = problem._replace(optimizer=averaging)
-        state = _strong_types(state._replace(opt_state=averaging.init(state.params)))
+        state = _strong_types(state._replace(opt_state=jax.jit(averaging.init)(state.params)))
         extra["average_start"] = start  # a checkpoint resumes only the same averaging
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         stored = dict(checkpoint_record(checkpoint_path)["extra"])
