@@ -94,32 +94,41 @@ def test_matrix_exponential_matches_scipy(np_rng, norm):
 
 def test_zero_coupling_is_the_diagonal_family(np_rng):
     """Same moments, drift, KL draws, joint density and entropy as the diagonal family."""
-    with jax.enable_x64(True):
-        times, mu, v, _ = _problem(np_rng, m=9)
-        times, mu, logv = jnp.asarray(times), jnp.asarray(mu), jnp.log(jnp.asarray(v))
-        s = jnp.asarray(S3)
-        frac = jnp.asarray(np_rng.uniform(size=(8, 2)))
+    diag = lambda x: jnp.diagonal(x, axis1=-2, axis2=-1)  # noqa: E731
+    batch = lambda x: jax.tree.map(lambda a: a[None], x)  # noqa: E731
+
+    def both(times, mu, logv, s, frac):  # one compiled program (op by op it took ~20 s)
         g1, c1, n1 = window_posterior(OUSmoother((3,), rate=1.7), times, mu, logv, s, frac)
         g2, c2, n2 = window_posterior_coupled(CoupledOUSmoother(3, rate=1.7), times, mu, logv,
                                               s, frac)
-        diag = lambda x: jnp.diagonal(x, axis1=-2, axis2=-1)  # noqa: E731
-        np.testing.assert_allclose(g2.mean, g1.mean, atol=1e-12)
-        np.testing.assert_allclose(diag(g2.cov), g1.var, rtol=1e-12)
-        np.testing.assert_allclose(diag(c2), c1, rtol=1e-10)
-        np.testing.assert_allclose(n2.moments.mean_dot, n1.moments.mean_dot, atol=1e-12)
-        decay = 0.5 * (S3[None] ** 2 / n1.moments.var - n1.moments.dlogvar_dt)
-        np.testing.assert_allclose(diag(n2.moments.drift), -decay, atol=1e-11)
-        batch = lambda x: jax.tree.map(lambda a: a[None], x)  # noqa: E731
         p1 = MarkovBridgePath(times[None], batch(g1), batch(c1), batch(n1), s[None], 1)
         p2 = CoupledMarkovPath(times[None], batch(g2), batch(c2), batch(n2), s[None])
         value = p1.sample(jax.random.key(1), (4,))
-        np.testing.assert_allclose(p2.log_prob(value), p1.log_prob(value), rtol=1e-12)
-        np.testing.assert_allclose(p2.dlogvar_dt, p1.dlogvar_dt, atol=1e-11)
-        for x1, x2 in zip(p1.kl_draws(jax.random.key(2)), p2.kl_draws(jax.random.key(2)),
-                          strict=True):
-            np.testing.assert_allclose(x2, x1, atol=1e-11)
-        np.testing.assert_allclose(p2.initial_marginal().entropy(),
-                                   p1.initial_marginal().entropy(), rtol=1e-12)
+        pairs = {
+            "mean": (g2.mean, g1.mean), "var": (diag(g2.cov), g1.var), "cross": (diag(c2), c1),
+            "mean_dot": (n2.moments.mean_dot, n1.moments.mean_dot),
+            "drift": (diag(n2.moments.drift),
+                      -0.5 * (s[None] ** 2 / n1.moments.var - n1.moments.dlogvar_dt)),
+            "log_prob": (p2.log_prob(value), p1.log_prob(value)),
+            "dlogvar_dt": (p2.dlogvar_dt, p1.dlogvar_dt),
+            "kl_draws": (p2.kl_draws(jax.random.key(2)), p1.kl_draws(jax.random.key(2))),
+            "entropy": (p2.initial_marginal().entropy(), p1.initial_marginal().entropy()),
+        }
+        return pairs
+
+    with jax.enable_x64(True):
+        times, mu, v, _ = _problem(np_rng, m=9)
+        frac = jnp.asarray(np_rng.uniform(size=(8, 2)))
+        pairs = jax.jit(both)(jnp.asarray(times), jnp.asarray(mu), jnp.log(jnp.asarray(v)),
+                              jnp.asarray(S3), frac)
+        tolerances = {"mean": dict(atol=1e-12), "var": dict(rtol=1e-12),
+                      "cross": dict(rtol=1e-10), "mean_dot": dict(atol=1e-12),
+                      "drift": dict(atol=1e-11), "log_prob": dict(rtol=1e-12),
+                      "dlogvar_dt": dict(atol=1e-11), "kl_draws": dict(atol=1e-11),
+                      "entropy": dict(rtol=1e-12)}
+        for name, (coupled, diagonal) in pairs.items():
+            for x2, x1 in zip(jax.tree.leaves(coupled), jax.tree.leaves(diagonal), strict=True):
+                np.testing.assert_allclose(x2, x1, **tolerances[name], err_msg=name)
 
 
 def _window_and_bridge_times(np_rng):
@@ -166,22 +175,28 @@ def test_posterior_drift_generates_the_moments(np_rng):
 
 
 def test_joint_log_prob_and_samples_are_the_smoothed_chain(np_rng):
+    n = 20000
+
+    def draws_and_density(smoother, times, mu, logv, frac):  # one program, not op by op
+        grid, cross, nodes = window_posterior_coupled(smoother, times, mu, logv,
+                                                      jnp.asarray(S3), frac)
+        batch = lambda x: jax.tree.map(lambda a: a[None], x)  # noqa: E731
+        path = CoupledMarkovPath(times[None], batch(grid), batch(cross), batch(nodes),
+                                 jnp.asarray(S3)[None])
+        value = path.sample(jax.random.key(0), (3,))
+        return value, path.log_prob(value), path.sample(jax.random.key(1), (n,))
+
     with jax.enable_x64(True):
         times, mu, v, drift = _problem(np_rng, m=6)
         frac = jnp.full((len(times) - 1, 1), 0.5)
-        grid, cross, nodes = window_posterior_coupled(
+        value, lp, draws = jax.jit(draws_and_density)(
             _smoother(drift, times[-1] - times[0]), jnp.asarray(times), jnp.asarray(mu),
-            jnp.log(jnp.asarray(v)), jnp.asarray(S3), frac)
-        batch = lambda x: jax.tree.map(lambda a: a[None], x)  # noqa: E731
-        path = CoupledMarkovPath(jnp.asarray(times)[None], batch(grid), batch(cross),
-                                 batch(nodes), jnp.asarray(S3)[None])
+            jnp.log(jnp.asarray(v)), frac)
+        value, lp = np.asarray(value), np.asarray(lp)
         _, mean, cov = _dense_posterior(times, mu, v, drift, S3)
-        value = np.asarray(path.sample(jax.random.key(0), (3,)))
-        lp = np.asarray(path.log_prob(jnp.asarray(value)))
         ref = stats.multivariate_normal(mean.ravel(), cov).logpdf(value[:, 0].reshape(3, -1))
         np.testing.assert_allclose(lp[:, 0], ref, rtol=1e-9)
-        n = 20000
-        draws = np.asarray(path.sample(jax.random.key(1), (n,)))[:, 0].reshape(n, -1)
+        draws = np.asarray(draws)[:, 0].reshape(n, -1)
     err = np.cov(draws.T) - cov
     assert np.all(np.abs(err) < 5 * np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / n))
     mean_err = draws.mean(0) - mean.ravel()
