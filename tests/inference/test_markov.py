@@ -97,27 +97,29 @@ def test_bridge_moments_equal_dense_gaussian_and_their_derivatives_fd(np_rng):
 
 
 def test_joint_log_prob_and_samples_are_the_smoothed_chain(np_rng):
+    def chain(smoother, times, mu, v, s):  # one compiled program, not op by op
+        win = condition_window(smoother, times, mu[:, None], v[:, None], jnp.asarray([s]))
+        grid, cross, nodes = window_posterior(smoother, times, mu[:, None],
+                                              jnp.log(v)[:, None], jnp.asarray([s]),
+                                              jnp.full((len(times) - 1, 1), 0.5))
+        batch = partial(jax.tree.map, lambda x: x[None])
+        path = MarkovBridgePath(times[None], batch(grid), batch(cross), batch(nodes),
+                                jnp.asarray([s])[None], 1)
+        value = path.sample(jax.random.key(0), (3,))
+        return (grid.mean, win.mean, value, path.log_prob(value),
+                path.sample(jax.random.key(1), (20000,)))
+
     with jax.enable_x64(True):
         times, mu, v = _window(np_rng, m=7)
         lam, s = 0.9, 0.7
-        win = condition_window(OUSmoother((), rate=lam * (times[-1] - times[0])),
-                               jnp.asarray(times), jnp.asarray(mu)[:, None],
-                               jnp.asarray(v)[:, None], jnp.asarray([s]))
-        grid, cross, nodes = window_posterior(
-            OUSmoother((), rate=lam * (times[-1] - times[0])), jnp.asarray(times),
-            jnp.asarray(mu)[:, None], jnp.log(jnp.asarray(v))[:, None], jnp.asarray([s]),
-            jnp.full((len(times) - 1, 1), 0.5))
-        np.testing.assert_allclose(np.asarray(grid.mean),
-                                   np.asarray(win.mean), rtol=1e-12)
-        batch = partial(jax.tree.map, lambda x: x[None])
-        path = MarkovBridgePath(jnp.asarray(times)[None], batch(grid), batch(cross),
-                                batch(nodes), jnp.asarray([s])[None], 1)
+        smoother = OUSmoother((), rate=lam * (times[-1] - times[0]))
+        grid_mean, win_mean, value, lp, draws = (np.asarray(x) for x in jax.jit(chain)(
+            smoother, jnp.asarray(times), jnp.asarray(mu), jnp.asarray(v), s))
+        np.testing.assert_allclose(grid_mean, win_mean, rtol=1e-12)
         _, mean, cov = _dense_posterior(times, mu, v, lam, s)
-        value = np.asarray(path.sample(jax.random.key(0), (3,)))
-        lp = np.asarray(path.log_prob(jnp.asarray(value)))
         ref = stats.multivariate_normal(mean, cov).logpdf(value[:, 0, :, 0])
         np.testing.assert_allclose(lp[:, 0], ref, rtol=1e-9)
-        draws = np.asarray(path.sample(jax.random.key(1), (20000,)))[:, 0, :, 0]
+        draws = draws[:, 0, :, 0]
     err = np.cov(draws.T) - cov
     assert np.all(np.abs(err) < 5 * np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov)))
                                             / 20000))
