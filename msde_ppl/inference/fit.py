@@ -224,16 +224,17 @@ def initial_params(rng_key: jax.Array, model: Callable, guide: Callable, batch: 
     return params, transforms
 
 
+def _strong(x: Any) -> Any:
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return x
+    return jnp.asarray(x, dtype=jnp.result_type(x))
+
+
+@jax.jit  # one program per state structure, not one per leaf
 def _strong_types(state: FitState) -> FitState:
     """Drop weak types so the state entering a jitted chunk has the avals of the one leaving it
     (otherwise the second chunk would be re-traced and recompiled)."""
-
-    def strong(x: Any) -> Any:
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return x
-        return jnp.asarray(x, dtype=jnp.result_type(x))
-
-    return jax.jit(lambda s: jax.tree.map(strong, s))(state)  # one program, not one per leaf
+    return jax.tree.map(_strong, state)
 
 
 def _materialized(flag: Array) -> Array:
@@ -520,13 +521,13 @@ def make_chunk_runner(
     """
     if loop not in ("scan", "python"):
         raise ValueError(f"loop must be 'scan' or 'python', got {loop!r}")
-    hoisted: list = []  # (batch_from, consts), built at the first call from the state's key type
+    batches: dict = {}  # "from" and "consts" of _hoisted, made at the first call (key type)
 
     def one_step(consts: list, st: FitState, active: Array, failed: Array):
         if trace_counter is not None:
             trace_counter.append(1)  # Python side effect: runs only when tracing
         key_next, key_batch = jax.random.split(st.rng_key)
-        batch = hoisted[0][0](consts, key_batch, st.step)
+        batch = batches["from"](consts, key_batch, st.step)
         new, info = step(problem, st._replace(rng_key=key_next), batch)
         active = active & ~failed
         accept = active & info.finite
@@ -534,9 +535,10 @@ def make_chunk_runner(
         return st, failed | (active & ~info.finite), info, active
 
     def consts_for(state: FitState) -> list:
-        if not hoisted:
-            hoisted.append(_hoisted(batch_fn, jax.ShapeDtypeStruct((), state.rng_key.dtype)))
-        return hoisted[0][1]
+        if not batches:
+            batches["from"], batches["consts"] = _hoisted(
+                batch_fn, jax.ShapeDtypeStruct((), state.rng_key.dtype))
+        return batches["consts"]
 
     if loop == "python":
         jitted_step = jax.jit(one_step)
