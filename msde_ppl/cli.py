@@ -629,7 +629,7 @@ def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
 
     from msde_ppl.data.splits import select_split
     from msde_ppl.diagnostics.plots import plot_vorticity
-    from msde_ppl.diagnostics.report import _residual_spread
+    from msde_ppl.diagnostics.report import _residual_spread, _spread_tail
     from msde_ppl.predict import forecast
 
     one = select_split(ds, "test").isel(traj=[0])
@@ -637,7 +637,7 @@ def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
     gain = fc["residual_gain"].values if "residual_gain" in fc else None
     draws = forecast(rng_key, fitted, one, split=None, n_samples=64, return_samples=True,
                      spread_factor=factor, residual_gain=gain,
-                     residual_spread=_residual_spread(fc),
+                     residual_spread=_residual_spread(fc), spread_tail=_spread_tail(fc),
                      n_steps=fc.sizes.get("time"))  # fc's horizon
     obs = one["u"].isel(traj=0, time=slice(0, draws.sizes["time"]))
     obs = obs.transpose("time", "field", "x", "y")

@@ -142,14 +142,19 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
         per_traj = "" if spread is None or spread.exponent == 0 else (
             f", times a per-trajectory multiplier (r / {spread.reference:.3g})^"
             f"{spread.exponent:.2f} of the first snapshot's reconstruction residual r")
+        tail = _spread_tail(fc)
+        tail = "" if tail is None else (f"; its members' deviations follow a Student-t tail "
+                                        f"with {tail:g} degrees of freedom")
         lines += [f"The forecast is calibrated: its spread is scaled by a factor fitted on the "
-                  f"val split (median {np.median(factor):.3g}{per_traj}, docs/calibration.md); "
-                  "the metrics table shows the scores before and after.", ""]
+                  f"val split (median {np.median(factor):.3g}{per_traj}{tail}, "
+                  "docs/calibration.md); the metrics table shows the scores before and after.",
+                  ""]
     say("calibration checks (a forecast of test trajectory 0 keeping its members)")
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True,
                    spread_factor=None if factor is None or factor.size != fc.sizes["time"]
-                   else factor, residual_gain=gain, residual_spread=_residual_spread(fc))
+                   else factor, residual_gain=gain, residual_spread=_residual_spread(fc),
+                   spread_tail=_spread_tail(fc))
     figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
                                    out / f"{key}_spectrum.png")
     curve = checks.coverage_curve(cal["samples"], cal["obs"])
@@ -339,3 +344,10 @@ def _residual_spread(fc):
         return None
     return ResidualSpread(float(attrs["residual_spread_exponent"]),
                           float(attrs["residual_spread_reference"]))
+
+
+def _spread_tail(fc) -> float | None:
+    """The degrees of freedom of the members' tail a calibrated forecast was made with
+    (``None``: Gaussian members, or not calibrated)."""
+    attrs = fc["spread_factor"].attrs if fc is not None and "spread_factor" in fc else {}
+    return float(attrs["spread_tail_dof"]) if "spread_tail_dof" in attrs else None

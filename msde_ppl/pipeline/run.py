@@ -40,6 +40,7 @@ from msde_ppl.predict.calibration import (
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
+    fit_spread_tail,
     residual_rms,
 )
 from msde_ppl.predict.forecast import forecast
@@ -226,7 +227,9 @@ def score(
     carried forward, which moves the mean, so ``metrics["calibrated"]`` has its own rel-L2),
     then a per-trajectory spread multiplier that grows with that residual
     (:class:`~msde_ppl.predict.calibration.ResidualSpread`, ``metrics["calibrated"]
-    ["residual_spread"]``), then the spread factor on the corrected errors; the forecast
+    ["residual_spread"]``), then the spread factor on the corrected errors, then the members'
+    tail (:func:`~msde_ppl.predict.fit_spread_tail`: ``metrics["calibrated"]
+    ["spread_tail_dof"]``, ``None`` for Gaussian members); the forecast
     carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
     ``metrics["in_sample"]`` is ``True`` for the train split, ``False`` for another one,
     ``None`` for every trajectory (``split=None``: unknown here). ``progress`` reports each
@@ -261,7 +264,7 @@ def score(
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
                           "(to calibrate the spread)")
-        gain = spread = None
+        gain = spread = multiplier = None
         try:
             if residual:
                 gain = fit_residual_gain(fc_val)
@@ -269,12 +272,13 @@ def score(
                 spread = fit_residual_spread(fc_val, corrected)
                 multiplier = spread.multiplier(residual_rms(fc_val))
                 fc_val = corrected
-            factor = fit_spread_factor(fc_val, traj_multiplier=None if spread is None
-                                       else multiplier)
+            factor = fit_spread_factor(fc_val, traj_multiplier=multiplier)
+            n_members = n_samples * (1 if isinstance(fitted, Fitted) else len(fitted))
+            tail = fit_spread_tail(fc_val, factor, n_members, traj_multiplier=multiplier)
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
-            factor = gain = spread = None
+            factor = gain = spread = tail = None
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
@@ -283,6 +287,7 @@ def score(
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           spread_factor=factor, residual_gain=gain, residual_spread=spread,
+                          spread_tail=tail,
                           progress=progress and f"calibrated forecast of the {split} split")
             calibrated = forecast_metrics(fc, eval_steps)
             calibrated["fitted_on"] = calibrate_on
@@ -290,6 +295,8 @@ def score(
             calibrated["spread_factor"] = {"min": float(factor.min()),
                                            "median": float(np.median(factor)),
                                            "max": float(factor.max())}
+            # degrees of freedom of the members' Student-t tail; None: Gaussian (no tail)
+            calibrated["spread_tail_dof"] = None if np.isinf(tail) else tail
             metrics["calibrated"] = calibrated
             if gain is not None:
                 calibrated["residual_gain"] = {
@@ -304,6 +311,8 @@ def score(
             fc["spread_factor"].attrs["description"] = (
                 f"post-hoc spread factor fitted on the {calibrate_on} split (applied to this "
                 "forecast's members)")
+            if np.isfinite(tail):
+                fc["spread_factor"].attrs["spread_tail_dof"] = tail
             if spread is not None:
                 calibrated["residual_spread"] = spread._asdict()
                 fc["spread_factor"].attrs.update(residual_spread_exponent=spread.exponent,

@@ -6,6 +6,8 @@ from msde_ppl.predict.calibration import (
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
+    fit_spread_tail,
+    tail_weights,
 )
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
 from msde_ppl.predict.forecast import forecast, rollout
@@ -24,6 +26,6 @@ from msde_ppl.predict.metrics import (
 
 __all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "coarse_dns",
            "crps_ensemble", "diverged_members", "divergence_limits", "evaluate_coarse_dns",
-           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "forecast",
-           "forecast_metrics", "interval_coverage", "lead_time_metrics", "noise_floor",
-           "pooled_relative_l2", "relative_l2", "rollout"]
+           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
+           "forecast", "forecast_metrics", "interval_coverage", "lead_time_metrics",
+           "noise_floor", "pooled_relative_l2", "relative_l2", "rollout", "tail_weights"]

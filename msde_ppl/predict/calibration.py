@@ -50,6 +50,26 @@ starts at the observed snapshot and falls back to the model as the residual deco
 observation noise in :math:`y_0` does not persist and lowers :math:`a` by itself. It moves
 every member by the same amount: the spread is then calibrated on the corrected validation
 errors.
+
+**Heavy tails** (:func:`fit_spread_tail`). A factor that matches the RMSE pooled over the grid
+over-covers when the errors are heavy-tailed relative to the spread (most grid values err less
+than their spread, a few far more: a front or a wave crest the ensemble places slightly
+wrong). Each member's deviation is then further scaled by a fixed weight :math:`w_s`,
+
+.. math::
+
+    \tilde y^{(s)}_\tau = \bar y_\tau + c(\tau)\, w_s\,\big(y^{(s)}_\tau - \bar y_\tau\big),
+    \qquad w_s = \sqrt{(\nu - 2) / V_s},\quad V_s \sim \chi^2_\nu,
+
+a scale mixture that turns Gaussian deviations into Student-t ones of the same variance
+(:math:`\mathbb E\,w^2 = 1`, so the spread–skill ratio is kept) with narrower central intervals.
+The :math:`V_s` are stratified quantiles of :math:`\chi^2_\nu` (:func:`tail_weights`), each
+member a whole path scaled. :math:`\nu` is the maximum-likelihood choice over
+:data:`TAIL_GRID` (:math:`\nu = \infty`: no tail, the Gaussian) of the calibrated validation
+errors :math:`z = (y - \bar y) / (c\,m\,\sigma)` under the distribution the weighted members
+give a Gaussian deviation (the mixture of :math:`\mathcal N(0, w_s^2)`: a unit-variance
+Student-t, truncated by the finite ensemble): a proper score, so errors as light-tailed as the
+spread keep Gaussian members.
 """
 
 from __future__ import annotations
@@ -58,11 +78,14 @@ from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
+from scipy import stats
+from scipy.special import logsumexp
 
 from msde_ppl.predict.metrics import crps_gaussian
 
-__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "ResidualSpread", "apply_residual_gain",
-           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "residual_rms"]
+__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID", "ResidualSpread",
+           "apply_residual_gain", "fit_residual_gain", "fit_residual_spread", "fit_spread_factor",
+           "fit_spread_tail", "residual_rms", "tail_weights"]
 
 #: Relative error below which a lead time counts as reconstructed exactly (float32 rounding of
 #: the data is ~6e-8; a forecast's own error is orders of magnitude above this).
@@ -70,6 +93,11 @@ _ROUNDING = 1e-5
 
 #: Candidate inflation factors (log-spaced, 1/8 ... 32; 1 is on the grid).
 FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
+
+
+#: Candidate degrees of freedom of the members' Student-t tail (``inf``: Gaussian, no tail);
+#: denser towards 2, where the variance is carried by ever fewer members.
+TAIL_GRID = (np.inf, 40.0, 20.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.25, 2.1)
 
 
 #: Bounds of the per-trajectory spread multiplier of :class:`ResidualSpread`.
@@ -272,3 +300,117 @@ def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs
     out = fc.copy()
     out["mean"] = (fc["mean"] + shift).transpose(*fc["mean"].dims)
     return out
+
+
+def tail_weights(dof: float, n_members: int) -> np.ndarray:
+    r"""Per-member weights :math:`w_s = \sqrt{(\nu - 2) / V_s}` of the Student-t tail with
+    ``dof`` :math:`\nu` degrees of freedom, shape ``(n_members,)`` (module docstring).
+
+    :math:`V_s` are the :math:`\chi^2_\nu` quantiles at levels :math:`(k + 1/2) / n`, assigned
+    to the members with a golden-ratio stride (:math:`k = \lfloor 0.618\,n \rfloor s \bmod n`
+    for a stride coprime to :math:`n`), so every contiguous group of members (one model's of a
+    mixture) spans the distribution; the weights are then normalised to
+    :math:`\overline{w^2} = 1`. ``dof = inf``: all ones.
+
+    Raises:
+        ValueError: ``dof`` not above 2, or no members.
+    """
+    n = int(n_members)
+    if n < 1:
+        raise ValueError(f"n_members must be positive, got {n_members}")
+    dof = float(dof)
+    if not dof > 2.0:  # also catches nan
+        raise ValueError(f"the tail needs more than 2 degrees of freedom (a finite variance), "
+                         f"got {dof}")
+    if np.isinf(dof):
+        return np.ones(n)
+    weights = np.sqrt((dof - 2.0) / stats.chi2.ppf((np.arange(n) + 0.5) / n, dof))
+    stride = max(1, int(0.618 * n))
+    while np.gcd(stride, n) != 1:
+        stride -= 1
+    weights = weights[(np.arange(n) * stride) % n]
+    return weights / np.sqrt(np.mean(weights**2))
+
+
+class _MixtureLogpdf:
+    """Log-density of the equal-weight mixture of ``N(0, w_s^2)`` (the distribution of a
+    standard normal deviation scaled by a member's weight), tabulated once on a geometric grid
+    of ``|z|`` up to ``top`` (relative spacing < 1%; a smooth function) and interpolated;
+    evaluated exactly beyond it."""
+
+    def __init__(self, weights: np.ndarray, top: float = 1e3, n_grid: int = 2001):
+        self.weights, self.top = np.asarray(weights, np.float64), float(top)
+        self.grid = np.concatenate([[0.0], np.geomspace(1e-6, self.top, n_grid)])
+        self.table = self._exact(self.grid)
+
+    def _exact(self, z: np.ndarray) -> np.ndarray:
+        w = self.weights
+        return logsumexp(stats.norm.logpdf(z[:, None] / w) - np.log(w), axis=1) - np.log(w.size)
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        size = np.abs(z)
+        out = np.interp(size, self.grid, self.table)
+        far = size > self.top
+        if far.any():
+            out[far] = self._exact(size[far])
+        return out
+
+
+def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int, *,
+                    obs_var: str = "obs", traj_multiplier: np.ndarray | None = None,
+                    grid: tuple[float, ...] = TAIL_GRID) -> float:
+    r"""Degrees of freedom of the members' Student-t tail fitted on a (validation) forecast:
+    the :math:`\nu` of ``grid`` that maximises the mean log-density of the standardised errors
+    :math:`z = (y - \bar y) / (c(\tau)\, m\, \sigma)` (module docstring) under the
+    distribution the weighted members give a Gaussian deviation, the mixture of
+    :math:`\mathcal N(0, w_s^2)` over ``tail_weights(nu, n_members)`` (a unit-variance
+    Student-t, truncated by the finite ensemble); ``inf`` when the Gaussian fits best.
+
+    Args:
+        fc: the forecast the spread factor was fitted on (after any residual correction).
+        factor: that spread factor, shape ``(time,)`` (:func:`fit_spread_factor`).
+        n_members: the ensemble size the weights are for (all models' members of a
+            mixture).
+        traj_multiplier: the per-trajectory multiplier it was fitted with, shape ``(traj,)``.
+        grid: candidate degrees of freedom, each above 2 (``inf`` allowed).
+
+    Lead times whose errors are zero up to rounding (lead 0 of a residual-corrected forecast)
+    are left out.
+
+    Raises:
+        ValueError: non-finite forecast values, a factor of the wrong shape, or a bad grid.
+    """
+    candidates = [float(g) for g in grid]
+    if not candidates or not all(g > 2.0 for g in candidates):
+        raise ValueError(f"grid must hold degrees of freedom above 2, got {grid}")
+    densities = [_MixtureLogpdf(tail_weights(dof, n_members)) for dof in candidates]
+    n_time = fc.sizes["time"]
+    factor = np.asarray(factor, np.float64)
+    if factor.shape != (n_time,) or not (np.isfinite(factor).all() and (factor > 0).all()):
+        raise ValueError(f"factor must be {n_time} positive values, got shape {factor.shape}")
+    space = [d for d in fc["mean"].dims if d not in ("traj", "time")]
+    scores = np.zeros(len(candidates))
+    count = 0
+    n_traj = fc.sizes.get("traj", 1)
+    for i in range(n_traj):  # one trajectory at a time: a 2D forecast is never copied whole
+        one = fc.isel(traj=i) if "traj" in fc.dims else fc
+
+        def read(name: str, one=one) -> np.ndarray:
+            values = one[name].transpose("time", *space).values
+            return np.asarray(values, np.float64).reshape(n_time, -1)
+
+        mean, std, obs = read("mean"), read("std"), read(obs_var)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise ValueError("the forecast has non-finite mean or std: no tail can be fitted")
+        err = obs - mean
+        keep = (err**2).sum(axis=1) > _ROUNDING**2 * (obs**2).sum(axis=1)
+        scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
+        if traj_multiplier is not None:
+            scale = scale * float(np.asarray(traj_multiplier).reshape(-1)[i])
+        z = (err / scale)[keep].ravel()
+        z = z[np.isfinite(z)]  # a missing observation says nothing
+        scores += [density(z).sum() for density in densities]
+        count += z.size
+    if count == 0:
+        raise ValueError("the forecast has no informative errors: no tail can be fitted")
+    return candidates[int(np.argmax(scores))]

@@ -41,7 +41,7 @@ from numpyro import handlers
 from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
-from msde_ppl.predict.calibration import ResidualSpread
+from msde_ppl.predict.calibration import ResidualSpread, tail_weights
 from msde_ppl.predict.metrics import crps_sorted, diverged_members, divergence_limits
 from msde_ppl.progress import Progress
 
@@ -346,6 +346,7 @@ def forecast(
     spread_factor: float | Sequence[float] | np.ndarray | None = None,
     residual_gain: Sequence[float] | np.ndarray | None = None,
     residual_spread: ResidualSpread | None = None,
+    spread_tail: float | None = None,
     progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
@@ -376,6 +377,13 @@ def forecast(
     that inflation, per trajectory, by :math:`m(r)`, :math:`r` the RMS of the first snapshot's
     reconstruction residual :math:`y_0 - \\bar y_0` (the output then has ``spread_multiplier``,
     dims ``traj``).
+
+    ``spread_tail`` (degrees of freedom :math:`\\nu > 2`; ``None`` or ``inf``: none) further
+    scales member :math:`s`'s deviation by a fixed weight :math:`w_s` with
+    :math:`\\overline{w^2} = 1`, a Student-t scale mixture
+    (:func:`~msde_ppl.predict.calibration.tail_weights`): the same ``std``, heavier tails
+    and narrower central intervals. The weighted deviations are re-centred so that the draws'
+    average is the one without the tail.
 
     ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
     :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
@@ -414,6 +422,11 @@ def forecast(
                              f"values (one per output time), got shape "
                              f"{np.shape(spread_factor)}")
     gain = None if residual_gain is None else _gain_per_field(residual_gain, n_out, y.shape[2])
+    weights = None
+    if spread_tail is not None:
+        weights = tail_weights(spread_tail, n_samples * len(fits))  # raises for dof <= 2
+        if np.all(weights == 1.0):
+            weights = None
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
 
@@ -441,13 +454,19 @@ def forecast(
                     rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
                     summary["spread_multiplier"] = np.asarray(
                         residual_spread.multiplier(rms), np.float32)
-            if factor is not None or residual_spread is not None:
+            if factor is not None or residual_spread is not None or weights is not None:
                 c = np.ones(n_out) if factor is None else factor
                 if residual_spread is not None:
                     c = c * float(summary["spread_multiplier"])
                 c = np.reshape(c[span], (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
                 mean = stats["mean"][:, None]
-                draws = mean + c * (draws - mean)
+                deviation = draws - mean
+                if weights is not None:
+                    w = weights.reshape(1, -1, *(1,) * (draws.ndim - 2)).astype(draws.dtype)
+                    weighted = w * deviation
+                    deviation = (weighted - weighted.mean(1, keepdims=True)
+                                 + deviation.mean(1, keepdims=True))
+                draws = mean + c * deviation
                 stats["std"] = stats["std"] * c[:, 0]
             if gain is not None:
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))

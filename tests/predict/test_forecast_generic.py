@@ -21,12 +21,14 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+import xarray as xr
 from scipy import integrate, stats
 
 import msde_ppl as msde
 from msde_ppl.inference import init
 from msde_ppl.inference.param_store import global_param_names
 from msde_ppl.pipeline.fitted import grid_info
+from msde_ppl.predict.calibration import tail_weights
 
 N, DT, T_OUT, S = 4, 0.05, 9, 4000
 
@@ -149,6 +151,32 @@ def test_spread_factor_inflates_the_members_around_their_mean(data):
                       spread_factor=-1.0)
 
 
+def test_spread_tail_reweights_the_members_and_keeps_mean_and_std(data):
+    """Same key, with and without a Student-t tail of 3 dof: the mean and the std are
+    unchanged, so is the draws' own average (the weighted deviations are re-centred); the
+    members' deviations are their own times the tail weights, so the 90% interval narrows
+    relative to the spread; dof <= 2 is refused by name."""
+    fitted = _fitted(data, as_leaf=False)
+    plain = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                          return_samples=True)
+    tailed = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                           return_samples=True, spread_tail=3.0)
+    for name in ("mean", "std"):
+        np.testing.assert_allclose(tailed[name], plain[name], rtol=1e-6)
+    np.testing.assert_allclose(tailed["samples"].mean("sample"), plain["samples"].mean("sample"),
+                               rtol=1e-4, atol=1e-5)
+    deviation = plain["samples"] - plain["mean"]  # from the ensemble mean the draws are about
+    weights = xr.DataArray(tail_weights(3.0, 64), dims="sample")
+    expected = weights * deviation - (weights * deviation).mean("sample")
+    np.testing.assert_allclose(tailed["samples"] - tailed["samples"].mean("sample"), expected,
+                               rtol=1e-4, atol=1e-5)
+    width = lambda fc: float(((fc["q95"] - fc["q05"]) / fc["std"]).median())  # noqa: E731
+    assert width(tailed) < 0.95 * width(plain)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
+                      spread_tail=2.0)
+
+
 def test_residual_gain_moves_every_member_by_the_first_residual(data):
     """Same key, with and without a gain a(tau): every statistic of the draws moves by
     a(tau) (y_0 - mean_0) (the std does not), the mean at lead 0 becomes y_0 with a(0) = 1,
@@ -204,6 +232,8 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert fc["residual_gain"].dims == ("time",) and fc["residual_gain"].values[0] == 1
     assert "rel_l2_mean" in cal and cal["residual_gain"]["lead_1"] <= 1
     assert 0 <= cal["residual_spread"]["exponent"] <= 1 and "spread_multiplier" in fc
+    tail = cal["spread_tail_dof"]  # None: Gaussian members
+    assert tail is None or (tail > 2 and fc["spread_factor"].attrs["spread_tail_dof"] == tail)
     fc, spread_only = run_module.score(fitted, data, split="test", n_samples=64,
                                        calibrate_on="val", residual=False)
     assert "residual_gain" not in spread_only["calibrated"] and "residual_gain" not in fc
