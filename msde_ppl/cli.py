@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--out", required=True, type=Path, help="output directory to create")
     fc.add_argument("--calibrate-on", metavar="SPLIT", default=None,
                     help="fit a post-hoc spread factor per lead time on SPLIT (spread-skill "
-                    "matching, docs/calibration.md), apply it to the forecast and add the "
+                    "matching) and the members' tail (90%% coverage matching, "
+                    "docs/calibration.md), apply them to the forecast and add the "
                     "calibrated scores to metrics.json (forecast.nc is then the calibrated "
                     "forecast); default: val, when the data have a val split and another "
                     "split is forecast")
@@ -559,9 +560,12 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     for name, m in metrics["multiscale"].get("baselines", {}).items():
         print(f"  {name:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}  (trivial baseline)")
     for key in ("multiscale", "implicit_scale"):
-        warning = divergence_warning(metrics[key], f"the {key.replace('_', '-')} model")
-        if warning:
-            print(warning, file=sys.stderr)
+        name = f"the {key.replace('_', '-')} model"
+        for warning in (divergence_warning(metrics[key], name),
+                        divergence_warning(metrics[key].get("calibrated", {}),
+                                           f"{name} after calibration (its widened spread)")):
+            if warning:
+                print(warning, file=sys.stderr)
     print("90% coverage and spread/skill on the test split (uncalibrated -> calibrated on val):")
     for key in ("multiscale", "implicit_scale"):
         m, cal = metrics[key], metrics[key].get("calibrated")
@@ -965,15 +969,19 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         moved = (f"rel-L2 {cal['rel_l2_mean']:.4f} ± {cal['rel_l2_std']:.4f} (residual "
                  f"persistence, gain {cal['residual_gain']['lead_1']:.2f} at lead 1); "
                  if "residual_gain" in cal else "")
+        tail = ("" if cal.get("spread_tail_dof") is None
+                else f"; members' Student-t tail, {cal['spread_tail_dof']:g} dof")
         print(f"calibrated on {cal['fitted_on']}: {moved}CRPS {cal['crps']:.3g}; 90% coverage "
-              f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}")
+              f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}{tail}")
     _print_baselines(metrics)
     if not metrics["finite"]:
         print("warning: the forecast holds non-finite values (it diverged); its scores are "
               "not finite", file=sys.stderr)
-    warning = divergence_warning(metrics)
-    if warning:
-        print(warning, file=sys.stderr)
+    for warning in (divergence_warning(metrics),
+                    divergence_warning(metrics.get("calibrated", {}),
+                                       "the calibrated forecast (its widened spread)")):
+        if warning:
+            print(warning, file=sys.stderr)
     print(f"figures: {', '.join(str(p) for p in figures)}")
     print(f"report: {out / 'metrics.json'}")
     return 0

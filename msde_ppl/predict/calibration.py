@@ -184,6 +184,25 @@ def fit_residual_spread(fc: xr.Dataset, corrected: xr.Dataset | None = None, *,
     return ResidualSpread(slope, float(np.exp(np.log(rms).mean())))
 
 
+def _trajectories(fc: xr.Dataset, obs_var: str):
+    """``(mean, std, obs)`` of each trajectory of a forecast as float64 ``(time, values)``
+    arrays, one trajectory at a time (a 2D forecast is never copied whole).
+
+    Raises:
+        ValueError: a non-finite mean or std.
+    """
+    n_time = fc.sizes["time"]
+    space = [d for d in fc["mean"].dims if d not in ("traj", "time")]
+    for i in range(fc.sizes.get("traj", 1)):
+        one = fc.isel(traj=i) if "traj" in fc.dims else fc
+        mean, std, obs = (np.asarray(one[name].transpose("time", *space).values,
+                                     np.float64).reshape(n_time, -1)
+                          for name in ("mean", "std", obs_var))
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
+        yield mean, std, obs
+
+
 def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: str = "obs",
                       smooth: int = 25, grid: np.ndarray = FACTOR_GRID,
                       traj_multiplier: np.ndarray | None = None) -> np.ndarray:
@@ -210,23 +229,11 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
     if int(smooth) < 1:
         raise ValueError(f"smooth must be a positive number of lead times, got {smooth}")
     n_time = fc.sizes["time"]
-    space = [d for d in fc["mean"].dims if d not in ("traj", "time")]
-    # per lead time, sums over trajectories and grid values, read one trajectory at a time
-    # (a 2D forecast is never copied whole)
+    # per lead time, sums over trajectories and grid values
     scores = np.zeros((grid.size, n_time))  # "crps": summed CRPS per candidate factor
     err2, spread2 = np.zeros(n_time), np.zeros(n_time)  # squared errors and spreads
     obs2 = np.zeros(n_time)
-    n_traj = fc.sizes.get("traj", 1)
-    for i in range(n_traj):
-        one = fc.isel(traj=i) if "traj" in fc.dims else fc
-
-        def read(name: str, one=one) -> np.ndarray:
-            values = one[name].transpose("time", *space).values
-            return np.asarray(values, np.float64).reshape(n_time, -1)
-
-        mean, std, obs = read("mean"), read("std"), read(obs_var)
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise ValueError("the forecast has non-finite mean or std: it cannot be calibrated")
+    for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
         std = np.maximum(std, np.finfo(np.float32).tiny)
         if traj_multiplier is not None:
             std = std * float(np.asarray(traj_multiplier).reshape(-1)[i])
@@ -390,20 +397,9 @@ def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
         raise ValueError(f"factor must be {n_time} positive values, got shape {factor.shape}")
     intervals = [_EnsembleInterval(tail_weights(dof, n_members), rng, level)
                  for dof in candidates]
-    space = [d for d in fc["mean"].dims if d not in ("traj", "time")]
     covered = np.zeros(len(candidates))
     count = 0
-    n_traj = fc.sizes.get("traj", 1)
-    for i in range(n_traj):  # one trajectory at a time: a 2D forecast is never copied whole
-        one = fc.isel(traj=i) if "traj" in fc.dims else fc
-
-        def read(name: str, one=one) -> np.ndarray:
-            values = one[name].transpose("time", *space).values
-            return np.asarray(values, np.float64).reshape(n_time, -1)
-
-        mean, std, obs = read("mean"), read("std"), read(obs_var)
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-            raise ValueError("the forecast has non-finite mean or std: no tail can be fitted")
+    for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
         err = obs - mean
         keep = (err**2).sum(axis=1) > _ROUNDING**2 * (obs**2).sum(axis=1)
         scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
