@@ -271,12 +271,14 @@ def test_matrix_and_fft_scale_operators_agree_with_gradients(fine, coarse, chann
                 jnp.cos(o.prolong_many(zeta)))
             return o.restrict(y), o.prolong_many(zeta), eqx.filter_grad(loss)(o).weight
 
+        # one compiled program per path (a fresh function each: the path is chosen when
+        # traced, and a shared cache would hand the second call the first one's program)
         monkeypatch.setattr(operators, "MATRIX_COST", 10**6)
         assert op.uses_matrix
-        by_matrix = outputs(op)
+        by_matrix = eqx.filter_jit(lambda o: outputs(o))(op)
         monkeypatch.setattr(operators, "MATRIX_COST", 0)
         assert not op.uses_matrix
-        by_fft = outputs(op)
+        by_fft = eqx.filter_jit(lambda o: outputs(o))(op)
         for a, b in zip(by_matrix, by_fft, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * float(jnp.abs(b).max()))
         coarse_r, smooth = op.restrict_and_smooth(y)
