@@ -273,11 +273,11 @@ def score(
                 multiplier = spread.multiplier(residual_rms(fc_val))
                 fc_val = corrected
             factor = fit_spread_factor(fc_val, traj_multiplier=multiplier)
-            n_members = n_samples * (1 if isinstance(fitted, Fitted) else len(fitted))
+            n_models = 1 if isinstance(fitted, Fitted) else len(fitted)
             # the tail's simulated ensembles: a generator of their own, from the run's seed
             simulation = np.random.default_rng(
                 np.asarray(jax.random.key_data(jax.random.fold_in(key_raw, 2))).tolist())
-            tail = fit_spread_tail(fc_val, factor, n_members, simulation,
+            tail = fit_spread_tail(fc_val, factor, n_samples, simulation, n_models=n_models,
                                    traj_multiplier=multiplier)
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")

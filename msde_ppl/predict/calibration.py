@@ -61,7 +61,9 @@ wrong). Each member's deviation is then further scaled by a fixed weight :math:`
     \tilde y^{(s)}_\tau = \bar y_\tau + c(\tau)\, w_s\,\big(y^{(s)}_\tau - \bar y_\tau\big),
     \qquad w_s = \sqrt{(\nu - 2) / V_s},\quad V_s \sim \chi^2_\nu,
 
-a scale mixture that turns Gaussian deviations into Student-t ones of the same variance
+(the weighted deviations re-centred on the unweighted ones' average, so the draws' average
+does not move), a scale mixture that turns Gaussian deviations into Student-t ones of the same
+variance
 (:math:`\mathbb E\,w^2 = 1`, so the spread–skill ratio is kept) with narrower central intervals.
 The :math:`V_s` are stratified quantiles of :math:`\chi^2_\nu` (:func:`tail_weights`), each
 member a whole path scaled. :math:`\nu` is chosen on :data:`TAIL_GRID` (:math:`\nu = \infty`:
@@ -314,11 +316,11 @@ def tail_weights(dof: float, n_members: int) -> np.ndarray:
     r"""Per-member weights :math:`w_s = \sqrt{(\nu - 2) / V_s}` of the Student-t tail with
     ``dof`` :math:`\nu` degrees of freedom, shape ``(n_members,)`` (module docstring).
 
-    :math:`V_s` are the :math:`\chi^2_\nu` quantiles at levels :math:`(k + 1/2) / n`, assigned
-    to the members with a golden-ratio stride (:math:`k = \lfloor 0.618\,n \rfloor s \bmod n`
-    for a stride coprime to :math:`n`), so every contiguous group of members (one model's of a
-    mixture) spans the distribution; the weights are then normalised to
-    :math:`\overline{w^2} = 1`. ``dof = inf``: all ones.
+    :math:`V_s` are the :math:`\chi^2_\nu` quantiles at levels :math:`(k + 1/2) / n`, member
+    :math:`s` taking level :math:`k = s\,d \bmod n` for a stride :math:`d \approx 0.618\,n`
+    coprime to :math:`n` (a fixed order; the members are exchangeable, so any would do),
+    normalised to :math:`\overline{w^2} = 1`. A mixture of models gives each model's members
+    the same weights (``forecast`` tiles them). ``dof = inf``: all ones.
 
     Raises:
         ValueError: ``dof`` not above 2, or no members.
@@ -362,23 +364,24 @@ class _EnsembleInterval:
 
 
 def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
-                    rng: np.random.Generator, *, obs_var: str = "obs",
+                    rng: np.random.Generator, *, n_models: int = 1, obs_var: str = "obs",
                     traj_multiplier: np.ndarray | None = None,
                     grid: tuple[float, ...] = TAIL_GRID, level: float = 0.9) -> float:
     r"""Degrees of freedom of the members' Student-t tail fitted on a (validation) forecast:
     the :math:`\nu` of ``grid`` whose ensemble covers the standardised errors
     :math:`z = (y - \bar y) / (c(\tau)\, m\, \sigma)` (module docstring) at the rate
     nearest ``level``, with the interval read as the forecast reads it: between the
-    :math:`(1 \mp \text{level})/2` quantiles of ``n_members`` members, Gaussian deviations times
-    ``tail_weights(nu, n_members)`` (simulated with ``rng``). ``inf`` (Gaussian members) when
+    :math:`(1 \mp \text{level})/2` quantiles of ``n_models`` times ``n_members`` members,
+    Gaussian deviations times ``tail_weights(nu, n_members)`` for each model (simulated with
+    ``rng``). ``inf`` (Gaussian members) when
     they cover at most ``level`` already: a tail only ever narrows the interval.
 
     Args:
         fc: the forecast the spread factor was fitted on (after any residual correction).
         factor: that spread factor, shape ``(time,)`` (:func:`fit_spread_factor`).
-        n_members: the ensemble size the weights are for (all models' members of a
-            mixture).
+        n_members: the ensemble size per model the weights are for.
         rng: the generator of the simulated ensembles.
+        n_models: models of a mixture forecast, each with ``n_members`` members.
         traj_multiplier: the per-trajectory multiplier it was fitted with, shape ``(traj,)``.
         grid: candidate degrees of freedom, each above 2 (``inf`` allowed).
         level: the nominal probability of the central interval matched.
@@ -398,13 +401,14 @@ def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
     factor = np.asarray(factor, np.float64)
     if factor.shape != (n_time,) or not (np.isfinite(factor).all() and (factor > 0).all()):
         raise ValueError(f"factor must be {n_time} positive values, got shape {factor.shape}")
-    intervals = [_EnsembleInterval(tail_weights(dof, n_members), rng, level)
-                 for dof in candidates]
+    intervals = [_EnsembleInterval(np.tile(tail_weights(dof, n_members), int(n_models)), rng,
+                                   level) for dof in candidates]
     covered = np.zeros(len(candidates))
     count = 0
     for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
         err = obs - mean
-        keep = (err**2).sum(axis=1) > _ROUNDING**2 * (obs**2).sum(axis=1)
+        # a missing observation drops that value only, not its lead time
+        keep = np.nansum(err**2, axis=1) > _ROUNDING**2 * np.nansum(obs**2, axis=1)
         scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
         if traj_multiplier is not None:
             scale = scale * float(np.asarray(traj_multiplier).reshape(-1)[i])

@@ -424,7 +424,8 @@ def forecast(
     gain = None if residual_gain is None else _gain_per_field(residual_gain, n_out, y.shape[2])
     weights = None
     if spread_tail is not None:
-        weights = tail_weights(spread_tail, n_samples * len(fits))  # raises for dof <= 2
+        # each model of a mixture: the same weights (raises for dof <= 2)
+        weights = np.tile(tail_weights(spread_tail, n_samples), len(fits))
         if np.all(weights == 1.0):
             weights = None
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]

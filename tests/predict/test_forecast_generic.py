@@ -155,7 +155,8 @@ def test_spread_tail_reweights_the_members_and_keeps_mean_and_std(data):
     """Same key, with and without a Student-t tail of 3 dof: the mean and the std are
     unchanged, so is the draws' own average (the weighted deviations are re-centred); the
     members' deviations are their own times the tail weights, so the 90% interval narrows
-    relative to the spread; dof <= 2 is refused by name."""
+    relative to the spread; a mixture of two models tiles the weights over them; dof <= 2 is
+    refused by name."""
     fitted = _fitted(data, as_leaf=False)
     plain = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
                           return_samples=True)
@@ -172,6 +173,16 @@ def test_spread_tail_reweights_the_members_and_keeps_mean_and_std(data):
                                rtol=1e-4, atol=1e-5)
     width = lambda fc: float(((fc["q95"] - fc["q05"]) / fc["std"]).median())  # noqa: E731
     assert width(tailed) < 0.95 * width(plain)
+    # a mixture of two models: each model's members get the same weights
+    pair = msde.forecast(jax.random.key(3), [fitted, fitted], data, split="test", n_samples=32,
+                         return_samples=True)
+    pair_tailed = msde.forecast(jax.random.key(3), [fitted, fitted], data, split="test",
+                                n_samples=32, return_samples=True, spread_tail=3.0)
+    weights = xr.DataArray(np.tile(tail_weights(3.0, 32), 2), dims="sample")
+    deviation = pair["samples"] - pair["mean"]
+    expected = weights * deviation - (weights * deviation).mean("sample")
+    np.testing.assert_allclose(pair_tailed["samples"] - pair_tailed["samples"].mean("sample"),
+                               expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="degrees of freedom"):
         msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
                       spread_tail=2.0)
@@ -232,8 +243,11 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert fc["residual_gain"].dims == ("time",) and fc["residual_gain"].values[0] == 1
     assert "rel_l2_mean" in cal and cal["residual_gain"]["lead_1"] <= 1
     assert 0 <= cal["residual_spread"]["exponent"] <= 1 and "spread_multiplier" in fc
-    tail = cal["spread_tail_dof"]  # None: Gaussian members
-    assert tail is None or (tail > 2 and fc["spread_factor"].attrs["spread_tail_dof"] == tail)
+    tail = cal["spread_tail_dof"]  # None: Gaussian members, and no attribute then
+    if tail is None:
+        assert "spread_tail_dof" not in fc["spread_factor"].attrs
+    else:
+        assert tail > 2 and fc["spread_factor"].attrs["spread_tail_dof"] == tail
     fc, spread_only = run_module.score(fitted, data, split="test", n_samples=64,
                                        calibrate_on="val", residual=False)
     assert "residual_gain" not in spread_only["calibrated"] and "residual_gain" not in fc
