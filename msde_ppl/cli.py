@@ -502,7 +502,7 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     import jax
 
     from msde_ppl.data.splits import select_split
-    from msde_ppl.pipeline.run import divergence_warning, run_builtin, run_schedule
+    from msde_ppl.pipeline.run import run_builtin, run_schedule
     from msde_ppl.predict import evaluate_coarse_dns, noise_floor
 
     def check() -> None:
@@ -560,12 +560,7 @@ def _run_job(args: argparse.Namespace, run_dir: Path, stop) -> None:
     for name, m in metrics["multiscale"].get("baselines", {}).items():
         print(f"  {name:15s} {m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}  (trivial baseline)")
     for key in ("multiscale", "implicit_scale"):
-        name = f"the {key.replace('_', '-')} model"
-        for warning in (divergence_warning(metrics[key], name),
-                        divergence_warning(metrics[key].get("calibrated", {}),
-                                           f"{name} after calibration (its widened spread)")):
-            if warning:
-                print(warning, file=sys.stderr)
+        _warn_diverged(metrics[key], f"the {key.replace('_', '-')} model")
     print("90% coverage and spread/skill on the test split (uncalibrated -> calibrated on val):")
     for key in ("multiscale", "implicit_scale"):
         m, cal = metrics[key], metrics[key].get("calibrated")
@@ -623,6 +618,19 @@ def _is_velocity(ds) -> bool:
     """A 2D velocity: fields exactly ``u`` and ``v`` on dims ``x`` and ``y``."""
     return ("field" in ds["u"].dims and "y" in ds["u"].dims
             and sorted(map(str, ds["field"].values)) == ["u", "v"])
+
+
+def _warn_diverged(metrics: dict, name: str) -> None:
+    """Print :func:`~msde_ppl.pipeline.run.divergence_warning` for the raw forecast of
+    ``metrics`` and for its calibrated one (whose widened spread can push members past the
+    bounds the raw ones kept)."""
+    from msde_ppl.pipeline.run import divergence_warning
+
+    for warning in (divergence_warning(metrics, name),
+                    divergence_warning(metrics.get("calibrated", {}),
+                                       f"{name} after calibration (its widened spread)")):
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
@@ -913,7 +921,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load
     from msde_ppl.data.splits import split_names
     from msde_ppl.pipeline.fitted import Fitted
-    from msde_ppl.pipeline.run import divergence_warning, score
+    from msde_ppl.pipeline.run import score
     from msde_ppl.pipeline.rundir import require_complete
 
     if args.out.exists():
@@ -977,11 +985,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if not metrics["finite"]:
         print("warning: the forecast holds non-finite values (it diverged); its scores are "
               "not finite", file=sys.stderr)
-    for warning in (divergence_warning(metrics),
-                    divergence_warning(metrics.get("calibrated", {}),
-                                       "the calibrated forecast (its widened spread)")):
-        if warning:
-            print(warning, file=sys.stderr)
+    _warn_diverged(metrics, "the model")
     print(f"figures: {', '.join(str(p) for p in figures)}")
     print(f"report: {out / 'metrics.json'}")
     return 0
