@@ -5,9 +5,10 @@ r"""Calibration and convergence checks of forecasts and fits (NumPy / xarray onl
   ``n`` independent observations a calibrated forecast gives :math:`\hat p \sim
   \mathrm{Binomial}(n, p)/n`, standard error :math:`\sqrt{p(1-p)/n}` (reported as ``se``; spatially
   and temporally correlated errors make the effective ``n`` smaller, so read it as a lower bound).
-  Intervals between sample quantiles of an ensemble of ``S`` members cover slightly less than
-  ``p``: for exchangeable members and observation, :math:`P(X_{(i)} < Y < X_{(j)}) =
-  (j - i)/(S + 1)`.
+  For exchangeable members and observation, :math:`P(X_{(i)} < Y < X_{(j)}) = (j - i)/(S + 1)`:
+  the intervals are read between the quantiles at positions :math:`q(S + 1)`
+  (:data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`), which cover ``p`` for a
+  calibrated ensemble (NumPy's default reading covers less: 0.872 for 64 members at 0.9).
 - :func:`pit_values`, :func:`pit_histogram`: the randomised probability integral transform of an
   ensemble, :math:`\mathrm{PIT} = (r + U)/(S + 1)` with :math:`r` the number of members below the
   observation (ties split at random) and :math:`U \sim \mathcal U(0, 1)`; exactly uniform when the
@@ -27,7 +28,12 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from msde_ppl.predict.metrics import crps_ensemble, crps_gaussian, interval_coverage
+from msde_ppl.predict.metrics import (
+    ENSEMBLE_QUANTILE_METHOD,
+    crps_ensemble,
+    crps_gaussian,
+    interval_coverage,
+)
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -128,8 +134,8 @@ def coverage_curve(
         error: conservative.
     """
     probs = _check_levels(levels)
-    lower = samples.quantile((1 - probs) / 2, dim=sample_dim)
-    upper = samples.quantile((1 + probs) / 2, dim=sample_dim)
+    lower = samples.quantile((1 - probs) / 2, dim=sample_dim, method=ENSEMBLE_QUANTILE_METHOD)
+    upper = samples.quantile((1 + probs) / 2, dim=sample_dim, method=ENSEMBLE_QUANTILE_METHOD)
     upper = upper.assign_coords(quantile=lower["quantile"].values)  # pair bounds by position
     inside = ((obs >= lower) & (obs <= upper)).transpose("quantile", ...)
     finite = bool(np.isfinite(np.asarray(samples)).all() and np.isfinite(np.asarray(obs)).all())

@@ -42,7 +42,13 @@ from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
 from msde_ppl.predict.calibration import ResidualSpread, tail_weights
-from msde_ppl.predict.metrics import crps_sorted, diverged_members, divergence_limits
+from msde_ppl.predict.metrics import (
+    ENSEMBLE_QUANTILE_METHOD,
+    crps_sorted,
+    diverged_members,
+    divergence_limits,
+    ensemble_positions,
+)
 from msde_ppl.progress import Progress
 
 __all__ = ["forecast", "observe", "program_trace", "rollout", "trajectory_ensemble"]
@@ -363,7 +369,8 @@ def forecast(
 
     - ``levels``: nominal probabilities ``p`` of central predictive intervals; adds ``lower`` and
       ``upper`` (dims ``("level", *data dims)``, the ``(1 - p)/2`` and ``(1 + p)/2`` quantiles of
-      the predictive draws, linear interpolation);
+      the predictive draws at the order-statistic positions ``q(S + 1)``,
+      :data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`);
     - ``return_samples``: adds ``samples`` (dims ``("sample", *data dims)``), the predictive
       draws, one per member (memory: ``n_samples`` fields).
 
@@ -550,7 +557,8 @@ def _mixture(runs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
 
 
 def _interval_bounds(draws: np.ndarray, levels: Sequence[float], block: int = 64) -> dict:
-    """Central-interval bounds ``(level, T, ...)`` of predictive draws ``(T, S, ...)``."""
+    """Central-interval bounds ``(level, T, ...)`` of predictive draws ``(T, S, ...)``, read as
+    :data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`."""
     probs = np.asarray(levels, np.float64)
     if probs.ndim != 1 or np.any((probs <= 0) | (probs >= 1)):
         raise ValueError(f"levels must be probabilities in (0, 1), got {levels}")
@@ -558,8 +566,10 @@ def _interval_bounds(draws: np.ndarray, levels: Sequence[float], block: int = 64
     upper = np.empty_like(lower)
     for start in range(0, draws.shape[0], block):
         chunk = draws[start : start + block]
-        lower[:, start : start + block] = np.quantile(chunk, (1 - probs) / 2, axis=1)
-        upper[:, start : start + block] = np.quantile(chunk, (1 + probs) / 2, axis=1)
+        lower[:, start : start + block] = np.quantile(chunk, (1 - probs) / 2, axis=1,
+                                                      method=ENSEMBLE_QUANTILE_METHOD)
+        upper[:, start : start + block] = np.quantile(chunk, (1 + probs) / 2, axis=1,
+                                                      method=ENSEMBLE_QUANTILE_METHOD)
     return {"lower": lower, "upper": upper}
 
 
@@ -583,11 +593,12 @@ def _add_optional(result: xr.Dataset, out: dict, levels: Sequence[float] | None)
 
 
 def _sample_statistics(draws: np.ndarray, obs: np.ndarray, block: int = 64) -> dict:
-    """5% and 95% quantiles (linear interpolation) and the fair ensemble CRPS per time, from
+    """5% and 95% quantiles (read as :data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`)
+    and the fair ensemble CRPS per time, from
     predictive draws ``(T, S, ...)``; sorted in NumPy by blocks of times (XLA's CPU sort is
     several times slower, and blocks bound the memory)."""
     n = draws.shape[1]
-    pos = np.array([0.05, 0.95]) * (n - 1)
+    pos = ensemble_positions(np.array([0.05, 0.95]), n)
     lo, frac = np.floor(pos).astype(int), pos - np.floor(pos)
     q = np.empty((2, draws.shape[0], *draws.shape[2:]), draws.dtype)
     crps = np.empty(draws.shape[0])

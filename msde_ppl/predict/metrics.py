@@ -17,6 +17,27 @@ import xarray as xr
 from scipy import special
 
 
+ENSEMBLE_QUANTILE_METHOD = "weibull"
+r"""How every forecast reads a quantile of its ``S`` members (NumPy's ``method=``): the
+:math:`p`-quantile at the order-statistic position :math:`p(S + 1)` (counted from 1; linear
+between neighbours, clipped to the extremes). For members and an observation that are
+exchangeable, :math:`P(Y < X_{(k)}) = k / (S + 1)`, so the interval between the
+:math:`(1 \mp p)/2` quantiles covers :math:`p` (exactly where the positions are whole numbers:
+for 64 members at :math:`p = 0.9`, positions 3.25 and 61.75, :math:`58.5/65 = 0.900`).
+NumPy's default reads position :math:`1 + p(S - 1)` and covers
+:math:`(60.85 - 4.15)/65 = 0.872` there: a perfectly calibrated ensemble would look
+over-confident."""
+
+
+def ensemble_positions(probs: np.ndarray, n_members: int) -> np.ndarray:
+    """0-based fractional positions in the sorted members of the ``probs`` quantiles, as
+    :data:`ENSEMBLE_QUANTILE_METHOD` reads them: :math:`p(S + 1) - 1` clipped to
+    :math:`[0, S - 1]`."""
+    if n_members < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {n_members}")
+    return np.clip(np.asarray(probs, np.float64) * (n_members + 1) - 1, 0, n_members - 1)
+
+
 def relative_l2(truth: xr.DataArray, pred: xr.DataArray) -> xr.DataArray:
     """``||truth - pred|| / ||truth||`` over every dim except ``traj`` and ``time``."""
     if truth.dims != pred.dims or truth.shape != pred.shape:

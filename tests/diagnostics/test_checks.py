@@ -3,9 +3,9 @@
 Tolerances: ``n`` independent observations give an empirical coverage with binomial standard
 error ``sqrt(p (1 - p) / n)``; we allow 4 standard errors (two-sided false-alarm rate 6e-5 per
 level). Ensemble intervals between order statistics ``X_(i), X_(j)`` of ``S`` exchangeable
-members cover ``(j - i) / (S + 1)``, not ``p``: with ``S - 1`` divisible by the quantile grid, the
-interpolated sample quantiles are exactly order statistics and the target is
-``p (S - 1) / (S + 1)``.
+members cover ``(j - i) / (S + 1)``. The forecasts read the ``q`` quantile at position
+``q (S + 1)``; with ``S + 1`` divisible by the quantile grid these are exactly order statistics
+and the target is ``p`` itself (NumPy's default reading would give ``p (S - 1) / (S + 1)``).
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ import xarray as xr
 
 from msde_ppl.diagnostics import checks
 
-N_OBS, N_MEMBERS = 4000, 201
+N_OBS, N_MEMBERS = 4000, 199
 LEVELS = (0.1, 0.5, 0.8, 0.9, 0.95)
 
 
@@ -40,7 +40,7 @@ def test_gaussian_interval_coverage_is_nominal_within_binomial_error(np_rng):
 def test_ensemble_coverage_curve_matches_order_statistics(np_rng):
     _, _, y, members = _toy(np_rng)
     curve = checks.coverage_curve(members, y, LEVELS)
-    target = np.asarray(LEVELS) * (N_MEMBERS - 1) / (N_MEMBERS + 1)
+    target = np.asarray(LEVELS)  # the positions q (S + 1) are whole numbers: exact
     err = np.abs(curve["empirical"].values - target)
     assert np.all(err < 4 * curve["se"].values), (curve["empirical"].values, target)
     assert curve.attrs["n"] == N_OBS
@@ -49,7 +49,7 @@ def test_ensemble_coverage_curve_matches_order_statistics(np_rng):
 def test_under_dispersed_ensemble_is_detected(np_rng):
     _, _, y, members = _toy(np_rng, spread=0.6)
     curve = checks.coverage_curve(members, y, LEVELS)
-    target = np.asarray(LEVELS) * (N_MEMBERS - 1) / (N_MEMBERS + 1)
+    target = np.asarray(LEVELS)
     # coverage of N(0, 0.36) intervals under N(0, 1): far below nominal at every level > 0.1
     assert np.all((target - curve["empirical"].values)[1:] > 4 * curve["se"].values[1:])
     pit = checks.pit_histogram(checks.pit_values(members, y))
@@ -105,7 +105,8 @@ def test_coverage_from_forecast_bounds(np_rng):
     _, _, y, members = _toy(np_rng)
     levels = np.array([0.5, 0.9])
     def bound(probs):
-        return members.quantile(probs, dim="sample").rename(quantile="level").drop_vars("level")
+        return (members.quantile(probs, dim="sample", method="weibull")
+                .rename(quantile="level").drop_vars("level"))
 
     fc = xr.Dataset({"obs": y, "lower": bound((1 - levels) / 2),
                      "upper": bound((1 + levels) / 2)}).assign_coords(level=levels)

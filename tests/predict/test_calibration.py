@@ -18,7 +18,7 @@ from msde_ppl.predict import (
     tail_weights,
 )
 from msde_ppl.predict.calibration import FACTOR_GRID, NO_RESIDUAL_SPREAD, residual_rms
-from msde_ppl.predict.metrics import crps_gaussian
+from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
 
 
 def test_ensemble_crps_is_scoringrules_fair_estimator(np_rng):
@@ -237,7 +237,7 @@ def _ensemble_coverage(np_rng, errors, weights):
     """How often the 5-95% quantile interval of fresh members (normal deviations times
     ``weights``, one ensemble per error) holds the errors."""
     members = weights[:, None] * np_rng.normal(size=(weights.size, errors.size))
-    lo, hi = np.quantile(members, [0.05, 0.95], axis=0)
+    lo, hi = np.quantile(members, [0.05, 0.95], axis=0, method=ENSEMBLE_QUANTILE_METHOD)
     return float(np.mean((errors >= lo) & (errors <= hi)))
 
 
@@ -258,7 +258,8 @@ def test_spread_tail_covers_heavy_tailed_errors_at_90_percent(np_rng):
 
 
 def test_spread_tail_stays_gaussian_for_gaussian_errors_and_grows_with_the_tails(np_rng):
-    """Gaussian errors: 64 Gaussian members cover them ~0.875 < 0.90, so no tail. Heavier
+    """Gaussian errors: 64 Gaussian members cover them 0.90 up to noise, so no tail or a
+    negligible one (at least 20 dof: a 90% interval within 0.6% of the Gaussian's). Heavier
     error tails get heavier member tails (t_2.5 errors a smaller dof than t_6). Bad input is
     refused by name."""
     chosen = {}
@@ -266,7 +267,7 @@ def test_spread_tail_stays_gaussian_for_gaussian_errors_and_grows_with_the_tails
         fc = _tailed_forecast(np_rng, dof)
         factor = fit_spread_factor(fc)
         chosen[dof] = fit_spread_tail(fc, factor, 64, np.random.default_rng(2))
-    assert np.isinf(chosen[np.inf]) and chosen[2.5] < chosen[6.0], chosen
+    assert chosen[np.inf] >= 20.0 and chosen[2.5] < chosen[6.0], chosen
     with pytest.raises(ValueError, match="factor"):
         fit_spread_tail(fc, factor[:-1], 64, np.random.default_rng(2))
     with pytest.raises(ValueError, match="grid"):

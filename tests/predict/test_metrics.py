@@ -157,3 +157,25 @@ def test_diverged_members_beyond_the_data_range_or_not_finite():
     draws[0, 4, 0, 0] = -1.5  # member 4 leaves below
     np.testing.assert_array_equal(diverged_members(draws, lower, upper),
                                   [False, True, False, True, True])
+
+
+def test_64_member_interval_of_exchangeable_members_covers_the_nominal_90(np_rng):
+    """The 5-95% band a forecast reports from 64 members, read at positions q (S + 1), covers
+    an observation exchangeable with the members 0.90 (here 58.5 / 65 exactly: positions 3.25
+    and 61.75); NumPy's default reading would cover (60.85 - 4.15) / 65 = 0.872. 20000
+    independent points: binomial SE 0.0021, 4 SE = 0.0085, below the 0.028 between them."""
+    from msde_ppl.predict.forecast import _interval_bounds, _sample_statistics
+    from msde_ppl.predict.metrics import ensemble_positions
+
+    draws = np_rng.normal(size=(50, 64, 400))  # (T, S, x)
+    obs = np_rng.normal(size=(50, 400))
+    stats = _sample_statistics(draws, obs)
+    covered = float(np.mean((obs >= stats["q05"]) & (obs <= stats["q95"])))
+    assert abs(covered - 0.90) < 4 * np.sqrt(0.09 / obs.size), covered
+    bounds = _interval_bounds(draws, [0.9])  # the forecast's `levels` read the same way
+    np.testing.assert_allclose(bounds["lower"][0], stats["q05"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bounds["upper"][0], stats["q95"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ensemble_positions(np.array([0.05, 0.95]), 64), [2.25, 60.75])
+    np.testing.assert_allclose(ensemble_positions(np.array([0.001, 0.999]), 64), [0, 63])
+    with pytest.raises(ValueError, match="member"):
+        ensemble_positions(np.array([0.5]), 0)
