@@ -70,7 +70,8 @@ member a whole path scaled. :math:`\nu` is chosen on :data:`TAIL_GRID` (:math:`\
 no tail, the Gaussian) the way the factor is: by matching a target, here the 90% coverage of
 the calibrated validation errors :math:`z = (y - \bar y) / (c\,m\,\sigma)` by the interval
 between the 5% and 95% quantiles of the weighted members, as the forecast reads it
-(:data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`, simulated, not assumed). Errors no heavier-tailed than the spread keep Gaussian members.
+(:data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`, simulated, not assumed). Errors
+no heavier-tailed than the spread keep Gaussian members.
 (Maximum likelihood of :math:`z` was tried first: it chose the heaviest tail on the grid for
 every implicit-scale model, which then under-covered on test, 0.83.)
 """
@@ -344,8 +345,8 @@ def tail_weights(dof: float, n_members: int) -> np.ndarray:
 class _EnsembleInterval:
     """The central ``level`` interval of an ensemble whose members are standard normal
     deviations times ``weights``, as the forecast reads it
-    (:data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`), simulated over ``n_sims`` ensembles :math:`k` with bounds
-    :math:`(l_k, u_k)`."""
+    (:data:`~msde_ppl.predict.metrics.ENSEMBLE_QUANTILE_METHOD`), simulated over ``n_sims``
+    ensembles :math:`k` with bounds :math:`(l_k, u_k)`."""
 
     def __init__(self, weights: np.ndarray, rng: np.random.Generator, level: float = 0.9,
                  n_sims: int = 4000):

@@ -16,7 +16,6 @@ import numpy as np
 import xarray as xr
 from scipy import special
 
-
 ENSEMBLE_QUANTILE_METHOD = "weibull"
 r"""How every forecast reads a quantile of its ``S`` members (NumPy's ``method=``): the
 :math:`p`-quantile at the order-statistic position :math:`p(S + 1)` (counted from 1; linear
