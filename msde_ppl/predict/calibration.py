@@ -239,12 +239,14 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
         std = np.maximum(std, np.finfo(np.float32).tiny)
         if traj_multiplier is not None:
             std = std * float(np.asarray(traj_multiplier).reshape(-1)[i])
+        seen = np.isfinite(obs)  # a missing observation drops that value, not its lead time
+        obs = np.where(seen, obs, mean)
         if rule == "crps":
             for g, c in enumerate(grid):
-                scores[g] += crps_gaussian(mean, c * std, obs).sum(axis=1)
+                scores[g] += np.where(seen, crps_gaussian(mean, c * std, obs), 0.0).sum(axis=1)
         err2 += ((obs - mean) ** 2).sum(axis=1)
-        obs2 += (obs**2).sum(axis=1)
-        spread2 += (std**2).sum(axis=1)
+        obs2 += np.where(seen, obs**2, 0.0).sum(axis=1)
+        spread2 += np.where(seen, std**2, 0.0).sum(axis=1)
     if rule == "crps":
         log_c = np.log(grid[np.argmin(scores, axis=0)])  # scores: (G, T)
     else:  # RMSE / RMS spread: the common count of values cancels

@@ -275,3 +275,16 @@ def test_spread_tail_stays_gaussian_for_gaussian_errors_and_grows_with_the_tails
     with pytest.raises(ValueError, match="non-finite"):
         fit_spread_tail(fc.assign(mean=fc["mean"].where(fc["mean"] > 0)), factor, 64,
                         np.random.default_rng(2))
+
+
+@pytest.mark.parametrize("rule", ["spread_skill", "crps"])
+def test_a_missing_observation_drops_its_value_not_its_lead_time(np_rng, rule):
+    """Lead 10's errors are 1.5x the others': with one observation of it missing, its factor
+    is still fitted from the other 1999 values (not interpolated from its neighbours, ~1.0)."""
+    true = np.ones(40)
+    true[10] = 1.5
+    fc = _forecast(np_rng, true)
+    obs = fc["obs"].values.copy()
+    obs[0, 10, 0] = np.nan
+    factor = fit_spread_factor(fc.assign(obs=(fc["obs"].dims, obs)), rule=rule, smooth=1)
+    assert abs(factor[10] - 1.5) < 0.15 and np.all(np.isfinite(factor)), factor[8:13]
