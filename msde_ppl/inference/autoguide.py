@@ -34,6 +34,7 @@ path time); non-path latent sites are not inside subsampled plates.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
@@ -114,7 +115,7 @@ class AutoAmortizedSDE(AutoGuide):
             ``"interpolation"``: the reference code's smooth kernel interpolation of means and
             log-variances (:class:`TemporalKernel`); or a module of either kind (or a mapping
             per path site). Default kernels' warp networks are drawn from ``kernel_key``
-            (default ``jax.random.key(0)``).
+            (default: from the key the guide's first call is seeded with, e.g. ``SVI.init``'s).
         obs_site: name of the observed site the encoder reads; default: the model's only observed
             site.
         encoder_output: ``"logvar"`` (default) or ``"var"`` for the encoder's second output.
@@ -152,7 +153,7 @@ class AutoAmortizedSDE(AutoGuide):
             raise ValueError(f"kernel must be 'markov', 'coupled', 'interpolation' or a module, "
                              f"got {kernel!r}")
         self._kernel_arg = kernel
-        self._kernel_key = jax.random.key(0) if kernel_key is None else kernel_key
+        self._kernel_key = kernel_key  # None: drawn from the seed of the first (set-up) call
         self.obs_site = obs_site
         self.encoder_output = encoder_output
         self.init_scale = init_scale
@@ -225,7 +226,15 @@ class AutoAmortizedSDE(AutoGuide):
                 raise ValueError(f"obs_site {self.obs_site!r} is not an observed site {observed}")
         self.encoders = self._per_site(self._encoder_arg, "encoder")
         if isinstance(self._kernel_arg, str):
-            keys = jax.random.split(self._kernel_key, max(len(self._path_sites), 1))
+            kernel_key = self._kernel_key
+            if kernel_key is None:  # the key the guide is seeded with, e.g. SVI.init's
+                with warnings.catch_warnings():  # unseeded: None, refused below by name
+                    warnings.filterwarnings("ignore", "Cannot generate JAX PRNG key")
+                    kernel_key = numpyro.prng_key()
+            if kernel_key is None or isinstance(kernel_key, jax.core.Tracer):
+                raise ValueError("the default kernels need a concrete key: call the guide first "
+                                 "under a seed outside jit (as SVI.init does) or pass kernel_key=")
+            keys = jax.random.split(kernel_key, max(len(self._path_sites), 1))
             self.kernels = {}
             for name, k in zip(self._path_sites, keys, strict=False):
                 if self._kernel_arg == "interpolation":
@@ -438,6 +447,9 @@ class AutoAmortizedSDE(AutoGuide):
         self._ensure_setup(*args, **kwargs)
 
     def _ensure_setup(self, *args: Any, **kwargs: Any) -> None:
+        """Set the guide up from the model's structure when it is read with given ``params``
+        before any call (a loaded fit): every value the set-up draws (initial locations, the
+        default kernels' networks) is replaced by ``params``, so its seed changes nothing."""
         if self.prototype_trace is None:
             with handlers.seed(rng_seed=0):
                 self._setup_prototype(*args, **kwargs)
@@ -448,16 +460,29 @@ class AutoAmortizedSDE(AutoGuide):
     ) -> dict[str, GaussMarkovPath]:
         """The variational path processes (with :math:`m, S, \\dot m, ...`) for given data.
 
+        ``rng_key`` draws what the paths are conditioned on in a training step: the global
+        sites from :math:`q` and the KL quadrature nodes. Without it nothing is random: the
+        globals sit at their posterior medians and the nodes at the interval midpoints (what
+        :meth:`quantiles` and :meth:`median` read).
+
         Traced as one compiled program (the path distributions are pytrees): op-by-op dispatch
         of the encoder and smoother took 5x longer than compiling them.
         """
         self._ensure_setup(*args, **kwargs)
-        rng_key = jax.random.key(0) if rng_key is None else rng_key
 
-        def paths(params: dict[str, Array], key: jax.Array) -> dict[str, GaussMarkovPath]:
-            trace = handlers.trace(
-                handlers.substitute(handlers.seed(self, key), data=params)
-            ).get_trace(*args, **kwargs)
+        def path_value(site: dict) -> Array | None:  # the paths' draws are not needed
+            if site["type"] == "sample" and site["name"] in self._path_sites:
+                return jnp.zeros(site["fn"].shape())
+            return None
+
+        def paths(params: dict[str, Array], key: jax.Array | None) -> dict[str, GaussMarkovPath]:
+            guide = handlers.substitute(self, substitute_fn=path_value)
+            if key is None:
+                medians = {n: q[0] for n, q in self.global_quantiles(params, [0.5]).items()}
+                guide = handlers.substitute(guide, data={**params, **medians})
+            else:
+                guide = handlers.substitute(handlers.seed(guide, key), data=params)
+            trace = handlers.trace(guide).get_trace(*args, **kwargs)
             return {n: trace[n]["fn"] for n in self._path_sites}
 
         return jax.jit(paths)(params, rng_key)

@@ -160,3 +160,32 @@ def test_arviz_conversion(ou):
     post = tree["posterior"]
     assert post["a"].shape[-1:] == (10,) or 10 in post["a"].shape
     assert "z" in post
+
+
+def test_no_hidden_seed_kernels_from_the_first_calls_key_and_paths_without_a_key(ou):
+    """The default kernels' networks are drawn from the key the guide's first call is seeded
+    with (SVI.init's): same key, same networks; another key, others; unseeded, an error.
+    ``posterior_paths`` without a key is deterministic (globals at their medians), with keys it
+    is conditioned on draws of the globals."""
+    times, obs = _data(ou, 2)
+    encoder = ou.SnapshotEncoder(key=jax.random.key(1))
+
+    def kernel_leaves(seed):
+        guide = AutoAmortizedSDE(ou.model, encoder, kernel="interpolation")
+        trace = handlers.trace(handlers.seed(guide, seed)).get_trace(times, obs)
+        return [np.asarray(x) for x in jax.tree.leaves(trace["z_kernel$params"]["value"])]
+
+    first, again, other = kernel_leaves(0), kernel_leaves(0), kernel_leaves(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    with pytest.raises(ValueError, match="concrete key"):
+        AutoAmortizedSDE(ou.model, encoder, kernel="interpolation")(times, obs)
+
+    guide = AutoAmortizedSDE(ou.model, encoder)  # the OU smoother reads the diffusion s
+    params = _params(ou, ou.model, guide, times, obs)
+    plain = [guide.posterior_paths(params, times, obs)["z"] for _ in range(2)]
+    np.testing.assert_array_equal(plain[0].loc, plain[1].loc)
+    drawn = [guide.posterior_paths(params, times, obs, rng_key=jax.random.key(k))["z"]
+             for k in (3, 4)]
+    assert not np.allclose(drawn[0].var, drawn[1].var)
+    assert np.all(np.isfinite(plain[0].var)) and np.all(np.asarray(plain[0].var) > 0)
