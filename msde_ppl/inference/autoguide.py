@@ -115,7 +115,9 @@ class AutoAmortizedSDE(AutoGuide):
             ``"interpolation"``: the reference code's smooth kernel interpolation of means and
             log-variances (:class:`TemporalKernel`); or a module of either kind (or a mapping
             per path site). Default kernels' warp networks are drawn from ``kernel_key``
-            (default: from the key the guide's first call is seeded with, e.g. ``SVI.init``'s).
+            (default: from the key the guide's set-up is seeded with: the first seeded call's,
+            or seed 0 when ``setup`` / ``inference.fit.init`` sets it up first, as the
+            pipeline does; pass ``kernel_key`` to choose it).
         obs_site: name of the observed site the encoder reads; default: the model's only observed
             site.
         encoder_output: ``"logvar"`` (default) or ``"var"`` for the encoder's second output.
@@ -447,9 +449,10 @@ class AutoAmortizedSDE(AutoGuide):
         self._ensure_setup(*args, **kwargs)
 
     def _ensure_setup(self, *args: Any, **kwargs: Any) -> None:
-        """Set the guide up from the model's structure when it is read with given ``params``
-        before any call (a loaded fit): every value the set-up draws (initial locations, the
-        default kernels' networks) is replaced by ``params``, so its seed changes nothing."""
+        """Set the guide up from the model's structure before any seeded call, under seed 0.
+        For a loaded fit every value the set-up draws is replaced by ``params``; when
+        ``inference.fit.init`` calls it, the default kernels' initial networks come from this
+        seed (pass ``kernel_key`` to choose them)."""
         if self.prototype_trace is None:
             with handlers.seed(rng_seed=0):
                 self._setup_prototype(*args, **kwargs)
