@@ -250,7 +250,8 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
     if rule == "crps":
         log_c = np.log(grid[np.argmin(scores, axis=0)])  # scores: (G, T)
     else:  # RMSE / RMS spread: the common count of values cancels
-        log_c = np.log(np.maximum(np.sqrt(err2), np.finfo(np.float32).tiny) / np.sqrt(spread2))
+        tiny = np.finfo(np.float32).tiny  # a lead time with no observation: 0 / 0, skipped below
+        log_c = np.log(np.maximum(np.sqrt(err2), tiny) / np.maximum(np.sqrt(spread2), tiny))
     # a lead time without error (up to float32 rounding of the data: lead 0 of a
     # residual-corrected forecast, whose mean is the observation) says nothing about the
     # spread: it takes its nearest neighbours' factor instead of dragging theirs towards 0

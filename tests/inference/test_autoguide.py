@@ -185,6 +185,9 @@ def test_no_hidden_seed_kernels_from_the_first_calls_key_and_paths_without_a_key
     params = _params(ou, ou.model, guide, times, obs)
     plain = [guide.posterior_paths(params, times, obs)["z"] for _ in range(2)]
     np.testing.assert_array_equal(plain[0].loc, plain[1].loc)
+    median_s = guide.global_quantiles(params, [0.5])["s"][0]  # unkeyed: globals at medians
+    np.testing.assert_allclose(plain[0].diffusion, np.broadcast_to(median_s, np.shape(
+        plain[0].diffusion)), rtol=1e-6)
     drawn = [guide.posterior_paths(params, times, obs, rng_key=jax.random.key(k))["z"]
              for k in (3, 4)]
     assert not np.allclose(drawn[0].var, drawn[1].var)
