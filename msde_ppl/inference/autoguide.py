@@ -93,6 +93,14 @@ def _is_real_support(support: constraints.Constraint) -> bool:
     )
 
 
+def _seed_key() -> jax.Array | None:
+    """A key from the seed handler around the call, or None when there is none (quietly:
+    the callers fall back to something deterministic or refuse by name)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Cannot generate JAX PRNG key")
+        return numpyro.prng_key()
+
+
 class AutoAmortizedSDE(AutoGuide):
     """Amortized encoder + temporal-kernel guide for path sites, mean-field Normal for globals.
 
@@ -115,9 +123,9 @@ class AutoAmortizedSDE(AutoGuide):
             ``"interpolation"``: the reference code's smooth kernel interpolation of means and
             log-variances (:class:`TemporalKernel`); or a module of either kind (or a mapping
             per path site). Default kernels' warp networks are drawn from ``kernel_key``
-            (default: from the key the guide's set-up is seeded with: the first seeded call's,
-            or seed 0 when ``setup`` / ``inference.fit.init`` sets it up first, as the
-            pipeline does; pass ``kernel_key`` to choose it).
+            (default: from the key the guide is set up with: ``setup``'s ``rng_key``, which
+            ``inference.fit.init`` splits from its own key, or the first seeded call's, e.g.
+            ``SVI.init``'s).
         obs_site: name of the observed site the encoder reads; default: the model's only observed
             site.
         encoder_output: ``"logvar"`` (default) or ``"var"`` for the encoder's second output.
@@ -176,10 +184,19 @@ class AutoAmortizedSDE(AutoGuide):
                 return jnp.zeros(site["fn"].shape())
             return init_loc_fn(site)
 
-        # A fixed concrete key and compile-time evaluation: the prototype (and the initial
-        # values stored on the guide) must not hold tracers when the first call is under jit.
+        # The set-up's own seed and compile-time evaluation: the prototype (and the initial
+        # values stored on the guide) must not hold tracers. A first call under jit has only a
+        # traced key: its prototype's initial draws (init_to_median's prior samples) then come
+        # from a fixed key, and the default kernels, which need a concrete one, are refused.
+        setup_key = _seed_key()  # unseeded: None, refused below by name
+        if setup_key is None:
+            raise ValueError("the guide's set-up needs a concrete key: call setup(..., rng_key=) "
+                             "or call the guide first under a seed outside jit (as SVI.init does)")
         with handlers.block(), jax.ensure_compile_time_eval():
-            key = jax.random.key(0)
+            if isinstance(setup_key, jax.core.Tracer):
+                key, default_kernel_key = jax.random.key(0), None
+            else:
+                key, default_kernel_key = jax.random.split(setup_key)
             trace = handlers.trace(
                 handlers.substitute(handlers.seed(self.model, key), substitute_fn=substitute_fn)
             ).get_trace(*args, **kwargs)
@@ -228,14 +245,11 @@ class AutoAmortizedSDE(AutoGuide):
                 raise ValueError(f"obs_site {self.obs_site!r} is not an observed site {observed}")
         self.encoders = self._per_site(self._encoder_arg, "encoder")
         if isinstance(self._kernel_arg, str):
-            kernel_key = self._kernel_key
-            if kernel_key is None:  # the key the guide is seeded with, e.g. SVI.init's
-                with warnings.catch_warnings():  # unseeded: None, refused below by name
-                    warnings.filterwarnings("ignore", "Cannot generate JAX PRNG key")
-                    kernel_key = numpyro.prng_key()
-            if kernel_key is None or isinstance(kernel_key, jax.core.Tracer):
-                raise ValueError("the default kernels need a concrete key: call the guide first "
-                                 "under a seed outside jit (as SVI.init does) or pass kernel_key=")
+            kernel_key = default_kernel_key if self._kernel_key is None else self._kernel_key
+            if kernel_key is None:
+                raise ValueError("the default kernels need a concrete key: call setup(..., "
+                                 "rng_key=), call the guide first under a seed outside jit (as "
+                                 "SVI.init does), or pass kernel_key=")
             keys = jax.random.split(kernel_key, max(len(self._path_sites), 1))
             self.kernels = {}
             for name, k in zip(self._path_sites, keys, strict=False):
@@ -283,11 +297,14 @@ class AutoAmortizedSDE(AutoGuide):
                 return jnp.zeros(site["fn"].shape())
             return None
 
-        key = numpyro.prng_key()
-        key = jax.random.key(0) if key is None else key
+        # every latent site is substituted, so nothing here draws: the key (None when the
+        # guide runs unseeded, e.g. in posterior_paths without a key) only seeds what the model
+        # itself might ask for
+        key = _seed_key()
+        model = self.model if key is None else handlers.seed(self.model, key)
         with handlers.block(hide_fn=lambda msg: msg["type"] != "param"):
             return handlers.trace(
-                handlers.substitute(handlers.seed(self.model, key), substitute_fn=substitute_fn)
+                handlers.substitute(model, substitute_fn=substitute_fn)
             ).get_trace(*args, **kwargs)
 
     def _sample_globals(self) -> dict[str, Array]:
@@ -343,7 +360,7 @@ class AutoAmortizedSDE(AutoGuide):
         if isinstance(self.kernels[name], OUSmoother | CoupledOUSmoother):
             diffusion = jnp.reshape(prior.batch_diffusion(), (n_flat,) + state_shape)
             # the KL nodes' positions inside the intervals (midpoints when run unseeded)
-            key = numpyro.prng_key()
+            key = _seed_key()
             frac_shape = (n_flat, n_time - 1, self.kl_nodes_per_interval)
             frac = (jnp.full(frac_shape, 0.5) if key is None
                     else jax.random.uniform(key, frac_shape))
@@ -443,18 +460,28 @@ class AutoAmortizedSDE(AutoGuide):
         return site
 
     # ------------------------------------------------------------------ posterior API
-    def setup(self, *args: Any, **kwargs: Any) -> None:
+    def setup(self, *args: Any, rng_key: jax.Array | None = None, **kwargs: Any) -> None:
         """Trace the model once on example arguments (concrete, outside ``jit``) to find its
-        sites, unless done already; fitting or calling the guide does this too."""
-        self._ensure_setup(*args, **kwargs)
+        sites, unless done already; fitting or calling the guide does this too.
 
-    def _ensure_setup(self, *args: Any, **kwargs: Any) -> None:
-        """Set the guide up from the model's structure before any seeded call, under seed 0.
-        For a loaded fit every value the set-up draws is replaced by ``params``; when
-        ``inference.fit.init`` calls it, the default kernels' initial networks come from this
-        seed (pass ``kernel_key`` to choose them)."""
+        ``rng_key`` draws the default kernels' initial networks (``inference.fit.init`` passes
+        a key split from its own). Without it the set-up is for structure only (the kernels'
+        values are then drawn from a fixed key and must be replaced by a parameter store, as
+        ``Fitted.load`` does); a fit that needs fresh networks passes a key or lets the first
+        seeded call of the guide (``SVI.init``'s) set it up.
+        """
         if self.prototype_trace is None:
-            with handlers.seed(rng_seed=0):
+            self._ensure_setup(*args, _rng_key=rng_key, **kwargs)
+
+    def _ensure_setup(self, *args: Any, _rng_key: jax.Array | None = None, **kwargs: Any,
+                      ) -> None:
+        """Set the guide up from the model's structure before a call that reads it. Without a
+        key this is a structure-only set-up (see :meth:`setup`): the posterior accessors run
+        it on a parameter store that replaces every value it draws."""
+        if self.prototype_trace is None:
+            structure_only = _rng_key is None
+            key = jax.random.key(0) if structure_only else _rng_key
+            with handlers.seed(rng_seed=key):
                 self._setup_prototype(*args, **kwargs)
 
     def posterior_paths(

@@ -178,10 +178,10 @@ def init(
         ``(problem, state)``.
     """
     _check_finite_batch(batch)
-    rng_key, key_init = jax.random.split(rng_key)
+    rng_key, key_init, key_setup = jax.random.split(rng_key, 3)
     if hasattr(guide, "setup"):  # a guide that traces the model concretely first
         args, kwargs = _split_batch(batch)
-        guide.setup(*args, **kwargs)
+        guide.setup(*args, rng_key=key_setup, **kwargs)  # its initial networks: from our key
     found: list = []
 
     def traced(key: jax.Array) -> dict[str, Array]:

@@ -284,7 +284,8 @@ def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
     non-increasing in lead time (a running minimum).
 
     A field whose first snapshot is reconstructed exactly has no residual to carry: its gain is
-    0 after lead 0.
+    0 after lead 0. A missing (NaN) observation drops its pair :math:`(e_\tau, e_0)` from the
+    sums; a lead time with no pair left keeps the gain before it.
 
     Raises:
         ValueError: non-finite forecast means.
@@ -292,22 +293,25 @@ def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
     if not np.isfinite(fc["mean"].values).all():
         raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
     e0 = _first_residual(fc, obs_var)
+    err = fc[obs_var] - fc["mean"]
     pooled = [d for d in fc["mean"].dims if d not in ("time", "field")]
-    num = xr.dot(fc[obs_var] - fc["mean"], e0, dim=pooled)
-    den = xr.dot(e0, e0, dim=[d for d in pooled if d in e0.dims])
-    ratio = (num / den.where(den > 0)).fillna(0.0)
+    paired = err.notnull() & e0.notnull()  # a missing observation drops that pair only
+    num = (err * e0).where(paired).sum(pooled)
+    den = (e0**2).where(paired).sum(pooled)
+    ratio = (num / den.where(den > 0)).fillna(0.0).where(paired.any(pooled))  # no pair: NaN
     gain = np.clip(np.asarray(ratio.transpose("time", ...).values, np.float64), 0.0, 1.0)
     gain[0] = 1.0
     # non-increasing in lead time: once the forecast error dwarfs the residual, the ratio is
     # mostly sampling noise (clipped to 0 or 1 at random); a residual that has decorrelated
-    # is not trusted to come back
-    return np.minimum.accumulate(gain, axis=0)
+    # is not trusted to come back. fmin skips a NaN: a lead time without a pair keeps the
+    # gain before it.
+    return np.fmin.accumulate(gain, axis=0)
 
 
 def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs") -> xr.Dataset:
     """``fc`` with its ``mean`` moved by ``gain(tau) e_0`` (nothing else changes): the
     corrected validation forecast the spread factor is then fitted on."""
-    e0 = _first_residual(fc, obs_var)
+    e0 = _first_residual(fc, obs_var).fillna(0.0)  # no first observation: nothing to carry
     dims = ("time", "field") if "field" in fc["mean"].dims else ("time",)
     shift = xr.DataArray(np.asarray(gain, np.float32), dims=dims) * e0
     out = fc.copy()

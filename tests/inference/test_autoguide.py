@@ -181,6 +181,16 @@ def test_no_hidden_seed_kernels_from_the_first_calls_key_and_paths_without_a_key
     with pytest.raises(ValueError, match="concrete key"):
         AutoAmortizedSDE(ou.model, encoder, kernel="interpolation")(times, obs)
 
+    def init_kernel_leaves(seed):  # fit.init sets the guide up with a key split from its own
+        guide = AutoAmortizedSDE(ou.model, encoder, kernel="interpolation")
+        _, state = init(jax.random.key(seed), ou.model, guide, SolverFreeELBO(), _adam(),
+                        {"times": times, "obs": obs})
+        return [np.asarray(v) for k, v in sorted(state.params.items()) if "kernel" in k]
+
+    first, again, other = init_kernel_leaves(5), init_kernel_leaves(5), init_kernel_leaves(6)
+    assert first and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
     guide = AutoAmortizedSDE(ou.model, encoder)  # the OU smoother reads the diffusion s
     params = _params(ou, ou.model, guide, times, obs)
     plain = [guide.posterior_paths(params, times, obs)["z"] for _ in range(2)]

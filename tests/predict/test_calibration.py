@@ -115,6 +115,21 @@ def test_residual_gain_recovers_an_ar1_residual(np_rng):
     after = ((moved["obs"] - moved["mean"]) ** 2).mean(("traj", "x")).values
     assert after[0] == pytest.approx(0.0, abs=1e-12) and np.all(after[1:10] < before[1:10])
 
+    # missing observations drop their pairs only: one value at lead 3, a first snapshot's
+    # value, and a whole lead time (which keeps the gain before it); the old code (xr.dot)
+    # turned a lead time with one NaN into gain 0 and every later one with it
+    holes = fc.copy(deep=True)
+    holes["obs"][0, 3, 7] = np.nan
+    holes["obs"][1, 0, 11] = np.nan
+    holes["obs"][:, 5] = np.nan
+    with_holes = fit_residual_gain(holes)
+    assert np.all(np.isfinite(with_holes))
+    kept = np.arange(n_time) != 5
+    np.testing.assert_allclose(with_holes[kept], gain[kept], atol=0.01)
+    assert with_holes[5] == with_holes[4]
+    moved = apply_residual_gain(holes, with_holes)
+    assert np.isfinite(moved["mean"].values).all()
+
 
 def test_residual_gain_per_field_and_refusals(np_rng):
     """With a field dim the gain is per field (a persistent field and a white one); a forecast
