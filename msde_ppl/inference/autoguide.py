@@ -288,7 +288,16 @@ class AutoAmortizedSDE(AutoGuide):
     def _trace_model(self, global_values: dict[str, Array], *args: Any, **kwargs: Any) -> dict:
         """Run the model with globals substituted and path values stubbed (no sampling)."""
 
+        # every latent site is substituted, so nothing here draws but a subsampled plate's
+        # indices; unseeded (posterior_paths without a key) they are the first windows, which
+        # only set the plate's scale
+        key = _seed_key()
+
         def substitute_fn(site: dict) -> Array | None:
+            if site["type"] == "plate":
+                size, subsample_size = site["args"]
+                return (jnp.arange(subsample_size) if key is None and subsample_size is not None
+                        else None)
             if site["type"] != "sample" or site["is_observed"]:
                 return None
             if site["name"] in global_values:
@@ -297,10 +306,6 @@ class AutoAmortizedSDE(AutoGuide):
                 return jnp.zeros(site["fn"].shape())
             return None
 
-        # every latent site is substituted, so nothing here draws: the key (None when the
-        # guide runs unseeded, e.g. in posterior_paths without a key) only seeds what the model
-        # itself might ask for
-        key = _seed_key()
         model = self.model if key is None else handlers.seed(self.model, key)
         with handlers.block(hide_fn=lambda msg: msg["type"] != "param"):
             return handlers.trace(
