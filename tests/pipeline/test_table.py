@@ -157,3 +157,26 @@ def test_the_figure_marks_a_diverged_method():
     fig = plot_table(table)
     assert [t.get_text() for t in fig.axes[0].texts] == ["diverged"]
     plt.close(fig)
+
+
+def test_the_calibration_table_reads_the_calibrated_scores_against_the_targets():
+    """One line per ensemble method: its calibrated scores when it has them (else the raw
+    ones, said so), 'met' only when both coverage and spread–skill are inside the targets."""
+    from msde_ppl.pipeline.table import _calibration_lines
+
+    def row(cov, ss, cal=None):
+        r = {"crps": 0.01, "coverage_90": cov, "spread_skill": ss}
+        if cal:
+            r.update(crps_calibrated=0.009, coverage_90_calibrated=cal[0],
+                     spread_skill_calibrated=cal[1])
+        return r
+
+    table = {"cases": {"kdv_1d": {"dmd": {"rel_l2_mean": 0.1},
+                                  "implicit_scale": row(0.99, 2.0, cal=(0.90, 1.0)),
+                                  "multiscale": row(0.90, 1.0, cal=(0.96, 1.0))},
+                       "wave_1d": {"multiscale": row(0.90, 1.3)}}}
+    lines = [ln for ln in _calibration_lines(table) if ln.startswith("| kdv") or
+             ln.startswith("| wave")]
+    assert lines == ["| kdv_1d | implicit-scale | 0.0090 | 0.900 | 1.00 | met |",
+                     "| kdv_1d | multiscale K=5 | 0.0090 | 0.960 | 1.00 | missed |",
+                     "| wave_1d | multiscale K=5 | 0.0100 | 0.900 | 1.30 | missed (uncalibrated) |"]
