@@ -295,7 +295,7 @@ class AutoAmortizedSDE(AutoGuide):
 
         def substitute_fn(site: dict) -> Array | None:
             if site["type"] == "plate":
-                size, subsample_size = site["args"]
+                subsample_size = site["args"][1]
                 return (jnp.arange(subsample_size) if key is None and subsample_size is not None
                         else None)
             if site["type"] != "sample" or site["is_observed"]:
@@ -475,8 +475,7 @@ class AutoAmortizedSDE(AutoGuide):
         ``Fitted.load`` does); a fit that needs fresh networks passes a key or lets the first
         seeded call of the guide (``SVI.init``'s) set it up.
         """
-        if self.prototype_trace is None:
-            self._ensure_setup(*args, _rng_key=rng_key, **kwargs)
+        self._ensure_setup(*args, _rng_key=rng_key, **kwargs)
 
     def _ensure_setup(self, *args: Any, _rng_key: jax.Array | None = None, **kwargs: Any,
                       ) -> None:
@@ -484,8 +483,7 @@ class AutoAmortizedSDE(AutoGuide):
         key this is a structure-only set-up (see :meth:`setup`): the posterior accessors run
         it on a parameter store that replaces every value it draws."""
         if self.prototype_trace is None:
-            structure_only = _rng_key is None
-            key = jax.random.key(0) if structure_only else _rng_key
+            key = jax.random.key(0) if _rng_key is None else _rng_key  # None: structure only
             with handlers.seed(rng_seed=key):
                 self._setup_prototype(*args, **kwargs)
 

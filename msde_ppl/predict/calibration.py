@@ -295,10 +295,14 @@ def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
     e0 = _first_residual(fc, obs_var)
     err = fc[obs_var] - fc["mean"]
     pooled = [d for d in fc["mean"].dims if d not in ("time", "field")]
-    paired = err.notnull() & e0.notnull()  # a missing observation drops that pair only
-    num = (err * e0).where(paired).sum(pooled)
-    den = (e0**2).where(paired).sum(pooled)
-    ratio = (num / den.where(den > 0)).fillna(0.0).where(paired.any(pooled))  # no pair: NaN
+    # a missing observation drops its pair only: zeros in the sums, e_0^2 counted where e_tau
+    # is present (dot products, no full-size product temporaries)
+    has_err, has_e0 = (x.notnull().astype(np.float32) for x in (err, e0))
+    e0_or_zero = e0.fillna(0.0)
+    num = xr.dot(err.fillna(0.0), e0_or_zero, dim=pooled)
+    den = xr.dot(has_err, e0_or_zero**2, dim=pooled)
+    pairs = xr.dot(has_err, has_e0, dim=pooled)
+    ratio = (num / den.where(den > 0)).fillna(0.0).where(pairs > 0)  # no pair: NaN
     gain = np.clip(np.asarray(ratio.transpose("time", ...).values, np.float64), 0.0, 1.0)
     gain[0] = 1.0
     # non-increasing in lead time: once the forecast error dwarfs the residual, the ratio is
