@@ -148,7 +148,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         "multiscale_calibrated": {k: ms.get("calibrated", {}).get(k)
                                   for k in ("rel_l2_mean", "coverage_90", "spread_skill", "crps",
                                             "residual_gain", "spread_tail_dof",
-                                            "diverged_members")},
+                                            "spread_tail_dof_fitted", "diverged_members")},
         "implicit_scale": {k: implicit[k] for k in ("rel_l2_mean", "coverage_90",
                                                     "diverged_members")},
         "implicit_scale_calibrated": {k: implicit.get("calibrated", {}).get(k)

@@ -36,7 +36,9 @@ from msde_ppl.multiscale.program import (
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 from msde_ppl.predict.calibration import (
+    TAIL_GRID,
     apply_residual_gain,
+    bounded_tail,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
@@ -228,8 +230,10 @@ def score(
     then a per-trajectory spread multiplier that grows with that residual
     (:class:`~msde_ppl.predict.calibration.ResidualSpread`, ``metrics["calibrated"]
     ["residual_spread"]``), then the spread factor on the corrected errors, then the members'
-    tail (:func:`~msde_ppl.predict.fit_spread_tail`: ``metrics["calibrated"]
-    ["spread_tail_dof"]``, ``None`` for Gaussian members); the forecast
+    tail (:func:`~msde_ppl.predict.fit_spread_tail`, made lighter where its members would
+    leave the data's bounds on that split more often than Gaussian ones,
+    :func:`~msde_ppl.predict.bounded_tail`: ``metrics["calibrated"]["spread_tail_dof"]``,
+    ``None`` for Gaussian members; before the bound ``["spread_tail_dof_fitted"]``); the forecast
     carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
     ``metrics["in_sample"]`` is ``True`` for the train split, ``False`` for another one,
     ``None`` for every trajectory (``split=None``: unknown here). ``progress`` reports each
@@ -286,6 +290,19 @@ def score(
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
+        fitted_tail = tail
+        if tail is not None and np.isfinite(tail):
+            # the same validation members with the fitted factor and gain and each lighter
+            # tail: keep the heaviest whose members stay in the data's bounds as often as
+            # Gaussian ones (calibration.bounded_tail)
+            check = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
+                             substeps=substeps, method=integrator, n_steps=eval_steps,
+                             spread_factor=factor, residual_gain=gain, residual_spread=spread,
+                             tail_check=[d for d in TAIL_GRID if d >= tail],
+                             progress=progress and f"forecast of the {calibrate_on} split "
+                             "(the tail's members checked against the data's bounds)")
+            tail = bounded_tail(tail, check["diverged_tail"])
+            del check
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
@@ -301,6 +318,8 @@ def score(
                                            "max": float(factor.max())}
             # degrees of freedom of the members' Student-t tail; None: Gaussian (no tail)
             calibrated["spread_tail_dof"] = None if np.isinf(tail) else tail
+            # the tail fitted to the val coverage, before the bound on its members
+            calibrated["spread_tail_dof_fitted"] = None if np.isinf(fitted_tail) else fitted_tail
             metrics["calibrated"] = calibrated
             if gain is not None:
                 calibrated["residual_gain"] = {

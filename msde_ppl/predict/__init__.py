@@ -3,6 +3,7 @@
 from msde_ppl.predict.calibration import (
     ResidualSpread,
     apply_residual_gain,
+    bounded_tail,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
@@ -24,8 +25,9 @@ from msde_ppl.predict.metrics import (
     relative_l2,
 )
 
-__all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "coarse_dns",
-           "crps_ensemble", "diverged_members", "divergence_limits", "evaluate_coarse_dns",
-           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
-           "forecast", "forecast_metrics", "interval_coverage", "lead_time_metrics",
-           "noise_floor", "pooled_relative_l2", "relative_l2", "rollout", "tail_weights"]
+__all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "bounded_tail",
+           "coarse_dns", "crps_ensemble", "diverged_members", "divergence_limits",
+           "evaluate_coarse_dns", "fit_residual_gain", "fit_residual_spread", "fit_spread_factor",
+           "fit_spread_tail", "forecast", "forecast_metrics", "interval_coverage",
+           "lead_time_metrics", "noise_floor", "pooled_relative_l2", "relative_l2", "rollout",
+           "tail_weights"]

@@ -353,6 +353,7 @@ def forecast(
     residual_gain: Sequence[float] | np.ndarray | None = None,
     residual_spread: ResidualSpread | None = None,
     spread_tail: float | None = None,
+    tail_check: Sequence[float] | None = None,
     progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
@@ -391,6 +392,10 @@ def forecast(
     (:func:`~msde_ppl.predict.calibration.tail_weights`): the same ``std``, heavier tails
     and narrower central intervals. The weighted deviations are re-centred so that the draws'
     average is the one without the tail.
+
+    ``tail_check`` (degrees of freedom, ``inf`` allowed) counts, for each of these other tails
+    applied to the very same members with the same factor and gain, which members would leave
+    the bounds (output ``diverged_tail``, dims ``traj, tail, member``); nothing else changes.
 
     ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
     :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
@@ -435,6 +440,12 @@ def forecast(
         weights = np.tile(tail_weights(spread_tail, n_samples), len(fits))
         if np.all(weights == 1.0):
             weights = None
+    if tail_check is not None and len(tail_check) == 0:
+        raise ValueError("tail_check needs at least one degrees-of-freedom value")
+    # alternative tails whose members are only checked for divergence (np.inf: Gaussian)
+    check_weights = [] if tail_check is None else [
+        None if np.isinf(dof) else np.tile(tail_weights(dof, n_samples), len(fits))
+        for dof in tail_check]
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
 
@@ -451,6 +462,7 @@ def forecast(
         summary = dict(latents[0]) if len(fits) == 1 else {
             name: np.stack([latent[name] for latent in latents]) for name in latents[0]}
         diverged = None
+        diverged_tail = [None] * len(check_weights)
         for block in zip(*(blocks for _, blocks in runs), strict=True):
             start = block[0][0]
             draws, stats = block[0][1:] if len(block) == 1 else _mixture(
@@ -462,27 +474,28 @@ def forecast(
                     rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
                     summary["spread_multiplier"] = np.asarray(
                         residual_spread.multiplier(rms), np.float32)
+            c = shift = None
             if factor is not None or residual_spread is not None or weights is not None:
                 c = np.ones(n_out) if factor is None else factor
                 if residual_spread is not None:
                     c = c * float(summary["spread_multiplier"])
                 c = np.reshape(c[span], (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
-                mean = stats["mean"][:, None]
-                deviation = draws - mean
-                if weights is not None:
-                    w = weights.reshape(1, -1, *(1,) * (draws.ndim - 2)).astype(draws.dtype)
-                    weighted = w * deviation
-                    deviation = (weighted - weighted.mean(1, keepdims=True)
-                                 + deviation.mean(1, keepdims=True))
-                draws = mean + c * deviation
-                stats["std"] = stats["std"] * c[:, 0]
             if gain is not None:
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
                 shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
-                draws = draws + shift[:, None]
-                stats["mean"] = stats["mean"] + shift
+            raw, raw_mean = draws, stats["mean"]
+            draws = _calibrated_draws(raw, raw_mean, c, weights, shift)
+            if c is not None:
+                stats["std"] = stats["std"] * c[:, 0]
+            if shift is not None:
+                stats["mean"] = raw_mean + shift
             hit = diverged_members(draws, lower, upper)
             diverged = hit if diverged is None else diverged | hit
+            for j, w_check in enumerate(check_weights):  # the same members, other tails
+                hit = diverged_members(_calibrated_draws(raw, raw_mean, c, w_check, shift),
+                                       lower, upper)
+                diverged_tail[j] = hit if diverged_tail[j] is None else diverged_tail[j] | hit
+            del raw
             stats.update(_sample_statistics(draws, y_traj[span]))
             if levels is not None:
                 stats.update({k: np.moveaxis(v, 0, 1) for k, v in
@@ -494,6 +507,8 @@ def forecast(
                     summary[name] = np.empty((n_out, *value.shape[1:]), value.dtype)
                 summary[name][span] = value
         summary["diverged"] = diverged
+        if tail_check is not None:
+            summary["diverged_tail"] = np.stack(diverged_tail)  # (tail, member)
         if levels is not None:
             for name in ("lower", "upper"):
                 summary[name] = np.moveaxis(summary[name], 1, 0)
@@ -507,6 +522,8 @@ def forecast(
         bar.update(1)
     bar.close()
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
+    if tail_check is not None:
+        result = result.assign_coords(tail=np.asarray(tail_check, np.float64))
     result["diverged"].attrs.update(  # the bounds as text: netCDF keeps strings exactly
         description="member left the data's bounds: a non-finite value, or one outside "
         "[lower, upper] (one pair per field) at some time",
@@ -514,6 +531,27 @@ def forecast(
     if levels is not None or return_samples:
         result = _add_optional(result, out, levels)
     return result
+
+
+def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
+                      weights: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    r"""One block's members ``(b, S, C, *fine)`` after the post-hoc calibration:
+    :math:`\bar y + c\,\big(w_s d_s - \overline{w d} + \bar d\big) + a\,e_0`, with
+    :math:`d_s = y^{(s)} - \bar y` (``mean`` ``(b, C, *fine)``), the factor ``c`` ``(b, 1, ...)``,
+    the tail's weights :math:`w_s` (re-centred so the draws' average does not move) and the
+    residual shift ``shift`` ``(b, C, *fine)``; ``None`` leaves that step out."""
+    if c is not None or weights is not None:
+        mean = mean[:, None]
+        deviation = draws - mean
+        if weights is not None:
+            w = weights.reshape(1, -1, *(1,) * (draws.ndim - 2)).astype(draws.dtype)
+            weighted = w * deviation
+            deviation = (weighted - weighted.mean(1, keepdims=True)
+                         + deviation.mean(1, keepdims=True))
+        draws = mean + (deviation if c is None else c * deviation)
+    if shift is not None:
+        draws = draws + shift[:, None]
+    return draws
 
 
 def _gain_per_field(gain, n_out: int, n_channels: int) -> np.ndarray:
@@ -627,6 +665,8 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
             data[name] = (dims, arr.astype(np.float32, copy=False))
     data["crps"] = (("traj", "time"), out["crps"])
     data["diverged"] = (("traj", "member"), out["diverged"])
+    if "diverged_tail" in out:
+        data["diverged_tail"] = (("traj", "tail", "member"), out["diverged_tail"])
     if "spread_multiplier" in out:
         data["spread_multiplier"] = ("traj", out["spread_multiplier"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)

@@ -17,7 +17,12 @@ from msde_ppl.predict import (
     fit_spread_tail,
     tail_weights,
 )
-from msde_ppl.predict.calibration import FACTOR_GRID, NO_RESIDUAL_SPREAD, residual_rms
+from msde_ppl.predict.calibration import (
+    FACTOR_GRID,
+    NO_RESIDUAL_SPREAD,
+    bounded_tail,
+    residual_rms,
+)
 from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
 
 
@@ -290,6 +295,27 @@ def test_spread_tail_stays_gaussian_for_gaussian_errors_and_grows_with_the_tails
     with pytest.raises(ValueError, match="non-finite"):
         fit_spread_tail(fc.assign(mean=fc["mean"].where(fc["mean"] > 0)), factor, 64,
                         np.random.default_rng(2))
+
+
+def test_bounded_tail_is_the_heaviest_that_leaves_the_bounds_no_more_than_gaussian():
+    """Counts of members out of bounds per candidate tail (inf: Gaussian, 2 of them): the
+    fitted 2.5 carries 5 out, 4 carries 2 and 8 none, so 4 is kept; a fit of 8 stays 8 (a
+    lighter tail is never preferred over the fitted one); every tail within the Gaussian
+    count keeps the fitted one; no Gaussian candidate is refused by name."""
+    tails = [np.inf, 8.0, 4.0, 2.5]
+
+    def diverged(counts):
+        flags = np.zeros((2, len(tails), 64), bool)  # (traj, tail, member)
+        for j, n in enumerate(counts):
+            flags[j % 2, j, :n] = True
+        return xr.DataArray(flags, dims=("traj", "tail", "member"), coords={"tail": tails})
+
+    assert bounded_tail(2.5, diverged([2, 0, 2, 5])) == 4.0
+    assert bounded_tail(8.0, diverged([2, 0, 2, 5])) == 8.0
+    assert bounded_tail(2.5, diverged([2, 1, 2, 2])) == 2.5
+    assert bounded_tail(2.5, diverged([0, 1, 1, 1])) == np.inf
+    with pytest.raises(ValueError, match="Gaussian"):
+        bounded_tail(2.5, diverged([0, 0, 0, 0]).sel(tail=[8.0, 4.0, 2.5]))
 
 
 @pytest.mark.parametrize("rule", ["spread_skill", "crps"])

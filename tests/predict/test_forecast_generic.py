@@ -266,6 +266,30 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert "calibration on 'val' skipped" in capsys.readouterr().out
 
 
+def test_score_bounds_the_fitted_tail_on_the_calibration_split(data, monkeypatch):
+    """With the fitted tail at 2.1 dof, ``score`` checks the val members with it and every
+    lighter tail on the grid (Gaussian included) and delivers ``bounded_tail``'s choice,
+    keeping the fitted value beside it."""
+    from msde_ppl.pipeline import run as run_module
+    from msde_ppl.predict.calibration import TAIL_GRID, bounded_tail
+
+    seen = {}
+
+    def spy(dof, diverged):
+        seen["dof"], seen["tails"] = dof, list(diverged["tail"].values)
+        seen["chosen"] = bounded_tail(dof, diverged)
+        return seen["chosen"]
+
+    monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, **k: 2.1)
+    monkeypatch.setattr(run_module, "bounded_tail", spy)
+    fc, metrics = run_module.score(_fitted(data, as_leaf=False), data, split="test",
+                                   n_samples=64, calibrate_on="val")
+    cal = metrics["calibrated"]
+    assert seen["dof"] == 2.1 and seen["tails"] == [d for d in TAIL_GRID if d >= 2.1]
+    assert cal["spread_tail_dof_fitted"] == 2.1
+    assert cal["spread_tail_dof"] == (None if np.isinf(seen["chosen"]) else seen["chosen"])
+
+
 def test_members_beyond_the_training_range_are_counted(data):
     """The decaying forecast stays inside the training data's widened range (no member
     diverged); against a model whose recorded training range is tiny, every member is out."""
@@ -308,3 +332,24 @@ def test_a_decode_block_holds_at_least_two_snapshots(data, monkeypatch):
     fitted = _fitted(data, as_leaf=False)  # a fresh compile cache
     small = msde.forecast(jax.random.key(1), fitted, data, split="test", n_samples=64)
     np.testing.assert_allclose(small["mean"].values, default["mean"].values, rtol=1e-6)
+
+
+def test_tail_check_counts_the_members_each_tail_would_carry_out_of_bounds(data):
+    """Same key and factor: the members ``tail_check`` marks as leaving the data's bounds for
+    each candidate tail are exactly those the forecast with that tail marks (``diverged``);
+    at this factor Gaussian members stay inside and the heavy tails carry one out, so
+    ``bounded_tail`` falls back to Gaussian members."""
+    fitted = _fitted(data, as_leaf=False)
+    dofs = [np.inf, 4.0, 2.1]
+    check = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                          spread_factor=2.5, tail_check=dofs)
+    assert check["diverged_tail"].dims == ("traj", "tail", "member")
+    for dof in dofs:
+        own = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                            spread_factor=2.5, spread_tail=None if np.isinf(dof) else dof)
+        np.testing.assert_array_equal(check["diverged_tail"].sel(tail=dof), own["diverged"])
+    counts = check["diverged_tail"].sum(["traj", "member"]).values
+    assert counts[0] == 0 and counts[2] > 0, counts
+    assert msde.predict.bounded_tail(2.1, check["diverged_tail"]) == np.inf
+    with pytest.raises(ValueError, match="at least one"):
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8, tail_check=[])
