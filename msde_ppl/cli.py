@@ -981,8 +981,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                 else f"; members' Student-t tail, {cal['spread_tail_dof']:g} dof")
         fitted_tail = cal.get("spread_tail_dof_fitted")
         if fitted_tail is not None and cal.get("spread_tail_dof") != fitted_tail:
-            tail += (f" (fitted {fitted_tail:g}, made lighter: its members left the data's "
-                     "bounds on val)")
+            tail = ((tail or "; Gaussian members") + f" (the tail fitted at {fitted_tail:g} "
+                    "dof made lighter: its members left the data's bounds on val)")
         print(f"calibrated on {cal['fitted_on']}: {moved}CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}{tail}")
     _print_baselines(metrics)
