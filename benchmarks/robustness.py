@@ -152,7 +152,8 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         "implicit_scale": {k: implicit[k] for k in ("rel_l2_mean", "coverage_90",
                                                     "diverged_members")},
         "implicit_scale_calibrated": {k: implicit.get("calibrated", {}).get(k)
-                                      for k in ("rel_l2_mean", "coverage_90")},
+                                      for k in ("rel_l2_mean", "coverage_90", "spread_tail_dof",
+                                                "spread_tail_dof_fitted", "diverged_members")},
         "baselines": ms["baselines"],
         "lead_time": {"multiscale": ms["lead_time"], "implicit_scale": implicit["lead_time"]},
     }

@@ -276,6 +276,7 @@ def score(
                 spread = fit_residual_spread(fc_val, corrected)
                 multiplier = spread.multiplier(residual_rms(fc_val))
                 fc_val = corrected
+                del corrected  # a shallow copy: it would keep the raw statistics alive
             factor = fit_spread_factor(fc_val, traj_multiplier=multiplier)
             n_models = 1 if isinstance(fitted, Fitted) else len(fitted)
             # the tail's simulated ensembles: a generator of their own, from the run's seed
@@ -290,11 +291,13 @@ def score(
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
+        if factor is not None:
+            del fc  # scored above; the calibrated forecast replaces it
         fitted_tail = tail
         if tail is not None and np.isfinite(tail):
             # the same validation members with the fitted factor and gain and each lighter
-            # tail: keep the heaviest whose members stay in the data's bounds as often as
-            # Gaussian ones (calibration.bounded_tail)
+            # tail: keep the heaviest such that neither it nor a lighter one carries more
+            # members out of the data's bounds than Gaussian ones (calibration.bounded_tail)
             check = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                              substeps=substeps, method=integrator, n_steps=eval_steps,
                              spread_factor=factor, residual_gain=gain, residual_spread=spread,
@@ -304,7 +307,6 @@ def score(
             tail = bounded_tail(tail, check["diverged_tail"])
             del check
         if factor is not None:
-            del fc  # scored above; the calibrated forecast replaces it
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           spread_factor=factor, residual_gain=gain, residual_spread=spread,

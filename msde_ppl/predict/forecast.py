@@ -412,7 +412,9 @@ def forecast(
         ``macro_std`` and ``micro_std``), ``crps`` (per trajectory and time,
         against the noisy data), ``latent_mean``, ``latent_std`` (``traj, time, latent``) and
         ``diverged`` (``traj, member``: the member left the training data's bounds,
-        :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes).
+        :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes);
+        with ``tail_check`` also ``diverged_tail`` (``traj, tail, member``, coordinate
+        ``tail``: the degrees of freedom checked).
     """
     fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
     if not fits:

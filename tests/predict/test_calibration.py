@@ -301,7 +301,8 @@ def test_bounded_tail_is_the_heaviest_that_leaves_the_bounds_no_more_than_gaussi
     """Counts of members out of bounds per candidate tail (inf: Gaussian, 2 of them): the
     fitted 2.5 carries 5 out, 4 carries 2 and 8 none, so 4 is kept; a fit of 8 stays 8 (a
     lighter tail is never preferred over the fitted one); every tail within the Gaussian
-    count keeps the fitted one; no Gaussian candidate is refused by name."""
+    count keeps the fitted one; a tail that passes below a lighter one that fails is not
+    taken; no Gaussian candidate, or a fitted dof of nan, is refused by name."""
     tails = [np.inf, 8.0, 4.0, 2.5]
 
     def diverged(counts):
@@ -314,6 +315,10 @@ def test_bounded_tail_is_the_heaviest_that_leaves_the_bounds_no_more_than_gaussi
     assert bounded_tail(8.0, diverged([2, 0, 2, 5])) == 8.0
     assert bounded_tail(2.5, diverged([2, 1, 2, 2])) == 2.5
     assert bounded_tail(2.5, diverged([0, 1, 1, 1])) == np.inf
+    # 4 passes but the lighter 8 does not: a few members' noisy counts, not trusted
+    assert bounded_tail(2.5, diverged([2, 3, 2, 1])) == np.inf
+    with pytest.raises(ValueError, match="more than 2"):
+        bounded_tail(float("nan"), diverged([0, 0, 0, 0]))
     with pytest.raises(ValueError, match="Gaussian"):
         bounded_tail(2.5, diverged([0, 0, 0, 0]).sel(tail=[8.0, 4.0, 2.5]))
 

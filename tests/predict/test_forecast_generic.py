@@ -267,27 +267,38 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
 
 
 def test_score_bounds_the_fitted_tail_on_the_calibration_split(data, monkeypatch):
-    """With the fitted tail at 2.1 dof, ``score`` checks the val members with it and every
-    lighter tail on the grid (Gaussian included) and delivers ``bounded_tail``'s choice,
-    keeping the fitted value beside it."""
+    """With the factor at 2.5 and the fitted tail at 2.1 dof, the val members with that tail
+    leave the data's bounds more often than Gaussian ones: ``score`` checks the very members
+    of the val forecast (its key, the fitted factor) with every lighter tail on the grid and
+    delivers ``bounded_tail``'s lighter choice, keeping the fitted value beside it."""
+    import jax
+
     from msde_ppl.pipeline import run as run_module
     from msde_ppl.predict.calibration import TAIL_GRID, bounded_tail
 
     seen = {}
 
     def spy(dof, diverged):
-        seen["dof"], seen["tails"] = dof, list(diverged["tail"].values)
-        seen["chosen"] = bounded_tail(dof, diverged)
-        return seen["chosen"]
+        seen["dof"], seen["diverged"] = dof, diverged
+        return bounded_tail(dof, diverged)
 
+    factor = np.full(T_OUT, 2.5)
+    monkeypatch.setattr(run_module, "fit_spread_factor", lambda *a, **k: factor)
     monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, **k: 2.1)
     monkeypatch.setattr(run_module, "bounded_tail", spy)
-    fc, metrics = run_module.score(_fitted(data, as_leaf=False), data, split="test",
-                                   n_samples=64, calibrate_on="val")
-    cal = metrics["calibrated"]
-    assert seen["dof"] == 2.1 and seen["tails"] == [d for d in TAIL_GRID if d >= 2.1]
+    fitted = _fitted(data, as_leaf=False)
+    _, metrics = run_module.score(fitted, data, split="test", n_samples=64, calibrate_on="val",
+                                  residual=False, seed=5)
+    cal, diverged = metrics["calibrated"], seen["diverged"]
+    assert seen["dof"] == 2.1 and list(diverged["tail"]) == [d for d in TAIL_GRID if d >= 2.1]
+    counts = diverged.sum(["traj", "member"])
+    assert counts.sel(tail=2.1) > counts.sel(tail=np.inf), counts.values
+    # the members checked are the val forecast's own (the run's val key, the fitted factor)
+    own = msde.forecast(jax.random.fold_in(jax.random.key(5), 1), fitted, data, split="val",
+                        n_samples=64, spread_factor=factor, spread_tail=2.1)
+    np.testing.assert_array_equal(diverged.sel(tail=2.1), own["diverged"])
     assert cal["spread_tail_dof_fitted"] == 2.1
-    assert cal["spread_tail_dof"] == (None if np.isinf(seen["chosen"]) else seen["chosen"])
+    assert cal["spread_tail_dof"] == bounded_tail(2.1, diverged) > 2.1
 
 
 def test_members_beyond_the_training_range_are_counted(data):
@@ -351,5 +362,12 @@ def test_tail_check_counts_the_members_each_tail_would_carry_out_of_bounds(data)
     counts = check["diverged_tail"].sum(["traj", "member"]).values
     assert counts[0] == 0 and counts[2] > 0, counts
     assert msde.predict.bounded_tail(2.1, check["diverged_tail"]) == np.inf
+    # with a residual gain the checked members move with the delivered ones
+    gain = np.linspace(1.0, 0.0, T_OUT)
+    check = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                          spread_factor=2.5, residual_gain=gain, tail_check=[2.1])
+    own = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                        spread_factor=2.5, residual_gain=gain, spread_tail=2.1)
+    np.testing.assert_array_equal(check["diverged_tail"].sel(tail=2.1), own["diverged"])
     with pytest.raises(ValueError, match="at least one"):
         msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8, tail_check=[])
