@@ -179,8 +179,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "delivered | persistence | climatology "
              "| diverged members raw → delivered | decorr. time "
              "| beats persist. / clim. / implicit (worst margin) "
-             "| 90% coverage raw → calibrated | spread/skill raw → cal. | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| 90% coverage raw → calibrated | spread/skill raw → cal. | CRPS raw → cal. "
+             "| targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms, cal, base = r["multiscale"], r["multiscale_calibrated"], r["baselines"]
         def verdict(k, r=r):
@@ -205,6 +206,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{r['diverged_members_implicit_scale']}) | {r['decorrelation_time']:.3g} "
             f"| {beats} | {ms['coverage_90']:.3f} → {_num(cal.get('coverage_90'), 3)} "
             f"| {ms['spread_skill']:.2f} → {_num(cal.get('spread_skill'), 2)} "
+            f"| {_num(ms['crps'])} → {_num(cal.get('crps'))} "
             f"| {met}{'; MISSED: ' + ', '.join(missed) if missed else ''} |")
     return "\n".join(lines) + "\n"
 
