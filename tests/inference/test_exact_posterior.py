@@ -100,7 +100,13 @@ def _fit(seed):
 
 @pytest.fixture(scope="module")
 def fits():
-    return [_fit(seed) for seed in range(3)]
+    results = [_fit(seed) for seed in range(3)]
+    for seed, (fitted, exact, rmse, rmse_exact) in enumerate(results):  # shown with -s
+        print(f"seed {seed}: " + "; ".join(
+            f"{n} {fitted[n][0]:.3f} ± {fitted[n][1]:.3f} (exact {exact[n + '_mean']:.3f} ± "
+            f"{exact[n + '_sd']:.3f})" for n in ("theta", "sigma"))
+            + f"; path RMSE {rmse:.4f} (exact smoother {rmse_exact:.4f})")
+    return results
 
 
 @pytest.mark.slow
