@@ -983,6 +983,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         if fitted_tail is not None and cal.get("spread_tail_dof") != fitted_tail:
             tail = ((tail or "; Gaussian members") + f" (the tail fitted at {fitted_tail:g} "
                     "dof made lighter: its members left the data's bounds on val)")
+        shrink = cal.get("spread_shrink", 1.0)
+        if shrink < 1.0:
+            tail += (f"; the spread factor's inflation kept at {shrink:g} of the fitted one "
+                     f"(max {cal['spread_factor_fitted_max']:.2f} -> "
+                     f"{cal['spread_factor']['max']:.2f}: its members left the data's bounds "
+                     "on val)")
         print(f"calibrated on {cal['fitted_on']}: {moved}CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}{tail}")
     _print_baselines(metrics)

@@ -36,14 +36,17 @@ from msde_ppl.multiscale.program import (
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 from msde_ppl.predict.calibration import (
+    SPREAD_SHRINK_GRID,
     TAIL_GRID,
     apply_residual_gain,
+    bounded_spread,
     bounded_tail,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
     residual_rms,
+    shrunk_factor,
 )
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
@@ -233,7 +236,10 @@ def score(
     tail (:func:`~msde_ppl.predict.fit_spread_tail`, made lighter where its members would
     leave the data's bounds on that split more often than Gaussian ones,
     :func:`~msde_ppl.predict.bounded_tail`: ``metrics["calibrated"]["spread_tail_dof"]``,
-    ``None`` for Gaussian members; before the bound ``["spread_tail_dof_fitted"]``); the forecast
+    ``None`` for Gaussian members; before the bound ``["spread_tail_dof_fitted"]``), the factor's
+    inflation likewise scaled down where its Gaussian members would leave the bounds more often
+    than without it (:func:`~msde_ppl.predict.bounded_spread`, ``["spread_shrink"]``: the
+    fraction kept, Gaussian members below 1); the forecast
     carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
     ``metrics["in_sample"]`` is ``True`` for the train split, ``False`` for another one,
     ``None`` for every trajectory (``split=None``: unknown here). ``progress`` reports each
@@ -293,18 +299,27 @@ def score(
         del fc_val
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
-        fitted_tail = tail
-        if tail is not None and np.isfinite(tail):
-            # the same validation members with the fitted factor and gain and each lighter
-            # tail: keep the heaviest such that neither it nor a lighter one carries more
-            # members out of the data's bounds than Gaussian ones (calibration.bounded_tail)
+        fitted_tail, fitted_factor, shrink = tail, factor, 1.0
+        if factor is not None:
+            # the same validation members with the fitted factor and gain, checked against the
+            # data's bounds with each lighter tail and with each fraction of the factor's
+            # inflation (Gaussian members): keep the largest fraction such that neither it nor
+            # a smaller one carries more members out than no inflation; at the full factor,
+            # the heaviest tail such that neither it nor a lighter one carries more members out
+            # than Gaussian ones (calibration.bounded_spread, calibration.bounded_tail)
+            heavy = np.isfinite(tail)
             check = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                              substeps=substeps, method=integrator, n_steps=eval_steps,
                              spread_factor=factor, residual_gain=gain, residual_spread=spread,
-                             tail_check=[d for d in TAIL_GRID if d >= tail],
+                             tail_check=[d for d in TAIL_GRID if d >= tail] if heavy else None,
+                             spread_check=SPREAD_SHRINK_GRID,
                              progress=progress and f"forecast of the {calibrate_on} split "
-                             "(the tail's members checked against the data's bounds)")
-            tail = bounded_tail(tail, check["diverged_tail"])
+                             "(the calibrated members checked against the data's bounds)")
+            shrink = bounded_spread(check["diverged_spread"])
+            if shrink < 1.0:  # Gaussian members at the shrunk factor
+                factor, tail = shrunk_factor(factor, shrink), np.inf
+            elif heavy:
+                tail = bounded_tail(tail, check["diverged_tail"])
             del check
         if factor is not None:
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
@@ -318,6 +333,9 @@ def score(
             calibrated["spread_factor"] = {"min": float(factor.min()),
                                            "median": float(np.median(factor)),
                                            "max": float(factor.max())}
+            # the fraction of the fitted factor's inflation kept (1: all) and that factor's max
+            calibrated["spread_shrink"] = shrink
+            calibrated["spread_factor_fitted_max"] = float(fitted_factor.max())
             # degrees of freedom of the members' Student-t tail; None: Gaussian (no tail)
             calibrated["spread_tail_dof"] = None if np.isinf(tail) else tail
             # the tail fitted to the val coverage, before the bound on its members

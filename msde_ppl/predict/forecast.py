@@ -41,7 +41,7 @@ from numpyro import handlers
 from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
-from msde_ppl.predict.calibration import ResidualSpread, tail_weights
+from msde_ppl.predict.calibration import ResidualSpread, shrunk_factor, tail_weights
 from msde_ppl.predict.metrics import (
     ENSEMBLE_QUANTILE_METHOD,
     crps_sorted,
@@ -354,6 +354,7 @@ def forecast(
     residual_spread: ResidualSpread | None = None,
     spread_tail: float | None = None,
     tail_check: Sequence[float] | None = None,
+    spread_check: Sequence[float] | None = None,
     progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
@@ -396,6 +397,9 @@ def forecast(
     ``tail_check`` (degrees of freedom, ``inf`` allowed) counts, for each of these other tails
     applied to the very same members with the same factor and gain, which members would leave
     the bounds (output ``diverged_tail``, dims ``traj, tail, member``); nothing else changes.
+    ``spread_check`` (fractions in [0, 1]) does the same for Gaussian members with the factor's
+    inflation scaled by each fraction (:func:`~msde_ppl.predict.calibration.shrunk_factor`;
+    output ``diverged_spread``, dims ``traj, spread_shrink, member``).
 
     ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
     :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
@@ -414,7 +418,8 @@ def forecast(
         ``diverged`` (``traj, member``: the member left the training data's bounds,
         :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes);
         with ``tail_check`` also ``diverged_tail`` (``traj, tail, member``, coordinate
-        ``tail``: the degrees of freedom checked).
+        ``tail``: the degrees of freedom checked), with ``spread_check`` ``diverged_spread``
+        (``traj, spread_shrink, member``).
     """
     fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
     if not fits:
@@ -448,6 +453,11 @@ def forecast(
     check_weights = [] if tail_check is None else [
         None if np.isinf(dof) else np.tile(tail_weights(dof, n_samples), len(fits))
         for dof in tail_check]
+    if spread_check is not None and (factor is None or len(spread_check) == 0):
+        raise ValueError("spread_check needs a spread_factor and at least one fraction")
+    # alternative factors whose Gaussian members are only checked for divergence
+    check_factors = [] if spread_check is None else [shrunk_factor(factor, s)
+                                                     for s in spread_check]
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
 
@@ -465,6 +475,7 @@ def forecast(
             name: np.stack([latent[name] for latent in latents]) for name in latents[0]}
         diverged = None
         diverged_tail = [None] * len(check_weights)
+        diverged_spread = [None] * len(check_factors)
         for block in zip(*(blocks for _, blocks in runs), strict=True):
             start = block[0][0]
             draws, stats = block[0][1:] if len(block) == 1 else _mixture(
@@ -476,12 +487,12 @@ def forecast(
                     rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
                     summary["spread_multiplier"] = np.asarray(
                         residual_spread.multiplier(rms), np.float32)
+            multiplier = (1.0 if residual_spread is None
+                          else float(summary["spread_multiplier"]))
             c = shift = None
             if factor is not None or residual_spread is not None or weights is not None:
-                c = np.ones(n_out) if factor is None else factor
-                if residual_spread is not None:
-                    c = c * float(summary["spread_multiplier"])
-                c = np.reshape(c[span], (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
+                c = _block_factor(np.ones(n_out) if factor is None else factor, multiplier,
+                                  span, draws)
             if gain is not None:
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
                 shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
@@ -497,6 +508,12 @@ def forecast(
                 hit = diverged_members(_calibrated_draws(raw, raw_mean, c, w_check, shift),
                                        lower, upper)
                 diverged_tail[j] = hit if diverged_tail[j] is None else diverged_tail[j] | hit
+            for j, f_check in enumerate(check_factors):  # the same members, other factors
+                c_check = _block_factor(f_check, multiplier, span, draws)
+                hit = diverged_members(_calibrated_draws(raw, raw_mean, c_check, None, shift),
+                                       lower, upper)
+                diverged_spread[j] = hit if diverged_spread[j] is None else \
+                    diverged_spread[j] | hit
             del raw
             stats.update(_sample_statistics(draws, y_traj[span]))
             if levels is not None:
@@ -511,6 +528,8 @@ def forecast(
         summary["diverged"] = diverged
         if tail_check is not None:
             summary["diverged_tail"] = np.stack(diverged_tail)  # (tail, member)
+        if spread_check is not None:
+            summary["diverged_spread"] = np.stack(diverged_spread)  # (spread_shrink, member)
         if levels is not None:
             for name in ("lower", "upper"):
                 summary[name] = np.moveaxis(summary[name], 1, 0)
@@ -526,6 +545,8 @@ def forecast(
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
     if tail_check is not None:
         result = result.assign_coords(tail=np.asarray(tail_check, np.float64))
+    if spread_check is not None:
+        result = result.assign_coords(spread_shrink=np.asarray(spread_check, np.float64))
     result["diverged"].attrs.update(  # the bounds as text: netCDF keeps strings exactly
         description="member left the data's bounds: a non-finite value, or one outside "
         "[lower, upper] (one pair per field) at some time",
@@ -533,6 +554,15 @@ def forecast(
     if levels is not None or return_samples:
         result = _add_optional(result, out, levels)
     return result
+
+
+def _block_factor(factor: np.ndarray, multiplier: float, span: slice,
+                  draws: np.ndarray) -> np.ndarray:
+    """One block's spread factor ``(b, 1, ...)`` (broadcasting over ``draws``' members and
+    fields): the lead times ``span`` of ``factor`` ``(n_out,)`` times the trajectory's
+    multiplier."""
+    return np.reshape(factor[span] * multiplier,
+                      (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
 
 
 def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
@@ -669,6 +699,8 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
     data["diverged"] = (("traj", "member"), out["diverged"])
     if "diverged_tail" in out:
         data["diverged_tail"] = (("traj", "tail", "member"), out["diverged_tail"])
+    if "diverged_spread" in out:
+        data["diverged_spread"] = (("traj", "spread_shrink", "member"), out["diverged_spread"])
     if "spread_multiplier" in out:
         data["spread_multiplier"] = ("traj", out["spread_multiplier"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)

@@ -15,11 +15,13 @@ from msde_ppl.predict import (
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
+    shrunk_factor,
     tail_weights,
 )
 from msde_ppl.predict.calibration import (
     FACTOR_GRID,
     NO_RESIDUAL_SPREAD,
+    bounded_spread,
     bounded_tail,
     residual_rms,
 )
@@ -334,3 +336,32 @@ def test_a_missing_observation_drops_its_value_not_its_lead_time(np_rng, rule):
     obs[0, 10, 0] = np.nan
     factor = fit_spread_factor(fc.assign(obs=(fc["obs"].dims, obs)), rule=rule, smooth=1)
     assert abs(factor[10] - 1.5) < 0.15 and np.all(np.isfinite(factor)), factor[8:13]
+
+
+def test_bounded_spread_is_the_largest_inflation_that_leaves_the_bounds_no_more_than_none():
+    """Counts of members out of bounds per fraction of the factor's inflation (0: none, 1
+    member out): the full factor carries 6 out, 0.75 carries 3 and 0.5 one, so 0.5 is kept;
+    every fraction within the reference keeps the full factor; a fraction that passes above a
+    smaller failing one is not taken; no reference candidate is refused by name. The shrunk
+    factor scales only the part above 1."""
+    shrinks = [1.0, 0.75, 0.5, 0.25, 0.0]
+
+    def diverged(counts):
+        flags = np.zeros((2, len(shrinks), 64), bool)  # (traj, spread_shrink, member)
+        for j, n in enumerate(counts):
+            flags[j % 2, j, :n] = True
+        return xr.DataArray(flags, dims=("traj", "spread_shrink", "member"),
+                            coords={"spread_shrink": shrinks})
+
+    assert bounded_spread(diverged([6, 3, 1, 0, 1])) == 0.5
+    assert bounded_spread(diverged([1, 1, 0, 1, 1])) == 1.0
+    assert bounded_spread(diverged([0, 0, 2, 0, 1])) == 0.25  # 0.5 fails: 0.75 and 1 untrusted
+    assert bounded_spread(diverged([9, 9, 9, 9, 9])) == 1.0  # no inflation is no better
+    with pytest.raises(ValueError, match="need 0"):
+        bounded_spread(diverged([0] * 5).sel(spread_shrink=[1.0, 0.5]))
+    factor = np.array([0.5, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(shrunk_factor(factor, 0.5), [0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(shrunk_factor(factor, 0.0), [0.5, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(shrunk_factor(factor, 1.0), factor)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        shrunk_factor(factor, float("nan"))

@@ -267,8 +267,9 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
 
 
 def test_score_bounds_the_fitted_tail_on_the_calibration_split(data, monkeypatch):
-    """With the factor at 2.5 and the fitted tail at 2.1 dof, the val members with that tail
-    leave the data's bounds more often than Gaussian ones: ``score`` checks the very members
+    """With the factor at 2 and the fitted tail at 2.1 dof, the val members with that tail
+    leave the data's bounds more often than Gaussian ones (which stay inside, so the factor is
+    kept whole): ``score`` checks the very members
     of the val forecast (its key, the fitted factor) with every lighter tail on the grid and
     delivers ``bounded_tail``'s lighter choice, keeping the fitted value beside it."""
     import jax
@@ -282,7 +283,7 @@ def test_score_bounds_the_fitted_tail_on_the_calibration_split(data, monkeypatch
         seen["dof"], seen["diverged"] = dof, diverged
         return bounded_tail(dof, diverged)
 
-    factor = np.full(T_OUT, 2.5)
+    factor = np.full(T_OUT, 2.0)
     monkeypatch.setattr(run_module, "fit_spread_factor", lambda *a, **k: factor)
     monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, **k: 2.1)
     monkeypatch.setattr(run_module, "bounded_tail", spy)
@@ -297,7 +298,7 @@ def test_score_bounds_the_fitted_tail_on_the_calibration_split(data, monkeypatch
     own = msde.forecast(jax.random.fold_in(jax.random.key(5), 1), fitted, data, split="val",
                         n_samples=64, spread_factor=factor, spread_tail=2.1)
     np.testing.assert_array_equal(diverged.sel(tail=2.1), own["diverged"])
-    assert cal["spread_tail_dof_fitted"] == 2.1
+    assert cal["spread_tail_dof_fitted"] == 2.1 and cal["spread_shrink"] == 1.0
     assert cal["spread_tail_dof"] == bounded_tail(2.1, diverged) > 2.1
 
 
@@ -371,3 +372,65 @@ def test_tail_check_counts_the_members_each_tail_would_carry_out_of_bounds(data)
     np.testing.assert_array_equal(check["diverged_tail"].sel(tail=2.1), own["diverged"])
     with pytest.raises(ValueError, match="at least one"):
         msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8, tail_check=[])
+
+
+def test_spread_check_counts_the_members_each_shrunk_factor_would_carry_out_of_bounds(data):
+    """Same key: the members ``spread_check`` marks as leaving the data's bounds for each
+    fraction of the factor's inflation are exactly those a Gaussian forecast with the shrunk
+    factor marks; at a factor of 8 the full inflation carries members out and none without
+    it, so ``bounded_spread`` keeps a fraction below 1."""
+    fitted = _fitted(data, as_leaf=False)
+    factor, shrinks = np.full(T_OUT, 8.0), [1.0, 0.5, 0.25, 0.0]
+    gain = np.linspace(1.0, 0.0, T_OUT)  # the checked members move with the delivered ones
+    check = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                          spread_factor=factor, residual_gain=gain, spread_tail=2.5,
+                          spread_check=shrinks)
+    assert check["diverged_spread"].dims == ("traj", "spread_shrink", "member")
+    for s in shrinks:
+        own = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
+                            spread_factor=msde.predict.shrunk_factor(factor, s),
+                            residual_gain=gain)
+        np.testing.assert_array_equal(check["diverged_spread"].sel(spread_shrink=s),
+                                      own["diverged"])
+    counts = check["diverged_spread"].sum(["traj", "member"])
+    assert counts.sel(spread_shrink=1.0) > 0 == counts.sel(spread_shrink=0.0), counts.values
+    assert msde.predict.bounded_spread(check["diverged_spread"]) < 1.0
+    with pytest.raises(ValueError, match="needs a spread_factor"):
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
+                      spread_check=[0.0])
+
+
+def test_score_shrinks_a_factor_whose_members_leave_the_bounds(data, monkeypatch):
+    """With the factor at 8 and a fitted tail of 2.1 dof, Gaussian val members at the full
+    factor already leave the data's bounds: ``score`` checks the val forecast's own members
+    with every fraction of the grid and delivers Gaussian members at ``bounded_spread``'s
+    shrunk factor (the forecast carries it), keeping the fitted maximum beside it."""
+    import jax
+
+    from msde_ppl.pipeline import run as run_module
+    from msde_ppl.predict.calibration import SPREAD_SHRINK_GRID, bounded_spread, shrunk_factor
+
+    seen = {}
+
+    def spy(diverged):
+        seen["diverged"] = diverged
+        return bounded_spread(diverged)
+
+    factor = np.full(T_OUT, 8.0)
+    monkeypatch.setattr(run_module, "fit_spread_factor", lambda *a, **k: factor)
+    monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, **k: 2.1)
+    monkeypatch.setattr(run_module, "bounded_spread", spy)
+    fitted = _fitted(data, as_leaf=False)
+    fc, metrics = run_module.score(fitted, data, split="test", n_samples=64,
+                                   calibrate_on="val", residual=False, seed=5)
+    cal, diverged = metrics["calibrated"], seen["diverged"]
+    assert list(diverged["spread_shrink"]) == list(SPREAD_SHRINK_GRID)
+    own = msde.forecast(jax.random.fold_in(jax.random.key(5), 1), fitted, data, split="val",
+                        n_samples=64, spread_factor=factor)
+    np.testing.assert_array_equal(diverged.sel(spread_shrink=1.0), own["diverged"])
+    shrink = bounded_spread(diverged)
+    assert cal["spread_shrink"] == shrink < 1.0
+    assert cal["spread_tail_dof"] is None and cal["spread_tail_dof_fitted"] == 2.1
+    assert cal["spread_factor_fitted_max"] == 8.0
+    np.testing.assert_allclose(fc["spread_factor"], shrunk_factor(factor, shrink), rtol=1e-6)
+    assert cal["spread_factor"]["max"] == pytest.approx(float(shrunk_factor(factor, shrink)[0]))
