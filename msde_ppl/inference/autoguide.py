@@ -134,8 +134,8 @@ class AutoAmortizedSDE(AutoGuide):
         init_scale: initial scale of the global sites' Normal posteriors in unconstrained space
             (default 0.01). A scale approaches its optimum faster from below: the entropy's
             gradient :math:`-1/s` is exact, while the data term's reparameterised gradient
-            :math:`\\varepsilon\\,\\partial_\\theta \\log p` carries a noise proportional to
-            :math:`s`, so a scale started above a narrow posterior shrinks slowly under
+            :math:`\\varepsilon\\,\\partial_\\theta \\log p` carries a noise that grows
+            with :math:`s`, so a scale started above a narrow posterior shrinks slowly under
             minibatch noise. On an OU process observed with noise (posterior sd of
             :math:`\\log\\sigma` 0.022, 4000 Adam steps), the fitted sd was 1.07–1.34x the exact
             one from 0.1 and 0.96–0.99x from 0.01 (docs/calibration.md).

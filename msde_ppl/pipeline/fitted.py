@@ -276,6 +276,8 @@ class Fitted:
             "wall_time_s": self.wall_time_s,
             "path_site": self.path_site,
             "global_sites": self.global_sites,
+            # the scale the global posteriors started from (what stale_scales compares with)
+            "init_scale": float(self.guide.init_scale),
             "n_steps": int(self.losses.size),
             "validation": self.validation,
             # kernel hyperparameters are stored in units of their step gain (TemporalKernel);
@@ -309,7 +311,8 @@ class Fitted:
 
         Built-in models are rebuilt from their recipe, a user's program is imported again by
         reference when it can be (module docstring); otherwise pass ``model`` and a fresh
-        ``guide`` for it (the same code that was fitted).
+        ``guide`` for it (the same code that was fitted); its ``init_scale`` is set to the one
+        the fit started from (saved with it), which :meth:`stale_scales` compares with.
 
         Raises:
             FileNotFoundError: ``path`` is not a saved model.
@@ -347,6 +350,8 @@ class Fitted:
                 model, guide = build_program(recipe)
             except (TypeError, KeyError, ValueError) as err:
                 raise ValueError(f"{meta_file}: the model recipe is not valid ({err})") from err
+        if meta.get("init_scale") is not None:  # a passed guide may have another default
+            guide.init_scale = float(meta["init_scale"])
         template = _param_structure(model, guide, meta["grid"])
         try:
             params = eqx.tree_deserialise_leaves(path / "params.eqx", template)

@@ -300,22 +300,23 @@ def score(
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
         fitted_tail, fitted_factor, shrink = tail, factor, 1.0
-        if factor is not None:
+        # every fraction of a factor that inflates nowhere is the factor itself
+        if factor is not None and (factor.max() > 1.0 or np.isfinite(tail)):
             # the same validation members with the fitted factor and gain, checked against the
             # data's bounds with each lighter tail and with each fraction of the factor's
             # inflation (Gaussian members): keep the largest fraction such that neither it nor
             # a smaller one carries more members out than no inflation; at the full factor,
             # the heaviest tail such that neither it nor a lighter one carries more members out
             # than Gaussian ones (calibration.bounded_spread, calibration.bounded_tail)
-            heavy = np.isfinite(tail)
+            heavy, inflates = np.isfinite(tail), factor.max() > 1.0
             check = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                              substeps=substeps, method=integrator, n_steps=eval_steps,
                              spread_factor=factor, residual_gain=gain, residual_spread=spread,
                              tail_check=[d for d in TAIL_GRID if d >= tail] if heavy else None,
-                             spread_check=SPREAD_SHRINK_GRID,
+                             spread_check=SPREAD_SHRINK_GRID if inflates else None,
                              progress=progress and f"forecast of the {calibrate_on} split "
                              "(the calibrated members checked against the data's bounds)")
-            shrink = bounded_spread(check["diverged_spread"])
+            shrink = bounded_spread(check["diverged_spread"]) if inflates else 1.0
             if shrink < 1.0:  # Gaussian members at the shrunk factor
                 factor, tail = shrunk_factor(factor, shrink), np.inf
             elif heavy:
@@ -356,6 +357,8 @@ def score(
                 "forecast's members)")
             if np.isfinite(tail):
                 fc["spread_factor"].attrs["spread_tail_dof"] = tail
+            if shrink < 1.0:  # the fraction of the fitted factor's inflation delivered
+                fc["spread_factor"].attrs["spread_shrink"] = shrink
             if spread is not None:
                 calibrated["residual_spread"] = spread._asdict()
                 fc["spread_factor"].attrs.update(residual_spread_exponent=spread.exponent,

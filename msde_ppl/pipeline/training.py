@@ -15,7 +15,8 @@ Recipe (docs/method.md §5; defaults are the reference's):
   reference; gradient norm clipped at ``clip_norm``. The posterior scales of the global sites
   (the ``scale`` of their mean-field Normals) take ``global_lr_factor`` times larger steps:
   with Adam a parameter moves at most about ``lr`` per step, and a well-determined global's
-  posterior scale must travel from the guide's initial 0.1 to a few 1e-3 (a change of ~3.5 in
+  posterior scale must travel from the built-in guide's initial 0.1 (``BUILTIN_INIT_SCALE``;
+  ``AutoAmortizedSDE``'s default is 0.01) to a few 1e-3 (a change of ~3.5 in
   its softplus-unconstrained value), which at ``lr = 1e-3`` takes more steps than a fit has;
   every other parameter (the globals' locations included) keeps ``lr``;
 - ``data_parallel=True`` shards the windows of every step over ``jax.devices()``.

@@ -70,6 +70,10 @@ def test_a_user_program_needs_its_code_to_load(tiny_fit, tmp_path):
                                                          kernel="interpolation"))
     np.testing.assert_array_equal(again.params["diffusion_auto_loc"],
                                   tiny_fit.params["diffusion_auto_loc"])
+    # the passed guide's default initial scale (0.01) gives way to the fit's (built-in: 0.1),
+    # so stale_scales compares the scales with the value they really started from
+    assert tiny_fit.guide.init_scale == 0.1 and again.guide.init_scale == 0.1
+    assert again.stale_scales() == tiny_fit.stale_scales()
 
 
 def test_recipe_gives_the_global_scales_larger_steps(tiny_fit):
