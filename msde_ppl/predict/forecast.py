@@ -504,14 +504,18 @@ def forecast(
                 stats["mean"] = raw_mean + shift
             hit = diverged_members(draws, lower, upper)
             diverged = hit if diverged is None else diverged | hit
-            for j, w_check in enumerate(check_weights):  # the same members, other tails
-                hit = diverged_members(_calibrated_draws(raw, raw_mean, c, w_check, shift),
-                                       lower, upper)
+            if check_weights or check_factors:  # the same members, other tails or factors
+                block = (jnp.asarray(raw), jnp.asarray(raw_mean),
+                         None if shift is None else jnp.asarray(shift))
+                limits = (jnp.asarray(lower, raw.dtype), jnp.asarray(upper, raw.dtype))
+            for j, w_check in enumerate(check_weights):
+                hit = np.asarray(_members_out_of_bounds(
+                    *block, None if c is None else jnp.asarray(c),
+                    None if w_check is None else jnp.asarray(w_check, raw.dtype), *limits))
                 diverged_tail[j] = hit if diverged_tail[j] is None else diverged_tail[j] | hit
-            for j, f_check in enumerate(check_factors):  # the same members, other factors
-                c_check = _block_factor(f_check, multiplier, span, draws)
-                hit = diverged_members(_calibrated_draws(raw, raw_mean, c_check, None, shift),
-                                       lower, upper)
+            for j, f_check in enumerate(check_factors):
+                c_check = jnp.asarray(_block_factor(f_check, multiplier, span, draws))
+                hit = np.asarray(_members_out_of_bounds(*block, c_check, None, *limits))
                 diverged_spread[j] = hit if diverged_spread[j] is None else \
                     diverged_spread[j] | hit
             del raw
@@ -563,6 +567,32 @@ def _block_factor(factor: np.ndarray, multiplier: float, span: slice,
     multiplier."""
     return np.reshape(factor[span] * multiplier,
                       (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
+
+
+@jax.jit
+def _members_out_of_bounds(raw: jax.Array, mean: jax.Array, shift: jax.Array | None,
+                           c: jax.Array | None, weights: jax.Array | None, lower: jax.Array,
+                           upper: jax.Array) -> jax.Array:
+    """Which members ``(S,)`` of one block's raw draws ``(b, S, C, *fine)`` would leave
+    ``[lower, upper]`` (per field; or be non-finite) after :func:`_calibrated_draws` with the
+    factor ``c``, the tail's ``weights`` and the residual ``shift``: the same transform, fused
+    by XLA into one pass without the intermediate fields (the checks of ``tail_check`` and
+    ``spread_check`` apply it once per candidate)."""
+    draws = raw
+    if c is not None or weights is not None:
+        mean = mean[:, None]
+        deviation = raw - mean
+        if weights is not None:
+            w = weights.reshape((1, -1) + (1,) * (raw.ndim - 2))
+            weighted = w * deviation
+            deviation = (weighted - weighted.mean(1, keepdims=True)
+                         + deviation.mean(1, keepdims=True))
+        draws = mean + (deviation if c is None else c * deviation)
+    if shift is not None:
+        draws = draws + shift[:, None]
+    shape = (1, 1, -1) + (1,) * (raw.ndim - 3)
+    inside = jnp.isfinite(draws) & (draws >= lower.reshape(shape)) & (draws <= upper.reshape(shape))
+    return ~jnp.all(inside, axis=tuple(i for i in range(raw.ndim) if i != 1))
 
 
 def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,

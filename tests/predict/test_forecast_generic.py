@@ -434,3 +434,32 @@ def test_score_shrinks_a_factor_whose_members_leave_the_bounds(data, monkeypatch
     assert cal["spread_factor_fitted_max"] == 8.0
     np.testing.assert_allclose(fc["spread_factor"], shrunk_factor(factor, shrink), rtol=1e-6)
     assert cal["spread_factor"]["max"] == pytest.approx(float(shrunk_factor(factor, shrink)[0]))
+
+
+@pytest.mark.parametrize("with_c, with_weights, with_shift",
+                         [(True, True, True), (True, False, True), (False, True, False),
+                          (False, False, True), (True, False, False)])
+def test_fused_bounds_check_flags_the_members_the_calibrated_draws_carry_out(
+        with_c, with_weights, with_shift):
+    """The checks' fused transform (one XLA pass per candidate) flags exactly the members
+    that ``diverged_members`` flags on ``_calibrated_draws``' fields, a non-finite member
+    included, for every combination of factor, tail weights and shift."""
+    forecast_module = importlib.import_module("msde_ppl.predict.forecast")
+    rng = np.random.default_rng(4)
+    raw = rng.normal(size=(3, 32, 2, 8, 6)).astype(np.float32)
+    mean = raw.mean(1)
+    raw[1, 5, 0, 2, 2] = np.nan  # one member's value (the mean stays finite)
+    c = np.linspace(1.0, 1.2, 3, dtype=np.float32).reshape(3, 1, 1, 1, 1) if with_c else None
+    weights = (msde.predict.tail_weights(2.5, 32).astype(np.float32) if with_weights
+               else None)
+    shift = (0.3 * rng.normal(size=mean.shape)).astype(np.float32) if with_shift else None
+    lower, upper = np.array([-3.6, -7.0]), np.array([3.6, 7.0])
+    expected = msde.predict.diverged_members(
+        forecast_module._calibrated_draws(raw, mean, c, weights, shift), lower, upper)
+    as_jax = lambda x: None if x is None else jnp.asarray(x)  # noqa: E731
+    fused = np.asarray(forecast_module._members_out_of_bounds(
+        jnp.asarray(raw), jnp.asarray(mean), as_jax(shift), as_jax(c), as_jax(weights),
+        jnp.asarray(lower, jnp.float32), jnp.asarray(upper, jnp.float32)))
+    assert expected[5]  # the non-finite member (with the tail its NaN reaches every member
+    assert with_weights or 1 < expected.sum() < 32  # through the re-centring), and others
+    np.testing.assert_array_equal(fused, expected)
