@@ -300,15 +300,16 @@ def score(
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
         fitted_tail, fitted_factor, shrink = tail, factor, 1.0
+        heavy = factor is not None and np.isfinite(tail)
         # every fraction of a factor that inflates nowhere is the factor itself
-        if factor is not None and (factor.max() > 1.0 or np.isfinite(tail)):
+        inflates = factor is not None and factor.max() > 1.0
+        if heavy or inflates:
             # the same validation members with the fitted factor and gain, checked against the
             # data's bounds with each lighter tail and with each fraction of the factor's
             # inflation (Gaussian members): keep the largest fraction such that neither it nor
             # a smaller one carries more members out than no inflation; at the full factor,
             # the heaviest tail such that neither it nor a lighter one carries more members out
             # than Gaussian ones (calibration.bounded_spread, calibration.bounded_tail)
-            heavy, inflates = np.isfinite(tail), factor.max() > 1.0
             check = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                              substeps=substeps, method=integrator, n_steps=eval_steps,
                              spread_factor=factor, residual_gain=gain, residual_spread=spread,

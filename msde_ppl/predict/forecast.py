@@ -451,7 +451,7 @@ def forecast(
         raise ValueError("tail_check needs at least one degrees-of-freedom value")
     # alternative tails whose members are only checked for divergence (np.inf: Gaussian)
     check_weights = [] if tail_check is None else [
-        None if np.isinf(dof) else np.tile(tail_weights(dof, n_samples), len(fits))
+        None if np.isinf(dof) else jnp.asarray(np.tile(tail_weights(dof, n_samples), len(fits)))
         for dof in tail_check]
     if spread_check is not None and (factor is None or len(spread_check) == 0):
         raise ValueError("spread_check needs a spread_factor and at least one fraction")
@@ -508,14 +508,13 @@ def forecast(
                 block = (jnp.asarray(raw), jnp.asarray(raw_mean),
                          None if shift is None else jnp.asarray(shift))
                 limits = (jnp.asarray(lower, raw.dtype), jnp.asarray(upper, raw.dtype))
+                c_check = None if c is None else jnp.asarray(c)
             for j, w_check in enumerate(check_weights):
-                hit = np.asarray(_members_out_of_bounds(
-                    *block, None if c is None else jnp.asarray(c),
-                    None if w_check is None else jnp.asarray(w_check, raw.dtype), *limits))
+                hit = np.asarray(_members_out_of_bounds(*block, c_check, w_check, *limits))
                 diverged_tail[j] = hit if diverged_tail[j] is None else diverged_tail[j] | hit
             for j, f_check in enumerate(check_factors):
-                c_check = jnp.asarray(_block_factor(f_check, multiplier, span, draws))
-                hit = np.asarray(_members_out_of_bounds(*block, c_check, None, *limits))
+                c_shrunk = jnp.asarray(_block_factor(f_check, multiplier, span, draws))
+                hit = np.asarray(_members_out_of_bounds(*block, c_shrunk, None, *limits))
                 diverged_spread[j] = hit if diverged_spread[j] is None else \
                     diverged_spread[j] | hit
             del raw
@@ -578,18 +577,7 @@ def _members_out_of_bounds(raw: jax.Array, mean: jax.Array, shift: jax.Array | N
     factor ``c``, the tail's ``weights`` and the residual ``shift``: the same transform, fused
     by XLA into one pass without the intermediate fields (the checks of ``tail_check`` and
     ``spread_check`` apply it once per candidate)."""
-    draws = raw
-    if c is not None or weights is not None:
-        mean = mean[:, None]
-        deviation = raw - mean
-        if weights is not None:
-            w = weights.reshape((1, -1) + (1,) * (raw.ndim - 2))
-            weighted = w * deviation
-            deviation = (weighted - weighted.mean(1, keepdims=True)
-                         + deviation.mean(1, keepdims=True))
-        draws = mean + (deviation if c is None else c * deviation)
-    if shift is not None:
-        draws = draws + shift[:, None]
+    draws = _calibrated_draws(raw, mean, c, weights, shift)  # traced: array methods only
     shape = (1, 1, -1) + (1,) * (raw.ndim - 3)
     inside = jnp.isfinite(draws) & (draws >= lower.reshape(shape)) & (draws <= upper.reshape(shape))
     return ~jnp.all(inside, axis=tuple(i for i in range(raw.ndim) if i != 1))
@@ -601,7 +589,8 @@ def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
     :math:`\bar y + c\,\big(w_s d_s - \overline{w d} + \bar d\big) + a\,e_0`, with
     :math:`d_s = y^{(s)} - \bar y` (``mean`` ``(b, C, *fine)``), the factor ``c`` ``(b, 1, ...)``,
     the tail's weights :math:`w_s` (re-centred so the draws' average does not move) and the
-    residual shift ``shift`` ``(b, C, *fine)``; ``None`` leaves that step out."""
+    residual shift ``shift`` ``(b, C, *fine)``; ``None`` leaves that step out.
+    NumPy or JAX arrays (array methods only: :func:`_members_out_of_bounds` traces it)."""
     if c is not None or weights is not None:
         mean = mean[:, None]
         deviation = draws - mean
