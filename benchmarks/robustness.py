@@ -150,6 +150,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
                                             "residual_gain", "spread_tail_dof",
                                             "spread_tail_dof_fitted", "spread_shrink",
                                             "spread_factor", "spread_factor_fitted_max",
+                                            "spread_check_diverged",
                                             "diverged_members")},
         "implicit_scale": {k: implicit[k] for k in ("rel_l2_mean", "coverage_90",
                                                     "diverged_members")},

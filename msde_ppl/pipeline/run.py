@@ -299,7 +299,7 @@ def score(
         del fc_val
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
-        fitted_tail, fitted_factor, shrink = tail, factor, 1.0
+        fitted_tail, fitted_factor, shrink, spread_checked = tail, factor, 1.0, None
         heavy = factor is not None and np.isfinite(tail)
         # every fraction of a factor that inflates nowhere is the factor itself
         inflates = factor is not None and factor.max() > 1.0
@@ -318,6 +318,10 @@ def score(
                              progress=progress and f"forecast of the {calibrate_on} split "
                              "(the calibrated members checked against the data's bounds)")
             shrink = bounded_spread(check["diverged_spread"]) if inflates else 1.0
+            if inflates:  # the validation evidence behind the fraction, for the report
+                counts = check["diverged_spread"].sum(["traj", "member"])
+                spread_checked = {f"{float(s):g}": int(n) for s, n in
+                                  zip(counts["spread_shrink"].values, counts.values, strict=True)}
             if shrink < 1.0:  # Gaussian members at the shrunk factor
                 factor, tail = shrunk_factor(factor, shrink), np.inf
             elif heavy:
@@ -338,6 +342,9 @@ def score(
             # the fraction of the fitted factor's inflation kept (1: all) and that factor's max
             calibrated["spread_shrink"] = shrink
             calibrated["spread_factor_fitted_max"] = float(fitted_factor.max())
+            # validation members out of the data's bounds per fraction checked (None: the
+            # factor inflates nowhere, nothing was checked)
+            calibrated["spread_check_diverged"] = spread_checked
             # degrees of freedom of the members' Student-t tail; None: Gaussian (no tail)
             calibrated["spread_tail_dof"] = None if np.isinf(tail) else tail
             # the tail fitted to the val coverage, before the bound on its members

@@ -95,7 +95,11 @@ benchmark: 41 of 256 delivered test members at factors up to 2.9, none raw). The
 validation forecast therefore also checks the factor with its inflation (its part above 1)
 scaled by each fraction of :data:`SPREAD_SHRINK_GRID` (:func:`shrunk_factor`, Gaussian
 members), and keeps the largest fraction such that neither it nor any smaller one carries more
-members out of the bounds than the factor without inflation (fraction 0). A fraction below 1
+members out of the bounds than the factor without inflation (fraction 0). Where a larger
+fraction does carry more out, the bounds are crossed somewhere between the two on a few
+validation trajectories, and other trajectories cross them earlier: one more fraction of the
+grid is given up as a margin (:data:`SPREAD_SHRINK_MARGIN`; bistable fronts: validation passes
+0.75 and fails 1, the test members leave the bounds at 0.75 but not at 0.5). A fraction below 1
 delivers Gaussian members (a heavier tail only widens the excursions). This trades the
 validation CRPS the factor was fitted for against members in the data's range; on the built-in
 cases no member leaves the bounds and nothing changes.
@@ -111,7 +115,8 @@ from scipy import stats
 
 from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
 
-__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "SPREAD_SHRINK_GRID", "TAIL_GRID",
+__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "SPREAD_SHRINK_GRID", "SPREAD_SHRINK_MARGIN",
+           "TAIL_GRID",
            "ResidualSpread", "apply_residual_gain", "bounded_spread", "bounded_tail",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
            "residual_rms", "shrunk_factor", "tail_weights"]
@@ -131,6 +136,10 @@ TAIL_GRID = (np.inf, 40.0, 20.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.25, 
 #: Fractions of the spread factor's inflation checked against the data's bounds
 #: (:func:`bounded_spread`; 0: no inflation, the reference).
 SPREAD_SHRINK_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)
+
+#: Fractions of :data:`SPREAD_SHRINK_GRID` given up below the largest passing one when a larger
+#: one carries members out of the bounds (:func:`bounded_spread`).
+SPREAD_SHRINK_MARGIN = 1
 
 
 #: Bounds of the per-trajectory spread multiplier of :class:`ResidualSpread`.
@@ -504,7 +513,8 @@ def shrunk_factor(factor: np.ndarray, shrink: float) -> np.ndarray:
 def bounded_spread(diverged: xr.DataArray) -> float:
     """The largest fraction of the factor's inflation such that neither it nor any smaller
     candidate carries more members out of the data's bounds than the factor without inflation
-    (fraction 0) does (module docstring; :func:`shrunk_factor`).
+    (fraction 0) does, less :data:`SPREAD_SHRINK_MARGIN` candidates where a larger one fails
+    (module docstring; :func:`shrunk_factor`).
 
     Args:
         diverged: which members left the bounds with each candidate fraction, bools with dims
@@ -519,7 +529,8 @@ def bounded_spread(diverged: xr.DataArray) -> float:
     if not (shrinks == 0.0).any():
         raise ValueError(f"the candidate spread shrinks need 0 (no inflation), got {shrinks}")
     order = np.argsort(shrinks)  # no inflation first
-    return _riskiest_within(shrinks[order], counts[order], int(counts[shrinks == 0.0].max()))
+    return _riskiest_within(shrinks[order], counts[order], int(counts[shrinks == 0.0].max()),
+                            margin=SPREAD_SHRINK_MARGIN)
 
 
 def _counts(diverged: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
@@ -529,14 +540,21 @@ def _counts(diverged: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _riskiest_within(candidates: np.ndarray, counts: np.ndarray, reference: int,
-                     stop=lambda candidate: False) -> float:
+                     stop=lambda candidate: False, margin: int = 0) -> float:
     """Walk ``candidates`` from the safest to the riskiest and return the last one before the
     first that carries more members out of the bounds than ``reference`` (a candidate between
     two failing ones is not trusted: the counts of a few members near the bounds are noisy) or
-    that ``stop`` refuses; the safest is always allowed."""
-    chosen = candidates[0]
+    that ``stop`` refuses; where a candidate fails, ``margin`` more steps back towards the
+    safest (the bounds were crossed between the last passing candidate and the failing one, on
+    a few validation trajectories); the safest is always allowed."""
+    passed = 0
+    failed = False
     for candidate, count in zip(candidates, counts, strict=True):
-        if stop(candidate) or count > reference:
+        if stop(candidate):
             break
-        chosen = candidate
-    return float(chosen)
+        if count > reference:
+            failed = True
+            break
+        passed += 1
+    last = max(passed - 1 - (margin if failed else 0), 0)
+    return float(candidates[last])

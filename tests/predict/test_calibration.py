@@ -340,10 +340,12 @@ def test_a_missing_observation_drops_its_value_not_its_lead_time(np_rng, rule):
 
 def test_bounded_spread_is_the_largest_inflation_that_leaves_the_bounds_no_more_than_none():
     """Counts of members out of bounds per fraction of the factor's inflation (0: none, 1
-    member out): the full factor carries 6 out, 0.75 carries 3 and 0.5 one, so 0.5 is kept;
-    every fraction within the reference keeps the full factor; a fraction that passes above a
-    smaller failing one is not taken; no reference candidate is refused by name. The shrunk
-    factor scales only the part above 1."""
+    member out): the full factor carries 6 out, 0.75 carries 3 and 0.5 one, so 0.5 passes and
+    one fraction of margin below it, 0.25, is kept; only the full factor failing keeps 0.5;
+    every fraction within the reference keeps the full factor (no margin: nothing failed); a
+    fraction that passes above a smaller failing one is not taken, and the margin never goes
+    below no inflation; no reference candidate is refused by name. The shrunk factor scales
+    only the part above 1."""
     shrinks = [1.0, 0.75, 0.5, 0.25, 0.0]
 
     def diverged(counts):
@@ -353,9 +355,11 @@ def test_bounded_spread_is_the_largest_inflation_that_leaves_the_bounds_no_more_
         return xr.DataArray(flags, dims=("traj", "spread_shrink", "member"),
                             coords={"spread_shrink": shrinks})
 
-    assert bounded_spread(diverged([6, 3, 1, 0, 1])) == 0.5
+    assert bounded_spread(diverged([6, 3, 1, 0, 1])) == 0.25
+    assert bounded_spread(diverged([5, 0, 0, 0, 0])) == 0.5
     assert bounded_spread(diverged([1, 1, 0, 1, 1])) == 1.0
-    assert bounded_spread(diverged([0, 0, 2, 0, 1])) == 0.25  # 0.5 fails: 0.75 and 1 untrusted
+    assert bounded_spread(diverged([0, 0, 2, 0, 1])) == 0.0  # 0.5 fails: 0.75 and 1 untrusted
+    assert bounded_spread(diverged([0, 0, 0, 4, 1])) == 0.0  # 0.25 fails: nothing but none
     assert bounded_spread(diverged([9, 9, 9, 9, 9])) == 1.0  # no inflation is no better
     with pytest.raises(ValueError, match="need 0"):
         bounded_spread(diverged([0] * 5).sel(spread_shrink=[1.0, 0.5]))

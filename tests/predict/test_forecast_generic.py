@@ -432,6 +432,9 @@ def test_score_shrinks_a_factor_whose_members_leave_the_bounds(data, monkeypatch
     assert cal["spread_shrink"] == shrink < 1.0
     assert cal["spread_tail_dof"] is None and cal["spread_tail_dof_fitted"] == 2.1
     assert cal["spread_factor_fitted_max"] == 8.0
+    counts = diverged.sum(["traj", "member"])
+    assert cal["spread_check_diverged"] == {f"{s:g}": int(counts.sel(spread_shrink=s))
+                                            for s in SPREAD_SHRINK_GRID}
     np.testing.assert_allclose(fc["spread_factor"], shrunk_factor(factor, shrink), rtol=1e-6)
     assert cal["spread_factor"]["max"] == pytest.approx(float(shrunk_factor(factor, shrink)[0]))
 
