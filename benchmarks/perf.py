@@ -21,7 +21,10 @@ Sections (``--sections``, default all):
   forecast (64 paths, rel-L2 against the noisy data over the reference's evaluation window, as
   the reference measures it) is scored every ``--eval-every`` steps; evaluation time is excluded
   from the training wall time. Reports the first training time at which rel-L2 <= 0.040 and
-  <= 0.015. ``--kdv`` adds KdV 1D's time to 0.042 (long).
+  <= 0.015. ``--tta-cases`` adds other built-in cases, each trained with ``msde run``'s recipe
+  (its config, stages and steps) and scored against the reference's multiscale rel-L2 (long;
+  ``--sections accuracy --tta-cases kdv_1d wave_1d`` keeps the earlier results of the cases it
+  does not run).
 - ``forecast``: ensemble forecast (64 paths, the whole test horizon, decoded to the fine grid,
   one predictive draw per path: the compiled part of :func:`~msde_ppl.predict.forecast`)
   against the fine-grid solver over the same horizon (one trajectory, and 64 trajectories in one
@@ -287,22 +290,21 @@ def section_scaling(ds, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- accuracy
-def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_every: int,
-                     windows: int, split: str = "test") -> tuple[dict, Fitted]:
-    """Train stage 0 (K = 0) then stage 1 (K = 5), scoring the test forecast of the K = 5 model
-    every ``eval_every`` steps; stop once every threshold is met or the steps run out (the
-    recorded times are the first evaluations at or below each threshold)."""
+def time_to_accuracy(ds, case: str, thresholds, config, stages, eval_every: int,
+                     split: str = "test", stop_early: bool = True) -> tuple[dict, Fitted]:
+    """Fit ``stages`` (``[(0, train_0), (K, train_1)]``), scoring the ``split`` forecast of the
+    multiscale model every ``eval_every`` steps of its stage (the raw ensemble, 64 paths, over
+    the dataset's evaluation horizon); with ``stop_early``, stop once every threshold is met,
+    else run every step (the whole curve; the recorded times are the first evaluations at or
+    below each threshold, and the first after which all stay below; evaluation time is
+    excluded from the training wall time)."""
     eval_steps = int(ds.attrs["eval_steps"])
-    config = config_for(case, ds["u"].shape[2:], n_micro=5)
-    chunk = min(eval_every, 250)
-    stages = [(0, TrainConfig(steps=stage0, windows_per_step=windows, chunk_size=chunk)),
-              (5, TrainConfig(steps=stage1, windows_per_step=windows, chunk_size=chunk,
-                              warmup_steps=0))]
+    stage0 = stages[0][1].steps
     curve: list[dict] = []
     stage0_wall = [0.0]
 
     def score(fitted: Fitted) -> bool:
-        """Score the K = 5 model; stop once the last threshold is reached."""
+        """Score the multiscale model; stop once the last threshold is reached."""
         steps = len(fitted.losses)
         if fitted.config.n_micro == 0:
             if steps == stage0:
@@ -317,14 +319,42 @@ def time_to_accuracy(ds, case: str, thresholds, stage0: int, stage1: int, eval_e
                  "rel_l2": metrics["rel_l2_mean"], "rel_l2_clean": metrics["rel_l2_clean_mean"]}
         curve.append(point)
         print(f"{case} tta: {json.dumps(point)}", flush=True)
-        return point["rel_l2"] <= min(thresholds)
+        return stop_early and point["rel_l2"] <= min(thresholds)
 
     fits = fit_progressive(ds, config, stages, progress=False, callback=score)
-    result: dict = {"split": split, "stage0_steps": stage0, "stage1_steps_max": stage1,
-                    "windows_per_step": windows, "window": 64, "curve": curve}
+    result: dict = {"split": split, "stage0_steps": stage0,
+                    "stage1_steps_max": stages[-1][1].steps,
+                    "windows_per_step": stages[-1][1].windows_per_step,
+                    "window": stages[-1][1].window, "eval_every": eval_every, "curve": curve}
     result.update(threshold_times(curve, thresholds))
     result["load"] = load_note()
     return result, fits[-1]
+
+
+def burgers_stages(stage0: int, stage1: int, windows: int, eval_every: int):
+    """The Burgers 1D accuracy run's recipe (config_for's sizes, K = 5, windows of 64)."""
+    chunk = min(eval_every, 250)
+    return [(0, TrainConfig(steps=stage0, windows_per_step=windows, chunk_size=chunk)),
+            (5, TrainConfig(steps=stage1, windows_per_step=windows, chunk_size=chunk,
+                            warmup_steps=0))]
+
+
+def msde_run_recipe(case: str, ds):
+    """``msde run``'s config and stages for a built-in case (:func:`run_builtin`'s)."""
+    from msde_ppl.data.cases import get_case
+    from msde_ppl.pipeline.run import (
+        RUN_WINDOWS,
+        model_config,
+        progressive_stages,
+        run_schedule,
+        run_window,
+    )
+
+    steps, micro_steps = run_schedule(case)
+    first = TrainConfig(steps=steps, seed=0, windows_per_step=RUN_WINDOWS,
+                        window=run_window(case))
+    return (model_config(ds, get_case(case).coarse, 5),
+            progressive_stages(5, first, micro_steps))
 
 
 def threshold_times(curve: list[dict], thresholds) -> dict:
@@ -343,16 +373,31 @@ def threshold_times(curve: list[dict], thresholds) -> dict:
     return out
 
 
-def section_accuracy(ds, args) -> tuple[dict, Fitted]:
-    stage1 = 3000 if args.quick else args.burgers_steps
-    res, fitted = time_to_accuracy(ds, "burgers_1d", (0.040, 0.015), 1000 if args.quick else 2000,
-                                   stage1, args.eval_every, args.windows, args.tta_split)
-    res["reference_time_to_0.04_s"] = REFERENCE_TTA_S
-    out = {"burgers_1d": res}
-    if args.kdv:
-        kdv = make_dataset("kdv_1d")
-        out["kdv_1d"], _ = time_to_accuracy(kdv, "kdv_1d", (0.042,), 4000, args.kdv_steps,
-                                            args.eval_every * 4, args.windows, args.tta_split)
+def section_accuracy(ds, args, previous: dict | None = None) -> tuple[dict, Fitted | None]:
+    """Time to accuracy of ``--tta-cases``: Burgers 1D with its accuracy recipe (targets 0.040,
+    the reference's ~15 min, and 0.015), every other built-in case with ``msde run``'s recipe
+    and the reference's multiscale rel-L2 as the target (pipeline.table.REFERENCE). Cases not
+    run keep their ``previous`` result."""
+    from msde_ppl.pipeline.table import REFERENCE
+
+    out, fitted = dict(previous or {}), None
+    for case in args.tta_cases:
+        if case == "burgers_1d":
+            stage1 = 3000 if args.quick else args.burgers_steps
+            stages = burgers_stages(1000 if args.quick else 2000, stage1, args.windows,
+                                    args.eval_every)
+            res, fitted = time_to_accuracy(ds, case, (0.040, 0.015),
+                                           config_for(case, ds["u"].shape[2:], n_micro=5),
+                                           stages, args.eval_every, args.tta_split)
+            res["reference_time_to_0.04_s"] = REFERENCE_TTA_S
+        else:
+            case_ds = make_dataset(case)
+            config, stages = msde_run_recipe(case, case_ds)
+            res, _ = time_to_accuracy(case_ds, case, (REFERENCE[case]["multiscale"][0],),
+                                      config, stages, args.tta_eval_every, args.tta_split,
+                                      stop_early=False)
+            res["recipe"] = "msde run"
+        out[case] = res
     return out, fitted
 
 
@@ -609,7 +654,8 @@ def markdown(res: dict) -> str:
             for key in a:
                 if key.startswith("time_to_"):
                     target = key.removeprefix("time_to_")
-                    ref = "~900 s" if case == "burgers_1d" and target == "0.04" else ""
+                    ref = ("~900 s" if case == "burgers_1d" and target == "0.04" else
+                           "its multiscale rel-L2; its time unknown" if a.get("recipe") else "")
                     lines.append(
                         f"| {case} | {target} | {shown(a[key], a['steps_to_' + target])} | "
                         f"{shown(a.get('sustained_' + key), a.get('sustained_steps_to_' + target))}"
@@ -617,7 +663,9 @@ def markdown(res: dict) -> str:
         for case, a in res["accuracy"].items():
             final = a["curve"][-1] if a["curve"] else None
             if final:
-                lines.append(f"\n{case} ({a['windows_per_step']} window(s) of 64 per step): "
+                recipe = ("msde run's recipe, " if a.get("recipe") else "") + (
+                    f"{a['windows_per_step']} window(s) of {a.get('window', 64)} per step")
+                lines.append(f"\n{case} ({recipe}): "
                              f"last evaluated {final['rel_l2']:.4f} after "
                              f"{final['steps']} steps, {final['train_wall_s']:.0f} s "
                              f"({a['load']}).")
@@ -666,10 +714,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", nargs="+",
                         default=["reference", "scaling", "step2d", "accuracy", "forecast",
                                  "memory"])
-    parser.add_argument("--kdv", action="store_true", help="also KdV 1D's time to 0.042 (long)")
+    parser.add_argument("--tta-cases", nargs="+", default=["burgers_1d"], metavar="CASE",
+                        help="cases of the accuracy section (default burgers_1d; others, e.g. "
+                        "kdv_1d wave_1d, with msde run's recipe and the reference's multiscale "
+                        "rel-L2 as the target; long)")
+    parser.add_argument("--tta-eval-every", type=int, default=4000,
+                        help="multiscale steps between test evaluations of the msde-run-recipe "
+                        "accuracy runs")
     parser.add_argument("--burgers-steps", type=int, default=40000,
                         help="maximum K=5 steps of the Burgers time-to-accuracy run")
-    parser.add_argument("--kdv-steps", type=int, default=60000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--windows", type=int, default=1,
                         help="windows of 64 per step in the accuracy runs (default 1, chosen on "
@@ -704,7 +757,8 @@ def main(argv: list[str] | None = None) -> None:
         res["step2d"] = section_step2d(args)
         save()
     if "accuracy" in args.sections or "forecast" in args.sections:
-        acc, fitted = section_accuracy(ds, args) if "accuracy" in args.sections else (None, None)
+        acc, fitted = (section_accuracy(ds, args, res.get("accuracy"))
+                       if "accuracy" in args.sections else (None, None))
         if acc is not None:
             res["accuracy"] = acc
             save()

@@ -38,6 +38,8 @@ from msde_ppl.data import CASES, DEFAULT_CASE, SchemaError, make_dataset, save  
 from msde_ppl.data.schema import grid_shape  # noqa: E402
 from msde_ppl.pipeline.baselines import BASELINES  # noqa: E402
 from msde_ppl.pipeline.run import (  # noqa: E402  (msde run's schedule: one owner)
+    FIT_BUDGET_S,
+    FIT_STEPS,
     RUN_MICRO_STEPS,
     RUN_STEPS,
     RUN_STEPS_2D,
@@ -45,10 +47,9 @@ from msde_ppl.pipeline.run import (  # noqa: E402  (msde run's schedule: one own
 )
 from msde_ppl.pipeline.table import METHODS, TABLE_CASES  # noqa: E402
 
-# `msde fit`: at most this many steps (a quarter implicit-scale, then multiscale) within the
+# `msde fit`: at most FIT_STEPS steps (a quarter implicit-scale, then multiscale) within the
 # budget; validation on the val split stops it earlier when it stops improving
-FIT_STEPS = 20000
-FIT_BUDGET_TEXT = "10m"
+FIT_BUDGET_TEXT = f"{FIT_BUDGET_S / 60:g}m"
 
 
 def _duration(text: str) -> float:

@@ -42,6 +42,30 @@ def test_patience_keeps_the_best_and_stops(ds, monkeypatch):
     assert summary["best_step"] == 300 and summary["settings"]["patience"] == 3
 
 
+def test_patience_grows_with_the_steps_done(ds, monkeypatch):
+    """The best at step 1000 of evaluations every 100 steps: 3 evaluations later (step 1300)
+    it is only 300 steps old, less than half of the steps done, so the stage goes on until
+    the best is half the steps old (step 2000); a stage whose best is its start stops after
+    `patience` evaluations as before; the fraction is checked by name."""
+    def run(scores, fraction):
+        values = iter(scores)
+        monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: next(values))
+        monitor = ValidationMonitor(Validation(every=100, patience=3,
+                                               patience_fraction=fraction), ds)
+        monitor.evaluate(Stub(0))  # a grown stage's start
+        step = 0
+        while not monitor(Stub(step := step + 100)):
+            assert step < 5000
+        return step, monitor.best_step
+
+    improving = [1.0] + [0.9 - 0.01 * i for i in range(10)] + [0.95] * 40
+    assert run(improving, 0.5) == (2000, 1000)
+    assert run(improving, 0.0) == (1300, 1000)  # the fixed patience
+    assert run([0.5] + [0.6] * 40, 0.5) == (300, 0)
+    with pytest.raises(ValueError, match="patience_fraction"):
+        Validation(patience_fraction=1.0)
+
+
 def test_budget_stops_at_the_deadline_and_scores_that_state(ds, monkeypatch):
     monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: 1.0 / len(f.losses))
     monitor = ValidationMonitor(Validation(every=1000), ds, deadline=time.monotonic() - 1)
