@@ -36,7 +36,8 @@ Sections (``--sections``, default all):
 Writes ``benchmarks/results/perf.json`` and ``perf.md``. Timings are medians; the machine's load
 average is recorded next to them.
 
-    python benchmarks/perf.py            # everything but KdV's time to accuracy (~25 min)
+    python benchmarks/perf.py            # everything; time to accuracy of Burgers 1D only (~25 min)
+    python benchmarks/perf.py --sections accuracy --tta-cases wave_1d kdv_1d   # ~20 min
     python benchmarks/perf.py --quick    # fewer repeats, a short accuracy run, Burgers only
 """
 
@@ -58,10 +59,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from msde_ppl import Fitted  # noqa: E402
-from msde_ppl.data import from_arrays, make_dataset  # noqa: E402
+from msde_ppl.data import CASES, from_arrays, make_dataset  # noqa: E402
 from msde_ppl.data.cases import PDECase, get_case  # noqa: E402
 from msde_ppl.inference import init, make_chunk_runner, step  # noqa: E402
 from msde_ppl.multiscale import config_for  # noqa: E402
+from msde_ppl.pipeline.run import builtin_recipe  # noqa: E402
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive, multiscale_setup  # noqa: E402
 from msde_ppl.predict import forecast, forecast_metrics  # noqa: E402
 
@@ -310,7 +312,7 @@ def time_to_accuracy(ds, case: str, thresholds, config, stages, eval_every: int,
             if steps == stage0:
                 stage0_wall[0] = fitted.wall_time_s
             return False
-        if steps % eval_every:
+        if steps % eval_every and steps != stages[-1][1].steps:  # the last one is scored too
             return False
         fc = forecast(jax.random.key(1), fitted, ds, split=split, n_samples=64,
                       n_steps=eval_steps)
@@ -339,24 +341,6 @@ def burgers_stages(stage0: int, stage1: int, windows: int, eval_every: int):
                             warmup_steps=0))]
 
 
-def msde_run_recipe(case: str, ds):
-    """``msde run``'s config and stages for a built-in case (:func:`run_builtin`'s)."""
-    from msde_ppl.data.cases import get_case
-    from msde_ppl.pipeline.run import (
-        RUN_WINDOWS,
-        model_config,
-        progressive_stages,
-        run_schedule,
-        run_window,
-    )
-
-    steps, micro_steps = run_schedule(case)
-    first = TrainConfig(steps=steps, seed=0, windows_per_step=RUN_WINDOWS,
-                        window=run_window(case))
-    return (model_config(ds, get_case(case).coarse, 5),
-            progressive_stages(5, first, micro_steps))
-
-
 def threshold_times(curve: list[dict], thresholds) -> dict:
     """First evaluation at or below each threshold, and the first after which every later
     evaluation stays at or below it (``sustained_``; None if the last one is above)."""
@@ -373,7 +357,8 @@ def threshold_times(curve: list[dict], thresholds) -> dict:
     return out
 
 
-def section_accuracy(ds, args, previous: dict | None = None) -> tuple[dict, Fitted | None]:
+def section_accuracy(ds, args, previous: dict | None = None,
+                     save=None) -> tuple[dict, Fitted | None]:
     """Time to accuracy of ``--tta-cases``: Burgers 1D with its accuracy recipe (targets 0.040,
     the reference's ~15 min, and 0.015), every other built-in case with ``msde run``'s recipe
     and the reference's multiscale rel-L2 as the target (pipeline.table.REFERENCE). Cases not
@@ -392,12 +377,14 @@ def section_accuracy(ds, args, previous: dict | None = None) -> tuple[dict, Fitt
             res["reference_time_to_0.04_s"] = REFERENCE_TTA_S
         else:
             case_ds = make_dataset(case)
-            config, stages = msde_run_recipe(case, case_ds)
+            config, stages = builtin_recipe(case_ds, case)
             res, _ = time_to_accuracy(case_ds, case, (REFERENCE[case]["multiscale"][0],),
                                       config, stages, args.tta_eval_every, args.tta_split,
                                       stop_early=False)
             res["recipe"] = "msde run"
         out[case] = res
+        if save is not None:  # a long run per case: keep each as it ends
+            save(out)
     return out, fitted
 
 
@@ -714,10 +701,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", nargs="+",
                         default=["reference", "scaling", "step2d", "accuracy", "forecast",
                                  "memory"])
-    parser.add_argument("--tta-cases", nargs="+", default=["burgers_1d"], metavar="CASE",
+    parser.add_argument("--tta-cases", nargs="+", default=["burgers_1d"], choices=sorted(CASES),
+                        metavar="CASE",
                         help="cases of the accuracy section (default burgers_1d; others, e.g. "
                         "kdv_1d wave_1d, with msde run's recipe and the reference's multiscale "
-                        "rel-L2 as the target; long)")
+                        "rel-L2 as the target; long, --quick does not shorten them)")
     parser.add_argument("--tta-eval-every", type=int, default=4000,
                         help="multiscale steps between test evaluations of the msde-run-recipe "
                         "accuracy runs")
@@ -737,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(exist_ok=True)
     out_json = RESULTS / f"{args.tag}.json"
     res: dict = json.loads(out_json.read_text()) if out_json.exists() else {}
-    res.setdefault("settings", {}).update({k: v for k, v in vars(args).items()})
+    res["settings"] = dict(vars(args))  # this invocation's (earlier sections keep their own)
 
     ds = make_dataset("burgers_1d")
     fitted = None
@@ -757,7 +745,11 @@ def main(argv: list[str] | None = None) -> None:
         res["step2d"] = section_step2d(args)
         save()
     if "accuracy" in args.sections or "forecast" in args.sections:
-        acc, fitted = (section_accuracy(ds, args, res.get("accuracy"))
+        def save_accuracy(acc: dict) -> None:
+            res["accuracy"] = acc
+            save()
+
+        acc, fitted = (section_accuracy(ds, args, res.get("accuracy"), save_accuracy)
                        if "accuracy" in args.sections else (None, None))
         if acc is not None:
             res["accuracy"] = acc

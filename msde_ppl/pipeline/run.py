@@ -51,7 +51,8 @@ from msde_ppl.predict.calibration import (
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
 
-__all__ = ["divergence_warning", "fit_data", "model_config", "progressive_stages", "run_builtin",
+__all__ = ["builtin_recipe", "divergence_warning", "fit_data", "model_config",
+           "progressive_stages", "run_builtin",
            "run_case", "run_schedule", "run_window", "score"]
 
 # `msde run`: implicit-scale stage, then multiscale stage, 1 window per step of 64 snapshots
@@ -71,10 +72,10 @@ RUN_STEPS_2D = {"burgers_2d": (3250, 9750), "shallow_water_2d": (5000, 15000),
 RUN_WINDOW_2D = {"cylinder_2d": 32}
 RUN_WINDOWS = 1
 
-# `msde fit` / fit_data: at most msde run's steps in 1D (a quarter implicit-scale, then
-# multiscale) within the time budget; validation on the val split stops a stage earlier once
-# it stops improving (KdV fitted as unlabelled data: 20k steps stopped its micro stage at test
-# rel-L2 0.164 in 93 s of a 10-min budget, against msde run's 0.041)
+# `msde fit` / fit_data: at most msde run's total steps in 1D (of which a quarter
+# implicit-scale, then multiscale) within the time budget; validation on the val split stops a
+# stage earlier once it stops improving (KdV fitted as unlabelled data: 20k steps stopped its
+# micro stage at test rel-L2 0.164 in 93 s of a 10-min budget, against msde run's 0.041)
 FIT_STEPS = RUN_STEPS + RUN_MICRO_STEPS
 FIT_BUDGET_S = 600.0
 
@@ -411,6 +412,22 @@ def divergence_warning(metrics: dict, name: str = "the model") -> str | None:
             "them")
 
 
+def builtin_recipe(ds: xr.Dataset, case: str, *, steps: int | None = None,
+                   micro_steps: int | None = None, n_micro: int = 5, seed: int = 0,
+                   ) -> tuple[MultiscaleConfig, list[tuple[int, TrainConfig]]]:
+    """``msde run``'s ``(config, stages)`` for a built-in case: the case's config on its coarse
+    grid, ``steps`` implicit-scale then ``micro_steps`` multiscale steps (default: the case's
+    :func:`run_schedule`), 1 window of :func:`run_window` snapshots per step."""
+    from msde_ppl.data.cases import get_case
+
+    default_steps, default_micro = run_schedule(case)
+    first = TrainConfig(steps=default_steps if steps is None else steps, seed=seed,
+                        windows_per_step=RUN_WINDOWS, window=run_window(case))
+    micro_steps = default_micro if micro_steps is None else micro_steps
+    return (model_config(ds, get_case(case).coarse, n_micro),
+            progressive_stages(n_micro, first, micro_steps))
+
+
 def run_builtin(ds: xr.Dataset, case: str, *, steps: int, micro_steps: int, n_micro: int = 5,
                 seed: int = 0, n_samples: int = 64, calibrate: bool = True,
                 progress: bool = False, should_stop=None, save_to: Path | None = None) -> dict:
@@ -418,12 +435,8 @@ def run_builtin(ds: xr.Dataset, case: str, *, steps: int, micro_steps: int, n_mi
     grid, ``steps`` implicit-scale steps then ``micro_steps`` multiscale steps (1 window of
     :func:`run_window` snapshots per step), both scored on the test split (:func:`run_case`,
     which also documents ``save_to``)."""
-    from msde_ppl.data.cases import get_case
-
-    config = model_config(ds, get_case(case).coarse, n_micro)
-    first = TrainConfig(steps=steps, seed=seed, windows_per_step=RUN_WINDOWS,
-                        window=run_window(case))
-    stages = progressive_stages(n_micro, first, micro_steps)
+    config, stages = builtin_recipe(ds, case, steps=steps, micro_steps=micro_steps,
+                                    n_micro=n_micro, seed=seed)
     return run_case(ds, config, stages, split="test", n_samples=n_samples, seed=seed,
                     calibrate=calibrate, progress=progress, should_stop=should_stop,
                     save_to=save_to)

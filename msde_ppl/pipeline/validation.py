@@ -18,8 +18,8 @@ difference of their scores is not Monte Carlo noise. The forecast program is com
 stage and called with each checkpoint's parameters.
 
 The fit keeps the parameters of the best score and stops at the budget's deadline, or once
-the best score is both ``patience`` evaluations and ``patience_fraction`` of the stage's steps
-old (no improvement of at least ``min_rel_improvement``, relative, since): the score of a
+the best score is both ``patience`` evaluations and ``patience_fraction`` of the steps done in
+the stage old (no improvement of at least ``min_rel_improvement``, relative, since): the score of a
 checkpoint jumps by a factor of 2 or more from one evaluation to the next on some data
 (forecast rel-L2 of long rollouts), so a fixed patience ends a stage that is still improving
 between the jumps (KdV fitted as unlabelled data: its micro stage improved at step 6300 and
