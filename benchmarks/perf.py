@@ -749,11 +749,8 @@ def main(argv: list[str] | None = None) -> None:
             res["accuracy"] = acc
             save()
 
-        acc, fitted = (section_accuracy(ds, args, res.get("accuracy"), save_accuracy)
-                       if "accuracy" in args.sections else (None, None))
-        if acc is not None:
-            res["accuracy"] = acc
-            save()
+        if "accuracy" in args.sections:  # saved as each case ends
+            _, fitted = section_accuracy(ds, args, res.get("accuracy"), save_accuracy)
     if "forecast" in args.sections:
         from msde_ppl.pipeline.run import model_config
         from msde_ppl.pipeline.training import fit_multiscale

@@ -66,7 +66,6 @@ def _duration(text: str) -> float:
     return value
 
 
-FIT_BUDGET = _duration(FIT_BUDGET_TEXT)
 
 
 def _int_at_least(minimum: int, description: str):
@@ -153,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--steps", type=_positive_int, default=FIT_STEPS,
                      help=f"optimisation steps in all, at most (default {FIT_STEPS}); the fit "
                      "ends earlier when its val score stops improving or at --budget")
-    fit.add_argument("--budget", type=_duration, default=FIT_BUDGET, metavar="TIME",
+    fit.add_argument("--budget", type=_duration, default=FIT_BUDGET_S, metavar="TIME",
                      help="training wall-time budget, e.g. 90s, 10m, 1.5h (default "
                      f"{FIT_BUDGET_TEXT}); the fit stops there and keeps its best model")
     fit.add_argument("--no-validation", action="store_true",

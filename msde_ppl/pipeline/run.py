@@ -39,6 +39,7 @@ from msde_ppl.predict.calibration import (
     SPREAD_SHRINK_GRID,
     TAIL_GRID,
     apply_residual_gain,
+    bound_counts,
     bounded_spread,
     bounded_tail,
     fit_residual_gain,
@@ -327,9 +328,9 @@ def score(
                              "(the calibrated members checked against the data's bounds)")
             shrink = bounded_spread(check["diverged_spread"]) if inflates else 1.0
             if inflates:  # the validation evidence behind the fraction, for the report
-                counts = check["diverged_spread"].sum(["traj", "member"])
-                spread_checked = {f"{float(s):g}": int(n) for s, n in
-                                  zip(counts["spread_shrink"].values, counts.values, strict=True)}
+                spread_checked = {f"{s:g}": int(n) for s, n in
+                                  zip(*bound_counts(check["diverged_spread"], "spread_shrink"),
+                                      strict=True)}
             if shrink < 1.0:  # Gaussian members at the shrunk factor
                 factor, tail = shrunk_factor(factor, shrink), np.inf
             elif heavy:

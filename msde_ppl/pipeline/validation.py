@@ -163,7 +163,7 @@ class ValidationMonitor:
         if step // self.validation.every <= last // self.validation.every:
             return False  # no multiple of `every` passed since the last evaluation
         self.evaluate(fitted)
-        stale = step - max(self.best_step, 0) >= self.validation.patience_fraction * step
+        stale = step - self.best_step >= self.validation.patience_fraction * step
         if self._since_best >= self.validation.patience and stale:
             self.stopped_by = "patience"
             return True

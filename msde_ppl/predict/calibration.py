@@ -117,7 +117,8 @@ from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
 
 __all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "SPREAD_SHRINK_GRID", "SPREAD_SHRINK_MARGIN",
            "TAIL_GRID",
-           "ResidualSpread", "apply_residual_gain", "bounded_spread", "bounded_tail",
+           "ResidualSpread", "apply_residual_gain", "bound_counts", "bounded_spread",
+           "bounded_tail",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
            "residual_rms", "shrunk_factor", "tail_weights"]
 
@@ -492,7 +493,7 @@ def bounded_tail(dof: float, diverged: xr.DataArray) -> float:
     dof = float(dof)
     if not dof > 2.0:  # also catches nan
         raise ValueError(f"the fitted tail needs more than 2 degrees of freedom, got {dof}")
-    tails, counts = _counts(diverged, "tail")
+    tails, counts = bound_counts(diverged, "tail")
     if not np.isinf(tails).any():
         raise ValueError(f"the candidate tails need the Gaussian one (inf), got {tails}")
     order = np.argsort(-tails)  # the lightest (Gaussian) first
@@ -525,7 +526,7 @@ def bounded_spread(diverged: xr.DataArray) -> float:
     Raises:
         ValueError: ``diverged`` has no candidate 0.
     """
-    shrinks, counts = _counts(diverged, "spread_shrink")
+    shrinks, counts = bound_counts(diverged, "spread_shrink")
     if not (shrinks == 0.0).any():
         raise ValueError(f"the candidate spread shrinks need 0 (no inflation), got {shrinks}")
     order = np.argsort(shrinks)  # no inflation first
@@ -533,8 +534,9 @@ def bounded_spread(diverged: xr.DataArray) -> float:
                             margin=SPREAD_SHRINK_MARGIN)
 
 
-def _counts(diverged: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates (``dim``'s coordinate) and how many members left the bounds with each."""
+def bound_counts(diverged: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates (``dim``'s coordinate) and how many members left the bounds with each
+    (``diverged``: a forecast's ``diverged_tail`` or ``diverged_spread``)."""
     counts = diverged.sum([d for d in diverged.dims if d != dim])
     return np.asarray(counts[dim], np.float64), np.asarray(counts.values, np.int64)
 
@@ -547,14 +549,12 @@ def _riskiest_within(candidates: np.ndarray, counts: np.ndarray, reference: int,
     that ``stop`` refuses; where a candidate fails, ``margin`` more steps back towards the
     safest (the bounds were crossed between the last passing candidate and the failing one, on
     a few validation trajectories); the safest is always allowed."""
-    passed = 0
-    failed = False
-    for candidate, count in zip(candidates, counts, strict=True):
+    chosen = 0
+    for i, (candidate, count) in enumerate(zip(candidates, counts, strict=True)):
         if stop(candidate):
             break
         if count > reference:
-            failed = True
+            chosen = max(chosen - margin, 0)
             break
-        passed += 1
-    last = max(passed - 1 - (margin if failed else 0), 0)
-    return float(candidates[last])
+        chosen = i
+    return float(candidates[chosen])

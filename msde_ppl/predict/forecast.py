@@ -460,6 +460,8 @@ def forecast(
                                                      for s in spread_check]
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
+    # the same bounds as device arrays, for the fused checks of every block
+    limits = (jnp.asarray(lower, np.float32), jnp.asarray(upper, np.float32))
 
     keys = jax.random.split(rng_key, y.shape[0])
     out: dict[str, np.ndarray] = {}  # (traj, ...) per statistic, filled one trajectory at a time
@@ -507,7 +509,6 @@ def forecast(
             if check_weights or check_factors:  # the same members, other tails or factors
                 block = (jnp.asarray(raw), jnp.asarray(raw_mean),
                          None if shift is None else jnp.asarray(shift))
-                limits = (jnp.asarray(lower, raw.dtype), jnp.asarray(upper, raw.dtype))
                 c_check = None if c is None else jnp.asarray(c)
             for j, w_check in enumerate(check_weights):
                 hit = np.asarray(_members_out_of_bounds(*block, c_check, w_check, *limits))
@@ -578,9 +579,7 @@ def _members_out_of_bounds(raw: jax.Array, mean: jax.Array, shift: jax.Array | N
     by XLA into one pass without the intermediate fields (the checks of ``tail_check`` and
     ``spread_check`` apply it once per candidate)."""
     draws = _calibrated_draws(raw, mean, c, weights, shift)  # traced: array methods only
-    shape = (1, 1, -1) + (1,) * (raw.ndim - 3)
-    inside = jnp.isfinite(draws) & (draws >= lower.reshape(shape)) & (draws <= upper.reshape(shape))
-    return ~jnp.all(inside, axis=tuple(i for i in range(raw.ndim) if i != 1))
+    return diverged_members(draws, lower, upper, xp=jnp)
 
 
 def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
