@@ -349,7 +349,8 @@ def threshold_times(curve: list[dict], thresholds) -> dict:
         hit = next((p for p in curve if p["rel_l2"] <= threshold), None)
         out[f"time_to_{threshold}"] = None if hit is None else hit["train_wall_s"]
         out[f"steps_to_{threshold}"] = None if hit is None else hit["steps"]
-        above = [i for i, p in enumerate(curve) if p["rel_l2"] > threshold]
+        # a non-finite score (a blown-up forecast) counts as above
+        above = [i for i, p in enumerate(curve) if not p["rel_l2"] <= threshold]
         last_above = above[-1] if above else -1
         held = curve[last_above + 1] if last_above + 1 < len(curve) else None
         out[f"sustained_time_to_{threshold}"] = None if held is None else held["train_wall_s"]
