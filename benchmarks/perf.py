@@ -300,6 +300,11 @@ def time_to_accuracy(ds, case: str, thresholds, config, stages, eval_every: int,
     else run every step (the whole curve; the recorded times are the first evaluations at or
     below each threshold, and the first after which all stay below; evaluation time is
     excluded from the training wall time)."""
+    chunk = stages[-1][1].chunk_size
+    if eval_every < 1 or eval_every % chunk:
+        # the callback runs where a training chunk ends: other multiples would be skipped
+        raise ValueError(f"{case}: evaluate every multiple of the training chunk ({chunk} "
+                         f"steps), got {eval_every}")
     eval_steps = int(ds.attrs["eval_steps"])
     stage0 = stages[0][1].steps
     curve: list[dict] = []
