@@ -66,8 +66,6 @@ def _duration(text: str) -> float:
     return value
 
 
-
-
 def _int_at_least(minimum: int, description: str):
     """An argparse type: an integer ``>= minimum``, refused with ``expected <description>``."""
 
