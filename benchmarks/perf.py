@@ -227,8 +227,9 @@ def op_breakdown(ds, config, train: TrainConfig, n_steps: int = 5, top: int = 12
 
 def section_step2d(args) -> dict:
     """Median 2D training-step times (implicit scale, multiscale with the MLP and the spline
-    micro codec) at the 2D cases' sizes, GFLOP/s from XLA's cost analysis, and a per-op
-    breakdown of the multiscale step at ``msde run``'s window."""
+    micro codec, and with the reference's CNN codec at the smaller window) at the 2D cases'
+    sizes, GFLOP/s from XLA's cost analysis, and a per-op breakdown of the multiscale step at
+    ``msde run``'s window."""
     from msde_ppl.pipeline.run import run_window
 
     repeats = 3 if args.quick else 10
@@ -237,7 +238,10 @@ def section_step2d(args) -> dict:
         ds = synthetic_2d(fields, nx, ny)
         rows = []
         for window in windows:
-            for n_micro, codec in ((0, None), (5, "mlp"), (5, "spline")):
+            codecs = ((0, None), (5, "mlp"), (5, "spline"))
+            if window == windows[0]:  # the reference's CNN codec: ~30-85x the MLP's step
+                codecs += ((5, "cnn"),)
+            for n_micro, codec in codecs:
                 config = config_for(case, (nx, ny), n_micro=n_micro, n_channels=fields,
                                     encoder=codec, decoder=codec)
                 timed = time_steps(ds, config, TrainConfig(window=window, windows_per_step=1,

@@ -176,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="micro encoder on the residual y - G*y: 'mlp' (cheap), 'spline' (the "
                      "MLP on the residual's cubic-spline coefficients, knots every 2 fine "
                      "points: ~1/4 of the work in 2D) or 'cnn' (the reference's strided "
-                     "convolutions; 1D grids, length divisible by 8); "
+                     "convolutions; 1D or 2D grids, every axis divisible by 8); "
                      "default: the built-in case's choice, else 'mlp'")
     fit.add_argument("--decoder", choices=["mlp", "spline", "cnn", "stencil"], default=None,
                      help="micro decoder: 'mlp' g(eta), 'spline' g(eta) through a cubic-spline "
                      "basis (knots every 2 fine points), 'cnn' g(eta) by the reference's "
-                     "transposed convolutions (1D, length divisible by 8) or 'stencil' "
+                     "transposed convolutions (1D or 2D, axes divisible by 8) or 'stencil' "
                      "(translation-equivariant g(zeta, eta) reading the local coarse field); "
                      "default: the built-in case's choice, else 'mlp'")
     fit.add_argument("--scale-kernel", choices=["learned", "frozen"], default=None,
@@ -773,9 +773,10 @@ def _fit_plan(args: argparse.Namespace):
     ds = load(args.data)
     validate(ds, coarse=args.coarse)
     for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
-        if choice == "cnn" and (len(grid_shape(ds)) != 1 or grid_shape(ds)[0] % 8):
-            raise ValueError(f"{flag} cnn needs a 1D grid of length divisible by 8, got "
-                             f"{tuple(grid_shape(ds))}")
+        grid = tuple(grid_shape(ds))
+        if choice == "cnn" and (len(grid) > 2 or any(n % 8 for n in grid)):
+            raise ValueError(f"{flag} cnn needs a 1D or 2D grid with every axis divisible by "
+                             f"8, got {grid}")
     if ds.sizes["time"] < args.window:
         raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
                          "snapshots per trajectory")

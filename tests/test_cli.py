@@ -152,8 +152,8 @@ def test_fit_refuses_cnn_codec_on_grid_not_divisible_by_8(tmp_path, call, flag):
     save(from_arrays(u.astype(np.float32), time=0.01 * np.arange(20), x=x), path)
     out = call("fit", "--data", str(path), "--coarse", "6", "--micro", "2", flag, "cnn",
                   "--out", str(tmp_path / "r"))
-    assert out.returncode == 2 and f"{flag} cnn needs a 1D grid of length divisible by 8" \
-        in out.stderr, out.stderr
+    assert out.returncode == 2 and f"{flag} cnn needs a 1D or 2D grid with every axis " \
+        "divisible by 8, got (60,)" in out.stderr, out.stderr
     assert not (tmp_path / "r").exists()
 
 

@@ -22,7 +22,7 @@ r"""Encoder/decoder networks of the multiscale model (docs/method.md §2.3, §2.
 
 The micro networks are MLPs by default (one hidden layer of 256): on these grids an MLP costs
 about 1% of the reference's convolutional stacks' FLOPs per snapshot. The reference's own
-networks (1D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder`
+networks (1D and 2D) are :class:`ConvMicroEncoder` and :class:`ConvMicroDecoder`
 (docs/method.md §2.3, §2.1), built from the polyphase layers of :mod:`msde_ppl.generative.conv`.
 """
 
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from msde_ppl.generative.conv import CircularConv1d, ConvTranspose1d
+from msde_ppl.generative.conv import CircularConv, ConvTranspose
 from msde_ppl.generative.drifts import stencil_inputs
 from msde_ppl.generative.networks import MLP, xavier_linear
 from msde_ppl.generative.operators import ScaleOperator, spline_basis
@@ -55,31 +55,47 @@ __all__ = [
 _INIT_LOGVAR = float(math.log(math.log1p(math.exp(-4.0))))
 
 
-class ConvMicroEncoder(eqx.Module):
-    r"""The reference's 1D micro encoder: residual ``(C, L)`` :math:`\mapsto \eta`.
+#: The reference's CNN sizes per grid dimension (docs/method.md §1.3, §2.1): encoder
+#: channels and kernel, decoder channels (head first) and kernel.
+_CNN_SIZES = {1: ((4, 16, 64), 25, (64, 16, 4), 9), 2: ((64, 32, 16), 9, (16, 32, 64), 9)}
 
-    Three circular convolutions (``C -> 4 -> 16 -> 64`` channels by default, kernel 25,
-    stride 2) with leaky ReLU, flattened, then a linear map to ``n_micro``. ``L`` must be a
-    multiple of ``2**len(channels)``.
+
+def _cnn_sizes(fine: tuple[int, ...], n_layers: int = 3) -> tuple:
+    """The reference's sizes for a ``len(fine)``-D grid; each axis must divide by 2^layers."""
+    if len(fine) not in _CNN_SIZES:
+        raise ValueError(f"the CNN micro codec is implemented for 1D and 2D grids, got a "
+                         f"{len(fine)}D grid {tuple(fine)}")
+    factor = 2 ** n_layers
+    if any(n % factor for n in fine):
+        raise ValueError(f"the CNN micro codec needs every grid axis divisible by {factor}, "
+                         f"got {tuple(fine)}")
+    return _CNN_SIZES[len(fine)]
+
+
+class ConvMicroEncoder(eqx.Module):
+    r"""The reference's micro encoder: residual ``(C, *fine)`` :math:`\mapsto \eta`.
+
+    Three circular stride-2 convolutions with leaky ReLU, flattened, then a linear map to
+    ``n_micro``. 1D: ``C -> 4 -> 16 -> 64`` channels, kernel 25; 2D: ``C -> 64 -> 32 -> 16``,
+    kernel 9x9 (4096 features on a 128x128 grid). Every grid axis must be a multiple of 8.
     """
 
-    convs: tuple[CircularConv1d, ...]
+    convs: tuple[CircularConv, ...]
     head: eqx.nn.Linear
 
-    def __init__(self, n_channels: int, length: int, n_micro: int,
-                 channels: tuple[int, ...] = (4, 16, 64), kernel_size: int = 25, *,
+    def __init__(self, n_channels: int, fine_shape: tuple[int, ...], n_micro: int, *,
                  key: PRNGKeyArray) -> None:
+        fine = tuple(fine_shape)
+        channels, kernel_size, _, _ = _cnn_sizes(fine)
         factor = 2 ** len(channels)
-        if length % factor:
-            raise ValueError(f"the CNN micro encoder needs a fine grid length divisible by "
-                             f"{factor}, got {length}")
         keys = jax.random.split(key, len(channels) + 1)
         sizes = (n_channels, *channels)
-        self.convs = tuple(CircularConv1d(a, b, kernel_size, 2, key=k)
+        self.convs = tuple(CircularConv(a, b, kernel_size, 2, len(fine), key=k)
                            for a, b, k in zip(sizes[:-1], sizes[1:], keys[:-1], strict=True))
-        self.head = xavier_linear(channels[-1] * (length // factor), n_micro, key=keys[-1])
+        n_features = channels[-1] * math.prod(n // factor for n in fine)
+        self.head = xavier_linear(n_features, n_micro, key=keys[-1])
 
-    def __call__(self, residual: Float[Array, "C L"]) -> Float[Array, " n_micro"]:
+    def __call__(self, residual: Float[Array, "C ..."]) -> Float[Array, " n_micro"]:
         h = residual
         for conv in self.convs:
             h = jax.nn.leaky_relu(conv(h))
@@ -160,7 +176,7 @@ class MultiscaleEncoder(eqx.Module):
 
     ``network`` is ``"mlp"`` (an MLP on the flattened residual), ``"spline"``
     (:class:`SplineMicroEncoder`, knots every ``spacing`` fine points) or ``"cnn"``
-    (:class:`ConvMicroEncoder`, 1D only).
+    (:class:`ConvMicroEncoder`, 1D and 2D).
     """
 
     scale: ScaleOperator
@@ -184,8 +200,6 @@ class MultiscaleEncoder(eqx.Module):
         if network not in ("mlp", "cnn", "spline"):
             raise ValueError(f"unknown micro encoder {network!r}; use 'mlp', 'spline' or "
                              "'cnn'")
-        if network == "cnn" and len(scale.fine_shape) != 1:
-            raise ValueError("the CNN micro encoder is implemented for 1D grids only")
         self.micro = None
         if n_micro and network == "mlp":
             self.micro = MLP(n_fine, hidden, n_micro, key=key)
@@ -193,8 +207,7 @@ class MultiscaleEncoder(eqx.Module):
             self.micro = SplineMicroEncoder(scale.n_channels, scale.fine_shape, n_micro, spacing,
                                             hidden, key=key)
         elif n_micro:
-            self.micro = ConvMicroEncoder(scale.n_channels, scale.fine_shape[0], n_micro,
-                                          key=key)
+            self.micro = ConvMicroEncoder(scale.n_channels, scale.fine_shape, n_micro, key=key)
         n_macro = scale.n_channels * math.prod(scale.coarse_shape)
         self.logvar = jnp.full((n_macro + n_micro,), _INIT_LOGVAR, jnp.float32)
 
@@ -234,39 +247,39 @@ class MicroDecoder(eqx.Module):
 
 
 class ConvMicroDecoder(eqx.Module):
-    r"""The reference's 1D micro decoder: :math:`\eta \mapsto g(\eta)`, shape ``(C, L)``.
+    r"""The reference's micro decoder: :math:`\eta \mapsto g(\eta)`, shape ``(C, *fine)``.
 
-    A linear map to ``64 x L/8`` values and leaky ReLU, then three transposed convolutions
-    (``64 -> 16 -> 4 -> C`` channels by default, kernel 9, stride 2, padding 4, output padding
-    1) with leaky ReLU between. The last layer's weights start at zero (no correction at first,
-    as :class:`MicroDecoder`).
+    A linear map to ``c_0 x fine/8`` values and leaky ReLU, then three transposed convolutions
+    (kernel 9, stride 2, padding 4, output padding 1, zero boundaries) with leaky ReLU between:
+    1D ``64 -> 16 -> 4 -> C`` channels, 2D ``16 -> 32 -> 64 -> C``. The last layer's weights
+    start at zero (no correction at first, as :class:`MicroDecoder`).
     """
 
     head: eqx.nn.Linear
-    convs: tuple[ConvTranspose1d, ...]
+    convs: tuple[ConvTranspose, ...]
     channels: tuple[int, ...] = eqx.field(static=True)
+    head_grid: tuple[int, ...] = eqx.field(static=True)
 
-    def __init__(self, n_micro: int, out_shape: tuple[int, ...],
-                 channels: tuple[int, ...] = (64, 16, 4), kernel_size: int = 9, *,
+    def __init__(self, n_micro: int, out_shape: tuple[int, ...], *,
                  key: PRNGKeyArray) -> None:
         n_channels, *fine = out_shape
+        _, _, channels, kernel_size = _cnn_sizes(tuple(fine))
         factor = 2 ** len(channels)
-        if len(fine) != 1 or fine[0] % factor:
-            raise ValueError(f"the CNN micro decoder needs a 1D grid of length divisible by "
-                             f"{factor}, got {tuple(fine)}")
         keys = jax.random.split(key, len(channels) + 1)
         self.channels = tuple(channels)
-        self.head = xavier_linear(n_micro, channels[0] * (fine[0] // factor), key=keys[0])
+        self.head_grid = tuple(n // factor for n in fine)
+        self.head = xavier_linear(n_micro, channels[0] * math.prod(self.head_grid), key=keys[0])
         sizes = (*channels, n_channels)
         pad = (kernel_size - 1) // 2
-        convs = [ConvTranspose1d(a, b, kernel_size, 2, pad, 2 - kernel_size + 2 * pad, key=k)
+        convs = [ConvTranspose(a, b, kernel_size, 2, pad, 2 - kernel_size + 2 * pad, len(fine),
+                               key=k)
                  for a, b, k in zip(sizes[:-1], sizes[1:], keys[1:], strict=True)]
         convs[-1] = eqx.tree_at(lambda c: c.weight, convs[-1], jnp.zeros_like(convs[-1].weight))
         self.convs = tuple(convs)
 
-    def __call__(self, zeta: Array, eta: Float[Array, " n_micro"]) -> Float[Array, "C L"]:
+    def __call__(self, zeta: Array, eta: Float[Array, " n_micro"]) -> Float[Array, "C ..."]:
         """``g(eta)`` (``zeta`` is accepted for a common signature and ignored)."""
-        h = jax.nn.leaky_relu(self.head(eta)).reshape(self.channels[0], -1)
+        h = jax.nn.leaky_relu(self.head(eta)).reshape(self.channels[0], *self.head_grid)
         for conv in self.convs[:-1]:
             h = jax.nn.leaky_relu(conv(h))
         return self.convs[-1](h)

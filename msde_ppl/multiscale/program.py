@@ -106,12 +106,12 @@ class MultiscaleConfig:
             kernel narrower than the coarse spacing aliases them (see the wave 1D case).
         encoder: micro encoder, ``"mlp"``, ``"spline"`` (the MLP on the residual's spline
             coefficients, :class:`~msde_ppl.generative.codec.SplineMicroEncoder`) or ``"cnn"``
-            (the reference's network, 1D; see
+            (the reference's network, 1D or 2D; see
             :class:`~msde_ppl.generative.codec.ConvMicroEncoder`).
         decoder: micro decoder, ``"mlp"`` (:math:`g(\eta)`, the reference's form),
             ``"spline"`` (:math:`g(\eta)` through a spline basis,
             :class:`~msde_ppl.generative.codec.SplineMicroDecoder`), ``"cnn"``
-            (:math:`g(\eta)` by the reference's network, 1D) or ``"stencil"``
+            (:math:`g(\eta)` by the reference's network, 1D or 2D) or ``"stencil"``
             (translation-equivariant :math:`g(\zeta, \eta)`, see
             :class:`~msde_ppl.generative.codec.StencilMicroDecoder`).
         codec_spacing: knot spacing (fine points) of the ``"spline"`` codec's basis.
