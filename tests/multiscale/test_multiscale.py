@@ -272,24 +272,32 @@ def test_2d_training_step_by_matrix_equals_step_by_fft(rng_key, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
 
 
-def test_the_cnn_codec_grows_and_trains_on_a_2d_grid(rng_key):
+CNN_2D = MultiscaleConfig(fine_shape=(16, 24), coarse_shape=(4, 6), n_channels=2, n_micro=0,
+                          macro_hidden=(8,), micro_hidden=(8,), encoder="cnn", decoder="cnn")
+
+
+def test_the_cnn_codec_grows_on_a_2d_grid(rng_key):
     """The reference's 2D CNN codec inside the model: grown from K = 0 it reconstructs what the
-    old model did (an idle micro state), and the ELBO and its gradient are finite."""
+    old model did (an idle micro state)."""
+    k_old, k_new, k_z = jax.random.split(rng_key, 3)
+    old = build_modules(CNN_2D, key=k_old)
+    cfg, new = grow_modules(old, CNN_2D, 3, key=k_new)
+    zeta = jax.random.normal(k_z, (CNN_2D.n_latent,))
+    macro, micro = decode(new.encoder, new.decoder, cfg, jnp.concatenate([zeta, jnp.ones(3)]))
+    np.testing.assert_allclose(macro, decode(old.encoder, None, CNN_2D, zeta)[0], atol=1e-6)
+    assert micro.shape == (2, 16, 24) and float(jnp.abs(micro).max()) == 0.0
+
+
+@pytest.mark.slow  # ~30 s of compilation; test_conv covers the layers
+def test_the_cnn_codec_trains_on_a_2d_grid(rng_key):
+    """The ELBO of a 2D model with the CNN codec and its gradient are finite, and the fit uses
+    the per-step Python loop."""
     from msde_ppl.data import from_arrays
     from msde_ppl.inference import init
     from msde_ppl.pipeline.training import multiscale_setup
 
-    k_old, k_new, k_init, k_batch, k_loss, k_z = jax.random.split(rng_key, 6)
-    old_cfg = MultiscaleConfig(fine_shape=(16, 24), coarse_shape=(4, 6), n_channels=2,
-                               n_micro=0, macro_hidden=(8,), micro_hidden=(8,), encoder="cnn",
-                               decoder="cnn")
-    old = build_modules(old_cfg, key=k_old)
-    cfg, new = grow_modules(old, old_cfg, 3, key=k_new)
-    zeta = jax.random.normal(k_z, (old_cfg.n_latent,))
-    macro, micro = decode(new.encoder, new.decoder, cfg, jnp.concatenate([zeta, jnp.ones(3)]))
-    np.testing.assert_allclose(macro, decode(old.encoder, None, old_cfg, zeta)[0], atol=1e-6)
-    assert micro.shape == (2, 16, 24) and float(jnp.abs(micro).max()) == 0.0
-
+    k_init, k_batch, k_loss = jax.random.split(rng_key, 3)
+    cfg = dataclasses.replace(CNN_2D, n_micro=3)
     u = np.random.default_rng(0).normal(size=(1, 12, 2, 16, 24)).astype(np.float32)
     ds = from_arrays(u, time=np.arange(12) * 0.01, x=np.arange(16) / 16,
                      y=np.arange(24) / 24, fields=["a", "b"], split=["train"])
