@@ -60,14 +60,14 @@ _INIT_LOGVAR = float(math.log(math.log1p(math.exp(-4.0))))
 _CNN_SIZES = {1: ((4, 16, 64), 25, (64, 16, 4), 9), 2: ((64, 32, 16), 9, (16, 32, 64), 9)}
 
 
-def _cnn_sizes(fine: tuple[int, ...], n_layers: int = 3) -> tuple:
-    """The reference's sizes for a ``len(fine)``-D grid; each axis must divide by 2^layers."""
+def _cnn_sizes(fine: tuple[int, ...]) -> tuple:
+    """The reference's sizes for a ``len(fine)``-D grid; three stride-2 layers, so every axis
+    must divide by 8."""
     if len(fine) not in _CNN_SIZES:
         raise ValueError(f"the CNN micro codec is implemented for 1D and 2D grids, got a "
                          f"{len(fine)}D grid {tuple(fine)}")
-    factor = 2 ** n_layers
-    if any(n % factor for n in fine):
-        raise ValueError(f"the CNN micro codec needs every grid axis divisible by {factor}, "
+    if any(n % 8 for n in fine):
+        raise ValueError(f"the CNN micro codec needs every grid axis divisible by 8, "
                          f"got {tuple(fine)}")
     return _CNN_SIZES[len(fine)]
 
