@@ -25,13 +25,10 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import jax  # noqa: E402
-
 from msde_ppl import Fitted  # noqa: E402
 from msde_ppl.data import load  # noqa: E402
-from msde_ppl.multiscale.surgery import grow_modules, grown_global_values  # noqa: E402
 from msde_ppl.pipeline.run import score  # noqa: E402
-from msde_ppl.pipeline.training import TrainConfig, WarmStart, fit_multiscale  # noqa: E402
+from msde_ppl.pipeline.training import TrainConfig, fit_multiscale, grown_start  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "crps", "coverage_90",
@@ -39,15 +36,12 @@ METRICS = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "crps", "coverage_9
 
 
 def grown_fit(ds, start: Fitted, codec: str, n_micro: int, train: TrainConfig) -> Fitted:
-    """The multiscale stage grown from ``start`` (a K = 0 fit) with the micro ``codec``."""
+    """The multiscale stage grown from ``start`` (a K = 0 fit) with the micro ``codec``, as
+    :func:`~msde_ppl.pipeline.training.fit_progressive` grows its second stage."""
     if start.config.n_micro:
         raise ValueError("the starting model must be an implicit-scale (K = 0) fit")
     old = dataclasses.replace(start.config, encoder=codec, decoder=codec)  # no micro nets yet
-    # the key fit_progressive grows its second stage with
-    config, modules = grow_modules(start.modules, old, n_micro,
-                                   key=jax.random.key(train.seed + 1000))
-    warm = WarmStart(modules, start.kernel,
-                     grown_global_values(start.global_medians(), old, n_micro))
+    config, warm = grown_start(start, n_micro, train.seed, old_config=old)
     return fit_multiscale(ds, config, train, progress=False, warm_start=warm)
 
 

@@ -767,6 +767,7 @@ def _fit_plan(args: argparse.Namespace):
     """``(ds, config, stages)`` of a ``msde fit``, every input checked before anything is
     written."""
     from msde_ppl.data import load, validate
+    from msde_ppl.generative.codec import cnn_fits_grid
     from msde_ppl.pipeline.run import model_config, progressive_stages
     from msde_ppl.pipeline.training import TrainConfig, check_training_data
 
@@ -774,7 +775,7 @@ def _fit_plan(args: argparse.Namespace):
     validate(ds, coarse=args.coarse)
     for flag, choice in (("--encoder", args.encoder), ("--decoder", args.decoder)):
         grid = tuple(grid_shape(ds))
-        if choice == "cnn" and (len(grid) > 2 or any(n % 8 for n in grid)):
+        if choice == "cnn" and not cnn_fits_grid(grid):
             raise ValueError(f"{flag} cnn needs a 1D or 2D grid with every axis divisible by "
                              f"8, got {grid}")
     if ds.sizes["time"] < args.window:

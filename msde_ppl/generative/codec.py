@@ -50,6 +50,7 @@ __all__ = [
     "SplineMicroDecoder",
     "SplineMicroEncoder",
     "StencilMicroDecoder",
+    "cnn_fits_grid",
 ]
 
 _INIT_LOGVAR = float(math.log(math.log1p(math.exp(-4.0))))
@@ -60,16 +61,21 @@ _INIT_LOGVAR = float(math.log(math.log1p(math.exp(-4.0))))
 _CNN_SIZES = {1: ((4, 16, 64), 25, (64, 16, 4), 9), 2: ((64, 32, 16), 9, (16, 32, 64), 9)}
 
 
+def cnn_fits_grid(fine: tuple[int, ...]) -> bool:
+    """Whether the CNN micro codec exists for the grid ``fine``: 1D or 2D, and (three stride-2
+    layers) every axis divisible by 8."""
+    return len(fine) in _CNN_SIZES and not any(n % 8 for n in fine)
+
+
 def _cnn_sizes(fine: tuple[int, ...]) -> tuple:
-    """The reference's sizes for a ``len(fine)``-D grid; three stride-2 layers, so every axis
-    must divide by 8."""
+    """The reference's sizes for a ``len(fine)``-D grid (:func:`cnn_fits_grid`)."""
+    if cnn_fits_grid(fine):
+        return _CNN_SIZES[len(fine)]
     if len(fine) not in _CNN_SIZES:
         raise ValueError(f"the CNN micro codec is implemented for 1D and 2D grids, got a "
                          f"{len(fine)}D grid {tuple(fine)}")
-    if any(n % 8 for n in fine):
-        raise ValueError(f"the CNN micro codec needs every grid axis divisible by 8, "
-                         f"got {tuple(fine)}")
-    return _CNN_SIZES[len(fine)]
+    raise ValueError(f"the CNN micro codec needs every grid axis divisible by 8, got "
+                     f"{tuple(fine)}")
 
 
 class ConvMicroEncoder(eqx.Module):

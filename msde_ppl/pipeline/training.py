@@ -58,7 +58,8 @@ from msde_ppl.pipeline.fitted import Fitted, grid_info, train_dict
 from msde_ppl.pipeline.validation import Validation, ValidationMonitor
 
 __all__ = ["FitStopped", "MultiscaleSetup", "TrainConfig", "WarmStart", "check_training_data",
-           "fit", "fit_multiscale", "fit_progressive", "multiscale_setup"]
+           "fit", "fit_multiscale", "fit_progressive", "grown_start",
+           "multiscale_setup"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,6 +498,22 @@ def _chain(*callbacks: Callable | None) -> Callable | None:
     return run
 
 
+def grown_start(prev: Fitted, n_micro: int, seed: int, stage: int = 1,
+                old_config: MultiscaleConfig | None = None) -> tuple[MultiscaleConfig, WarmStart]:
+    """``(config, warm_start)`` of stage ``stage`` of a progressive fit grown from ``prev`` to
+    ``n_micro`` micro coordinates (:func:`msde_ppl.multiscale.grow_modules`, new networks from
+    the key ``seed + 1000 * stage``; global sites from ``prev``'s posterior medians).
+    ``old_config``: ``prev``'s config with other settings for the networks it lacks (e.g.
+    another micro codec when ``prev`` has no micro state); default ``prev.config``."""
+    from msde_ppl.multiscale.surgery import grow_modules, grown_global_values
+
+    old = prev.config if old_config is None else old_config
+    config, modules = grow_modules(prev.modules, old, n_micro,
+                                   key=jax.random.key(seed + 1000 * stage))
+    return config, WarmStart(modules, prev.kernel,
+                             grown_global_values(prev.global_medians(), old, n_micro))
+
+
 def fit_progressive(
     ds: xr.Dataset,
     config: MultiscaleConfig,
@@ -532,8 +549,6 @@ def fit_progressive(
         FitStopped: as :func:`fit_multiscale`, with ``.stage`` the stage that stopped.
         ValueError: a saved stage or checkpoint belongs to another fit.
     """
-    from msde_ppl.multiscale.surgery import grow_modules, grown_global_values
-
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -560,11 +575,7 @@ def fit_progressive(
             continue
         stage_config, warm = dataclasses.replace(config, n_micro=n_micro), None
         if fitted:
-            prev = fitted[-1]
-            stage_config, modules = grow_modules(prev.modules, prev.config, n_micro,
-                                                 key=jax.random.key(train.seed + 1000 * i))
-            warm = WarmStart(modules, prev.kernel,
-                             grown_global_values(prev.global_medians(), prev.config, n_micro))
+            stage_config, warm = grown_start(fitted[-1], n_micro, train.seed, i)
         ckpt = None if folder is None else folder / f"stage{i}.ckpt.npz"
         record = None if folder is None else folder / f"stage{i}.validation"
         monitor = None
