@@ -97,23 +97,37 @@ class Dissipation(eqx.Module):
     every path is drawn back into the ball :math:`|z_c - m_c| \le B_c/\lambda_c` (plus the
     noise), where a free piecewise-linear network may grow exponentially.
 
+    With ``max_radius`` :math:`r`, the rate is :math:`\lambda_c = \max(\mathrm{softplus}
+    (\rho_c), B_c / r)`, so the ball's radius :math:`B_c/\lambda_c` never exceeds :math:`r`
+    however the parameters are learned (without it, a fit can grow :math:`B/\lambda` past the
+    range where forecasts count as diverged).
+
     Args:
         size: number of groups (fields of the macro drift, micro coordinates).
-        rate: initial :math:`\lambda` (per unit time).
+        rate: initial :math:`\mathrm{softplus}(\rho)` (per unit time).
         bound: initial :math:`B` (per unit time, the data's units).
+        centre: initial :math:`m` (the data's units).
+        max_radius: :math:`r`, the largest radius of the ball (the data's units), or ``None``.
     """
 
     rate_raw: Array
     centre: Array
     log_bound: Array
+    max_radius: float | None = eqx.field(static=True)
 
-    def __init__(self, size: int, rate: float, bound: float) -> None:
+    def __init__(self, size: int, rate: float, bound: float, centre: float = 0.0,
+                 max_radius: float | None = None) -> None:
         if not (rate > 0 and bound > 0 and np.isfinite(rate) and np.isfinite(bound)):
             raise ValueError(f"damping rate and drift bound must be positive, got {rate}, "
                              f"{bound}")
+        if max_radius is not None and not (np.isfinite(max_radius) and max_radius > 0):
+            raise ValueError(f"the ball's largest radius must be positive, got {max_radius}")
+        if not np.isfinite(centre):
+            raise ValueError(f"the relaxation centre must be finite, got {centre}")
         self.rate_raw = jnp.full((size,), float(np.log(np.expm1(rate))))
-        self.centre = jnp.zeros((size,))
+        self.centre = jnp.full((size,), float(centre))
         self.log_bound = jnp.full((size,), float(np.log(bound)))
+        self.max_radius = None if max_radius is None else float(max_radius)
 
     def __call__(self, z: Array, raw: Array, axis: int = 0) -> Array:
         """``f`` from the state ``z`` and raw drift ``raw`` (same shape; groups along
@@ -122,6 +136,8 @@ class Dissipation(eqx.Module):
         shape[axis] = -1
         rate = jax.nn.softplus(self.rate_raw).reshape(shape)
         bound = jnp.exp(self.log_bound).reshape(shape)
+        if self.max_radius is not None:
+            rate = jnp.maximum(rate, bound / self.max_radius)
         return -rate * (z - self.centre.reshape(shape)) + bound * jnp.tanh(raw / bound)
 
 
@@ -221,7 +237,7 @@ class MultiscaleDrift(eqx.Module):
         micro_hidden: tuple[int, ...] = (128, 512, 128),
         micro_time: bool = True,
         physics: CoarsePDE | None = None,
-        dissipation: tuple[float, float, float] | None = None,
+        dissipation: tuple[float, ...] | None = None,
         positional: bool = False,
         *,
         key: PRNGKeyArray,
@@ -229,11 +245,12 @@ class MultiscaleDrift(eqx.Module):
         key_macro, key_micro = jax.random.split(key)
         self.physics = physics
         self.n_micro = n_micro
-        # (rate, macro bound, micro bound) of the dissipative form, or None (free networks)
+        # (rate, macro bound, micro bound[, macro centre, macro radius]) of the dissipative
+        # form (MultiscaleConfig.dissipation), or None (free networks)
         macro_diss = micro_diss = None
         if dissipation is not None:
-            rate, macro_bound, micro_bound = dissipation
-            macro_diss = Dissipation(n_channels, rate, macro_bound)
+            rate, macro_bound, micro_bound, *ball = dissipation
+            macro_diss = Dissipation(n_channels, rate, macro_bound, *ball)
             micro_diss = Dissipation(n_micro, rate, micro_bound) if n_micro else None
         self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
                                   macro_diss, positional, key=key_macro)

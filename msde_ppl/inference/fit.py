@@ -48,8 +48,10 @@ __all__ = [
     "FitState",
     "NonFiniteLossError",
     "StepInfo",
+    "LearningRateFactorState",
     "TailAverageState",
     "averaged_params",
+    "learning_rate_factor",
     "parameter_ema",
     "fit",
     "init",
@@ -388,6 +390,30 @@ def parameter_ema(optimizer: optax.GradientTransformation,
     return optax.GradientTransformation(init, update)
 
 
+class LearningRateFactorState(NamedTuple):
+    """State of :func:`learning_rate_factor`: the factor (a float32 scalar)."""
+
+    lr_factor: Array
+
+
+def learning_rate_factor(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    r"""``optimizer`` whose updates are multiplied by a factor :math:`f` held in its state
+    (initially 1, so the path is ``optimizer``'s, to rounding, until it changes):
+    :math:`\Delta\phi = f\,\mathrm{opt}(g)`. The fit loop sets :math:`f` between chunks
+    (``fit(lr_factor=...)``), e.g. to lower the learning rate when a validation score stops
+    improving; it is part of the optimiser state, so checkpoints keep it."""
+    def init(params: dict) -> tuple:
+        return optimizer.init(params), LearningRateFactorState(jnp.ones((), jnp.float32))
+
+    def update(grads: dict, state: tuple, params: dict | None = None) -> tuple:
+        inner, factor = state
+        updates, inner = optimizer.update(grads, inner, params)
+        updates = jax.tree.map(lambda u: factor.lr_factor.astype(u.dtype) * u, updates)
+        return updates, (inner, factor)
+
+    return optax.GradientTransformation(init, update)
+
+
 def averaged_params(state: FitState) -> dict[str, Array]:
     """``state.params`` with averaged parameters in place of their last iterates: the debiased
     moving average of every parameter (:func:`parameter_ema`), once it holds a step, and over
@@ -604,6 +630,7 @@ def fit(
     loop: str = "scan",
     average_from: float | None = 0.5,
     ema_decay: float | None = None,
+    lr_factor: Callable[[], float] | None = None,
 ) -> FitResult:
     """Run ``num_steps`` optimisation steps in jitted chunks of ``chunk_size``.
 
@@ -641,6 +668,9 @@ def fit(
             decay (:func:`parameter_ema`); the callback and the result then see the averages
             (the globals' tail average, when both are on, wins for the globals). ``None``:
             off. The optimisation path is the same either way.
+        lr_factor: optional ``lr_factor()`` polled after every chunk's callback: the updates
+            of the following steps are multiplied by it (:func:`learning_rate_factor`; it
+            starts at 1 and is checkpointed with the optimiser state). ``None``: no factor.
 
     Returns:
         :class:`FitResult` with constrained params (tail-averaged globals), final state and all
@@ -652,6 +682,8 @@ def fit(
         FitInterrupted: ``should_stop()`` returned ``True``.
         ValueError: the checkpoint to resume from is damaged or belongs to another fit.
     """
+    if lr_factor is not None:
+        optimizer = learning_rate_factor(optimizer)
     key_init, key_data0 = jax.random.split(rng_key)
     batch_from, consts = _hoisted(batch_fn, jax.ShapeDtypeStruct((), key_data0.dtype))
     example = jax.jit(batch_from)(consts, key_data0, jnp.zeros((), jnp.int32))
@@ -732,6 +764,9 @@ def fit(
             # validation history) is never older than the checkpoint a resume starts from
             stop = callback is not None and callback(problem.constrain(averaged_params(state)),
                                                      losses) is True
+            if lr_factor is not None:
+                state = state._replace(opt_state=optax.tree_utils.tree_set(
+                    state.opt_state, lr_factor=jnp.asarray(lr_factor(), jnp.float32)))
             if (int(state.step) >= num_steps or stop
                     or time.monotonic() - last_checkpoint >= checkpoint_every):
                 checkpoint()

@@ -118,10 +118,13 @@ class MultiscaleConfig:
         physics: known coarse PDE operator of the macro drift (``"burgers"``, ``"kdv"``) or
             ``None`` (a purely learned drift); see :mod:`msde_ppl.generative.physics`.
         domain: domain lengths per axis (needed with ``physics``: the coarse spacing).
-        dissipation: ``(rate, macro_bound, micro_bound)``, the initial damping rate and drift
-            bounds of the dissipative drift form (:class:`~msde_ppl.generative.drifts.
-            Dissipation`: a learned linear relaxation plus the network's output saturated at a
-            learned bound, so forecasts stay in a ball around the data), or ``None``: free
+        dissipation: ``(rate, macro_bound, micro_bound[, macro_centre, macro_radius])``,
+            the initial damping rate and drift bounds of the dissipative drift form
+            (:class:`~msde_ppl.generative.drifts.Dissipation`: a learned linear relaxation
+            plus the network's output saturated at a learned bound, so forecasts stay in a
+            ball around the data), the macro fields' initial centre and the largest radius
+            their ball may learn (the data's units; without them: centre 0, no cap), or
+            ``None``: free
             networks (the reference's form, kept by the built-in cases it was tuned on).
             :func:`msde_ppl.pipeline.run.model_config` derives it from a dataset that is not a
             built-in case (:func:`dissipation_from_data`).
@@ -147,7 +150,7 @@ class MultiscaleConfig:
     codec_spacing: int = 2
     physics: str | None = None
     domain: tuple[float, ...] | None = None
-    dissipation: tuple[float, float, float] | None = None
+    dissipation: tuple[float, ...] | None = None
     positional: bool = False
 
     @property
@@ -318,20 +321,25 @@ def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
     )
 
 
-def dissipation_from_data(u, dt: float) -> tuple[float, float, float]:
-    r"""Initial ``(rate, macro_bound, micro_bound)`` of the dissipative drift form for
-    training observations ``u`` (``(traj, time, ...)``, or an iterable of such blocks of
-    trajectories: data read from a file block by block) ``dt`` apart, with :math:`R` the
-    data's range (max - min):
+def dissipation_from_data(u, dt: float) -> tuple[float, float, float, float, float]:
+    r"""Initial ``(rate, macro_bound, micro_bound, macro_centre, macro_radius)`` of the
+    dissipative drift form for training observations ``u`` (``(traj, time, ...)``, or an
+    iterable of such blocks of trajectories: data read from a file block by block) ``dt``
+    apart, with :math:`R` the data's range (max - min):
 
     - macro bound :math:`B = 4 \max |\Delta u| / \Delta t`, four times the fastest change
       between snapshots, so the saturation does not bite on the data at the start;
-    - rate :math:`\lambda = B / (2R)`: the ball every path is drawn back into,
-      :math:`|\zeta - m| \le B/\lambda = 2R`, is twice the data's range (the network cancels
-      the relaxation on the data, where :math:`\lambda|\zeta - m| \le B/2`);
-    - micro bound :math:`4 / \Delta t` (the micro coordinates are of order one).
+    - macro centre :math:`m` the middle of the data's range, and the macro ball's largest
+      radius :math:`R`: every macro path is drawn back into :math:`|\zeta - m| \le
+      B/\lambda \le R`, half a range beyond the data on either side, inside the bounds
+      where a forecast member counts as diverged (a range beyond,
+      :func:`msde_ppl.predict.metrics.divergence_limits`) whatever the fit learns; the macro
+      rate thus starts at :math:`B/R` (the network cancels the relaxation on the data, where
+      :math:`\lambda|\zeta - m| \le B/2`);
+    - rate :math:`B / (2R)`, the micro coordinates' (and the macro fields' floor under the
+      cap), and micro bound :math:`4 / \Delta t` (the micro coordinates are of order one).
 
-    All three are learned from there.
+    All are learned from there but the radius.
     """
     blocks = [u] if isinstance(u, np.ndarray) else u
     fastest, low, high = 0.0, np.inf, -np.inf
@@ -346,8 +354,9 @@ def dissipation_from_data(u, dt: float) -> tuple[float, float, float]:
         fastest = 1.0
     if not (np.isfinite(spread) and spread > 0):
         spread = 1.0
+    centre = 0.5 * (low + high) if np.isfinite(low) and np.isfinite(high) else 0.0
     bound = 4.0 * fastest / dt
-    return (bound / (2.0 * spread), bound, 4.0 / dt)
+    return (bound / (2.0 * spread), bound, 4.0 / dt, centre, spread)
 
 
 def config_for(case: str | None, fine_shape, coarse_shape=None, **overrides) -> MultiscaleConfig:

@@ -252,6 +252,7 @@ def _run(
     checkpointing: Checkpointing,
     split: str,
     callback: Callable[[Fitted], bool | None] | None,
+    lr_factor: Callable[[], float] | None = None,
 ) -> Fitted:
     """Run the fit loop on ``objective = (elbo, optimizer, beta_schedule)`` and wrap its result
     (the one place a fit becomes a :class:`Fitted`).
@@ -293,7 +294,7 @@ def _run(
                          # user programs: tail-averaged global posteriors; the built-in
                          # recipe keeps its last iterate (its validation picks checkpoints)
                          average_from=0.5 if recipe is None else None,
-                         ema_decay=train.ema_decay)
+                         ema_decay=train.ema_decay, lr_factor=lr_factor)
     except NonFiniteLossError as err:
         if err.params is None:  # the data themselves are not finite
             raise
@@ -442,14 +443,16 @@ def fit_multiscale(
     should_stop: Callable[[], bool] | None = None,
     warm_start: WarmStart | None = None,
     callback: Callable[[Fitted], bool | None] | None = None,
+    lr_factor: Callable[[], float] | None = None,
 ) -> Fitted:
     """Fit the built-in multiscale model ``config`` to the training split of ``ds``, from
     scratch or from ``warm_start``.
 
     ``callback(fitted_so_far)`` runs after every chunk of steps with the model fitted so far
     (its ``losses`` and ``wall_time_s`` up to that point); its own run time is not counted in
-    any wall time, and returning ``True`` stops the fit there. Checkpoints, ``resume``,
-    ``should_stop`` and :class:`FitStopped` are as in :func:`fit`.
+    any wall time, and returning ``True`` stops the fit there. ``lr_factor()``, polled after
+    it, multiplies the learning rate of the steps that follow (:func:`msde_ppl.inference.fit`).
+    Checkpoints, ``resume``, ``should_stop`` and :class:`FitStopped` are as in :func:`fit`.
     """
     setup = multiscale_setup(ds, config, train, warm_start)
     objective = (setup.elbo, setup.optimizer, setup.beta_schedule)
@@ -458,7 +461,8 @@ def fit_multiscale(
         progress = model_label(config.n_micro)
     return _run(setup.model, setup.guide, ds, train, setup.batch_fn, objective, loop=setup.loop,
                 recipe=setup.recipe, parts=latent_parts(config), progress=progress,
-                checkpointing=checkpointing, split="train", callback=callback)
+                checkpointing=checkpointing, split="train", callback=callback,
+                lr_factor=lr_factor)
 
 
 def _initial_fitted(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig,
@@ -536,9 +540,10 @@ def fit_progressive(
     With ``validation`` (:class:`~msde_ppl.pipeline.validation.Validation`), every stage is
     scored on the val split while it trains; it stops early when the score stops improving,
     and its result is the best-scoring checkpoint (its ``validation`` attribute records the
-    history). ``budget_s`` bounds the training wall time of the whole fit (seconds): stage
-    ``k`` ends at its share of the budget (proportional to its steps), and a stage that ends
-    there keeps its best checkpoint when validated, else its last state.
+    history); a plateau lowers the learning rate first (``validation.lr_drops`` times).
+    ``budget_s`` bounds the training wall time of the whole fit (seconds): stage ``k`` ends
+    at its share of the budget (proportional to its steps), and a stage that ends there keeps
+    its best checkpoint when validated, else its last state.
 
     With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once
     complete, is saved as the model ``stage{k}/`` (its checkpoint then removed). With
@@ -583,7 +588,8 @@ def fit_progressive(
             monitor = ValidationMonitor(validation, ds, deadline=deadline, record=record)
         elif deadline is not None:
             monitor = _Deadline(deadline)
-        if isinstance(monitor, ValidationMonitor) and warm is not None and not monitor.history:
+        validated = isinstance(monitor, ValidationMonitor)
+        if validated and warm is not None and not monitor.history:
             # the grown model's start (the previous stage's drift and reconstruction, an idle
             # micro state) competes too: the stage never ends worse on val than it began
             monitor.evaluate(_initial_fitted(ds, stage_config, train, warm))
@@ -592,12 +598,14 @@ def fit_progressive(
         try:
             stage = fit_multiscale(ds, stage_config, train, progress=label, warm_start=warm,
                                    callback=stage_callback, checkpoint_path=ckpt,
+                                   lr_factor=(lambda m=monitor: m.lr_factor) if validated
+                                   else None,
                                    resume=resume, checkpoint_every=checkpoint_every,
                                    should_stop=should_stop)
         except FitStopped as err:
             err.stage = i
             raise
-        if isinstance(monitor, ValidationMonitor):
+        if validated:
             monitor.evaluate(stage)  # the last state competes too
             stage = stage.replace(params=monitor.best.params, validation=monitor.summary())
         if done is not None:

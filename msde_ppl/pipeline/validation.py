@@ -26,6 +26,14 @@ between the jumps (KdV fitted as unlabelled data: its micro stage improved at st
 was stopped at 9300 by a patience of 12 evaluations, val 0.086, test 0.164 against the 0.041 of
 ``msde run``'s longer fit); the patience therefore grows with the steps done, while a stage that
 never beats its start still stops after ``patience`` evaluations.
+
+A plateau first lowers the learning rate: the first ``lr_drops`` times the patience runs out,
+the fit goes on with its learning rate multiplied by ``lr_drop_factor`` once more (the
+optimiser's own schedule continues under the factor; :attr:`ValidationMonitor.lr_factor`,
+polled by the fit loop) and the patience counts afresh; the next time it runs out the stage
+stops. A validated fit thus ends at a small learning rate, like a fixed recipe's decayed
+schedule, without knowing in advance how many steps it will run (ReduceLROnPlateau). The
+parameters are not reset to the best checkpoint at a drop; the best is kept apart anyway.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ class Validation:
     patience: int = 12
     patience_fraction: float = 0.5
     min_rel_improvement: float = 1e-3
+    lr_drops: int = 3
+    lr_drop_factor: float = 0.3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +77,9 @@ class Validation:
                              "n_samples, every positive")
         if self.patience < 1 or not self.min_rel_improvement >= 0:
             raise ValueError("patience must be positive and min_rel_improvement >= 0")
+        if self.lr_drops < 0 or not 0.0 < self.lr_drop_factor < 1.0:
+            raise ValueError(f"lr_drops must be >= 0 and lr_drop_factor in (0, 1), got "
+                             f"{self.lr_drops} and {self.lr_drop_factor}")
         if not 0.0 <= self.patience_fraction < 1.0:  # also catches nan
             raise ValueError(f"patience_fraction must lie in [0, 1), got "
                              f"{self.patience_fraction}")
@@ -117,7 +130,8 @@ class ValidationMonitor:
         self.stopped_by: str | None = None
         self._template: Fitted | None = None
         self._limits: tuple | None = None  # divergence bounds, from the first model scored
-        self._since_best = 0
+        self._since_best = 0  # evaluations since the best or the last drop, the later
+        self.lr_drop_steps: list[int] = []
         if self.record is not None and (self.record / "validation.json").is_file():
             self._restore()
 
@@ -165,9 +179,20 @@ class ValidationMonitor:
         self.evaluate(fitted)
         stale = step - self.best_step >= self.validation.patience_fraction * step
         if self._since_best >= self.validation.patience and stale:
+            if len(self.lr_drop_steps) < self.validation.lr_drops:
+                self.lr_drop_steps.append(step)  # a plateau: go on at a lower learning rate
+                self._since_best = 0
+                self._save(False)
+                return False
             self.stopped_by = "patience"
             return True
         return False
+
+    @property
+    def lr_factor(self) -> float:
+        """The factor on the fit's learning rate: ``lr_drop_factor`` to the number of drops
+        so far (pass ``lambda: monitor.lr_factor`` as the fit's ``lr_factor``)."""
+        return self.validation.lr_drop_factor ** len(self.lr_drop_steps)
 
     def evaluate(self, fitted: Fitted) -> float:
         """Score ``fitted`` once (skipped if its step was already scored) and keep it if
@@ -192,7 +217,7 @@ class ValidationMonitor:
         ``None``), why it stopped."""
         finite = lambda v: v if np.isfinite(v) else None  # noqa: E731
         return {"best_step": self.best_step, "best_score": finite(self.best_score),
-                "stopped_by": self.stopped_by,
+                "stopped_by": self.stopped_by, "lr_drop_steps": list(self.lr_drop_steps),
                 "history": [[s, finite(v)] for s, v in self.history],
                 "settings": dataclasses.asdict(self.validation)}
 
@@ -213,4 +238,6 @@ class ValidationMonitor:
             self.best_step = int(meta["best_step"])
         self.history = [(int(s), float("inf") if v is None else float(v))
                         for s, v in meta["history"]]
-        self._since_best = sum(1 for s, _ in self.history if s > self.best_step)
+        self.lr_drop_steps = [int(s) for s in meta.get("lr_drop_steps", [])]
+        since = max([self.best_step, *self.lr_drop_steps])
+        self._since_best = sum(1 for s, _ in self.history if s > since)

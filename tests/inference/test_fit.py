@@ -106,6 +106,31 @@ def test_callback_returning_true_stops_the_fit(problem, full_run):
     np.testing.assert_array_equal(stopped.losses, full.losses[:10])
 
 
+def test_learning_rate_factor_scales_the_steps_after_it_is_set(problem, full_run, tmp_path):
+    """A factor that stays 1 follows the plain fit (to rounding: XLA fuses the program with
+    the factor differently, and Adam amplifies the rounding step by step, as in
+    test_python_loop_follows_the_scan_trajectory); a factor set to 0 after the second chunk
+    (step 10) freezes every parameter from there on while the losses go on, without a
+    recompile; the factor is saved with the checkpoint, so a resumed fit still has it."""
+    full, _ = full_run
+    same = _run(problem, 20, lr_factor=lambda: 1.0)
+    np.testing.assert_allclose(same.losses[:4], full.losses[:4], rtol=1e-5)
+    seen, traces = [], []
+    frozen = _run(problem, 20, callback=lambda params, losses: seen.append(len(losses)),
+                  lr_factor=lambda: 0.0 if seen[-1] >= 10 else 1.0,
+                  checkpoint_path=tmp_path / "ckpt.npz", trace_counter=traces)
+    assert len(traces) == 1  # a new factor is a new value, not a new program
+    np.testing.assert_array_equal(frozen.losses[:10], same.losses[:10])
+    assert not np.array_equal(frozen.losses[10:], same.losses[10:])
+    at_ten = _run(problem, 10, lr_factor=lambda: 1.0)
+    for a, b in zip(jax.tree.leaves(frozen.state.params), jax.tree.leaves(at_ten.state.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    stored = np.load(tmp_path / "ckpt.npz")
+    assert any(stored[k].shape == () and float(stored[k]) == 0.0 for k in stored.files
+               if stored[k].dtype == np.float32)
+
+
 def test_nan_in_data_stops_with_last_good_state(problem, partial_run):
     _, _, windows = problem
     clean = window_batches(windows, 2)

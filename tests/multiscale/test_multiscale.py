@@ -227,11 +227,34 @@ def test_dissipation_from_data_scales_with_the_data():
     from msde_ppl.multiscale.program import dissipation_from_data
 
     u = np.cumsum(np.ones((2, 5, 3)), axis=1)  # every step changes u by 1; range 1..5
-    rate, macro_bound, micro_bound = dissipation_from_data(u, 0.5)
+    rate, macro_bound, micro_bound, centre, radius = dissipation_from_data(u, 0.5)
     assert macro_bound == pytest.approx(8.0) and micro_bound == pytest.approx(8.0)
-    assert macro_bound / rate == pytest.approx(2 * 4.0)  # the ball: twice the data's range
-    rate10, bound10, _ = dissipation_from_data(10 * u, 0.5)
+    assert macro_bound / rate == pytest.approx(2 * 4.0)  # the floor's ball: twice the range
+    assert centre == pytest.approx(3.0) and radius == pytest.approx(4.0)  # the capped ball
+    rate10, bound10, _, centre10, radius10 = dissipation_from_data(10 * u, 0.5)
     assert bound10 == pytest.approx(80.0) and rate10 == pytest.approx(rate)  # unit-free rate
+    assert centre10 == pytest.approx(30.0) and radius10 == pytest.approx(40.0)
+
+
+def test_the_macro_ball_never_exceeds_its_largest_radius(rng_key):
+    """With a largest radius r, whatever the learned rate and bound (a rate near 0 and a bound
+    100 times larger: an uncapped ball of radius 7e6), every coarse node beyond r of the
+    centre moves inward; a non-positive radius is refused."""
+    from msde_ppl.generative.drifts import Dissipation
+
+    cfg = dataclasses.replace(TINY, dissipation=(0.5, 3.0, 2.0, 1.5, 4.0))
+    drift = build_modules(cfg, key=rng_key).drift
+    loose = eqx.tree_at(lambda d: (d.macro.dissipation.rate_raw, d.macro.dissipation.log_bound),
+                        drift, (jnp.full((1,), -10.0), jnp.full((1,), np.log(300.0))))
+    assert drift.macro.dissipation.max_radius == 4.0
+    for scale in (1.0, 10.0, 1e3):
+        z = scale * jax.random.normal(jax.random.fold_in(rng_key, int(scale)), (cfg.n_latent,))
+        offset = jnp.sign(z[:8]) * jnp.maximum(jnp.abs(z[:8]), 1.01 * 4.0)
+        z = z.at[:8].set(1.5 + offset)
+        f = loose(0.0, z)
+        assert np.all(np.asarray(offset * f[:8]) < 0), scale  # every coarse node moves inward
+    with pytest.raises(ValueError, match="radius"):
+        Dissipation(2, 0.5, 1.0, 0.0, 0.0)
 
 
 def test_2d_training_step_by_matrix_equals_step_by_fft(rng_key, monkeypatch):

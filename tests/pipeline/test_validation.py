@@ -21,6 +21,11 @@ class Stub:
         self.tag = step
 
 
+class SavableStub(Stub):
+    def save(self, path, into=False):  # the monitor's record of its best: nothing to save
+        pass
+
+
 @pytest.fixture(scope="module")
 def ds():
     return tiny_dataset(40, ("train", "train", "val", "test"))
@@ -31,7 +36,7 @@ def test_patience_keeps_the_best_and_stops(ds, monkeypatch):
     evaluations without a relative improvement of 1e-3 the monitor says stop."""
     scores = iter([0.5, 0.4, 0.3, 0.2999, 0.31, 0.35, 0.9])
     monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: next(scores))
-    monitor = ValidationMonitor(Validation(every=100, patience=3), ds)
+    monitor = ValidationMonitor(Validation(every=100, patience=3, lr_drops=0), ds)
     step = 0
     while not monitor(Stub(step := step + 50)):
         assert step < 1000
@@ -50,7 +55,7 @@ def test_patience_grows_with_the_steps_done(ds, monkeypatch):
     def run(scores, fraction):
         values = iter(scores)
         monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: next(values))
-        monitor = ValidationMonitor(Validation(every=100, patience=3,
+        monitor = ValidationMonitor(Validation(every=100, patience=3, lr_drops=0,
                                                patience_fraction=fraction), ds)
         monitor.evaluate(Stub(0))  # a grown stage's start
         step = 0
@@ -64,6 +69,32 @@ def test_patience_grows_with_the_steps_done(ds, monkeypatch):
     assert run([0.5] + [0.6] * 40, 0.5) == (300, 0)
     with pytest.raises(ValueError, match="patience_fraction"):
         Validation(patience_fraction=1.0)
+
+
+def test_a_plateau_lowers_the_learning_rate_before_it_stops(ds, monkeypatch, tmp_path):
+    """Patience 2, two drops of 0.5: the first two plateaus lower the factor (1 -> 0.5 ->
+    0.25) and restart the count, the third stops; an improvement in between resets the count
+    as before, and a resumed monitor restores the drops and the count since the later of the
+    best and the last drop."""
+    values = [1.0, 0.9, 0.95, 0.95, 0.8, 0.85, 0.85, 0.85, 0.85, 0.9]
+    scores = iter(values)
+    monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: next(scores))
+    validation = Validation(every=100, patience=2, patience_fraction=0.0, lr_drops=2,
+                            lr_drop_factor=0.5)
+    monitor = ValidationMonitor(validation, ds, record=tmp_path)
+    factors, step = [], 0
+    while not monitor(SavableStub(step := step + 100)):
+        factors.append(monitor.lr_factor)
+        assert step < 2000
+    assert factors == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert step == 900 and monitor.stopped_by == "patience"
+    assert monitor.lr_drop_steps == [400, 700] and monitor.best_step == 500
+    assert monitor.summary()["lr_drop_steps"] == [400, 700]
+    again = ValidationMonitor(validation, ds, record=tmp_path)  # a resumed fit's monitor
+    assert again.lr_drop_steps == [400, 700] and again.lr_factor == 0.25
+    assert again._since_best == 2  # steps 800 and 900, after the drop at 700
+    with pytest.raises(ValueError, match="lr_drop_factor"):
+        Validation(lr_drop_factor=1.0)
 
 
 def test_budget_stops_at_the_deadline_and_scores_that_state(ds, monkeypatch):
