@@ -585,7 +585,8 @@ def fit_progressive(
         record = None if folder is None else folder / f"stage{i}.validation"
         monitor = None
         if validation is not None:
-            monitor = ValidationMonitor(validation, ds, deadline=deadline, record=record)
+            monitor = ValidationMonitor(validation, ds, deadline=deadline, record=record,
+                                        snapshots_per_step=train.window * train.windows_per_step)
         elif deadline is not None:
             monitor = _Deadline(deadline)
         validated = isinstance(monitor, ValidationMonitor)

@@ -51,7 +51,7 @@ from msde_ppl.atomic import write_text
 from msde_ppl.data.splits import observations
 from msde_ppl.pipeline.fitted import Fitted
 
-__all__ = ["Validation", "ValidationMonitor"]
+__all__ = ["Validation", "ValidationMonitor", "evaluation_interval"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Validation:
     n_starts: int = 1
     n_samples: int = 16
     every: int = 250
+    cost_ratio: float | None = 1.0
     patience: int = 12
     patience_fraction: float = 0.5
     min_rel_improvement: float = 1e-3
@@ -77,6 +78,8 @@ class Validation:
                              "n_samples, every positive")
         if self.patience < 1 or not self.min_rel_improvement >= 0:
             raise ValueError("patience must be positive and min_rel_improvement >= 0")
+        if self.cost_ratio is not None and not self.cost_ratio > 0:  # also catches nan
+            raise ValueError(f"cost_ratio must be positive or None, got {self.cost_ratio}")
         if self.lr_drops < 0 or not 0.0 < self.lr_drop_factor < 1.0:
             raise ValueError(f"lr_drops must be >= 0 and lr_drop_factor in (0, 1), got "
                              f"{self.lr_drops} and {self.lr_drop_factor}")
@@ -99,16 +102,40 @@ def _starting_windows(ds: xr.Dataset, validation: Validation) -> tuple[np.ndarra
     return y, t0
 
 
+def evaluation_interval(validation: Validation, windows: tuple[int, int],
+                        snapshots_per_step: int | None) -> int:
+    r"""Steps between two evaluations: ``validation.every`` times the smallest integer
+    :math:`k \ge 1` such that one evaluation forecasts at most ``cost_ratio`` times as many
+    member-snapshots as the :math:`k \cdot` ``every`` training steps between two evaluations
+    process (``snapshots_per_step``: a step's windows times their length),
+
+    .. math:: k = \max\Big(1, \Big\lceil \frac{N H S}{c\,\cdot\,\mathrm{every}
+              \cdot W} \Big\rceil\Big)
+
+    with :math:`N` val windows of :math:`H` snapshots, :math:`S` members, :math:`W`
+    snapshots per step. So long val horizons do not take most of a fit's time (KdV with
+    its 1000-snapshot horizon: an evaluation every 250 steps cost 3 times the 250 steps, and
+    a 10-minute budget trained for 3 minutes). A pure function of the settings and the data's
+    shapes: a resumed fit evaluates at the same steps. ``snapshots_per_step=None`` or
+    ``cost_ratio=None``: ``every``."""
+    if snapshots_per_step is None or validation.cost_ratio is None:
+        return validation.every
+    n_windows, horizon = windows
+    budget = validation.cost_ratio * validation.every * snapshots_per_step
+    k = max(1, int(np.ceil(n_windows * horizon * validation.n_samples / budget)))
+    return validation.every * k
+
+
 class ValidationMonitor:
     """Scores the checkpoints of ONE fit (a stage of a progressive fit) on the val split.
 
     Use it as the fit's ``callback``: called with the model fitted so far after every chunk, it
-    scores it every ``validation.every`` steps, keeps the best, and returns ``True`` (stop)
-    once the best is ``patience`` evaluations and ``patience_fraction`` of the steps done old,
-    or past ``deadline``
-    (``time.monotonic()``). With ``record`` (a path), the history is written there after every
-    evaluation and the best model after every improvement, so an interrupted fit resumes with
-    them.
+    scores it every :attr:`every` steps (:func:`evaluation_interval`), keeps the best, and
+    returns ``True`` (stop) once the best is ``patience`` evaluations and ``patience_fraction``
+    of the steps done old after ``lr_drops`` drops of the learning rate (:attr:`lr_factor`),
+    or past ``deadline`` (``time.monotonic()``). With ``record`` (a path), the history is
+    written there after every evaluation and the best model after every improvement, so an
+    interrupted fit resumes with them.
 
     Attributes:
         best: the best-scoring :class:`~msde_ppl.Fitted` so far (``None`` before the first
@@ -117,12 +144,13 @@ class ValidationMonitor:
     """
 
     def __init__(self, validation: Validation, ds: xr.Dataset, *, deadline: float | None = None,
-                 record: str | Path | None = None) -> None:
+                 record: str | Path | None = None, snapshots_per_step: int | None = None) -> None:
         self.validation = validation
         self.deadline = deadline
         self._ds = ds
         self.record = None if record is None else Path(record)
         self.windows, self.starts = _starting_windows(ds, validation)
+        self.every = evaluation_interval(validation, self.windows.shape[:2], snapshots_per_step)
         self.best: Fitted | None = None
         self.best_score = float("inf")
         self.best_step = -1
@@ -174,7 +202,7 @@ class ValidationMonitor:
             self.stopped_by = "budget"
             return True
         last = self.history[-1][0] if self.history else 0
-        if step // self.validation.every <= last // self.validation.every:
+        if step // self.every <= last // self.every:
             return False  # no multiple of `every` passed since the last evaluation
         self.evaluate(fitted)
         stale = step - self.best_step >= self.validation.patience_fraction * step
@@ -219,7 +247,7 @@ class ValidationMonitor:
         return {"best_step": self.best_step, "best_score": finite(self.best_score),
                 "stopped_by": self.stopped_by, "lr_drop_steps": list(self.lr_drop_steps),
                 "history": [[s, finite(v)] for s, v in self.history],
-                "settings": dataclasses.asdict(self.validation)}
+                "settings": dataclasses.asdict(self.validation), "every": self.every}
 
     def _save(self, improved: bool) -> None:
         if self.record is None:

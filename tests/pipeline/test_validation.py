@@ -97,6 +97,32 @@ def test_a_plateau_lowers_the_learning_rate_before_it_stops(ds, monkeypatch, tmp
         Validation(lr_drop_factor=1.0)
 
 
+def test_long_val_horizons_are_evaluated_less_often(ds, monkeypatch):
+    """One evaluation forecasts N windows x H snapshots x S members; the interval is the
+    smallest multiple of `every` whose training steps process at least as many snapshots
+    (times cost_ratio); the monitor evaluates on that grid, and None keeps `every`."""
+    from msde_ppl.pipeline.validation import evaluation_interval
+
+    validation = Validation(every=10, n_samples=4)
+    assert evaluation_interval(validation, (2, 40), 32) == 10  # 320 forecast <= 10 x 32 trained
+    assert evaluation_interval(validation, (2, 40), 16) == 20  # 320 > 160: twice the interval
+    assert evaluation_interval(validation, (2, 41), 16) == 30  # 328 > 320: thrice
+    half = dataclasses.replace(validation, cost_ratio=0.5)
+    assert evaluation_interval(half, (2, 40), 32) == 20
+    assert evaluation_interval(dataclasses.replace(validation, cost_ratio=None), (2, 40), 1) == 10
+    assert evaluation_interval(validation, (2, 40), None) == 10
+    monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: 1.0)
+    monitor = ValidationMonitor(validation, ds, snapshots_per_step=1)
+    n, h = monitor.windows.shape[:2]
+    assert monitor.every == 10 * int(np.ceil(n * h * 4 / 10))
+    for step in range(5, 3 * monitor.every + 1, 5):
+        monitor(Stub(step))
+    assert [s for s, _ in monitor.history] == [monitor.every * k for k in (1, 2, 3)]
+    assert monitor.summary()["every"] == monitor.every
+    with pytest.raises(ValueError, match="cost_ratio"):
+        Validation(cost_ratio=0.0)
+
+
 def test_budget_stops_at_the_deadline_and_scores_that_state(ds, monkeypatch):
     monkeypatch.setattr(ValidationMonitor, "score", lambda self, f: 1.0 / len(f.losses))
     monitor = ValidationMonitor(Validation(every=1000), ds, deadline=time.monotonic() - 1)
