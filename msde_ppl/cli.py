@@ -979,16 +979,6 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                  if "residual_gain" in cal else "")
         tail = ("" if cal.get("spread_tail_dof") is None
                 else f"; members' Student-t tail, {cal['spread_tail_dof']:g} dof")
-        fitted_tail = cal.get("spread_tail_dof_fitted")
-        shrink = cal.get("spread_shrink", 1.0)
-        if shrink < 1.0:  # Gaussian members at the shrunk factor, whatever the fitted tail
-            tail = (f"; Gaussian members, the spread factor's inflation kept at {shrink:g} of "
-                    f"the fitted one (max {cal['spread_factor_fitted_max']:.2f} -> "
-                    f"{cal['spread_factor']['max']:.2f}: its members left the data's bounds "
-                    "on val)")
-        elif fitted_tail is not None and cal.get("spread_tail_dof") != fitted_tail:
-            tail = ((tail or "; Gaussian members") + f" (the tail fitted at {fitted_tail:g} "
-                    "dof made lighter: its members left the data's bounds on val)")
         print(f"calibrated on {cal['fitted_on']}: {moved}CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}{tail}")
     _print_baselines(metrics)

@@ -36,18 +36,12 @@ from msde_ppl.multiscale.program import (
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
 from msde_ppl.predict.calibration import (
-    SPREAD_SHRINK_GRID,
-    TAIL_GRID,
     apply_residual_gain,
-    bound_counts,
-    bounded_spread,
-    bounded_tail,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
     residual_rms,
-    shrunk_factor,
 )
 from msde_ppl.predict.forecast import forecast
 from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_time_metrics
@@ -242,13 +236,10 @@ def score(
     then a per-trajectory spread multiplier that grows with that residual
     (:class:`~msde_ppl.predict.calibration.ResidualSpread`, ``metrics["calibrated"]
     ["residual_spread"]``), then the spread factor on the corrected errors, then the members'
-    tail (:func:`~msde_ppl.predict.fit_spread_tail`, made lighter where its members would
-    leave the data's bounds on that split more often than Gaussian ones,
-    :func:`~msde_ppl.predict.bounded_tail`: ``metrics["calibrated"]["spread_tail_dof"]``,
-    ``None`` for Gaussian members; before the bound ``["spread_tail_dof_fitted"]``), the factor's
-    inflation likewise scaled down where its Gaussian members would leave the bounds more often
-    than without it (:func:`~msde_ppl.predict.bounded_spread`, ``["spread_shrink"]``: the
-    fraction kept, Gaussian members below 1); the forecast
+    tail (:func:`~msde_ppl.predict.fit_spread_tail`: ``metrics["calibrated"]
+    ["spread_tail_dof"]``, ``None`` for Gaussian members), both applied in a coordinate that
+    keeps inside the data's bounds every member the dynamics kept there
+    (:func:`~msde_ppl.predict.forecast`); the forecast
     carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
     ``metrics["in_sample"]`` is ``True`` for the train split, ``False`` for another one,
     ``None`` for every trajectory (``split=None``: unknown here). ``progress`` reports each
@@ -308,34 +299,6 @@ def score(
         del fc_val
         if factor is not None:
             del fc  # scored above; the calibrated forecast replaces it
-        fitted_tail, fitted_factor, shrink, spread_checked = tail, factor, 1.0, None
-        heavy = factor is not None and np.isfinite(tail)
-        # every fraction of a factor that inflates nowhere is the factor itself
-        inflates = factor is not None and factor.max() > 1.0
-        if heavy or inflates:
-            # the same validation members with the fitted factor and gain, checked against the
-            # data's bounds with each lighter tail and with each fraction of the factor's
-            # inflation (Gaussian members): keep the largest fraction such that neither it nor
-            # a smaller one carries more members out than no inflation; at the full factor,
-            # the heaviest tail such that neither it nor a lighter one carries more members out
-            # than Gaussian ones (calibration.bounded_spread, calibration.bounded_tail)
-            check = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
-                             substeps=substeps, method=integrator, n_steps=eval_steps,
-                             spread_factor=factor, residual_gain=gain, residual_spread=spread,
-                             tail_check=[d for d in TAIL_GRID if d >= tail] if heavy else None,
-                             spread_check=SPREAD_SHRINK_GRID if inflates else None,
-                             progress=progress and f"forecast of the {calibrate_on} split "
-                             "(the calibrated members checked against the data's bounds)")
-            shrink = bounded_spread(check["diverged_spread"]) if inflates else 1.0
-            if inflates:  # the validation evidence behind the fraction, for the report
-                spread_checked = {f"{s:g}": int(n) for s, n in
-                                  zip(*bound_counts(check["diverged_spread"], "spread_shrink"),
-                                      strict=True)}
-            if shrink < 1.0:  # Gaussian members at the shrunk factor
-                factor, tail = shrunk_factor(factor, shrink), np.inf
-            elif heavy:
-                tail = bounded_tail(tail, check["diverged_tail"])
-            del check
         if factor is not None:
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
@@ -348,16 +311,8 @@ def score(
             calibrated["spread_factor"] = {"min": float(factor.min()),
                                            "median": float(np.median(factor)),
                                            "max": float(factor.max())}
-            # the fraction of the fitted factor's inflation kept (1: all) and that factor's max
-            calibrated["spread_shrink"] = shrink
-            calibrated["spread_factor_fitted_max"] = float(fitted_factor.max())
-            # validation members out of the data's bounds per fraction checked (None: the
-            # factor inflates nowhere, nothing was checked)
-            calibrated["spread_check_diverged"] = spread_checked
             # degrees of freedom of the members' Student-t tail; None: Gaussian (no tail)
             calibrated["spread_tail_dof"] = None if np.isinf(tail) else tail
-            # the tail fitted to the val coverage, before the bound on its members
-            calibrated["spread_tail_dof_fitted"] = None if np.isinf(fitted_tail) else fitted_tail
             metrics["calibrated"] = calibrated
             if gain is not None:
                 calibrated["residual_gain"] = {
@@ -374,8 +329,6 @@ def score(
                 "forecast's members)")
             if np.isfinite(tail):
                 fc["spread_factor"].attrs["spread_tail_dof"] = tail
-            if shrink < 1.0:  # the fraction of the fitted factor's inflation delivered
-                fc["spread_factor"].attrs["spread_shrink"] = shrink
             if spread is not None:
                 calibrated["residual_spread"] = spread._asdict()
                 fc["spread_factor"].attrs.update(residual_spread_exponent=spread.exponent,

@@ -3,13 +3,10 @@
 from msde_ppl.predict.calibration import (
     ResidualSpread,
     apply_residual_gain,
-    bounded_spread,
-    bounded_tail,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
-    shrunk_factor,
     tail_weights,
 )
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
@@ -27,9 +24,8 @@ from msde_ppl.predict.metrics import (
     relative_l2,
 )
 
-__all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "bounded_spread",
-           "bounded_tail", "coarse_dns", "crps_ensemble", "diverged_members", "divergence_limits",
-           "evaluate_coarse_dns", "fit_residual_gain", "fit_residual_spread", "fit_spread_factor",
-           "fit_spread_tail", "forecast", "forecast_metrics", "interval_coverage",
-           "lead_time_metrics", "noise_floor", "pooled_relative_l2", "relative_l2", "rollout",
-           "shrunk_factor", "tail_weights"]
+__all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "coarse_dns",
+           "crps_ensemble", "diverged_members", "divergence_limits", "evaluate_coarse_dns",
+           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
+           "forecast", "forecast_metrics", "interval_coverage", "lead_time_metrics",
+           "noise_floor", "pooled_relative_l2", "relative_l2", "rollout", "tail_weights"]

@@ -75,34 +75,21 @@ no heavier-tailed than the spread keep Gaussian members.
 (Maximum likelihood of :math:`z` was tried first: it chose the heaviest tail on the grid for
 every implicit-scale model, which then under-covered on test, 0.83.)
 
-**A tail that stays in the data's range** (:func:`bounded_tail`). A heavy tail's few far members
-carry deviations several times the spread: where the spread is already large (a poor model at
-long lead times) they leave the plausible range of the field (beyond the bounds of
-:func:`~msde_ppl.predict.metrics.divergence_limits`, 1.5 data ranges from its centre) although
-the dynamics did not diverge (wave 1D's implicit-scale model: 14 of 320 delivered test
-members at 2.1 dof). The validation members are therefore transformed once more with the
-fitted factor and gain and every lighter tail on the grid (``forecast(..., tail_check=...)``:
-the same members, one more validation forecast), and the heaviest tail is kept such that
-neither it nor any lighter one carries more members out of the bounds than Gaussian members
-do (the counts of a few members near the bounds are noisy: a tail between two failing ones
-is not trusted).
-
-**A factor that stays in the data's range** (:func:`bounded_spread`). Gaussian members at a
-large factor leave the bounds too: the inflation is linear, and where a member's deviation
-from the mean is already of the order of the field's range (a front or a crest the member
-places elsewhere) a factor of 2–3 carries it beyond (bistable fronts of the robustness
-benchmark: 41 of 256 delivered test members at factors up to 2.9, none raw). The same
-validation forecast therefore also checks the factor with its inflation (its part above 1)
-scaled by each fraction of :data:`SPREAD_SHRINK_GRID` (:func:`shrunk_factor`, Gaussian
-members), and keeps the largest fraction such that neither it nor any smaller one carries more
-members out of the bounds than the factor without inflation (fraction 0). Where a larger
-fraction does carry more out, the bounds are crossed somewhere between the two on a few
-validation trajectories, and other trajectories cross them earlier: one more fraction of the
-grid is given up as a margin (:data:`SPREAD_SHRINK_MARGIN`; bistable fronts: validation passes
-0.75 and fails 1, the test members leave the bounds at 0.75 but not at 0.5). A fraction below 1
-delivers Gaussian members (a heavier tail only widens the excursions). This trades the
-validation CRPS the factor was fitted for against members in the data's range; on the built-in
-cases no member leaves the bounds and nothing changes.
+**Members that stay in the data's range.** A heavy tail's few far members carry deviations
+several times the spread, and a large factor multiplies deviations that are already of the
+order of the field's range (a front or a crest the member places elsewhere): inflated
+linearly, they leave the plausible range of the field (beyond the bounds of
+:func:`~msde_ppl.predict.metrics.divergence_limits`, 1.5 data ranges beyond its extremes)
+although the dynamics did not diverge (bistable fronts of the robustness benchmark: 41 of 256
+delivered test members at factors up to 2.9, none raw; wave 1D's implicit-scale model: 14 of
+320 at 2.1 dof). The forecast therefore inflates in a coordinate that maps the bounds onto the
+real line (``forecast``'s ``_calibrated_draws``: :math:`\operatorname{artanh}` of the value
+scaled to the bounds): the inflation above is linear to within 2% inside the training data's
+range and compresses only what nears a bound, so the delivered members leave the bounds
+exactly where the raw ones did. (Before, the factor's inflation and the tail were scaled down
+until their validation members stayed inside; the fraction that passed on validation still
+carried 16 of 256 test members out on the fronts, and the shrunk factor under-dispersed the
+rest.)
 """
 
 from __future__ import annotations
@@ -115,12 +102,10 @@ from scipy import stats
 
 from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
 
-__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "SPREAD_SHRINK_GRID", "SPREAD_SHRINK_MARGIN",
-           "TAIL_GRID",
-           "ResidualSpread", "apply_residual_gain", "bound_counts", "bounded_spread",
-           "bounded_tail",
+__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID",
+           "ResidualSpread", "apply_residual_gain",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
-           "residual_rms", "shrunk_factor", "tail_weights"]
+           "residual_rms", "tail_weights"]
 
 #: Relative error below which a lead time counts as reconstructed exactly (float32 rounding of
 #: the data is ~6e-8; a forecast's own error is orders of magnitude above this).
@@ -133,14 +118,6 @@ FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
 #: Candidate degrees of freedom of the members' Student-t tail (``inf``: Gaussian, no tail);
 #: denser towards 2, where the variance is carried by ever fewer members.
 TAIL_GRID = (np.inf, 40.0, 20.0, 12.0, 8.0, 6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.25, 2.1)
-
-#: Fractions of the spread factor's inflation checked against the data's bounds
-#: (:func:`bounded_spread`; 0: no inflation, the reference).
-SPREAD_SHRINK_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)
-
-#: Fractions of :data:`SPREAD_SHRINK_GRID` given up below the largest passing one when a larger
-#: one carries members out of the bounds (:func:`bounded_spread`).
-SPREAD_SHRINK_MARGIN = 1
 
 
 #: Bounds of the per-trajectory spread multiplier of :class:`ResidualSpread`.
@@ -473,88 +450,3 @@ def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
     if coverage[0] <= level:  # the lightest tail (Gaussian on the default grid) covers enough
         return candidates[0]
     return candidates[int(np.argmin(np.abs(coverage - level)))]
-
-
-def bounded_tail(dof: float, diverged: xr.DataArray) -> float:
-    """The heaviest tail, no heavier than the fitted ``dof``, such that neither it nor any
-    lighter candidate carries more members out of the data's bounds than Gaussian members do
-    (module docstring).
-
-    Args:
-        dof: the degrees of freedom :func:`fit_spread_tail` chose.
-        diverged: which members left the bounds with each candidate tail, bools with dims
-            ``tail`` (its coordinate: the degrees of freedom, ``inf`` among them) and any
-            others (``traj``, ``member``): a forecast's ``diverged_tail``
-            (``forecast(..., tail_check=...)``) of the split the tail was fitted on.
-
-    Raises:
-        ValueError: ``diverged`` has no Gaussian (``inf``) candidate, or ``dof`` is not above 2.
-    """
-    dof = float(dof)
-    if not dof > 2.0:  # also catches nan
-        raise ValueError(f"the fitted tail needs more than 2 degrees of freedom, got {dof}")
-    tails, counts = bound_counts(diverged, "tail")
-    if not np.isinf(tails).any():
-        raise ValueError(f"the candidate tails need the Gaussian one (inf), got {tails}")
-    order = np.argsort(-tails)  # the lightest (Gaussian) first
-    return _riskiest_within(tails[order], counts[order], int(counts[np.isinf(tails)].max()),
-                            stop=lambda tail: tail < dof)
-
-
-def shrunk_factor(factor: np.ndarray, shrink: float) -> np.ndarray:
-    r"""The spread factor with its inflation scaled by ``shrink`` in [0, 1]:
-    :math:`1 + s\,(c - 1)` where :math:`c > 1`, :math:`c` elsewhere (a factor below 1 only
-    narrows the members). ``shrink = 1`` is ``factor`` itself, 0 no inflation."""
-    if not 0.0 <= float(shrink) <= 1.0:  # also catches nan
-        raise ValueError(f"a spread shrink must lie in [0, 1], got {shrink}")
-    factor = np.asarray(factor, np.float64)
-    return np.where(factor > 1.0, 1.0 + float(shrink) * (factor - 1.0), factor)
-
-
-def bounded_spread(diverged: xr.DataArray) -> float:
-    """The largest fraction of the factor's inflation such that neither it nor any smaller
-    candidate carries more members out of the data's bounds than the factor without inflation
-    (fraction 0) does, less :data:`SPREAD_SHRINK_MARGIN` candidates where a larger one fails
-    (module docstring; :func:`shrunk_factor`).
-
-    Args:
-        diverged: which members left the bounds with each candidate fraction, bools with dims
-            ``spread_shrink`` (its coordinate: the fractions, 0 among them) and any others
-            (``traj``, ``member``): a forecast's ``diverged_spread``
-            (``forecast(..., spread_check=...)``) of the split the factor was fitted on.
-
-    Raises:
-        ValueError: ``diverged`` has no candidate 0.
-    """
-    shrinks, counts = bound_counts(diverged, "spread_shrink")
-    if not (shrinks == 0.0).any():
-        raise ValueError(f"the candidate spread shrinks need 0 (no inflation), got {shrinks}")
-    order = np.argsort(shrinks)  # no inflation first
-    return _riskiest_within(shrinks[order], counts[order], int(counts[shrinks == 0.0].max()),
-                            margin=SPREAD_SHRINK_MARGIN)
-
-
-def bound_counts(diverged: xr.DataArray, dim: str) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates (``dim``'s coordinate) and how many members left the bounds with each
-    (``diverged``: a forecast's ``diverged_tail`` or ``diverged_spread``)."""
-    counts = diverged.sum([d for d in diverged.dims if d != dim])
-    return np.asarray(counts[dim], np.float64), np.asarray(counts.values, np.int64)
-
-
-def _riskiest_within(candidates: np.ndarray, counts: np.ndarray, reference: int,
-                     stop=lambda candidate: False, margin: int = 0) -> float:
-    """Walk ``candidates`` from the safest to the riskiest and return the last one before the
-    first that carries more members out of the bounds than ``reference`` (a candidate between
-    two failing ones is not trusted: the counts of a few members near the bounds are noisy) or
-    that ``stop`` refuses; where a candidate fails, ``margin`` more steps back towards the
-    safest (the bounds were crossed between the last passing candidate and the failing one, on
-    a few validation trajectories); the safest is always allowed."""
-    chosen = 0
-    for i, (candidate, count) in enumerate(zip(candidates, counts, strict=True)):
-        if stop(candidate):
-            break
-        if count > reference:
-            chosen = max(chosen - margin, 0)
-            break
-        chosen = i
-    return float(candidates[chosen])

@@ -41,7 +41,7 @@ from numpyro import handlers
 from msde_ppl.data.splits import observations, select_split, split_names
 from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.pipeline.fitted import Fitted, grid_info
-from msde_ppl.predict.calibration import ResidualSpread, shrunk_factor, tail_weights
+from msde_ppl.predict.calibration import ResidualSpread, tail_weights
 from msde_ppl.predict.metrics import (
     ENSEMBLE_QUANTILE_METHOD,
     crps_sorted,
@@ -353,8 +353,6 @@ def forecast(
     residual_gain: Sequence[float] | np.ndarray | None = None,
     residual_spread: ResidualSpread | None = None,
     spread_tail: float | None = None,
-    tail_check: Sequence[float] | None = None,
-    spread_check: Sequence[float] | None = None,
     progress: bool | str = False,
 ) -> xr.Dataset:
     """Forecast every trajectory of ``split`` from its first snapshot.
@@ -394,12 +392,11 @@ def forecast(
     and narrower central intervals. The weighted deviations are re-centred so that the draws'
     average is the one without the tail.
 
-    ``tail_check`` (degrees of freedom, ``inf`` allowed) counts, for each of these other tails
-    applied to the very same members with the same factor and gain, which members would leave
-    the bounds (output ``diverged_tail``, dims ``traj, tail, member``); nothing else changes.
-    ``spread_check`` (fractions in [0, 1]) does the same for Gaussian members with the factor's
-    inflation scaled by each fraction (:func:`~msde_ppl.predict.calibration.shrunk_factor`;
-    output ``diverged_spread``, dims ``traj, spread_shrink, member``).
+    The factor and the tail inflate the deviations in a coordinate that maps the data's
+    bounds (:func:`~msde_ppl.predict.metrics.divergence_limits`) onto the real line
+    (:func:`_calibrated_draws`): linear within the training data's range, and no member the
+    dynamics kept inside the bounds is carried out of them (``std`` is the raw one times
+    :math:`c`).
 
     ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
     :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
@@ -416,10 +413,7 @@ def forecast(
         ``macro_std`` and ``micro_std``), ``crps`` (per trajectory and time,
         against the noisy data), ``latent_mean``, ``latent_std`` (``traj, time, latent``) and
         ``diverged`` (``traj, member``: the member left the training data's bounds,
-        :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes);
-        with ``tail_check`` also ``diverged_tail`` (``traj, tail, member``, coordinate
-        ``tail``: the degrees of freedom checked), with ``spread_check`` ``diverged_spread``
-        (``traj, spread_shrink, member``).
+        :func:`~msde_ppl.predict.metrics.diverged_members`; the bounds are its attributes).
     """
     fits = [fitted] if isinstance(fitted, Fitted) else list(fitted)
     if not fits:
@@ -447,21 +441,8 @@ def forecast(
         weights = np.tile(tail_weights(spread_tail, n_samples), len(fits))
         if np.all(weights == 1.0):
             weights = None
-    if tail_check is not None and len(tail_check) == 0:
-        raise ValueError("tail_check needs at least one degrees-of-freedom value")
-    # alternative tails whose members are only checked for divergence (np.inf: Gaussian)
-    check_weights = [] if tail_check is None else [
-        None if np.isinf(dof) else jnp.asarray(np.tile(tail_weights(dof, n_samples), len(fits)))
-        for dof in tail_check]
-    if spread_check is not None and (factor is None or len(spread_check) == 0):
-        raise ValueError("spread_check needs a spread_factor and at least one fraction")
-    # alternative factors whose Gaussian members are only checked for divergence
-    check_factors = [] if spread_check is None else [shrunk_factor(factor, s)
-                                                     for s in spread_check]
     ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
-    # the same bounds as device arrays, for the fused checks of every block
-    limits = (jnp.asarray(lower, np.float32), jnp.asarray(upper, np.float32))
 
     keys = jax.random.split(rng_key, y.shape[0])
     out: dict[str, np.ndarray] = {}  # (traj, ...) per statistic, filled one trajectory at a time
@@ -476,8 +457,6 @@ def forecast(
         summary = dict(latents[0]) if len(fits) == 1 else {
             name: np.stack([latent[name] for latent in latents]) for name in latents[0]}
         diverged = None
-        diverged_tail = [None] * len(check_weights)
-        diverged_spread = [None] * len(check_factors)
         for block in zip(*(blocks for _, blocks in runs), strict=True):
             start = block[0][0]
             draws, stats = block[0][1:] if len(block) == 1 else _mixture(
@@ -498,27 +477,14 @@ def forecast(
             if gain is not None:
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
                 shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
-            raw, raw_mean = draws, stats["mean"]
-            draws = _calibrated_draws(raw, raw_mean, c, weights, shift)
-            if c is not None:
-                stats["std"] = stats["std"] * c[:, 0]
+            raw_mean = stats["mean"]
+            draws, ratio = _calibrated_draws(draws, raw_mean, c, weights, shift, (lower, upper))
+            if ratio is not None:
+                stats["std"] = stats["std"] * ratio
             if shift is not None:
                 stats["mean"] = raw_mean + shift
             hit = diverged_members(draws, lower, upper)
             diverged = hit if diverged is None else diverged | hit
-            if check_weights or check_factors:  # the same members, other tails or factors
-                block = (jnp.asarray(raw), jnp.asarray(raw_mean),
-                         None if shift is None else jnp.asarray(shift))
-                c_check = None if c is None else jnp.asarray(c)
-            for j, w_check in enumerate(check_weights):
-                hit = np.asarray(_members_out_of_bounds(*block, c_check, w_check, *limits))
-                diverged_tail[j] = hit if diverged_tail[j] is None else diverged_tail[j] | hit
-            for j, f_check in enumerate(check_factors):
-                c_shrunk = jnp.asarray(_block_factor(f_check, multiplier, span, draws))
-                hit = np.asarray(_members_out_of_bounds(*block, c_shrunk, None, *limits))
-                diverged_spread[j] = hit if diverged_spread[j] is None else \
-                    diverged_spread[j] | hit
-            del raw
             stats.update(_sample_statistics(draws, y_traj[span]))
             if levels is not None:
                 stats.update({k: np.moveaxis(v, 0, 1) for k, v in
@@ -530,10 +496,6 @@ def forecast(
                     summary[name] = np.empty((n_out, *value.shape[1:]), value.dtype)
                 summary[name][span] = value
         summary["diverged"] = diverged
-        if tail_check is not None:
-            summary["diverged_tail"] = np.stack(diverged_tail)  # (tail, member)
-        if spread_check is not None:
-            summary["diverged_spread"] = np.stack(diverged_spread)  # (spread_shrink, member)
         if levels is not None:
             for name in ("lower", "upper"):
                 summary[name] = np.moveaxis(summary[name], 1, 0)
@@ -547,10 +509,6 @@ def forecast(
         bar.update(1)
     bar.close()
     result = _as_dataset(out, ds, split, n_out, ensemble=len(fits) > 1)
-    if tail_check is not None:
-        result = result.assign_coords(tail=np.asarray(tail_check, np.float64))
-    if spread_check is not None:
-        result = result.assign_coords(spread_shrink=np.asarray(spread_check, np.float64))
     result["diverged"].attrs.update(  # the bounds as text: netCDF keeps strings exactly
         description="member left the data's bounds: a non-finite value, or one outside "
         "[lower, upper] (one pair per field) at some time",
@@ -569,39 +527,72 @@ def _block_factor(factor: np.ndarray, multiplier: float, span: slice,
                       (-1,) + (1,) * (draws.ndim - 1)).astype(draws.dtype)
 
 
-@jax.jit
-def _members_out_of_bounds(raw: jax.Array, mean: jax.Array, shift: jax.Array | None,
-                           c: jax.Array | None, weights: jax.Array | None, lower: jax.Array,
-                           upper: jax.Array) -> jax.Array:
-    """Which members ``(S,)`` of one block's raw draws ``(b, S, C, *fine)`` would leave
-    ``[lower, upper]`` (per field; or be non-finite) after :func:`_calibrated_draws` with the
-    factor ``c``, the tail's ``weights`` and the residual ``shift``: the same transform, fused
-    by XLA into one pass without the intermediate fields (the checks of ``tail_check`` and
-    ``spread_check`` apply it once per candidate)."""
-    draws = _calibrated_draws(raw, mean, c, weights, shift)  # traced: array methods only
-    return diverged_members(draws, lower, upper, xp=jnp)
-
-
 def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
-                      weights: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
-    r"""One block's members ``(b, S, C, *fine)`` after the post-hoc calibration:
-    :math:`\bar y + c\,\big(w_s d_s - \overline{w d} + \bar d\big) + a\,e_0`, with
-    :math:`d_s = y^{(s)} - \bar y` (``mean`` ``(b, C, *fine)``), the factor ``c`` ``(b, 1, ...)``,
-    the tail's weights :math:`w_s` (re-centred so the draws' average does not move) and the
-    residual shift ``shift`` ``(b, C, *fine)``; ``None`` leaves that step out.
-    NumPy or JAX arrays (array methods only: :func:`_members_out_of_bounds` traces it)."""
-    if c is not None or weights is not None:
-        mean = mean[:, None]
-        deviation = draws - mean
+                      weights: np.ndarray | None, shift: np.ndarray | None,
+                      bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    r"""One block's members ``(b, S, C, *fine)`` after the post-hoc calibration, and the factor
+    of the reported spread, ``(b, 1, ...)`` (``None`` without an inflation).
+
+    The residual shift ``shift`` ``(b, C, *fine)`` moves every member and the mean ``mean``
+    ``(b, C, *fine)`` first (it commutes with a linear inflation). The deviations are then
+    inflated by the factor ``c`` ``(b, 1, ...)`` and the tail's weights :math:`w_s` (re-centred
+    so the deviations' average does not move); ``None`` leaves that step out. Without
+    ``bounds``: :math:`\bar y + c\,(w_s d_s - \overline{w d})` with
+    :math:`d_s = y^{(s)} - \bar y`; the reported spread is multiplied by :math:`c`. With ``bounds`` (per
+    field ``lower, upper``, shape ``(C,)``: :func:`~msde_ppl.predict.metrics.divergence_limits`)
+    the inflation acts in the coordinate :math:`\zeta = \operatorname{artanh}((y - \kappa)/h)`
+    that maps the bounds' interval (centre :math:`\kappa`, half-width :math:`h`) onto the real
+    line,
+
+    .. math:: \tilde y^{(s)} = \kappa + h \tanh\big(\zeta(\bar y)
+              + c\,(w_s \delta_s - \overline{w\delta})\big), \qquad
+              \delta_s = \zeta(y^{(s)}) - \overline{\zeta(y)},
+
+    so no inflation carries a member out of the bounds. Within the training data's range (the
+    inner fifth of the bounds' width) :math:`\tanh` is linear to within 2% and so is the
+    inflation; a deviation of the order of the data's range (a front the member places
+    elsewhere, times a factor of 3) is compressed as it nears a bound (the reported spread stays
+    :math:`c` times the raw one: the spread the inflation aims at, which the compressed members
+    fall short of only near the bounds). A member already outside the bounds (or not finite: the dynamics diverged) is
+    inflated linearly, so it stays counted."""
+    if shift is not None:
+        draws = draws + shift[:, None]
+        mean = mean + shift
+    if c is None and weights is None:
+        return draws, None
+    mean = mean[:, None]
+    c_spread = np.ones((1,) * (draws.ndim - 1), draws.dtype) if c is None else c[:, 0]
+
+    def inflate(deviation):
         if weights is not None:
             w = weights.reshape(1, -1, *(1,) * (draws.ndim - 2)).astype(draws.dtype)
             weighted = w * deviation
             deviation = (weighted - weighted.mean(1, keepdims=True)
                          + deviation.mean(1, keepdims=True))
-        draws = mean + (deviation if c is None else c * deviation)
-    if shift is not None:
-        draws = draws + shift[:, None]
-    return draws
+        return deviation if c is None else c * deviation
+
+    linear = mean + inflate(draws - mean)
+    if bounds is None:
+        return linear, c_spread
+    shape = (1, 1, -1) + (1,) * (draws.ndim - 3)
+    lower, upper = (np.reshape(np.asarray(b, np.float64), shape) for b in bounds)
+    centre = ((lower + upper) / 2).astype(draws.dtype)
+    half = ((upper - lower) / 2).astype(draws.dtype)
+    # differences of artanh and tanh from the small deviations themselves (no cancellation in
+    # float32): artanh p - artanh q = artanh((p - q) / (1 - p q)) and
+    # tanh(a + b) - tanh a = tanh b (1 - tanh^2 a) / (1 + tanh a tanh b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p, q = (draws - centre) / half, (mean - centre) / half
+        inside = (np.abs(p) < 1) & (np.abs(q) < 1)  # False where not finite
+        p, q = np.where(inside, p, 0), np.where(inside, q, 0)
+        delta = np.where(inside, np.arctanh(np.clip(((draws - mean) / half) / (1 - p * q),
+                                                    -1, 1)), 0)  # zeta(y_s) - zeta(mean)
+        count = np.maximum(inside.sum(1, keepdims=True), 1)
+        step = np.tanh(inflate(delta - delta.sum(1, keepdims=True) / count))
+        calibrated = np.where(inside, mean + half * step * (1 - q * q) / (1 + q * step),
+                              linear)
+    return calibrated.astype(draws.dtype), c_spread
 
 
 def _gain_per_field(gain, n_out: int, n_channels: int) -> np.ndarray:
@@ -715,10 +706,6 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
             data[name] = (dims, arr.astype(np.float32, copy=False))
     data["crps"] = (("traj", "time"), out["crps"])
     data["diverged"] = (("traj", "member"), out["diverged"])
-    if "diverged_tail" in out:
-        data["diverged_tail"] = (("traj", "tail", "member"), out["diverged_tail"])
-    if "diverged_spread" in out:
-        data["diverged_spread"] = (("traj", "spread_shrink", "member"), out["diverged_spread"])
     if "spread_multiplier" in out:
         data["spread_multiplier"] = ("traj", out["spread_multiplier"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)

@@ -15,14 +15,11 @@ from msde_ppl.predict import (
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
-    shrunk_factor,
     tail_weights,
 )
 from msde_ppl.predict.calibration import (
     FACTOR_GRID,
     NO_RESIDUAL_SPREAD,
-    bounded_spread,
-    bounded_tail,
     residual_rms,
 )
 from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
@@ -299,32 +296,6 @@ def test_spread_tail_stays_gaussian_for_gaussian_errors_and_grows_with_the_tails
                         np.random.default_rng(2))
 
 
-def test_bounded_tail_is_the_heaviest_that_leaves_the_bounds_no_more_than_gaussian():
-    """Counts of members out of bounds per candidate tail (inf: Gaussian, 2 of them): the
-    fitted 2.5 carries 5 out, 4 carries 2 and 8 none, so 4 is kept; a fit of 8 stays 8 (a
-    lighter tail is never preferred over the fitted one); every tail within the Gaussian
-    count keeps the fitted one; a tail that passes below a lighter one that fails is not
-    taken; no Gaussian candidate, or a fitted dof of nan, is refused by name."""
-    tails = [np.inf, 8.0, 4.0, 2.5]
-
-    def diverged(counts):
-        flags = np.zeros((2, len(tails), 64), bool)  # (traj, tail, member)
-        for j, n in enumerate(counts):
-            flags[j % 2, j, :n] = True
-        return xr.DataArray(flags, dims=("traj", "tail", "member"), coords={"tail": tails})
-
-    assert bounded_tail(2.5, diverged([2, 0, 2, 5])) == 4.0
-    assert bounded_tail(8.0, diverged([2, 0, 2, 5])) == 8.0
-    assert bounded_tail(2.5, diverged([2, 1, 2, 2])) == 2.5
-    assert bounded_tail(2.5, diverged([0, 1, 1, 1])) == np.inf
-    # 4 passes but the lighter 8 does not: a few members' noisy counts, not trusted
-    assert bounded_tail(2.5, diverged([2, 3, 2, 1])) == np.inf
-    with pytest.raises(ValueError, match="more than 2"):
-        bounded_tail(float("nan"), diverged([0, 0, 0, 0]))
-    with pytest.raises(ValueError, match="Gaussian"):
-        bounded_tail(2.5, diverged([0, 0, 0, 0]).sel(tail=[8.0, 4.0, 2.5]))
-
-
 @pytest.mark.parametrize("rule", ["spread_skill", "crps"])
 def test_a_missing_observation_drops_its_value_not_its_lead_time(np_rng, rule):
     """Lead 10's errors are 1.5x the others': with one observation of it missing, its factor
@@ -336,36 +307,3 @@ def test_a_missing_observation_drops_its_value_not_its_lead_time(np_rng, rule):
     obs[0, 10, 0] = np.nan
     factor = fit_spread_factor(fc.assign(obs=(fc["obs"].dims, obs)), rule=rule, smooth=1)
     assert abs(factor[10] - 1.5) < 0.15 and np.all(np.isfinite(factor)), factor[8:13]
-
-
-def test_bounded_spread_is_the_largest_inflation_that_leaves_the_bounds_no_more_than_none():
-    """Counts of members out of bounds per fraction of the factor's inflation (0: none, 1
-    member out): the full factor carries 6 out, 0.75 carries 3 and 0.5 one, so 0.5 passes and
-    one fraction of margin below it, 0.25, is kept; only the full factor failing keeps 0.5;
-    every fraction within the reference keeps the full factor (no margin: nothing failed); a
-    fraction that passes above a smaller failing one is not taken, and the margin never goes
-    below no inflation; no reference candidate is refused by name. The shrunk factor scales
-    only the part above 1."""
-    shrinks = [1.0, 0.75, 0.5, 0.25, 0.0]
-
-    def diverged(counts):
-        flags = np.zeros((2, len(shrinks), 64), bool)  # (traj, spread_shrink, member)
-        for j, n in enumerate(counts):
-            flags[j % 2, j, :n] = True
-        return xr.DataArray(flags, dims=("traj", "spread_shrink", "member"),
-                            coords={"spread_shrink": shrinks})
-
-    assert bounded_spread(diverged([6, 3, 1, 0, 1])) == 0.25
-    assert bounded_spread(diverged([5, 0, 0, 0, 0])) == 0.5
-    assert bounded_spread(diverged([1, 1, 0, 1, 1])) == 1.0
-    assert bounded_spread(diverged([0, 0, 2, 0, 1])) == 0.0  # 0.5 fails: 0.75 and 1 untrusted
-    assert bounded_spread(diverged([0, 0, 0, 4, 1])) == 0.0  # 0.25 fails: nothing but none
-    assert bounded_spread(diverged([9, 9, 9, 9, 9])) == 1.0  # no inflation is no better
-    with pytest.raises(ValueError, match="need 0"):
-        bounded_spread(diverged([0] * 5).sel(spread_shrink=[1.0, 0.5]))
-    factor = np.array([0.5, 1.0, 2.0, 3.0])
-    np.testing.assert_allclose(shrunk_factor(factor, 0.5), [0.5, 1.0, 1.5, 2.0])
-    np.testing.assert_allclose(shrunk_factor(factor, 0.0), [0.5, 1.0, 1.0, 1.0])
-    np.testing.assert_array_equal(shrunk_factor(factor, 1.0), factor)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        shrunk_factor(factor, float("nan"))

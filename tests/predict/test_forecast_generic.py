@@ -68,6 +68,21 @@ def data():
     return msde.from_arrays(u, time=t, x=np.arange(N) / N, split=["train", "val", "test"])
 
 
+def _linear_inflation(monkeypatch):
+    """The calibration's inflation without the compression near the data's bounds (tested on
+    its own: ``test_calibrated_draws_inflate_linearly_inside_the_data_and_never_leave_the_bounds``),
+    so the tests of the factor and the tail state their linear algebra exactly."""
+    forecast_module = importlib.import_module("msde_ppl.predict.forecast")
+    bounded = forecast_module._calibrated_draws
+    monkeypatch.setattr(forecast_module, "_calibrated_draws",
+                        lambda draws, mean, c, w, shift, bounds: bounded(draws, mean, c, w, shift))
+
+
+@pytest.fixture
+def linear_inflation(monkeypatch):
+    _linear_inflation(monkeypatch)
+
+
 def _fitted(ds, as_leaf):
     model = partial(program, as_leaf=as_leaf, n_windows=1)
     guide = msde.AutoAmortizedSDE(model, ENCODER)
@@ -128,7 +143,7 @@ def test_a_user_program_is_loaded_by_reference(data, tmp_path):
                                fc["mean"], rtol=1e-6)
 
 
-def test_spread_factor_inflates_the_members_around_their_mean(data):
+def test_spread_factor_inflates_the_members_around_their_mean(data, linear_inflation):
     """Same key, with and without a per-lead-time factor c: the mean is unchanged, the std and
     the distance of every quantile from the mean are multiplied by c (the deviations of the
     same members are), and a bad factor is refused by name."""
@@ -151,7 +166,7 @@ def test_spread_factor_inflates_the_members_around_their_mean(data):
                       spread_factor=-1.0)
 
 
-def test_spread_tail_reweights_the_members_and_keeps_mean_and_std(data):
+def test_spread_tail_reweights_the_members_and_keeps_mean_and_std(data, linear_inflation):
     """Same key, with and without a Student-t tail of 3 dof: the mean and the std are
     unchanged, so is the draws' own average (the weighted deviations are re-centred); the
     members' deviations are their own times the tail weights, so the 90% interval narrows
@@ -266,40 +281,28 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert "calibration on 'val' skipped" in capsys.readouterr().out
 
 
-def test_score_bounds_the_fitted_tail_on_the_calibration_split(data, monkeypatch):
-    """With the factor at 2 and the fitted tail at 2.1 dof, the val members with that tail
-    leave the data's bounds more often than Gaussian ones (which stay inside, so the factor is
-    kept whole): ``score`` checks the very members
-    of the val forecast (its key, the fitted factor) with every lighter tail on the grid and
-    delivers ``bounded_tail``'s lighter choice, keeping the fitted value beside it."""
-    import jax
-
+def test_score_delivers_the_fitted_heavy_tail_inside_the_data_bounds(data, monkeypatch):
+    """With the factor at 3 and the heaviest tail on the grid (2.1 dof), linearly inflated
+    members leave the data's bounds; ``score`` delivers that very factor and tail (nothing is
+    scaled down), and no member the raw forecast kept inside the bounds leaves them."""
     from msde_ppl.pipeline import run as run_module
-    from msde_ppl.predict.calibration import TAIL_GRID, bounded_tail
 
-    seen = {}
-
-    def spy(dof, diverged):
-        seen["dof"], seen["diverged"] = dof, diverged
-        return bounded_tail(dof, diverged)
-
-    factor = np.full(T_OUT, 2.0)
+    factor = np.full(T_OUT, 3.0)
     monkeypatch.setattr(run_module, "fit_spread_factor", lambda *a, **k: factor)
     monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, **k: 2.1)
-    monkeypatch.setattr(run_module, "bounded_tail", spy)
     fitted = _fitted(data, as_leaf=False)
-    _, metrics = run_module.score(fitted, data, split="test", n_samples=64, calibrate_on="val",
-                                  residual=False, seed=5)
-    cal, diverged = metrics["calibrated"], seen["diverged"]
-    assert seen["dof"] == 2.1 and list(diverged["tail"]) == [d for d in TAIL_GRID if d >= 2.1]
-    counts = diverged.sum(["traj", "member"])
-    assert counts.sel(tail=2.1) > counts.sel(tail=np.inf), counts.values
-    # the members checked are the val forecast's own (the run's val key, the fitted factor)
-    own = msde.forecast(jax.random.fold_in(jax.random.key(5), 1), fitted, data, split="val",
-                        n_samples=64, spread_factor=factor, spread_tail=2.1)
-    np.testing.assert_array_equal(diverged.sel(tail=2.1), own["diverged"])
-    assert cal["spread_tail_dof_fitted"] == 2.1 and cal["spread_shrink"] == 1.0
-    assert cal["spread_tail_dof"] == bounded_tail(2.1, diverged) > 2.1
+    raw, _ = run_module.score(fitted, data, split="test", n_samples=64, seed=5)
+    fc, metrics = run_module.score(fitted, data, split="test", n_samples=64,
+                                   calibrate_on="val", residual=False, seed=5)
+    cal = metrics["calibrated"]
+    assert cal["spread_tail_dof"] == 2.1 and cal["spread_factor"]["max"] == 3.0
+    np.testing.assert_allclose(fc["spread_factor"], factor, rtol=1e-6)
+    # the same members (the run's key) inflated linearly would leave the bounds
+    _linear_inflation(monkeypatch)
+    linear = msde.forecast(jax.random.key(5), fitted, data, split="test", n_samples=64,
+                           spread_factor=factor, spread_tail=2.1)
+    assert int(linear["diverged"].sum()) > 0
+    assert int(fc["diverged"].sum()) == int(raw["diverged"].sum()) == 0
 
 
 def test_members_beyond_the_training_range_are_counted(data):
@@ -346,123 +349,56 @@ def test_a_decode_block_holds_at_least_two_snapshots(data, monkeypatch):
     np.testing.assert_allclose(small["mean"].values, default["mean"].values, rtol=1e-6)
 
 
-def test_tail_check_counts_the_members_each_tail_would_carry_out_of_bounds(data):
-    """Same key and factor: the members ``tail_check`` marks as leaving the data's bounds for
-    each candidate tail are exactly those the forecast with that tail marks (``diverged``);
-    at this factor Gaussian members stay inside and the heavy tails carry one out, so
-    ``bounded_tail`` falls back to Gaussian members."""
-    fitted = _fitted(data, as_leaf=False)
-    dofs = [np.inf, 4.0, 2.1]
-    check = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
-                          spread_factor=2.5, tail_check=dofs)
-    assert check["diverged_tail"].dims == ("traj", "tail", "member")
-    for dof in dofs:
-        own = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
-                            spread_factor=2.5, spread_tail=None if np.isinf(dof) else dof)
-        np.testing.assert_array_equal(check["diverged_tail"].sel(tail=dof), own["diverged"])
-    counts = check["diverged_tail"].sum(["traj", "member"]).values
-    assert counts[0] == 0 and counts[2] > 0, counts
-    assert msde.predict.bounded_tail(2.1, check["diverged_tail"]) == np.inf
-    # with a residual gain the checked members move with the delivered ones
-    gain = np.linspace(1.0, 0.0, T_OUT)
-    check = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
-                          spread_factor=2.5, residual_gain=gain, tail_check=[2.1])
-    own = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
-                        spread_factor=2.5, residual_gain=gain, spread_tail=2.1)
-    np.testing.assert_array_equal(check["diverged_tail"].sel(tail=2.1), own["diverged"])
-    with pytest.raises(ValueError, match="at least one"):
-        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8, tail_check=[])
-
-
-def test_spread_check_counts_the_members_each_shrunk_factor_would_carry_out_of_bounds(data):
-    """Same key: the members ``spread_check`` marks as leaving the data's bounds for each
-    fraction of the factor's inflation are exactly those a Gaussian forecast with the shrunk
-    factor marks; at a factor of 8 the full inflation carries members out and none without
-    it, so ``bounded_spread`` keeps a fraction below 1."""
-    fitted = _fitted(data, as_leaf=False)
-    factor, shrinks = np.full(T_OUT, 8.0), [1.0, 0.5, 0.25, 0.0]
-    gain = np.linspace(1.0, 0.0, T_OUT)  # the checked members move with the delivered ones
-    check = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
-                          spread_factor=factor, residual_gain=gain, spread_tail=2.5,
-                          spread_check=shrinks)
-    assert check["diverged_spread"].dims == ("traj", "spread_shrink", "member")
-    for s in shrinks:
-        own = msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=64,
-                            spread_factor=msde.predict.shrunk_factor(factor, s),
-                            residual_gain=gain)
-        np.testing.assert_array_equal(check["diverged_spread"].sel(spread_shrink=s),
-                                      own["diverged"])
-    counts = check["diverged_spread"].sum(["traj", "member"])
-    assert counts.sel(spread_shrink=1.0) > 0 == counts.sel(spread_shrink=0.0), counts.values
-    assert msde.predict.bounded_spread(check["diverged_spread"]) < 1.0
-    with pytest.raises(ValueError, match="needs a spread_factor"):
-        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
-                      spread_check=[0.0])
-
-
-def test_score_shrinks_a_factor_whose_members_leave_the_bounds(data, monkeypatch):
-    """With the factor at 8 and a fitted tail of 2.1 dof, Gaussian val members at the full
-    factor already leave the data's bounds: ``score`` checks the val forecast's own members
-    with every fraction of the grid and delivers Gaussian members at ``bounded_spread``'s
-    shrunk factor (the forecast carries it), keeping the fitted maximum beside it."""
-    import jax
-
-    from msde_ppl.pipeline import run as run_module
-    from msde_ppl.predict.calibration import SPREAD_SHRINK_GRID, bounded_spread, shrunk_factor
-
-    seen = {}
-
-    def spy(diverged):
-        seen["diverged"] = diverged
-        return bounded_spread(diverged)
-
-    factor = np.full(T_OUT, 8.0)
-    monkeypatch.setattr(run_module, "fit_spread_factor", lambda *a, **k: factor)
-    monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, **k: 2.1)
-    monkeypatch.setattr(run_module, "bounded_spread", spy)
-    fitted = _fitted(data, as_leaf=False)
-    fc, metrics = run_module.score(fitted, data, split="test", n_samples=64,
-                                   calibrate_on="val", residual=False, seed=5)
-    cal, diverged = metrics["calibrated"], seen["diverged"]
-    assert list(diverged["spread_shrink"]) == list(SPREAD_SHRINK_GRID)
-    own = msde.forecast(jax.random.fold_in(jax.random.key(5), 1), fitted, data, split="val",
-                        n_samples=64, spread_factor=factor)
-    np.testing.assert_array_equal(diverged.sel(spread_shrink=1.0), own["diverged"])
-    shrink = bounded_spread(diverged)
-    assert cal["spread_shrink"] == shrink < 1.0
-    assert cal["spread_tail_dof"] is None and cal["spread_tail_dof_fitted"] == 2.1
-    assert cal["spread_factor_fitted_max"] == 8.0
-    counts = diverged.sum(["traj", "member"])
-    assert cal["spread_check_diverged"] == {f"{s:g}": int(counts.sel(spread_shrink=s))
-                                            for s in SPREAD_SHRINK_GRID}
-    np.testing.assert_allclose(fc["spread_factor"], shrunk_factor(factor, shrink), rtol=1e-6)
-    assert cal["spread_factor"]["max"] == pytest.approx(float(shrunk_factor(factor, shrink)[0]))
-
-
 @pytest.mark.parametrize("with_c, with_weights, with_shift",
                          [(True, True, True), (True, False, True), (False, True, False),
-                          (False, False, True), (True, False, False)])
-def test_fused_bounds_check_flags_the_members_the_calibrated_draws_carry_out(
+                          (True, False, False)])
+def test_calibrated_draws_inflate_linearly_inside_the_data_and_never_leave_the_bounds(
         with_c, with_weights, with_shift):
-    """The checks' fused transform (one XLA pass per candidate) flags exactly the members
-    that ``diverged_members`` flags on ``_calibrated_draws``' fields, a non-finite member
-    included, for every combination of factor, tail weights and shift."""
+    r"""``_calibrated_draws`` without bounds is the linear inflation
+    :math:`\bar y + a e_0 + c(w_s d_s - \overline{wd})`, its spread ratio ``c``. With bounds
+    (here 5 times as wide as the members' range, as :func:`divergence_limits` widens the data's
+    range) it agrees with the linear one to within the :math:`\tanh` curvature, keeps every
+    finite member inside for any factor, inflates a member already outside (or non-finite)
+    linearly; the reported spread is ``c`` times the raw one either way."""
     forecast_module = importlib.import_module("msde_ppl.predict.forecast")
+    calibrated = forecast_module._calibrated_draws
     rng = np.random.default_rng(4)
-    raw = rng.normal(size=(3, 32, 2, 8, 6)).astype(np.float32)
+    raw = rng.uniform(-1, 1, size=(3, 32, 2, 8, 6)).astype(np.float32)
     mean = raw.mean(1)
-    raw[1, 5, 0, 2, 2] = np.nan  # one member's value (the mean stays finite)
     c = np.linspace(1.0, 1.2, 3, dtype=np.float32).reshape(3, 1, 1, 1, 1) if with_c else None
     weights = (msde.predict.tail_weights(2.5, 32).astype(np.float32) if with_weights
                else None)
-    shift = (0.3 * rng.normal(size=mean.shape)).astype(np.float32) if with_shift else None
-    lower, upper = np.array([-3.6, -7.0]), np.array([3.6, 7.0])
-    expected = msde.predict.diverged_members(
-        forecast_module._calibrated_draws(raw, mean, c, weights, shift), lower, upper)
-    as_jax = lambda x: None if x is None else jnp.asarray(x)  # noqa: E731
-    fused = np.asarray(forecast_module._members_out_of_bounds(
-        jnp.asarray(raw), jnp.asarray(mean), as_jax(shift), as_jax(c), as_jax(weights),
-        jnp.asarray(lower, jnp.float32), jnp.asarray(upper, jnp.float32)))
-    assert expected[5]  # the non-finite member (with the tail its NaN reaches every member
-    assert with_weights or 1 < expected.sum() < 32  # through the re-centring), and others
-    np.testing.assert_array_equal(fused, expected)
+    shift = (0.05 * rng.normal(size=mean.shape)).astype(np.float32) if with_shift else None
+    # the linear inflation, written out
+    m = mean if shift is None else mean + shift
+    d = raw - mean[:, None]
+    if weights is not None:
+        wd = weights.reshape(1, -1, 1, 1, 1) * d
+        d = wd - wd.mean(1, keepdims=True) + d.mean(1, keepdims=True)
+    expected = m[:, None] + (d if c is None else c * d)
+    linear, ratio = calibrated(raw, mean, c, weights, shift)
+    np.testing.assert_allclose(linear, expected, atol=1e-5)
+    np.testing.assert_allclose(ratio, np.broadcast_to(1.0 if c is None else c[:, 0],
+                                                      ratio.shape), rtol=1e-6)
+    lower, upper = np.array([-5.0, -5.0]), np.array([5.0, 5.0])
+    bounded, ratio = calibrated(raw, mean, c, weights, shift, (lower, upper))
+    # tanh(z) = z - z^3/3: members within 1.5 of the centre (z < 0.3) differ by ~3% of 1.5
+    near = np.abs(linear) < 1.5
+    assert near.mean() > 0.9 and np.abs(bounded - linear)[near].max() < 0.05 * 1.5
+    np.testing.assert_allclose(ratio, np.broadcast_to(1.0 if c is None else c[:, 0],
+                                                      ratio.shape), rtol=1e-6)
+    # a factor of 20: linear members leave the bounds, bounded ones stay inside
+    big = np.full((3, 1, 1, 1, 1), 20.0, np.float32)
+    lower_out = msde.predict.diverged_members(calibrated(raw, mean, big, weights, shift)[0],
+                                              lower, upper)
+    assert lower_out.any()
+    inside, _ = calibrated(raw, mean, big, weights, shift, (lower, upper))
+    assert not msde.predict.diverged_members(inside, lower, upper).any()
+    # a member already out (or not finite) is inflated linearly and stays counted
+    raw[1, 5, 0, 2, 2], raw[2, 7, 1, 0, 0] = 9.0, np.nan
+    mean = np.nanmean(raw, 1)
+    out, _ = calibrated(raw, mean, c, None, shift, (lower, upper))
+    lin, _ = calibrated(raw, mean, c, None, shift)
+    assert out[1, 5, 0, 2, 2] == pytest.approx(lin[1, 5, 0, 2, 2])
+    flagged = msde.predict.diverged_members(out, lower, upper)
+    assert flagged[5] and flagged[7] and flagged.sum() == 2
