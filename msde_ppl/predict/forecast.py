@@ -539,11 +539,11 @@ def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
     inflated by the factor ``c`` ``(b, 1, ...)`` and the tail's weights :math:`w_s` (re-centred
     so the deviations' average does not move); ``None`` leaves that step out. Without
     ``bounds``: :math:`\bar y + c\,(w_s d_s - \overline{w d})` with
-    :math:`d_s = y^{(s)} - \bar y`; the reported spread is multiplied by :math:`c`. With ``bounds`` (per
-    field ``lower, upper``, shape ``(C,)``: :func:`~msde_ppl.predict.metrics.divergence_limits`)
-    the inflation acts in the coordinate :math:`\zeta = \operatorname{artanh}((y - \kappa)/h)`
-    that maps the bounds' interval (centre :math:`\kappa`, half-width :math:`h`) onto the real
-    line,
+    :math:`d_s = y^{(s)} - \bar y`; the reported spread is multiplied by :math:`c`. With
+    ``bounds`` (per field ``lower, upper``, shape ``(C,)``:
+    :func:`~msde_ppl.predict.metrics.divergence_limits`) the inflation acts in the coordinate
+    :math:`\zeta = \operatorname{artanh}((y - \kappa)/h)` that maps the bounds' interval
+    (centre :math:`\kappa`, half-width :math:`h`) onto the real line,
 
     .. math:: \tilde y^{(s)} = \kappa + h \tanh\big(\zeta(\bar y)
               + c\,(w_s \delta_s - \overline{w\delta})\big), \qquad
@@ -552,47 +552,60 @@ def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
     so no inflation carries a member out of the bounds. Within the training data's range (the
     inner fifth of the bounds' width) :math:`\tanh` is linear to within 2% and so is the
     inflation; a deviation of the order of the data's range (a front the member places
-    elsewhere, times a factor of 3) is compressed as it nears a bound (the reported spread stays
-    :math:`c` times the raw one: the spread the inflation aims at, which the compressed members
-    fall short of only near the bounds). A member already outside the bounds (or not finite: the dynamics diverged) is
-    inflated linearly, so it stays counted."""
+    elsewhere, times a factor of 3) is compressed as it nears a bound (the reported spread
+    stays :math:`c` times the raw one: the spread the inflation aims at, which the compressed
+    members fall short of only near the bounds). A member already outside the bounds (or not
+    finite: the dynamics diverged) is inflated linearly, so it stays counted. Jitted
+    (:func:`_inflate`): on a 2D block of 8 snapshots x 64 members x 128 x 128 it takes about
+    twice the linear inflation's time (0.11 s against 0.05 s)."""
+    if c is None and weights is None:
+        return (draws if shift is None else draws + shift[:, None]), None
+    c_spread = np.ones((1,) * (draws.ndim - 1), draws.dtype) if c is None else c[:, 0]
+    limits = (None, None) if bounds is None else (
+        np.asarray(bounds[0], draws.dtype), np.asarray(bounds[1], draws.dtype))
+    as_array = lambda x: None if x is None else np.asarray(x, draws.dtype)  # noqa: E731
+    out = _inflate(draws, mean.astype(draws.dtype), as_array(c), as_array(weights),
+                   as_array(shift), *limits)
+    return np.asarray(out), c_spread
+
+
+@jax.jit
+def _inflate(draws, mean, c, weights, shift, lower, upper):
+    """:func:`_calibrated_draws`' transform, traced (``None`` arguments leave their step out;
+    ``lower is None``: the linear inflation): one fused pass of XLA's, on both cores."""
     if shift is not None:
         draws = draws + shift[:, None]
         mean = mean + shift
-    if c is None and weights is None:
-        return draws, None
     mean = mean[:, None]
-    c_spread = np.ones((1,) * (draws.ndim - 1), draws.dtype) if c is None else c[:, 0]
 
     def inflate(deviation):
         if weights is not None:
-            w = weights.reshape(1, -1, *(1,) * (draws.ndim - 2)).astype(draws.dtype)
+            w = weights.reshape(1, -1, *(1,) * (draws.ndim - 2))
             weighted = w * deviation
             deviation = (weighted - weighted.mean(1, keepdims=True)
                          + deviation.mean(1, keepdims=True))
         return deviation if c is None else c * deviation
 
     linear = mean + inflate(draws - mean)
-    if bounds is None:
-        return linear, c_spread
+    if lower is None:
+        return linear
     shape = (1, 1, -1) + (1,) * (draws.ndim - 3)
-    lower, upper = (np.reshape(np.asarray(b, np.float64), shape) for b in bounds)
-    centre = ((lower + upper) / 2).astype(draws.dtype)
-    half = ((upper - lower) / 2).astype(draws.dtype)
+    lower, upper = jnp.reshape(lower, shape), jnp.reshape(upper, shape)
+    centre, half = (lower + upper) / 2, (upper - lower) / 2
+    edge = 1 - 4 * jnp.finfo(draws.dtype).eps  # artanh stays finite
     # differences of artanh and tanh from the small deviations themselves (no cancellation in
     # float32): artanh p - artanh q = artanh((p - q) / (1 - p q)) and
     # tanh(a + b) - tanh a = tanh b (1 - tanh^2 a) / (1 + tanh a tanh b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p, q = (draws - centre) / half, (mean - centre) / half
-        inside = (np.abs(p) < 1) & (np.abs(q) < 1)  # False where not finite
-        p, q = np.where(inside, p, 0), np.where(inside, q, 0)
-        delta = np.where(inside, np.arctanh(np.clip(((draws - mean) / half) / (1 - p * q),
-                                                    -1, 1)), 0)  # zeta(y_s) - zeta(mean)
-        count = np.maximum(inside.sum(1, keepdims=True), 1)
-        step = np.tanh(inflate(delta - delta.sum(1, keepdims=True) / count))
-        calibrated = np.where(inside, mean + half * step * (1 - q * q) / (1 + q * step),
-                              linear)
-    return calibrated.astype(draws.dtype), c_spread
+    p, q = (draws - centre) / half, (mean - centre) / half
+    inside = (jnp.abs(p) < 1) & (jnp.abs(q) < 1)  # False where not finite
+    p, q = jnp.where(inside, p, 0), jnp.where(inside, q, 0)
+    ratio = jnp.where(inside, ((draws - mean) / half) / (1 - p * q), 0)
+    delta = jnp.arctanh(jnp.clip(ratio, -edge, edge))  # zeta(y_s) - zeta(mean), 0 outside
+    count = jnp.maximum(inside.sum(1, keepdims=True), 1)
+    step = jnp.tanh(inflate(jnp.where(inside, delta - delta.sum(1, keepdims=True) / count, 0)))
+    bounded = mean + half * step * (1 - q * q) / (1 + q * step)
+    # strictly inside in exact arithmetic; float32 can round a saturated tanh one ulp past
+    return jnp.where(inside, jnp.clip(bounded, lower, upper), linear)
 
 
 def _gain_per_field(gain, n_out: int, n_channels: int) -> np.ndarray:
