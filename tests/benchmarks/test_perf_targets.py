@@ -1,0 +1,55 @@
+"""The summary of issue 22's targets that opens benchmarks/results/perf.md (benchmarks/perf.py):
+each target read from the right section, ``met`` or how far off, and what was not measured
+said so."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import perf  # noqa: E402
+
+
+def _row(lines, start):
+    (row,) = [line for line in lines if line.startswith(f"| {start} |")]
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_verdicts_say_met_or_how_far_off():
+    assert perf._verdict(0.03, 0.035) == "met"
+    assert perf._verdict(0.07, 0.035) == "**missed** (2.0x off)"
+    assert perf._verdict(300.0, 250.0, larger_is_better=True) == "met"
+    assert perf._verdict(125.0, 250.0, larger_is_better=True) == "**missed** (2.0x off)"
+    assert perf._verdict(None, 1.0) == "**not measured**"
+
+
+def test_targets_summary_reads_each_section():
+    step = dict(step_median_s=0.04, gflops_per_s=120.0, window=64, n_micro=5, codec="spline")
+    res = {
+        "step2d": {"burgers_2d": {"steps": [step, {**step, "window": 128,
+                                                   "step_median_s": 0.045}],
+                                  "breakdown": {"ops": [{"share": 0.1, "origin": "mul"}]}}},
+        "reference": {"reference_config": {"step_median_s": 0.03, "gflops_per_s": 90.0,
+                                           "loop": "python"}},
+        "memory": {"fit_mib": 1500.0, "forecast_mib": 900.0},
+        "forecast": {"cylinder_2d": {"speedup_vs_64_fine_solves": 12.0, "ensemble_s": 2.0,
+                                     "fine_solver_64_s": 24.0, "fine_step_limit": "CFL"}},
+        "accuracy": {"burgers_1d": {"sustained_time_to_0.04": 100.0, "curve": []},
+                     "burgers_2d": {"sustained_time_to_0.028": None,
+                                    "curve": [{"rel_l2": 0.13, "train_wall_s": 700.0}]}},
+    }
+    lines = perf.targets_summary(res)
+    assert _row(lines, "1. 2D step, burgers_2d, multiscale K = 5")[3] == "**missed** (2.1x off)"
+    assert _row(lines, "1. 2D step, burgers_2d, M = 128")[3] == "met"
+    assert _row(lines, "1. 2D step, burgers_2d, M = 64")[3] == "**missed** (1.6x off)"
+    assert _row(lines, "1. 2D step, cylinder_2d")[3] == "**not measured**"
+    assert _row(lines, "2. 1D step, reference configuration")[3] == "met"
+    assert _row(lines, "3. peak memory, 1D fit")[3] == "**missed** (1.5x off)"
+    assert _row(lines, "3. peak memory, 2D fit")[3] == "**not measured**"
+    assert _row(lines, "3. peak memory, forecast")[3] == "met"
+    assert _row(lines, "4. 64-member ensemble vs 64 fine solves, cylinder_2d")[3] == "met"
+    assert _row(lines, "4. 64-member ensemble vs 64 fine solves, shallow_water_2d")[3] == \
+        "**not measured**"
+    assert _row(lines, "5. time to accuracy, burgers_1d")[3] == "met"
+    burgers_2d = _row(lines, "5. time to accuracy, burgers_2d")
+    assert burgers_2d[3] == "**missed** (not reached)" and "0.130 after 700 s" in burgers_2d[2]
+    assert _row(lines, "5. time to accuracy, cylinder_2d")[3] == "**not measured**"
