@@ -390,7 +390,8 @@ def forecast(
     :math:`\\overline{w^2} = 1`, a Student-t scale mixture
     (:func:`~msde_ppl.predict.calibration.tail_weights`): the same ``std``, heavier tails
     and narrower central intervals. The weighted deviations are re-centred so that the draws'
-    average is the one without the tail.
+    average is the one without the tail (in the bounded coordinate below; in the data's units
+    to within its curvature).
 
     The factor and the tail inflate the deviations in a coordinate that maps the data's
     bounds (:func:`~msde_ppl.predict.metrics.divergence_limits`) onto the real line
@@ -398,10 +399,11 @@ def forecast(
     dynamics kept inside the bounds is carried out of them (``std`` is the raw one times
     :math:`c`).
 
-    ``residual_gain`` (one value per output time, or ``(time, field)``) then moves every draw by
-    :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, the first snapshot's reconstruction residual carried
-    forward (residual persistence, :func:`~msde_ppl.predict.fit_residual_gain`): ``mean`` and
-    the predictive statistics move with it, ``macro``/``micro`` stay the model's parts.
+    ``residual_gain`` (one value per output time, or ``(time, field)``) moves every draw by
+    :math:`a(\\tau)\\,(y_0 - \\bar y_0)`, before the inflation (the two commute where it is
+    linear), the first snapshot's reconstruction residual carried forward (residual
+    persistence, :func:`~msde_ppl.predict.fit_residual_gain`): ``mean`` and the predictive
+    statistics move with it, ``macro``/``micro`` stay the model's parts.
 
     ``progress`` reports one line per trajectory (:class:`msde_ppl.progress.Progress`; a string
     is the label).
@@ -545,24 +547,25 @@ def _calibrated_draws(draws: np.ndarray, mean: np.ndarray, c: np.ndarray | None,
     :math:`\zeta = \operatorname{artanh}((y - \kappa)/h)` that maps the bounds' interval
     (centre :math:`\kappa`, half-width :math:`h`) onto the real line,
 
-    .. math:: \tilde y^{(s)} = \kappa + h \tanh\big(\zeta(\bar y)
+    .. math:: \tilde y^{(s)} = \kappa + h \tanh\big(\overline{\zeta}
               + c\,(w_s \delta_s - \overline{w\delta})\big), \qquad
-              \delta_s = \zeta(y^{(s)}) - \overline{\zeta(y)},
+              \delta_s = \zeta(y^{(s)}) - \overline{\zeta},
 
-    so no inflation carries a member out of the bounds. Within the training data's range (the
-    inner fifth of the bounds' width) :math:`\tanh` is linear to within 2% and so is the
-    inflation; a deviation of the order of the data's range (a front the member places
-    elsewhere, times a factor of 3) is compressed as it nears a bound (the reported spread
-    stays :math:`c` times the raw one: the spread the inflation aims at, which the compressed
-    members fall short of only near the bounds). A member already outside the bounds (or not
-    finite: the dynamics diverged) is inflated linearly, so it stays counted. Jitted
+    :math:`\overline{\zeta}` the average over the members inside the bounds, so no inflation
+    carries a member out of them, and a factor of 1 without a tail changes nothing. Within the
+    training data's range (the inner third of the bounds' width) :math:`\tanh` is linear to
+    within 4% and so is the inflation; a deviation of the order of the data's range (a front
+    the member places elsewhere, times a factor of 3) is compressed as it nears a bound (the
+    reported spread stays :math:`c` times the raw one: the spread the inflation aims at, which
+    the compressed members fall short of only near the bounds). A member already outside the
+    bounds (or not finite: the dynamics diverged) is inflated linearly, so it stays counted;
+    the others keep their anchor, the average of the members inside. Jitted
     (:func:`_inflate`): on a 2D block of 8 snapshots x 64 members x 128 x 128 it takes about
     twice the linear inflation's time (0.11 s against 0.05 s)."""
     if c is None and weights is None:
         return (draws if shift is None else draws + shift[:, None]), None
     c_spread = np.ones((1,) * (draws.ndim - 1), draws.dtype) if c is None else c[:, 0]
-    limits = (None, None) if bounds is None else (
-        np.asarray(bounds[0], draws.dtype), np.asarray(bounds[1], draws.dtype))
+    limits = (None, None) if bounds is None else _bounds_inward(*bounds, draws.dtype)
     as_array = lambda x: None if x is None else np.asarray(x, draws.dtype)  # noqa: E731
     out = _inflate(draws, mean.astype(draws.dtype), as_array(c), as_array(weights),
                    as_array(shift), *limits)
@@ -593,19 +596,32 @@ def _inflate(draws, mean, c, weights, shift, lower, upper):
     lower, upper = jnp.reshape(lower, shape), jnp.reshape(upper, shape)
     centre, half = (lower + upper) / 2, (upper - lower) / 2
     edge = 1 - 4 * jnp.finfo(draws.dtype).eps  # artanh stays finite
+    p = (draws - centre) / half
+    inside = jnp.abs(p) < 1  # False where not finite
+    n_inside = jnp.maximum(inside.sum(1, keepdims=True), 1)
+    # the anchor: the members inside the bounds, averaged (inside them too, whatever the others)
+    anchor = jnp.where(inside, draws, 0).sum(1, keepdims=True) / n_inside
+    q, p = (anchor - centre) / half, jnp.where(inside, p, 0)
     # differences of artanh and tanh from the small deviations themselves (no cancellation in
     # float32): artanh p - artanh q = artanh((p - q) / (1 - p q)) and
     # tanh(a + b) - tanh a = tanh b (1 - tanh^2 a) / (1 + tanh a tanh b)
-    p, q = (draws - centre) / half, (mean - centre) / half
-    inside = (jnp.abs(p) < 1) & (jnp.abs(q) < 1)  # False where not finite
-    p, q = jnp.where(inside, p, 0), jnp.where(inside, q, 0)
-    ratio = jnp.where(inside, ((draws - mean) / half) / (1 - p * q), 0)
-    delta = jnp.arctanh(jnp.clip(ratio, -edge, edge))  # zeta(y_s) - zeta(mean), 0 outside
-    count = jnp.maximum(inside.sum(1, keepdims=True), 1)
-    step = jnp.tanh(inflate(jnp.where(inside, delta - delta.sum(1, keepdims=True) / count, 0)))
-    bounded = mean + half * step * (1 - q * q) / (1 + q * step)
+    ratio = jnp.where(inside, ((draws - anchor) / half) / (1 - p * q), 0)
+    delta = jnp.arctanh(jnp.clip(ratio, -edge, edge))  # zeta(y_s) - zeta(anchor); 0 outside
+    average = delta.sum(1, keepdims=True) / n_inside  # mean zeta - zeta(anchor)
+    step = jnp.tanh(average + inflate(jnp.where(inside, delta - average, 0)))
+    bounded = anchor + half * step * (1 - q * q) / (1 + q * step)
     # strictly inside in exact arithmetic; float32 can round a saturated tanh one ulp past
     return jnp.where(inside, jnp.clip(bounded, lower, upper), linear)
+
+
+def _bounds_inward(lower, upper, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds in ``dtype``, each rounded towards the other: a member clipped to them is
+    inside the exact bounds :func:`~msde_ppl.predict.metrics.diverged_members` checks."""
+    lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    low, high = lower.astype(dtype), upper.astype(dtype)
+    low = np.where(low < lower, np.nextafter(low, np.asarray(np.inf, dtype)), low)
+    high = np.where(high > upper, np.nextafter(high, np.asarray(-np.inf, dtype)), high)
+    return low.astype(dtype), high.astype(dtype)
 
 
 def _gain_per_field(gain, n_out: int, n_channels: int) -> np.ndarray:

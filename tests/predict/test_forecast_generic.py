@@ -349,6 +349,23 @@ def test_a_decode_block_holds_at_least_two_snapshots(data, monkeypatch):
     np.testing.assert_allclose(small["mean"].values, default["mean"].values, rtol=1e-6)
 
 
+def _bounded_inflation_direct(raw, c, weights, shift, lower, upper):
+    """The bounded inflation written out in float64 from its definition,
+    :math:`\\kappa + h \\tanh(\\bar\\zeta + c(w_s \\delta_s - \\overline{w\\delta}))`, for
+    members all inside the bounds."""
+    y = raw.astype(np.float64) + (0.0 if shift is None else shift[:, None])
+    shape = (1, 1, -1) + (1,) * (raw.ndim - 3)
+    lower, upper = np.reshape(lower, shape), np.reshape(upper, shape)
+    centre, half = (lower + upper) / 2, (upper - lower) / 2
+    zeta = np.arctanh((y - centre) / half)
+    delta = zeta - zeta.mean(1, keepdims=True)
+    if weights is not None:
+        wd = np.reshape(weights, (1, -1) + (1,) * (raw.ndim - 2)) * delta
+        delta = wd - wd.mean(1, keepdims=True)
+    return centre + half * np.tanh(zeta.mean(1, keepdims=True)
+                                   + (delta if c is None else c * delta))
+
+
 @pytest.mark.parametrize("with_c, with_weights, with_shift",
                          [(True, True, True), (True, False, True), (False, True, False),
                           (True, False, False)])
@@ -356,19 +373,28 @@ def test_calibrated_draws_inflate_linearly_inside_the_data_and_never_leave_the_b
         with_c, with_weights, with_shift):
     r"""``_calibrated_draws`` without bounds is the linear inflation
     :math:`\bar y + a e_0 + c(w_s d_s - \overline{wd})`, its spread ratio ``c``. With bounds
-    (here 5 times as wide as the members' range, as :func:`divergence_limits` widens the data's
-    range) it agrees with the linear one to within the :math:`\tanh` curvature, keeps every
-    finite member inside for any factor, inflates a member already outside (or non-finite)
-    linearly; the reported spread is ``c`` times the raw one either way."""
+    (two fields, each a range beyond an off-centre data range on either side, as
+    :func:`divergence_limits` sets them) it is the inflation of
+    :math:`\zeta = \operatorname{artanh}((y - \kappa)/h)` about the members' average, to
+    float32 rounding (against the definition in float64, the clip at the bounds not firing);
+    it agrees with the linear one to within the :math:`\tanh` curvature, is the identity at
+    a factor of 1 without a tail, keeps every finite member inside for any factor (also where
+    float32 rounds a bound outwards), and inflates a member already outside (or non-finite)
+    linearly while the others keep their anchor; the reported spread is ``c`` times the raw
+    one either way."""
     forecast_module = importlib.import_module("msde_ppl.predict.forecast")
     calibrated = forecast_module._calibrated_draws
     rng = np.random.default_rng(4)
-    raw = rng.uniform(-1, 1, size=(3, 32, 2, 8, 6)).astype(np.float32)
+    # field 0 in [0.2, 1.0], field 1 in [-3, -1]: the members sit off the bounds' centres
+    low, high = np.array([0.2, -3.0]), np.array([1.0, -1.0])
+    lower, upper = low - (high - low), high + (high - low)
+    u = rng.uniform(size=(3, 32, 2, 8, 6))
+    raw = (low[:, None, None] + u * (high - low)[:, None, None]).astype(np.float32)
     mean = raw.mean(1)
-    c = np.linspace(1.0, 1.2, 3, dtype=np.float32).reshape(3, 1, 1, 1, 1) if with_c else None
+    c = np.linspace(1.5, 2.5, 3, dtype=np.float32).reshape(3, 1, 1, 1, 1) if with_c else None
     weights = (msde.predict.tail_weights(2.5, 32).astype(np.float32) if with_weights
                else None)
-    shift = (0.05 * rng.normal(size=mean.shape)).astype(np.float32) if with_shift else None
+    shift = (0.02 * rng.normal(size=mean.shape)).astype(np.float32) if with_shift else None
     # the linear inflation, written out
     m = mean if shift is None else mean + shift
     d = raw - mean[:, None]
@@ -380,25 +406,48 @@ def test_calibrated_draws_inflate_linearly_inside_the_data_and_never_leave_the_b
     np.testing.assert_allclose(linear, expected, atol=1e-5)
     np.testing.assert_allclose(ratio, np.broadcast_to(1.0 if c is None else c[:, 0],
                                                       ratio.shape), rtol=1e-6)
-    lower, upper = np.array([-5.0, -5.0]), np.array([5.0, 5.0])
     bounded, ratio = calibrated(raw, mean, c, weights, shift, (lower, upper))
-    # tanh(z) = z - z^3/3: members within 1.5 of the centre (z < 0.3) differ by ~3% of 1.5
-    near = np.abs(linear) < 1.5
-    assert near.mean() > 0.9 and np.abs(bounded - linear)[near].max() < 0.05 * 1.5
+    direct = _bounded_inflation_direct(raw, c, weights, shift, lower, upper)
+    half = np.reshape((upper - lower) / 2, (1, 1, 2, 1, 1))
+    lo5, hi5 = (np.reshape(b, (1, 1, 2, 1, 1)) for b in (lower, upper))
+    assert ((direct > lo5) & (direct < hi5)).all()
+    np.testing.assert_allclose(bounded, direct, atol=2e-6 * half.max())
+    # where the linear members stay in the data's range (the bounds' inner third), tanh is
+    # linear to within a few % of that range
+    field_low, field_high = (np.reshape(b, (1, 1, 2, 1, 1)) for b in (low, high))
+    near = (linear >= field_low) & (linear <= field_high)
+    width = np.broadcast_to(field_high - field_low, linear.shape)
+    assert near.mean() > 0.5
+    assert (np.abs(bounded - linear)[near] / width[near]).max() < 0.05
     np.testing.assert_allclose(ratio, np.broadcast_to(1.0 if c is None else c[:, 0],
                                                       ratio.shape), rtol=1e-6)
-    # a factor of 20: linear members leave the bounds, bounded ones stay inside
-    big = np.full((3, 1, 1, 1, 1), 20.0, np.float32)
-    lower_out = msde.predict.diverged_members(calibrated(raw, mean, big, weights, shift)[0],
-                                              lower, upper)
-    assert lower_out.any()
+    if not with_weights:  # a factor of 1: nothing moves but the shift
+        one = np.ones((3, 1, 1, 1, 1), np.float32)
+        np.testing.assert_allclose(calibrated(raw, mean, one, None, shift, (lower, upper))[0],
+                                   raw + (0 if shift is None else shift[:, None]),
+                                   atol=3e-7 * half.max())
+    # a factor of 30: linear members leave the bounds, bounded ones stay inside
+    big = np.full((3, 1, 1, 1, 1), 30.0, np.float32)
+    assert msde.predict.diverged_members(calibrated(raw, mean, big, weights, shift)[0],
+                                         lower, upper).any()
     inside, _ = calibrated(raw, mean, big, weights, shift, (lower, upper))
     assert not msde.predict.diverged_members(inside, lower, upper).any()
-    # a member already out (or not finite) is inflated linearly and stays counted
-    raw[1, 5, 0, 2, 2], raw[2, 7, 1, 0, 0] = 9.0, np.nan
-    mean = np.nanmean(raw, 1)
+    # bounds that float32 rounds outwards (0.2 -> 0.20000000298): still inside
+    tight_lower, tight_upper = np.array([-0.1, -0.1]), np.array([0.2, 0.2])
+    small = (0.1 * u).astype(np.float32)
+    tight, _ = calibrated(small, small.mean(1), big, weights, None, (tight_lower, tight_upper))
+    assert not msde.predict.diverged_members(tight, tight_lower, tight_upper).any()
+    # a member already out (or not finite) is inflated linearly and stays counted; one far out
+    # (it drags the members' plain mean outside the bounds) leaves the others inflated about
+    # the average of the members inside
+    raw[1, 5, 0, 2, 2], raw[2, 7, 1, 0, 0], raw[0, 3, 0, 1, 1] = 2.5, np.nan, 1e3
+    mean = raw.mean(1)
     out, _ = calibrated(raw, mean, c, None, shift, (lower, upper))
     lin, _ = calibrated(raw, mean, c, None, shift)
-    assert out[1, 5, 0, 2, 2] == pytest.approx(lin[1, 5, 0, 2, 2])
+    for member, index in ((5, (1, 0, 2, 2)), (3, (0, 0, 1, 1))):
+        assert out[index[0], member, *index[1:]] == pytest.approx(
+            lin[index[0], member, *index[1:]], rel=1e-6)
     flagged = msde.predict.diverged_members(out, lower, upper)
-    assert flagged[5] and flagged[7] and flagged.sum() == 2
+    assert flagged[3] and flagged[5] and flagged[7] and flagged.sum() == 3
+    others = np.delete(out[0, :, 0, 1, 1], 3)
+    assert np.isfinite(others).all() and (others >= lower[0]).all() and (others <= upper[0]).all()
