@@ -189,16 +189,14 @@ def divergence_limits(data_range: list) -> tuple[np.ndarray, np.ndarray]:
     return lo - DIVERGENCE_MARGIN * width, hi + DIVERGENCE_MARGIN * width
 
 
-def diverged_members(draws: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                     xp=np) -> np.ndarray:
+def diverged_members(draws: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Which ensemble members of ``draws`` ``(T, S, C, *fine)`` diverged: a non-finite value,
-    or one outside ``[lower, upper]`` (per field ``C``), at any time. Returns ``(S,)`` bools.
-    ``xp``: the array module (``jax.numpy`` to trace it inside a jitted function)."""
+    or one outside ``[lower, upper]`` (per field ``C``), at any time. Returns ``(S,)`` bools."""
     shape = (1, 1, -1) + (1,) * (draws.ndim - 3)
-    lo, hi = xp.reshape(xp.asarray(lower), shape), xp.reshape(xp.asarray(upper), shape)
+    lo, hi = np.reshape(np.asarray(lower), shape), np.reshape(np.asarray(upper), shape)
     with np.errstate(invalid="ignore"):
-        inside = xp.isfinite(draws) & (draws >= lo) & (draws <= hi)
-    return ~xp.moveaxis(inside, 1, 0).reshape(draws.shape[1], -1).all(axis=1)
+        inside = np.isfinite(draws) & (draws >= lo) & (draws <= hi)
+    return ~np.moveaxis(inside, 1, 0).reshape(draws.shape[1], -1).all(axis=1)
 
 
 def noise_floor(ds: xr.Dataset, eval_steps: int | None = None) -> dict[str, float] | None:
