@@ -20,6 +20,7 @@ def test_verdicts_say_met_or_how_far_off():
     assert perf._verdict(300.0, 250.0, larger_is_better=True) == "met"
     assert perf._verdict(125.0, 250.0, larger_is_better=True) == "**missed** (2.0x off)"
     assert perf._verdict(None, 1.0) == "**not measured**"
+    assert perf._verdict(185.0, 180.0) == "**missed** (1.03x off)"  # not "1.0x"
 
 
 def test_targets_summary_reads_each_section():
@@ -33,7 +34,8 @@ def test_targets_summary_reads_each_section():
         "memory": {"fit_mib": 1500.0, "forecast_mib": 900.0},
         "forecast": {"cylinder_2d": {"speedup_vs_64_fine_solves": 12.0, "ensemble_s": 2.0,
                                      "fine_solver_64_s": 24.0, "fine_step_limit": "CFL"}},
-        "accuracy": {"burgers_1d": {"sustained_time_to_0.04": 100.0, "curve": []},
+        "accuracy": {"burgers_1d": {"sustained_time_to_0.04": 100.0, "time_to_0.04": 80.0,
+                                    "reference_time_to_0.04_s": 400.0, "curve": []},
                      "burgers_2d": {"sustained_time_to_0.028": None,
                                     "curve": [{"rel_l2": 0.13, "train_wall_s": 700.0}]}},
     }
@@ -53,3 +55,15 @@ def test_targets_summary_reads_each_section():
     burgers_2d = _row(lines, "5. time to accuracy, burgers_2d")
     assert burgers_2d[3] == "**missed** (not reached)" and "0.130 after 700 s" in burgers_2d[2]
     assert _row(lines, "5. time to accuracy, cylinder_2d")[3] == "**not measured**"
+    against = _row(lines, "5. time to accuracy, burgers_1d, against the reference's 400 s")
+    assert against[1] == "<= 80 s (1/5)" and against[3] == "**missed** (1.2x off)"
+    assert "first below after 80 s" in against[4]
+
+
+def test_settled_time_is_where_the_curve_stops_leaving_its_last_value():
+    curve = [{"rel_l2": r, "train_wall_s": 100.0 * i}
+             for i, r in enumerate([0.07, 0.043, 0.07, 0.023, 0.0231, 0.022])]
+    assert perf.settled_time(curve) == 300.0  # 0.043 is above 1.1 x 0.022
+    assert perf.settled_time(curve, tolerance=1.0) == 300.0  # 0.07 > 2 x 0.022
+    assert perf.settled_time(curve, tolerance=2.5) == 0.0
+    assert perf.settled_time([]) is None
