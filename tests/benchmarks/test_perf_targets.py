@@ -20,7 +20,7 @@ def test_verdicts_say_met_or_how_far_off():
     assert perf._verdict(300.0, 250.0, larger_is_better=True) == "met"
     assert perf._verdict(125.0, 250.0, larger_is_better=True) == "**missed** (2.0x off)"
     assert perf._verdict(None, 1.0) == "**not measured**"
-    assert perf._verdict(185.0, 180.0) == "**missed** (1.03x off)"  # not "1.0x"
+    assert perf._verdict(185.0, 180.0) == "**missed** (2.8% off)"  # not "1.0x"
 
 
 def test_targets_summary_reads_each_section():
@@ -57,13 +57,29 @@ def test_targets_summary_reads_each_section():
     assert _row(lines, "5. time to accuracy, cylinder_2d")[3] == "**not measured**"
     against = _row(lines, "5. time to accuracy, burgers_1d, against the reference's 400 s")
     assert against[1] == "<= 80 s (1/5)" and against[3] == "**missed** (1.2x off)"
-    assert "first below after 80 s" in against[4]
+    assert "first below after 80 s, then above again" in against[4]
+    burgers_2d = _row(lines, "5. time to accuracy, burgers_2d")
+    assert "4.6x the reference's number" in burgers_2d[4]
+    assert "stays within" not in burgers_2d[4]  # one evaluation: too few to say it settled
+
+
+def test_against_the_reference_row_reads_each_outcome():
+    never = perf._against_reference("c", "0.04", 900.0, None, None)
+    assert never[2:] == ("not reached", "**missed** (not reached)", "the training time")
+    dipped = perf._against_reference("c", "0.04", 900.0, None, 150.0)
+    assert dipped[2] == "not reached (first below: 150 s)" and "then above again" in dipped[4]
+    slow = perf._against_reference("c", "0.04", 900.0, 190.0, 190.0)
+    assert slow[3] == "**missed** (5.6% off)" and slow[4] == "the training time"
+    fast = perf._against_reference("c", "0.04", 900.0, 120.0, 100.0)
+    assert fast[3] == "met" and fast[4] == ""
 
 
 def test_settled_time_is_where_the_curve_stops_leaving_its_last_value():
     curve = [{"rel_l2": r, "train_wall_s": 100.0 * i}
              for i, r in enumerate([0.07, 0.043, 0.07, 0.023, 0.0231, 0.022])]
-    assert perf.settled_time(curve) == 300.0  # 0.043 is above 1.1 x 0.022
-    assert perf.settled_time(curve, tolerance=1.0) == 300.0  # 0.07 > 2 x 0.022
-    assert perf.settled_time(curve, tolerance=2.5) == 0.0
+    assert perf.settled_time(curve) == 300.0  # 0.07 at 200 s is the last above 1.1 x 0.022
+    assert perf.settled_time(curve, tolerance=2.5) == 0.0  # every one within 3.5 x 0.022
+    assert perf.settled_time(curve, min_points=4) is None  # only three from 300 s on
     assert perf.settled_time([]) is None
+    nan_last = curve + [{"rel_l2": float("nan"), "train_wall_s": 600.0}]
+    assert perf.settled_time(nan_last) is None
