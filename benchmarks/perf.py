@@ -717,7 +717,9 @@ def targets_summary(res: dict) -> list[str]:
                  f"{last['train_wall_s']:.0f} s"
                  if last else f"not reached ({level})")
         held = ""
-        if value is None and last is not None:
+        if value is None and last is not None and not np.isfinite(last["rel_l2"]):
+            held = "the recipe's last checkpoint forecasts non-finite values"
+        elif value is None and last is not None:
             settled = settled_time(one["curve"])
             held = ("the model's accuracy, not its speed: the recipe's last checkpoint is "
                     f"{last['rel_l2'] / float(level):.1f}x the reference's number"

@@ -83,3 +83,6 @@ def test_settled_time_is_where_the_curve_stops_leaving_its_last_value():
     assert perf.settled_time([]) is None
     nan_last = curve + [{"rel_l2": float("nan"), "train_wall_s": 600.0}]
     assert perf.settled_time(nan_last) is None
+    blown = perf.targets_summary({"accuracy": {"burgers_2d": {
+        "sustained_time_to_0.028": None, "curve": nan_last}}})
+    assert "non-finite" in _row(blown, "5. time to accuracy, burgers_2d")[4]
