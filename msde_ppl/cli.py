@@ -913,8 +913,17 @@ def _stage_outcome(stage) -> str:
            None: "all steps done"}[val["stopped_by"]]
     score = val["best_score"]
     score = "not finite" if score is None else f"{score:.4f}"
-    return (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) {score} "
-            f"at step {val['best_step']}, kept")
+    outcome = (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) {score} "
+               f"at step {val['best_step']}, kept")
+    check = val.get("confirmation")
+    if check:
+        shown = lambda v: "not finite" if v is None else f"{v:.4f}"  # noqa: E731
+        verdict = ("kept" if check["kept"] == "best" else
+                   "not better: the stage's start (the previous stage's model) kept instead")
+        outcome += (f"; scored again with {check['n_samples']} members, step "
+                    f"{check['best_step']} {shown(check['best_score'])} against the start's "
+                    f"{shown(check['start_score'])}: {verdict}")
+    return outcome
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:

@@ -540,7 +540,10 @@ def fit_progressive(
     With ``validation`` (:class:`~msde_ppl.pipeline.validation.Validation`), every stage is
     scored on the val split while it trains; it stops early when the score stops improving,
     and its result is the best-scoring checkpoint (its ``validation`` attribute records the
-    history); a plateau lowers the learning rate first (``validation.lr_drops`` times).
+    history); a plateau lowers the learning rate first (``validation.lr_drops`` times). A
+    grown stage delivers its best checkpoint only if it beats the stage's start again when both
+    are scored with ``validation.confirm_samples`` members, else its start
+    (:meth:`~msde_ppl.pipeline.validation.ValidationMonitor.confirm`).
     ``budget_s`` bounds the training wall time of the whole fit (seconds): stage ``k`` ends
     at its share of the budget (proportional to its steps), and a stage that ends there keeps
     its best checkpoint when validated, else its last state.
@@ -590,10 +593,13 @@ def fit_progressive(
         elif deadline is not None:
             monitor = _Deadline(deadline)
         validated = isinstance(monitor, ValidationMonitor)
-        if validated and warm is not None and not monitor.history:
+        start = None
+        if validated and warm is not None:
             # the grown model's start (the previous stage's drift and reconstruction, an idle
             # micro state) competes too: the stage never ends worse on val than it began
-            monitor.evaluate(_initial_fitted(ds, stage_config, train, warm))
+            start = _initial_fitted(ds, stage_config, train, warm)
+            if not monitor.history:
+                monitor.evaluate(start)
         stage_callback = _chain(callback, monitor)
         label = progress and f"stage {i + 1}/{len(stages)}, {model_label(n_micro)}"
         try:
@@ -608,6 +614,8 @@ def fit_progressive(
             raise
         if validated:
             monitor.evaluate(stage)  # the last state competes too
+            if start is not None:  # the best must beat the start with more members
+                monitor.confirm(start)
             stage = stage.replace(params=monitor.best.params, validation=monitor.summary())
         if done is not None:
             stage.save(done)

@@ -2,6 +2,7 @@
 stops improving or at its budget, and the record survives an interruption."""
 
 import dataclasses
+import json
 import time
 
 import jax
@@ -97,6 +98,51 @@ def test_a_plateau_lowers_the_learning_rate_before_it_stops(ds, monkeypatch, tmp
         Validation(lr_drop_factor=1.0)
 
 
+def test_a_grown_stage_keeps_its_best_only_if_more_members_confirm_it(ds, monkeypatch,
+                                                                     tmp_path):
+    """The best of the 16-member evaluations (step 200) is scored again with
+    confirm_samples members against the start (step 0): where it is not better by
+    min_rel_improvement there, the start becomes the best, with its step-0 score; where it
+    is, it stays; a start that is already the best, or confirm_samples None, confirms
+    nothing; a resumed monitor restores the record."""
+    def run(confirmed, validation, record=None):
+        sixteen = {0: 0.146, 100: 0.16, 200: 0.140, 300: 0.15}
+        def score(self, f, n_samples=None):
+            if n_samples is None:
+                return sixteen[f.tag]
+            assert n_samples == max(validation.confirm_samples, validation.n_samples)
+            return confirmed[f.tag]
+        monkeypatch.setattr(ValidationMonitor, "score", score)
+        monitor = ValidationMonitor(validation, ds, record=record)
+        start = SavableStub(0)
+        monitor.evaluate(start)
+        for step in (100, 200, 300):
+            monitor(SavableStub(step))
+        return monitor, monitor.confirm(start)
+
+    validation = Validation(every=100, confirm_samples=64)
+    monitor, kept = run({0: 0.1445, 200: 0.1479}, validation, tmp_path)
+    assert not kept and monitor.best.tag == 0 and monitor.best_step == 0
+    assert monitor.best_score == 0.146
+    assert monitor.summary()["confirmation"] == {
+        "n_samples": 64, "best_step": 200, "best_score": 0.1479, "start_score": 0.1445,
+        "kept": "start"}
+    saved = json.loads((tmp_path / "validation.json").read_text())
+    assert saved["best_step"] == 0 and saved["confirmation"]["kept"] == "start"
+    again = ValidationMonitor(validation, ds, record=tmp_path)  # a resumed fit's monitor
+    assert again.confirmation == monitor.confirmation
+    # a tie within the relative threshold keeps the start as well
+    monitor, kept = run({0: 0.1445, 200: 0.1445 * (1 - 0.5e-3)}, validation)
+    assert not kept and monitor.best_step == 0
+    monitor, kept = run({0: 0.1445, 200: 0.1400}, Validation(every=100, n_samples=128))
+    assert kept and monitor.best_step == 200 and monitor.best_score == 0.140
+    assert monitor.confirmation["kept"] == "best" and monitor.confirmation["n_samples"] == 128
+    monitor, kept = run({}, dataclasses.replace(validation, confirm_samples=None))
+    assert kept and monitor.best_step == 200 and monitor.confirmation is None
+    with pytest.raises(ValueError, match="confirm_samples"):
+        Validation(confirm_samples=0)
+
+
 def test_long_val_horizons_are_evaluated_less_often(ds, monkeypatch):
     """One evaluation forecasts N windows x H snapshots x S members; the interval is the
     smallest multiple of `every` whose training steps process at least as many snapshots
@@ -158,6 +204,11 @@ def test_fit_returns_its_best_checkpoint_and_records_it(ds, tmp_path):
         assert [s for s, _ in record["history"]] == start + list(
             range(50, fitted.losses.size + 1, 50))
         best = min(v for _, v in record["history"])
+        check = record["confirmation"]  # a grown stage's best scored again against its start
+        assert i == 1 or check is None
+        if check is not None and check["kept"] == "start":
+            best = record["history"][0][1]
+            assert record["best_step"] == 0 and check["best_step"] > 0
         assert record["best_score"] == best
         again = ValidationMonitor(validation, ds).score(fitted)
         assert again == pytest.approx(best, rel=1e-6)
