@@ -165,6 +165,23 @@ def _num(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def micro_stage(validation: dict | None) -> str:
+    """Which checkpoint of the micro stage the fit delivered, in words: its best step on val,
+    or its start (the implicit-scale model grown with an idle micro state) when no step beat
+    it or the 64-member re-score did not confirm the best (msde_ppl.pipeline.validation)."""
+    if not validation:
+        return "n/a (not validated)"
+    check = validation.get("confirmation")
+    if check is None:
+        step = validation["best_step"]
+        return "start (no step beat it)" if step == 0 else f"step {step}"
+    scores = (f"{_num(check['best_score'])} vs start {_num(check['start_score'])}, "
+              f"{check['n_samples']} members")
+    if check["kept"] == "start":
+        return f"start (step {check['best_step']} not confirmed: {scores})"
+    return f"step {check['best_step']} (confirmed: {scores})"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Robustness: PDEs the package was never tuned on, defaults only", "",
              f"`{meta['command']}` on {meta['machine']} ({meta['date']}); test split. "
@@ -175,13 +192,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "'raw → delivered': the raw ensemble, then the forecast msde forecast writes "
              "(calibrated on val: residual persistence, spread factor and the members' tail); "
              "the targets are checked on the delivered one (no divergence: on both).", "",
+             "'micro stage': the checkpoint of the micro stage the fit delivered; 'start' is "
+             "the implicit-scale model grown with an idle micro state, so the two models "
+             "then differ by their Monte Carlo draws only.", "",
              "| PDE | fit (s, steps) | multiscale raw → delivered | implicit-scale raw → "
              "delivered | persistence | climatology "
              "| diverged members raw → delivered | decorr. time "
              "| beats persist. / clim. / implicit (worst margin) "
              "| 90% coverage raw → calibrated | spread/skill raw → cal. | CRPS raw → cal. "
-             "| max spread factor (tail dof) | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| max spread factor (tail dof) | micro stage | targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms, cal, base = r["multiscale"], r["multiscale_calibrated"], r["baselines"]
         def verdict(k, r=r):
@@ -209,6 +229,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {_num(ms['crps'])} → {_num(cal.get('crps'))} "
             f"| {_num((cal.get('spread_factor') or {}).get('max'), 2)} "
             f"({'Gaussian' if cal.get('spread_tail_dof') is None else cal['spread_tail_dof']}) "
+            f"| {micro_stage(r.get('validation'))} "
             f"| {met}{'; MISSED: ' + ', '.join(missed) if missed else ''} |")
     return "\n".join(lines) + "\n"
 

@@ -107,10 +107,13 @@ def test_a_grown_stage_keeps_its_best_only_if_more_members_confirm_it(ds, monkey
     nothing; a resumed monitor restores the record."""
     def run(confirmed, validation, record=None):
         sixteen = {0: 0.146, 100: 0.16, 200: 0.140, 300: 0.15}
-        def score(self, f, n_samples=None):
+        def score(self, f, n_samples=None, key=None):
             if n_samples is None:
+                assert key is None  # the selection's key
                 return sixteen[f.tag]
             assert n_samples == max(validation.confirm_samples, validation.n_samples)
+            fresh = jax.random.fold_in(jax.random.key(validation.seed), 1)
+            assert (jax.random.key_data(key) == jax.random.key_data(fresh)).all()
             return confirmed[f.tag]
         monkeypatch.setattr(ValidationMonitor, "score", score)
         monitor = ValidationMonitor(validation, ds, record=record)
