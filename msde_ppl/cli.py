@@ -911,19 +911,21 @@ def _stage_outcome(stage) -> str:
                                                 else "")
     why = {"patience": "val score stopped improving", "budget": "time budget reached",
            None: "all steps done"}[val["stopped_by"]]
-    score = val["best_score"]
-    score = "not finite" if score is None else f"{score:.4f}"
-    outcome = (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) {score} "
-               f"at step {val['best_step']}, kept")
+    shown = lambda v: "not finite" if v is None else f"{v:.4f}"  # noqa: E731
     check = val.get("confirmation")
-    if check:
-        shown = lambda v: "not finite" if v is None else f"{v:.4f}"  # noqa: E731
-        verdict = ("kept" if check["kept"] == "best" else
-                   "not better: the stage's start (the previous stage's model) kept instead")
-        outcome += (f"; scored again with {check['n_samples']} members, step "
-                    f"{check['best_step']} {shown(check['best_score'])} against the start's "
-                    f"{shown(check['start_score'])}: {verdict}")
-    return outcome
+    if not check:
+        return (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) "
+                f"{shown(val['best_score'])} at step {val['best_step']}, kept")
+    # a grown stage's best, scored again against the stage's start on a fresh key
+    first = dict(val["history"]).get(check["best_step"])
+    outcome = (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) "
+               f"{shown(first)} at step {check['best_step']}; scored again with "
+               f"{check['n_samples']} members on a fresh key: {shown(check['best_score'])} "
+               f"against the start's {shown(check['start_score'])}, ")
+    if check["kept"] == "best":
+        return outcome + "kept"
+    return outcome + ("not better, so the stage's start (the previous stage's model with an "
+                      "idle micro state) is kept")
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:

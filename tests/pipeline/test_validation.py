@@ -229,3 +229,27 @@ def test_budget_ends_a_plain_fit_early(ds):
     with pytest.raises(ValueError, match="budget"):
         fit_progressive(ds, TINY, [(0, train)], progress=False, budget_s=-1.0)
     assert jax.devices()  # the fit left the backend usable
+
+
+def test_msde_fit_says_whether_the_confirmation_kept_the_best():
+    """msde fit's line per stage names the step that won on val and, for a grown stage, what
+    the re-score on a fresh key decided."""
+    from types import SimpleNamespace
+
+    from msde_ppl.cli import _stage_outcome
+
+    val = {"stopped_by": "patience", "best_step": 0, "best_score": 0.1458,
+           "history": [[0, 0.1458], [9000, 0.1400], [9250, 0.2]],
+           "confirmation": {"n_samples": 64, "best_step": 9000, "best_score": 0.1496,
+                            "start_score": 0.1457, "kept": "start"}}
+    stage = SimpleNamespace(losses=np.zeros(21000), train={"steps": 48000}, validation=val)
+    line = _stage_outcome(stage)
+    assert line.startswith("21000 of 48000 steps (val score stopped improving); best val "
+                           "score (forecast rel-L2) 0.1400 at step 9000; scored again with "
+                           "64 members on a fresh key: 0.1496 against the start's 0.1457, "
+                           "not better, so the stage's start")
+    val["confirmation"].update(best_score=0.1300, kept="best")
+    val.update(best_step=9000, best_score=0.1400)
+    assert _stage_outcome(stage).endswith("0.1300 against the start's 0.1457, kept")
+    val["confirmation"] = None
+    assert _stage_outcome(stage).endswith("0.1400 at step 9000, kept")
