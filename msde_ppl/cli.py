@@ -924,8 +924,9 @@ def _stage_outcome(stage) -> str:
                f"against the start's {shown(check['start_score'])}, ")
     if check["kept"] == "best":
         return outcome + "kept"
-    return outcome + ("not better, so the stage's start (the previous stage's model with an "
-                      "idle micro state) is kept")
+    eps = val.get("settings", {}).get("min_rel_improvement", 0.0)
+    return outcome + (f"not better by {eps:.1%}, so the stage's start (the previous stage's "
+                      "model with an idle micro state) is kept")
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:

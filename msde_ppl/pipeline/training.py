@@ -545,8 +545,10 @@ def fit_progressive(
     are scored with ``validation.confirm_samples`` members, else its start
     (:meth:`~msde_ppl.pipeline.validation.ValidationMonitor.confirm`).
     ``budget_s`` bounds the training wall time of the whole fit (seconds): stage ``k`` ends
-    at its share of the budget (proportional to its steps), and a stage that ends there keeps
-    its best checkpoint when validated, else its last state.
+    at its share of the budget (proportional to its steps; the shares are cumulative from the
+    fit's start, so time a stage overruns, e.g. its confirmation's two forecasts, is taken
+    from the next stages), and a stage that ends there keeps its best checkpoint when
+    validated, else its last state.
 
     With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once
     complete, is saved as the model ``stage{k}/`` (its checkpoint then removed). With
@@ -594,7 +596,8 @@ def fit_progressive(
             monitor = _Deadline(deadline)
         validated = isinstance(monitor, ValidationMonitor)
         start = None
-        if validated and warm is not None:
+        if validated and warm is not None and (not monitor.history
+                                               or validation.confirm_samples is not None):
             # the grown model's start (the previous stage's drift and reconstruction, an idle
             # micro state) competes too: the stage never ends worse on val than it began
             start = _initial_fitted(ds, stage_config, train, warm)
@@ -614,8 +617,8 @@ def fit_progressive(
             raise
         if validated:
             monitor.evaluate(stage)  # the last state competes too
-            if start is not None:  # the best must beat the start with more members
-                monitor.confirm(start)
+            if start is not None:  # the best must beat the start on a fresh key
+                monitor.confirm(start, stage=i)
             stage = stage.replace(params=monitor.best.params, validation=monitor.summary())
         if done is not None:
             stage.save(done)

@@ -35,15 +35,22 @@ stops. A validated fit thus ends at a small learning rate, like a fixed recipe's
 schedule, without knowing in advance how many steps it will run (ReduceLROnPlateau). The
 parameters are not reset to the best checkpoint at a drop; the best is kept apart anyway.
 
-A grown stage's best checkpoint must then be confirmed against the stage's start (the previous
-stage's model with an idle micro state, :meth:`ValidationMonitor.confirm`): both are scored
-again with ``confirm_samples`` members (at least ``n_samples``) on a FRESH key, the same for
-both, and the best is kept only if it beats the start by ``min_rel_improvement`` there, else
-the stage delivers its start. The best of many evaluations on one key is partly a lucky draw
-of that key's Monte Carlo noise (the winner's curse), and a score on a key that took no part
-in the selection is an unbiased one: on the robustness benchmark's fronts the micro stage's
-best checkpoint scored 0.1400 against the start's 0.1458 on the selection's key with 16
-members, while over 7 fresh keys its advantage averaged 0.0011 with a spread (sd) of 0.0039.
+A grown stage's best checkpoint :math:`\theta^*` must then be confirmed against the stage's
+start :math:`\theta_0` (the previous stage's model with an idle micro state,
+:meth:`ValidationMonitor.confirm`): with :math:`s^{(M)}_{k'}` the score above with
+:math:`M = \max(\text{confirm\_samples}, \text{n\_samples})` members drawn from the fresh key
+:math:`k' = \text{fold\_in}(k, i)` (:math:`k` the validation's key, :math:`i \ge 1` the
+stage), the stage delivers
+
+.. math:: \theta^* \text{ if } s^{(M)}_{k'}(\theta^*) < (1 - \varepsilon)\, s^{(M)}_{k'}
+          (\theta_0) \text{ or } s^{(M)}_{k'}(\theta_0) = \infty, \text{ else } \theta_0,
+
+with :math:`\varepsilon` = ``min_rel_improvement``. The best of dozens of evaluations on one
+key is partly a lucky draw of that key's Monte Carlo noise (the winner's curse), and a score
+on a key that took no part in the selection is unbiased: on the robustness benchmark's fronts
+the micro stage's best checkpoint scored 0.1400 against the start's 0.1458 on the selection's
+key with 16 members, while over 7 fresh keys its advantage averaged 0.0011 with an sd of
+0.0039. Where two checkpoints tie on val the decision is a coin flip by construction.
 """
 
 from __future__ import annotations
@@ -62,6 +69,11 @@ from msde_ppl.data.splits import observations
 from msde_ppl.pipeline.fitted import Fitted
 
 __all__ = ["Validation", "ValidationMonitor", "evaluation_interval"]
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A score for JSON: a non-finite one is ``None``."""
+    return value if np.isfinite(value) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +165,13 @@ class ValidationMonitor:
 
     Attributes:
         best: the best-scoring :class:`~msde_ppl.Fitted` so far (``None`` before the first
-            evaluation); ``best_score``, ``best_step``; ``history``: ``[(step, score), ...]``;
-        stopped_by: ``None``, ``"patience"`` or ``"budget"``;
+            evaluation), or the start once :meth:`confirm` rejected the best;
+        best_score, best_step: its score on the selection's key (the minimum of the history
+            unless :meth:`confirm` rejected that minimum) and its step;
+        history: ``[(step, score), ...]``;
+        stopped_by: ``None``, ``"patience"`` or ``"budget"``; once set (and saved with the
+            record) the stage is over: a resumed monitor stops the fit at its first call and
+            scores nothing more, so a resumed stage delivers the same checkpoint;
         confirmation: ``None``, or the record of :meth:`confirm`.
     """
 
@@ -216,9 +233,12 @@ class ValidationMonitor:
 
     def __call__(self, fitted: Fitted) -> bool:
         step = len(fitted.losses)
+        if self.stopped_by is not None:
+            return True  # a resumed stage that had already ended
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.evaluate(fitted)
             self.stopped_by = "budget"
+            self._save(False)
             return True
         last = self.history[-1][0] if self.history else 0
         if step // self.every <= last // self.every:
@@ -232,6 +252,7 @@ class ValidationMonitor:
                 self._save(False)
                 return False
             self.stopped_by = "patience"
+            self._save(False)
             return True
         return False
 
@@ -245,6 +266,8 @@ class ValidationMonitor:
         """Score ``fitted`` once (skipped if its step was already scored) and keep it if
         best."""
         step = len(fitted.losses)
+        if self.stopped_by is not None and self.history:
+            return self.history[-1][1]  # the stage is over: nothing more competes
         if self.history and self.history[-1][0] == step:
             return self.history[-1][1]
         value = self.score(fitted)
@@ -259,26 +282,32 @@ class ValidationMonitor:
         self._save(improved)
         return value
 
-    def confirm(self, start: Fitted) -> bool:
+    def confirm(self, start: Fitted, stage: int = 1) -> bool:
         """Confirm the best checkpoint against ``start``, the checkpoint scored at step 0 (a
-        grown stage's start): score both with ``max(confirm_samples, n_samples)`` members on
-        a fresh key (the validation's key folded with 1: no part of the selection, the same for
-        both) and keep the best only if it beats the start by ``min_rel_improvement`` there;
-        otherwise
-        the start becomes the best (``best_step`` 0, ``best_score`` its step-0 score).
-        Returns whether the best was kept. Nothing to confirm (``True``) when the start is
-        already the best, was never scored, or ``confirm_samples`` is ``None``."""
+        grown stage's start), by the rule of the module docstring: both scored with
+        ``max(confirm_samples, n_samples)`` members on the fresh key ``fold_in(key, stage)``
+        (no part of the selection; another for every grown stage of a fit), the best kept only
+        if it beats the start by ``min_rel_improvement`` there or the start's score is not
+        finite; otherwise the start becomes the best (``best_step`` 0, ``best_score`` its
+        step-0 score). Returns whether the best was kept. Nothing to confirm (``True``) when
+        the start is already the best, was never scored, or ``confirm_samples`` is ``None``;
+        a confirmation already recorded (a resumed stage) is not redone."""
+        if stage < 1:
+            raise ValueError(f"only a grown stage (stage >= 1) has a start, got stage {stage}")
+        if self.confirmation is not None:
+            return self.confirmation["kept"] == "best"
         scored_start = [v for s, v in self.history if s == 0]
         if (self.validation.confirm_samples is None or self.best is None
                 or self.best_step == 0 or not scored_start):
             return True
         n = max(self.validation.confirm_samples, self.validation.n_samples)
-        fresh = jax.random.fold_in(jax.random.key(self.validation.seed), 1)
+        fresh = jax.random.fold_in(jax.random.key(self.validation.seed), stage)
         best, first = self.score(self.best, n, fresh), self.score(start, n, fresh)
-        kept = best < first * (1 - self.validation.min_rel_improvement)
-        finite = lambda v: v if np.isfinite(v) else None  # noqa: E731
+        threshold = first * (1 - self.validation.min_rel_improvement)
+        kept = bool(not np.isfinite(first) or best < threshold)
         self.confirmation = {"n_samples": n, "best_step": self.best_step,
-                             "best_score": finite(best), "start_score": finite(first),
+                             "best_score": _finite_or_none(best),
+                             "start_score": _finite_or_none(first),
                              "kept": "best" if kept else "start"}
         if not kept:
             self.best, self.best_step, self.best_score = start, 0, scored_start[0]
@@ -288,7 +317,7 @@ class ValidationMonitor:
     def summary(self) -> dict:
         """JSON-able record: best step and score, the history (a non-finite score is
         ``None``), why it stopped."""
-        finite = lambda v: v if np.isfinite(v) else None  # noqa: E731
+        finite = _finite_or_none
         return {"best_step": self.best_step, "best_score": finite(self.best_score),
                 "stopped_by": self.stopped_by, "lr_drop_steps": list(self.lr_drop_steps),
                 "history": [[s, finite(v)] for s, v in self.history],
@@ -314,5 +343,6 @@ class ValidationMonitor:
                         for s, v in meta["history"]]
         self.lr_drop_steps = [int(s) for s in meta.get("lr_drop_steps", [])]
         self.confirmation = meta.get("confirmation")
+        self.stopped_by = meta.get("stopped_by")
         since = max([self.best_step, *self.lr_drop_steps])
         self._since_best = sum(1 for s, _ in self.history if s > since)

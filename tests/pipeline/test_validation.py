@@ -98,21 +98,22 @@ def test_a_plateau_lowers_the_learning_rate_before_it_stops(ds, monkeypatch, tmp
         Validation(lr_drop_factor=1.0)
 
 
-def test_a_grown_stage_keeps_its_best_only_if_more_members_confirm_it(ds, monkeypatch,
-                                                                     tmp_path):
-    """The best of the 16-member evaluations (step 200) is scored again with
-    confirm_samples members against the start (step 0): where it is not better by
-    min_rel_improvement there, the start becomes the best, with its step-0 score; where it
-    is, it stays; a start that is already the best, or confirm_samples None, confirms
-    nothing; a resumed monitor restores the record."""
-    def run(confirmed, validation, record=None):
-        sixteen = {0: 0.146, 100: 0.16, 200: 0.140, 300: 0.15}
+def test_a_grown_stage_keeps_its_best_only_if_a_fresh_key_confirms_it(ds, monkeypatch,
+                                                                       tmp_path):
+    """The best of the evaluations on the selection's key (step 200) is scored again with
+    max(confirm_samples, n_samples) members on the key folded with the stage, against the
+    start (step 0): where it is not better by min_rel_improvement there, the start becomes
+    the best, with its step-0 score; where it is, it stays; a start whose fresh score is not
+    finite never wins; a start that is already the best, or confirm_samples None, confirms
+    nothing."""
+    def run(confirmed, validation, record=None, stage=1, sixteen=None):
+        sixteen = sixteen or {0: 0.146, 100: 0.16, 200: 0.140, 300: 0.15}
         def score(self, f, n_samples=None, key=None):
             if n_samples is None:
                 assert key is None  # the selection's key
                 return sixteen[f.tag]
             assert n_samples == max(validation.confirm_samples, validation.n_samples)
-            fresh = jax.random.fold_in(jax.random.key(validation.seed), 1)
+            fresh = jax.random.fold_in(jax.random.key(validation.seed), stage)
             assert (jax.random.key_data(key) == jax.random.key_data(fresh)).all()
             return confirmed[f.tag]
         monkeypatch.setattr(ValidationMonitor, "score", score)
@@ -121,7 +122,7 @@ def test_a_grown_stage_keeps_its_best_only_if_more_members_confirm_it(ds, monkey
         monitor.evaluate(start)
         for step in (100, 200, 300):
             monitor(SavableStub(step))
-        return monitor, monitor.confirm(start)
+        return monitor, monitor.confirm(start, stage=stage)
 
     validation = Validation(every=100, confirm_samples=64)
     monitor, kept = run({0: 0.1445, 200: 0.1479}, validation, tmp_path)
@@ -132,18 +133,56 @@ def test_a_grown_stage_keeps_its_best_only_if_more_members_confirm_it(ds, monkey
         "kept": "start"}
     saved = json.loads((tmp_path / "validation.json").read_text())
     assert saved["best_step"] == 0 and saved["confirmation"]["kept"] == "start"
-    again = ValidationMonitor(validation, ds, record=tmp_path)  # a resumed fit's monitor
-    assert again.confirmation == monitor.confirmation
-    # a tie within the relative threshold keeps the start as well
-    monitor, kept = run({0: 0.1445, 200: 0.1445 * (1 - 0.5e-3)}, validation)
+    # a tie within the relative threshold keeps the start as well; stage 2 folds in 2
+    monitor, kept = run({0: 0.1445, 200: 0.1445 * (1 - 0.5e-3)}, validation, stage=2)
     assert not kept and monitor.best_step == 0
     monitor, kept = run({0: 0.1445, 200: 0.1400}, Validation(every=100, n_samples=128))
     assert kept and monitor.best_step == 200 and monitor.best_score == 0.140
     assert monitor.confirmation["kept"] == "best" and monitor.confirmation["n_samples"] == 128
+    inf = float("inf")  # what score() gives a forecast with a non-finite mean
+    monitor, kept = run({0: 0.1445, 200: inf}, validation)
+    assert not kept and monitor.confirmation["best_score"] is None
+    monitor, kept = run({0: inf, 200: 0.15}, validation)
+    assert kept and monitor.confirmation["start_score"] is None
+    monitor, kept = run({0: inf, 200: inf}, validation)  # the selection decides
+    assert kept and monitor.best_step == 200
     monitor, kept = run({}, dataclasses.replace(validation, confirm_samples=None))
     assert kept and monitor.best_step == 200 and monitor.confirmation is None
+    monitor, kept = run({}, validation, sixteen={0: 0.1, 100: 0.2, 200: 0.2, 300: 0.2})
+    assert kept and monitor.best_step == 0 and monitor.confirmation is None  # start is best
+    with pytest.raises(ValueError, match="grown stage"):
+        monitor.confirm(SavableStub(0), stage=0)
     with pytest.raises(ValueError, match="confirm_samples"):
         Validation(confirm_samples=0)
+
+
+def test_a_resumed_stage_that_had_ended_delivers_the_same_checkpoint(ds, monkeypatch,
+                                                                     tmp_path):
+    """A stage stopped by its patience and confirmed, then killed before it was saved: the
+    resumed monitor stops the fit at its first call, scores nothing more (a later, better
+    checkpoint cannot win) and returns the recorded confirmation without scoring again."""
+    scores = iter([0.146, 0.16, 0.140, 0.15, 0.15])
+    monkeypatch.setattr(ValidationMonitor, "score",
+                        lambda self, f, n_samples=None, key=None:
+                        next(scores) if n_samples is None else {0: 0.1445, 200: 0.1479}[f.tag])
+    validation = Validation(every=100, patience=2, patience_fraction=0.0, lr_drops=0)
+    monitor = ValidationMonitor(validation, ds, record=tmp_path)
+    start = SavableStub(0)
+    monitor.evaluate(start)
+    step = 0
+    while not monitor(SavableStub(step := step + 100)):
+        assert step < 1000
+    assert step == 400 and monitor.stopped_by == "patience"
+    assert not monitor.confirm(start) and monitor.best_step == 0
+
+    def no_more_scores(self, f, n_samples=None, key=None):
+        raise AssertionError("a stage that had ended was scored again")
+    monkeypatch.setattr(ValidationMonitor, "score", no_more_scores)
+    again = ValidationMonitor(validation, ds, record=tmp_path)  # the resumed fit's monitor
+    assert again.stopped_by == "patience" and again(SavableStub(500)) is True
+    assert again.evaluate(SavableStub(500)) == 0.15 and [s for s, _ in again.history][-1] == 400
+    assert again.confirm(start) is False and again.confirmation == monitor.confirmation
+    assert json.loads((tmp_path / "validation.json").read_text())["best_step"] == 0
 
 
 def test_long_val_horizons_are_evaluated_less_often(ds, monkeypatch):
@@ -239,6 +278,7 @@ def test_msde_fit_says_whether_the_confirmation_kept_the_best():
     from msde_ppl.cli import _stage_outcome
 
     val = {"stopped_by": "patience", "best_step": 0, "best_score": 0.1458,
+           "settings": {"min_rel_improvement": 1e-3},
            "history": [[0, 0.1458], [9000, 0.1400], [9250, 0.2]],
            "confirmation": {"n_samples": 64, "best_step": 9000, "best_score": 0.1496,
                             "start_score": 0.1457, "kept": "start"}}
@@ -247,7 +287,7 @@ def test_msde_fit_says_whether_the_confirmation_kept_the_best():
     assert line.startswith("21000 of 48000 steps (val score stopped improving); best val "
                            "score (forecast rel-L2) 0.1400 at step 9000; scored again with "
                            "64 members on a fresh key: 0.1496 against the start's 0.1457, "
-                           "not better, so the stage's start")
+                           "not better by 0.1%, so the stage's start")
     val["confirmation"].update(best_score=0.1300, kept="best")
     val.update(best_step=9000, best_score=0.1400)
     assert _stage_outcome(stage).endswith("0.1300 against the start's 0.1457, kept")
