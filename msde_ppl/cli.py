@@ -669,9 +669,12 @@ def _new_dir(path: Path, what: str) -> Path:
 
 _FIT_DEFAULTS: dict = {}  # msde fit's option defaults (filled by build_parser)
 _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", "no_progressive",
-                 "window", "windows", "lr",
+                 "window", "windows", "lr", "ema",
                  "encoder", "decoder", "scale_kernel", "physics", "drift", "seed",
                  "checkpoint_every")
+# settings that run.json did not always record, with the value a fit then had: an --ema fit
+# recorded without it resumes with no EMA and is refused by its checkpoint's settings check
+_LATER_FIT_SETTINGS = {"ema": None}
 
 
 def _file_digest(path: Path) -> str:
@@ -695,6 +698,7 @@ def _resumed_fit_args(args: argparse.Namespace) -> argparse.Namespace:
         raise FileNotFoundError(f"{run_dir} is not a run directory of `msde fit` (no run.json)")
     try:
         record = json.loads(record_file.read_text())
+        record["args"] = {**_LATER_FIT_SETTINGS, **record["args"]}
         missing = [k for k in _FIT_SETTINGS if k not in record["args"]]
         if missing and {"data", "coarse", "micro", "steps"} <= set(record["args"]):
             raise ValueError(f"the fit in {run_dir} was started by another version of msde_ppl "

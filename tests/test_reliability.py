@@ -197,6 +197,32 @@ def test_resume_refuses_other_data_and_non_runs(data, tmp_path, capsys):
     assert "not a run directory of `msde fit`" in capsys.readouterr().err
 
 
+def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
+    """Every option of msde fit but --out and --resume is recorded in run.json and read back by
+    --resume (an option missing there crashed a resume: --ema); a record written before --ema
+    was recorded resumes with none (a checkpoint with an EMA refuses that itself)."""
+    from msde_ppl import cli
+
+    parser = cli.build_parser()
+    fit = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "fit")
+    options = {a.dest for a in fit[1]._actions} - {"help", "out", "resume"}
+    assert options == set(cli._FIT_SETTINGS)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    args = parser.parse_args(["fit", "--data", str(data), "--coarse", "8", "--micro", "2",
+                              "--ema", "0.99", "--out", str(run_dir)])
+    settings = {k: getattr(args, k) for k in cli._FIT_SETTINGS}
+    settings["data"] = str(data)
+    record = {"command": "fit", "args": settings, "data_sha256": cli._file_digest(data)}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    resume = parser.parse_args(["fit", "--resume", str(run_dir)])
+    assert cli._resumed_fit_args(resume).ema == 0.99
+    del settings["ema"]
+    (run_dir / "run.json").write_text(json.dumps(record))
+    again = cli._resumed_fit_args(resume)
+    assert again.ema is None and again.coarse == [8] and again.out == run_dir
+
+
 def test_nothing_is_written_for_a_split_without_training_trajectories(tmp_path, capsys):
     x = np.arange(16) / 16
     path = tmp_path / "no_train.nc"
