@@ -916,22 +916,21 @@ def _stage_outcome(stage) -> str:
     why = {"patience": "val score stopped improving", "budget": "time budget reached",
            None: "all steps done"}[val["stopped_by"]]
     shown = lambda v: "not finite" if v is None else f"{v:.4f}"  # noqa: E731
-    check = val.get("confirmation")
-    if not check:
-        return (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) "
-                f"{shown(val['best_score'])} at step {val['best_step']}, kept")
-    # a grown stage's best, scored again against the stage's start on a fresh key
-    first = dict(val["history"]).get(check["best_step"])
+    check = val.get("confirmation")  # a grown stage's best scored again against its start
+    step = check["best_step"] if check else val["best_step"]
+    score = dict(val["history"]).get(step) if check else val["best_score"]
     outcome = (f"{steps} of {planned} steps ({why}); best val score (forecast rel-L2) "
-               f"{shown(first)} at step {check['best_step']}; scored again with "
-               f"{check['n_samples']} members on a fresh key: {shown(check['best_score'])} "
-               f"against the start's {shown(check['start_score'])}, ")
+               f"{shown(score)} at step {step}")
+    if not check:
+        return outcome + ", kept"
+    outcome += (f"; scored again with {check['n_samples']} members on a fresh key: "
+                f"{shown(check['best_score'])} against the start's "
+                f"{shown(check['start_score'])}, ")
     if check["kept"] == "best":
         return outcome + "kept"
     eps = val.get("settings", {}).get("min_rel_improvement", 0.0)
     return outcome + (f"not better by {eps:.1%}, so the stage's start (the previous stage's "
                       "model with an idle micro state) is kept")
-
 
 def cmd_forecast(args: argparse.Namespace) -> int:
     from msde_ppl.data import load

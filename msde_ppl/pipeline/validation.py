@@ -317,10 +317,9 @@ class ValidationMonitor:
     def summary(self) -> dict:
         """JSON-able record: best step and score, the history (a non-finite score is
         ``None``), why it stopped."""
-        finite = _finite_or_none
-        return {"best_step": self.best_step, "best_score": finite(self.best_score),
+        return {"best_step": self.best_step, "best_score": _finite_or_none(self.best_score),
                 "stopped_by": self.stopped_by, "lr_drop_steps": list(self.lr_drop_steps),
-                "history": [[s, finite(v)] for s, v in self.history],
+                "history": [[s, _finite_or_none(v)] for s, v in self.history],
                 "settings": dataclasses.asdict(self.validation), "every": self.every,
                 "confirmation": self.confirmation}
 
