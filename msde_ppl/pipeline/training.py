@@ -68,8 +68,9 @@ class TrainConfig:
 
     ``loop`` is how a chunk of ``chunk_size`` steps runs (:func:`~msde_ppl.inference.fit`):
     ``"scan"``, ``"python"``, or ``"auto"`` (``"python"`` when the built-in model has
-    convolutional networks, which XLA's CPU backend runs slowly inside a loop, else
-    ``"scan"``). ``sampling`` is how window starts are drawn, ``"uniform"`` or ``"tiled"``
+    convolutional networks, which XLA's CPU backend runs slowly inside a loop, or when a step
+    takes several windows, whose scanned chunks JAX's CPU runtime can hang for good
+    (docs/reliability.md); else ``"scan"``). ``sampling`` is how window starts are drawn, ``"uniform"`` or ``"tiled"``
     (:func:`msde_ppl.data.random_windows`). ``ema_decay``: the fit's result, its checkpoints
     and its validation use the exponential moving average of the parameters
     (:func:`~msde_ppl.inference.parameter_ema`; ``None``: the last iterate).
@@ -380,7 +381,7 @@ def fit(
     if _accepts(model, "n_windows") and "n_windows" not in getattr(model, "keywords", {}):
         model = partial(model, n_windows=n_win)
         guide.model = model
-    loop = "scan" if train.loop == "auto" else train.loop
+    loop = _auto_loop(train) if train.loop == "auto" else train.loop
     checkpointing = Checkpointing(checkpoint_path, resume, checkpoint_every, should_stop)
     return _run(model, guide, ds, train, batch_fn, _objective(train, guide), loop=loop, recipe=None,
                 parts=None, progress=progress, checkpointing=checkpointing, split=split,
@@ -402,6 +403,15 @@ class MultiscaleSetup(NamedTuple):
     recipe: dict
 
 
+def _auto_loop(train: TrainConfig) -> str:
+    """The chunk loop of ``loop="auto"`` for any model: ``"python"`` (one dispatch per step)
+    when a step takes several windows, ``"scan"`` otherwise. With 8 windows of 64 snapshots on
+    a 256-point field, scanned chunks hung for good in JAX's CPU runtime in 9 runs out of 10
+    (within 100-1700 steps), and one step per dispatch ran 8000 steps in two runs without a
+    hang, about 25% slower per step (docs/reliability.md)."""
+    return "python" if train.windows_per_step > 1 else "scan"
+
+
 def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig = TrainConfig(),
                      warm_start: WarmStart | None = None) -> MultiscaleSetup:
     """Validate ``ds`` against ``config`` and build the fit of its training split, from scratch
@@ -421,7 +431,7 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
                                      warm_start.global_values)
     loop = train.loop
     if loop == "auto":
-        loop = "python" if "cnn" in (config.encoder, config.decoder) else "scan"
+        loop = "python" if "cnn" in (config.encoder, config.decoder) else _auto_loop(train)
     return MultiscaleSetup(model, guide, *_objective(train, guide, initial="drop"), batch_fn,
                            loop, recipe)
 
