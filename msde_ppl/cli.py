@@ -456,7 +456,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from msde_ppl.pipeline.rundir import STALL_LIMIT_S, RunLock, StopRequest, write_status
+    from msde_ppl.pipeline.rundir import RunLock, StopRequest, write_status
     from msde_ppl.pipeline.training import FitStopped
 
     _check_case(args.case)
@@ -467,8 +467,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_status(run_dir, "interrupted", f"{signal.Signals(signum).name} twice: aborted "
                      "at once", command="run")
 
-    # the forecasts and the coarse DNS run between two polls of the stall watchdog
-    with StopRequest(on_abort, stall_limit_s=2 * STALL_LIMIT_S) as stop, RunLock(run_dir):
+    with StopRequest(on_abort) as stop, RunLock(run_dir):
         write_status(run_dir, "running", command="run")
         try:
             _run_job(args, run_dir, stop)

@@ -21,7 +21,6 @@ Ctrl-C crash the process); a second signal ends the process at once, after marki
 
 from __future__ import annotations
 
-import faulthandler
 import hashlib
 import json
 import os
@@ -161,38 +160,19 @@ def require_complete(run_dir: str | os.PathLike, allow_incomplete: bool = False)
     return status
 
 
-#: A fit whose step loop has not come back for this long is ended (:class:`StopRequest`).
-STALL_LIMIT_S = 1800.0
-
-
 class StopRequest:
     """While active (``with StopRequest(on_abort) as stop:``), SIGINT and SIGTERM set
     ``stop.signum`` instead of raising; ``stop()`` is ``True`` once one arrived (the fit loop
     polls it). A second signal calls ``on_abort(signum)`` (e.g. to mark the run) and ends the
     process at once with exit code ``128 + signum``. The previous handlers are restored on
-    exit.
+    exit."""
 
-    It is also a stall watchdog. Every poll restarts a ``stall_limit_s`` countdown
-    (:func:`faulthandler.dump_traceback_later`, a thread that needs no interpreter lock). If
-    the countdown runs out, the process prints every thread's Python stack and exits with
-    code 1. Signals cannot help there: a Python handler runs only once the main thread is back
-    in the interpreter, and JAX's CPU runtime can lose the wake-up of a finished computation,
-    leaving that thread waiting for ever with no thread working (docs/reliability.md). The
-    countdown starts at the first poll, after the first chunk has compiled; the limit must
-    exceed the longest gap between polls (a stage's validation and the next stage's
-    compilation). ``None`` turns the watchdog off; it is cancelled on exit.
-    """
-
-    def __init__(self, on_abort: Callable[[int], None] | None = None,
-                 stall_limit_s: float | None = STALL_LIMIT_S) -> None:
+    def __init__(self, on_abort: Callable[[int], None] | None = None) -> None:
         self.on_abort = on_abort
-        self.stall_limit_s = stall_limit_s
         self.signum: int | None = None
         self._previous: dict = {}
 
     def __call__(self) -> bool:
-        if self.stall_limit_s is not None:
-            faulthandler.dump_traceback_later(self.stall_limit_s, exit=True)
         return self.signum is not None
 
     @property
@@ -217,7 +197,5 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.stall_limit_s is not None:
-            faulthandler.cancel_dump_traceback_later()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

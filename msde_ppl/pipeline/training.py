@@ -70,9 +70,10 @@ class TrainConfig:
     ``"scan"``, ``"python"``, or ``"auto"`` (``"python"`` when the built-in model has
     convolutional networks, which XLA's CPU backend runs slowly inside a loop, or when a step
     takes several windows, whose scanned chunks JAX's CPU runtime can hang for good
-    (docs/reliability.md); else ``"scan"``). ``sampling`` is how window starts are drawn, ``"uniform"`` or ``"tiled"``
-    (:func:`msde_ppl.data.random_windows`). ``ema_decay``: the fit's result, its checkpoints
-    and its validation use the exponential moving average of the parameters
+    (docs/reliability.md); else ``"scan"``). ``sampling`` is how window starts are drawn,
+    ``"uniform"`` or ``"tiled"`` (:func:`msde_ppl.data.random_windows`). ``ema_decay``: the
+    fit's result, its checkpoints and its validation use the exponential moving average of the
+    parameters
     (:func:`~msde_ppl.inference.parameter_ema`; ``None``: the last iterate).
     """
 
@@ -404,11 +405,12 @@ class MultiscaleSetup(NamedTuple):
 
 
 def _auto_loop(train: TrainConfig) -> str:
-    """The chunk loop of ``loop="auto"`` for any model: ``"python"`` (one dispatch per step)
-    when a step takes several windows, ``"scan"`` otherwise. With 8 windows of 64 snapshots on
-    a 256-point field, scanned chunks hung for good in JAX's CPU runtime in 9 runs out of 10
-    (within 100-1700 steps), and one step per dispatch ran 8000 steps in two runs without a
-    hang, about 25% slower per step (docs/reliability.md)."""
+    """The chunk loop of ``loop="auto"`` in this module's fits (the built-in model's and
+    :func:`fit`'s): ``"python"`` (one dispatch per step) when a step takes several windows,
+    ``"scan"`` otherwise. With 8 windows of 64 snapshots on a 256-point field, scanned chunks
+    hung for good in JAX's CPU runtime in 9 runs out of 10 (within 100-1700 steps); one step
+    per dispatch ran 11000 steps in three runs without a hang, about 30% slower per step
+    (docs/reliability.md)."""
     return "python" if train.windows_per_step > 1 else "scan"
 
 
