@@ -73,8 +73,7 @@ class TrainConfig:
     (docs/reliability.md); else ``"scan"``). ``sampling`` is how window starts are drawn,
     ``"uniform"`` or ``"tiled"`` (:func:`msde_ppl.data.random_windows`). ``ema_decay``: the
     fit's result, its checkpoints and its validation use the exponential moving average of the
-    parameters
-    (:func:`~msde_ppl.inference.parameter_ema`; ``None``: the last iterate).
+    parameters (:func:`~msde_ppl.inference.parameter_ema`; ``None``: the last iterate).
     """
 
     steps: int = 2000
@@ -404,14 +403,15 @@ class MultiscaleSetup(NamedTuple):
     recipe: dict
 
 
-def _auto_loop(train: TrainConfig) -> str:
-    """The chunk loop of ``loop="auto"`` in this module's fits (the built-in model's and
-    :func:`fit`'s): ``"python"`` (one dispatch per step) when a step takes several windows,
-    ``"scan"`` otherwise. With 8 windows of 64 snapshots on a 256-point field, scanned chunks
-    hung for good in JAX's CPU runtime in 9 runs out of 10 (within 100-1700 steps); one step
-    per dispatch ran 11000 steps in three runs without a hang, about 30% slower per step
-    (docs/reliability.md)."""
-    return "python" if train.windows_per_step > 1 else "scan"
+def _auto_loop(train: TrainConfig, config: MultiscaleConfig | None = None) -> str:
+    """The chunk loop of ``loop="auto"`` in this module's fits (the built-in model's, with its
+    ``config``, and :func:`fit`'s): ``"python"`` (one dispatch per step) when the model has a
+    CNN codec or a step takes several windows, ``"scan"`` otherwise. With 8 windows of 64
+    snapshots on a 256-point field, scanned chunks hung for good in JAX's CPU runtime in 9 runs
+    out of 10 (within 100-1700 steps); one step per dispatch ran 11000 steps in three runs
+    without a hang, about 30% slower per step (docs/reliability.md)."""
+    cnn = config is not None and "cnn" in (config.encoder, config.decoder)
+    return "python" if cnn or train.windows_per_step > 1 else "scan"
 
 
 def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig = TrainConfig(),
@@ -431,9 +431,7 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
     else:
         model, guide = build_program(recipe, warm_start.modules, warm_start.kernel,
                                      warm_start.global_values)
-    loop = train.loop
-    if loop == "auto":
-        loop = "python" if "cnn" in (config.encoder, config.decoder) else _auto_loop(train)
+    loop = _auto_loop(train, config) if train.loop == "auto" else train.loop
     return MultiscaleSetup(model, guide, *_objective(train, guide, initial="drop"), batch_fn,
                            loop, recipe)
 
