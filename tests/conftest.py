@@ -6,8 +6,10 @@
   locally with ``jax.enable_x64``);
 - every test gets a fresh, explicit PRNG key and a reseeded NumPy generator;
 - compiled programs are cached on disk for the session (JAX's persistent compilation cache in
-  a temporary folder, inherited by the command-line subprocesses): the same program compiled
-  again, e.g. by a resumed fit, is loaded instead.
+  a temporary folder made once, by pytest's main process, and inherited by its xdist workers
+  and the command-line subprocesses; every program, however fast it compiled): the same
+  program compiled again, e.g. by a resumed fit, by another worker or by a subprocess's eager
+  operations, is loaded instead.
 """
 
 import atexit
@@ -20,6 +22,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="msde-test-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
