@@ -192,12 +192,24 @@ def _check_time_step(ds: xr.Dataset) -> None:
                           f"the times by {dt:.3g})")
     if np.abs(times).max() > _FLOAT32_MAX:
         raise SchemaError("coordinate 'time' has values beyond the float32 range")
+    if not _float32_resolves(times, dt):
+        problem = (f"the time step {dt:.3g} is too small for times as large as "
+                   f"{np.abs(times).max():.3g} in float32 (steps vary by more than "
+                   f"{_FLOAT32_TIME_RTOL:.1%} after the cast)")
+        if _float32_resolves(times - times[0], dt):
+            raise SchemaError(f"{problem}; shift the times to start at 0")
+        # float32 spacing at |t| is ~|t| 2^-23: a trajectory resolves about rtol 2^23 steps
+        longest = int(_FLOAT32_TIME_RTOL * 2.0**23)
+        raise SchemaError(f"{problem}: {times.size} snapshots are too many for one trajectory "
+                          f"with float32 times; cut it into trajectories of at most about "
+                          f"{longest} snapshots (the same time coordinate, from 0, for each)")
+
+
+def _float32_resolves(times: np.ndarray, dt: float) -> bool:
+    """Whether the steps of ``times`` (float64) stay within ``_FLOAT32_TIME_RTOL`` of ``dt``
+    once the times are cast to float32."""
     steps = np.diff(times.astype(np.float32).astype(np.float64))
-    if np.abs(steps - dt).max() > _FLOAT32_TIME_RTOL * dt:
-        raise SchemaError(f"the time step {dt:.3g} is too small for times as large as "
-                          f"{np.abs(times).max():.3g} in float32 (steps vary by more than "
-                          f"{_FLOAT32_TIME_RTOL:.1%} after the cast); shift the times to start "
-                          "near 0")
+    return bool(np.abs(steps - dt).max() <= _FLOAT32_TIME_RTOL * dt)
 
 
 def _check_text(what: str, text: str) -> None:

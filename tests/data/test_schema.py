@@ -256,11 +256,21 @@ def test_refuses_a_float16_field_in_a_dataset():
 @pytest.mark.parametrize("time, message", [
     (np.arange(4) * 2.6e-14, "outside \\[1e-06, 1e\\+06\\]"),
     (np.arange(4) * 1e7, "outside"),
-    (1e6 + np.arange(4) * 1e-3, "too small for times as large as"),
+    (1e6 + np.arange(4) * 1e-3, "too small for times as large as .*shift the times to start"),
 ])
 def test_refuses_degenerate_time_steps(time, message):
     with pytest.raises(SchemaError, match=message):
         from_arrays(np.zeros((1, 4, 8)), **_ok(time=time))
+
+
+def test_a_trajectory_too_long_for_float32_times_is_refused_with_the_remedy():
+    """Shifting cannot help a long trajectory (the float32 spacing at its last time exceeds
+    0.1% of the step); the message says to cut it, and the cut pieces are accepted."""
+    n, dt = 20_000, 1e-3
+    with pytest.raises(SchemaError, match="20000 snapshots are too many .* at most about 8388"):
+        from_arrays(np.zeros((1, n, 8), np.float32), **_ok(time=np.arange(n) * dt))
+    pieces = np.zeros((4, n // 4, 8), np.float32)
+    assert from_arrays(pieces, **_ok(time=np.arange(n // 4) * dt)).sizes["traj"] == 4
 
 
 @pytest.mark.parametrize("kw, message", [
