@@ -268,10 +268,12 @@ def section_step2d(args) -> dict:
 def tiled_dataset(ds, n_snapshots: int, per_trajectory: int = 1_000):
     """``n_snapshots`` training snapshots in trajectories of ``per_trajectory``, tiled from
     ``ds``'s first trajectory."""
+    if n_snapshots % per_trajectory:
+        raise ValueError(f"{n_snapshots} snapshots are not trajectories of {per_trajectory}")
     u = np.asarray(ds["u"].values[0], np.float32)
     reps = -(-per_trajectory // u.shape[0])
     one = np.concatenate([u] * reps)[:per_trajectory]
-    tiled = np.stack([one] * max(1, n_snapshots // per_trajectory))
+    tiled = np.stack([one] * (n_snapshots // per_trajectory))
     dt = float(ds["time"][1] - ds["time"][0])
     return from_arrays(tiled, time=np.arange(per_trajectory) * dt, x=ds["x"].values,
                        boundary=ds.attrs["boundary"], domain=ds.attrs["domain"])
