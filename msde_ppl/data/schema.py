@@ -27,6 +27,7 @@ non-empty 1-D array of real numbers.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -305,6 +306,30 @@ def _check_axis(ds: xr.Dataset, dim: str, minimum: int) -> None:
         )
 
 
+def _warn_repeated_endpoint(u: np.ndarray, dims: tuple[str, ...],
+                            spatial: tuple[str, ...]) -> None:
+    """Warn when a periodic grid repeats its first point at its end (``np.linspace(0, L, N)``
+    instead of ``endpoint=False``): the first and last slices along a spatial axis equal in
+    every snapshot (to 1e-6 of the field's largest value) while the field varies. The periodic
+    stencil would then read that point twice, and the domain would come out as
+    ``L N / (N - 1)``."""
+    if not u.size:
+        return
+    low, high = float(np.min(u)), float(np.max(u))  # no copy of u
+    scale = max(abs(low), abs(high))
+    if not (np.isfinite(scale) and high > low):
+        return
+    for dim in spatial:
+        axis = dims.index(dim)
+        first, last = np.take(u, 0, axis=axis), np.take(u, -1, axis=axis)
+        if np.all(np.abs(first - last) <= 1e-6 * scale):
+            warnings.warn(
+                f"the first and last points along {dim!r} hold the same values in every "
+                f"snapshot: a periodic grid should not repeat its first point at its end (use "
+                f"np.linspace(0, L, N, endpoint=False)); if it does, drop the last point",
+                UserWarning, stacklevel=3)
+
+
 def _spacing(ds: xr.Dataset, dim: str) -> float:
     values = np.asarray(ds.coords[dim].values, dtype=np.float64)
     return float((values[-1] - values[0]) / (values.size - 1))
@@ -479,6 +504,8 @@ def from_arrays(
     ds = xr.Dataset(data_vars, coords=coords)
     for dim in spatial:
         _check_axis(ds, dim, minimum=3)
+    if boundary == "periodic":
+        _warn_repeated_endpoint(u, dims, spatial)
     if domain is None:
         off = 0 if boundary == "periodic" else 1
         domain = [_spacing(ds, d) * (ds.sizes[d] - off) for d in spatial]

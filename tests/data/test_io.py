@@ -137,6 +137,7 @@ def _same(a, b) -> bool:
         a, b, equal_nan=a.dtype.kind == "f")
 
 
+@pytest.mark.filterwarnings("ignore:the first and last points along:UserWarning")
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(dataset_inputs())

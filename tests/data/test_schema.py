@@ -1,5 +1,7 @@
 """Schema refusals: one test per class of bad input, plus a fuzz of from_arrays/validate."""
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -215,6 +217,7 @@ def array_inputs(draw):
     return dict(u=u, time=time, x=x, y=y, boundary=boundary, split=split)
 
 
+@pytest.mark.filterwarnings("ignore:the first and last points along:UserWarning")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(array_inputs())
 def test_fuzz_from_arrays_only_raises_schema_error(inputs):
@@ -312,3 +315,20 @@ def test_refuses_attributes_netcdf_cannot_store(kw, message):
 def test_refuses_repeated_field_names():
     with pytest.raises(SchemaError, match="distinct"):
         from_arrays(np.zeros((1, 4, 2, 8)), fields=["u", "u"], **_ok())
+
+
+def test_a_periodic_grid_that_repeats_its_first_point_is_warned_about():
+    """``np.linspace(0, 1, N)`` on a periodic field: the last column repeats the first, so the
+    stencil would see that point twice; a grid without the endpoint is not warned about."""
+    t = np.arange(10) * 0.1
+    with_end = np.linspace(0.0, 1.0, 33)
+    u = np.sin(2 * np.pi * (with_end[None, None] - t[None, :, None]))
+    with pytest.warns(UserWarning, match="repeat its first point .* drop the last point"):
+        from_arrays(np.repeat(u, 2, axis=0), time=t, x=with_end)
+    x = with_end[:-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_arrays(np.repeat(u[..., :-1], 2, axis=0), time=t, x=x)
+        from_arrays(np.zeros((2, 10, 33)), time=t, x=with_end)  # a constant field: no evidence
+        from_arrays(np.repeat(u, 2, axis=0), time=t, x=with_end, boundary="dirichlet")
+
