@@ -331,4 +331,25 @@ def test_a_periodic_grid_that_repeats_its_first_point_is_warned_about():
         from_arrays(np.repeat(u[..., :-1], 2, axis=0), time=t, x=x)
         from_arrays(np.zeros((2, 10, 33)), time=t, x=with_end)  # a constant field: no evidence
         from_arrays(np.repeat(u, 2, axis=0), time=t, x=with_end, boundary="dirichlet")
+        # no evidence either, and correct periodic data: constant along x but not in time; a
+        # cell-centred grid with a field symmetric about the seam; 2D, independent of x
+        decaying = np.exp(-t)[None, :, None] * np.ones((2, 10, 32))
+        from_arrays(decaying, time=t, x=x)
+        centred = (np.arange(32) + 0.5) / 32
+        cosine = np.cos(2 * np.pi * centred)[None, None] * np.exp(-t)[None, :, None]
+        from_arrays(np.repeat(cosine, 2, axis=0), time=t, x=centred)
+        shear = np.broadcast_to(np.sin(2 * np.pi * x)[None, None, None, :], (2, 10, 32, 32))
+        from_arrays(np.array(shear), time=t, x=x, y=x)
+    # noisy observations hide the repeat; the noise-free field given beside them shows it
+    noisy = np.repeat(u, 2, axis=0) + 0.01 * np.random.default_rng(0).normal(size=(2, 10, 33))
+    with pytest.warns(UserWarning, match="repeat its first point"):
+        from_arrays(noisy, u_clean=np.repeat(u, 2, axis=0), time=t, x=with_end)
+
+
+def test_float32_rounding_allowance_is_capped():
+    """A float32 grid far from 0 whose spacing float32 cannot hold (steps off by ~15%) is
+    still refused: the rounding allowance stops at 0.1% of a step."""
+    x = (1000.0 + np.cumsum(np.tile([0.0009, 0.0011], 16))).astype(np.float32)
+    with pytest.raises(SchemaError, match="not uniformly spaced"):
+        from_arrays(np.zeros((1, 4, 32), np.float32), **_ok(x=x))
 
