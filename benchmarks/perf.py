@@ -265,7 +265,10 @@ def section_step2d(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- scaling
-def tiled_dataset(ds, n_snapshots: int, per_trajectory: int = 1_000):
+SCALING_TRAJECTORY = 1_000  # snapshots per trajectory of the scaling section's data
+
+
+def tiled_dataset(ds, n_snapshots: int, per_trajectory: int = SCALING_TRAJECTORY):
     """``n_snapshots`` training snapshots in trajectories of ``per_trajectory``, tiled from
     ``ds``'s first trajectory."""
     if n_snapshots % per_trajectory:
@@ -288,7 +291,7 @@ def section_scaling(ds, args) -> dict:
     for n in lengths:
         r = time_steps(tiled_dataset(ds, n), config, TrainConfig(window=64, chunk_size=50),
                        repeats)
-        out["length"].append({"snapshots": n, "per_trajectory": 1_000, **r})
+        out["length"].append({"snapshots": n, "per_trajectory": SCALING_TRAJECTORY, **r})
         print(f"length {n}: {r['step_median_s'] * 1e3:.2f} ms", flush=True)
     base = out["length"][0]["step_median_s"]
     out["length_max_deviation"] = max(abs(r["step_median_s"] / base - 1) for r in out["length"])

@@ -46,7 +46,7 @@ _UNIFORM_RTOL = 1e-5
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _DT_RANGE = (1e-6, 1e6)
-_FLOAT32_TIME_RTOL = 1e-3
+_FLOAT32_STEP_RTOL = 1e-3
 
 
 class SchemaError(ValueError):
@@ -196,21 +196,21 @@ def _check_time_step(ds: xr.Dataset) -> None:
     if not _float32_resolves(times, dt):
         problem = (f"the time step {dt:.3g} is too small for times as large as "
                    f"{np.abs(times).max():.3g} in float32 (steps vary by more than "
-                   f"{_FLOAT32_TIME_RTOL:.1%} after the cast)")
+                   f"{_FLOAT32_STEP_RTOL:.1%} after the cast)")
         if _float32_resolves(times - times[0], dt):
             raise SchemaError(f"{problem}; shift the times to start at 0")
         # float32 spacing at |t| is at most |t| 2^-23: from 0, n <= rtol 2^23 steps resolve
-        longest = int(_FLOAT32_TIME_RTOL * 2.0**23)
+        longest = int(_FLOAT32_STEP_RTOL * 2.0**23)
         raise SchemaError(f"{problem}: {times.size} snapshots are too many for one trajectory "
                           f"with float32 times; cut it into trajectories of equal length, at "
                           f"most {longest} snapshots each (one time coordinate, from 0, for all)")
 
 
 def _float32_resolves(times: np.ndarray, dt: float) -> bool:
-    """Whether the steps of ``times`` (float64) stay within ``_FLOAT32_TIME_RTOL`` of ``dt``
+    """Whether the steps of ``times`` (float64) stay within ``_FLOAT32_STEP_RTOL`` of ``dt``
     once the times are cast to float32."""
     steps = np.diff(times.astype(np.float32).astype(np.float64))
-    return bool(np.abs(steps - dt).max() <= _FLOAT32_TIME_RTOL * dt)
+    return bool(np.abs(steps - dt).max() <= _FLOAT32_STEP_RTOL * dt)
 
 
 def _check_text(what: str, text: str) -> None:
@@ -298,9 +298,10 @@ def _check_axis(ds: xr.Dataset, dim: str, minimum: int) -> None:
     # a step between two values rounded to the coordinate's own dtype is off by up to one ulp
     # of the largest value, <= eps |v|max (float32 times of 200 snapshots at 0.1: 1.5e-5 of
     # the step); twice that is allowed on top of the relative tolerance
-    # (capped at float32 times' 0.1% of a step: a coarser grid than that float32 cannot hold)
+    # (capped at _FLOAT32_STEP_RTOL of a step, float32 times' limit: beyond, float32 cannot
+    # hold the grid)
     eps = np.finfo(coord.dtype).eps if np.issubdtype(coord.dtype, np.floating) else 0.0
-    rounding = min(2.0 * eps * np.abs(values).max(), _FLOAT32_TIME_RTOL * mean)
+    rounding = min(2.0 * eps * np.abs(values).max(), _FLOAT32_STEP_RTOL * mean)
     if worst > _UNIFORM_RTOL * mean + rounding:
         raise SchemaError(
             f"coordinate {dim!r} is not uniformly spaced (steps range from {steps.min():.6g} "

@@ -381,7 +381,7 @@ def fit(
     if _accepts(model, "n_windows") and "n_windows" not in getattr(model, "keywords", {}):
         model = partial(model, n_windows=n_win)
         guide.model = model
-    loop = _auto_loop(train) if train.loop == "auto" else train.loop
+    loop = _chunk_loop(train)
     checkpointing = Checkpointing(checkpoint_path, resume, checkpoint_every, should_stop)
     return _run(model, guide, ds, train, batch_fn, _objective(train, guide), loop=loop, recipe=None,
                 parts=None, progress=progress, checkpointing=checkpointing, split=split,
@@ -403,13 +403,15 @@ class MultiscaleSetup(NamedTuple):
     recipe: dict
 
 
-def _auto_loop(train: TrainConfig, config: MultiscaleConfig | None = None) -> str:
-    """The chunk loop of ``loop="auto"`` in this module's fits (the built-in model's, with its
-    ``config``, and :func:`fit`'s): ``"python"`` (one dispatch per step) when the model has a
-    CNN codec or a step takes several windows, ``"scan"`` otherwise. With 8 windows of 64
-    snapshots on a 256-point field, scanned chunks hung for good in JAX's CPU runtime in 9 runs
-    out of 10 (within 100-1700 steps); one step per dispatch ran 11000 steps in three runs
-    without a hang, about 30% slower per step (docs/reliability.md)."""
+def _chunk_loop(train: TrainConfig, config: MultiscaleConfig | None = None) -> str:
+    """The chunk loop of this module's fits (the built-in model's, with its ``config``, and
+    :func:`fit`'s): ``train.loop``, and for ``"auto"`` ``"python"`` (one dispatch per step)
+    when the model has a CNN codec or a step takes several windows, ``"scan"`` otherwise.
+    With 8 windows of 64 snapshots on a 256-point field, scanned chunks hung for good in JAX's
+    CPU runtime in 9 runs out of 10 (within 100-1700 steps); one step per dispatch ran 11000
+    steps in three runs without a hang, about 30% slower per step (docs/reliability.md)."""
+    if train.loop != "auto":
+        return train.loop
     cnn = config is not None and "cnn" in (config.encoder, config.decoder)
     return "python" if cnn or train.windows_per_step > 1 else "scan"
 
@@ -431,7 +433,7 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
     else:
         model, guide = build_program(recipe, warm_start.modules, warm_start.kernel,
                                      warm_start.global_values)
-    loop = _auto_loop(train, config) if train.loop == "auto" else train.loop
+    loop = _chunk_loop(train, config)
     return MultiscaleSetup(model, guide, *_objective(train, guide, initial="drop"), batch_fn,
                            loop, recipe)
 

@@ -352,4 +352,3 @@ def test_float32_rounding_allowance_is_capped():
     x = (1000.0 + np.cumsum(np.tile([0.0009, 0.0011], 16))).astype(np.float32)
     with pytest.raises(SchemaError, match="not uniformly spaced"):
         from_arrays(np.zeros((1, 4, 32), np.float32), **_ok(x=x))
-
