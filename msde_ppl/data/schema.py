@@ -317,7 +317,10 @@ def _warn_repeated_endpoint(u: np.ndarray, dims: tuple[str, ...],
     to them are not mirror images of each other. A field that is constant along the axis or
     symmetric about the seam (a cell-centred grid) gives no such evidence and is left alone.
     The periodic stencil would otherwise read the repeated point twice, and the domain would
-    come out as ``L N / (N - 1)``. Only four slices are read, in float64."""
+    come out as ``L N / (N - 1)``. Only four slices are read, in float64. Empty data gives no
+    evidence (the validation that follows refuses it)."""
+    if u.size == 0:
+        return
     for dim in spatial:
         axis = dims.index(dim)
         rest = [d for d in dims if d != dim]
