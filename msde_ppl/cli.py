@@ -801,6 +801,66 @@ def _fit_plan(args: argparse.Namespace):
     return ds, config, stages
 
 
+#: A coarse grid whose resolution floor exceeds this leaves much of the field to the micro state.
+_FLOOR_WARN = 0.1
+#: The floor a suggested grid must meet.
+_FLOOR_GOOD = 0.05
+
+
+def _grid_name(grid) -> str:
+    return "x".join(str(n) for n in grid)
+
+
+def _resolution_floors(ds, coarse: tuple[int, ...], n_micro: int) -> dict:
+    """Say, before a fit, how much of the training field the coarse grid cannot carry
+    (:func:`msde_ppl.data.coarse.resolution_floor`, the rel-L2 of the best reconstruction from
+    the grid's Fourier modes on periodic data), beside the floors of the coarser and finer
+    grids with one ratio per axis; warn when nothing will carry a large rest (``--micro 0``).
+    Returns the floors for ``run.json``."""
+    from msde_ppl.data.coarse import coarser_grids, resolution_floors
+
+    grids = [coarse] + [g for g in coarser_grids(grid_shape(ds)) if g != coarse]
+    floors = resolution_floors(ds, grids)
+    floor = floors[coarse]
+    others = ", ".join(f"{_grid_name(g)}: {floors[g]:.3g}" for g in grids[1:])
+    print(f"coarse grid {_grid_name(coarse)}: the macro state alone reconstructs the training "
+          f"field to rel-L2 {floor:.3g} at best"
+          + (f" (other grids: {others})" if others else "")
+          + ("; the micro state is to carry the rest" if n_micro and floor > _FLOOR_WARN
+             else ""), flush=True)
+    if n_micro == 0 and floor > _FLOOR_WARN:
+        finer = [g for g in grids[1:]
+                 if math.prod(g) > math.prod(coarse) and floors[g] <= _FLOOR_GOOD]
+        best = min(finer, key=math.prod) if finer else None
+        print(f"warning: with --micro 0 nothing carries what the coarse grid "
+              f"{_grid_name(coarse)} cannot hold (rel-L2 {floor:.3g} of the training field): "
+              "forecasts of the full field start about that far off; give the model a micro "
+              "state (--micro K)"
+              + (f" or a finer grid (--coarse {' '.join(map(str, best))}: {floors[best]:.3g})"
+                 if best else ""), file=sys.stderr)
+    return {"coarse": list(coarse), "rel_l2": floors[coarse],
+            "grids": {_grid_name(g): floors[g] for g in grids}}
+
+
+def _coarse_hint(data: Path | None) -> str:
+    """The resolution floors of the coarse grids ``data`` allows, to help choose ``--coarse``
+    (nothing when the file cannot be read: the missing flags are the error then)."""
+    from msde_ppl.data import load, validate
+    from msde_ppl.data.coarse import coarser_grids, resolution_floors
+
+    try:
+        ds = validate(load(data))
+    except (OSError, ValueError, TypeError):
+        return ""
+    grids = coarser_grids(grid_shape(ds))
+    if not grids:
+        return ""
+    floors = resolution_floors(ds, grids)
+    listed = ", ".join(f"{_grid_name(g)}: {floors[g]:.3g}" for g in grids)
+    return (f"; for --coarse, the rel-L2 to which each coarse grid reconstructs the data at "
+            f"best (what is left is for the micro state): {listed}")
+
+
 def _status_state(run_dir: Path) -> str | None:
     from msde_ppl.pipeline.rundir import read_status
 
@@ -849,11 +909,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                             ("--micro", args.micro), ("--out", args.out))
                    if value is None]
         if missing:
-            raise ValueError(f"{', '.join(missing)} required (or --resume RUN_DIR)")
+            hint = _coarse_hint(args.data) if "--coarse" in missing else ""
+            raise ValueError(f"{', '.join(missing)} required (or --resume RUN_DIR){hint}")
         if args.out.exists():
             raise FileExistsError(f"run directory {args.out} already exists; choose another "
                                   "--out (or continue it with --resume)")
     ds, config, stages = _fit_plan(args)
+    floors = None if resuming else _resolution_floors(ds, config.coarse_shape, args.micro)
     run_dir: Path = args.out
     stage_dir = run_dir / "stages"
 
@@ -875,7 +937,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     settings["data"] = str(Path(args.data).resolve())
                     record = {"command": "fit", "args": settings,
                               "data_sha256": _file_digest(args.data),
-                              "package_version": msde_ppl.__version__}
+                              "package_version": msde_ppl.__version__,
+                              "resolution_floor": floors}
                     write_text(run_dir / "run.json", json.dumps(record, indent=2) + "\n")
                 validation = None
                 if not args.no_validation and "val" in split_names(ds):

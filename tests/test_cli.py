@@ -157,6 +157,47 @@ def test_fit_refuses_cnn_codec_on_grid_not_divisible_by_8(tmp_path, call, flag):
     assert not (tmp_path / "r").exists()
 
 
+def _grid_scale_data(path):
+    """A sine (k = 1) plus a 0.3 share at k = 12: held by 32 nodes (|k| <= 16), not by 16."""
+    x = np.arange(64) / 64
+    u = np.sin(2 * np.pi * x) + 0.3 * np.sin(2 * np.pi * 12 * x)
+    u = u[None, None] * np.ones((3, 30, 1))
+    save(from_arrays(u.astype(np.float32), time=np.arange(30) * 0.01, x=x,
+                     split=["train", "val", "test"]), path)
+    return load(path)
+
+
+def test_fit_says_what_the_coarse_grid_cannot_hold(tmp_path, capsys):
+    from msde_ppl.cli import _resolution_floors
+
+    ds = _grid_scale_data(tmp_path / "d.nc")
+    floors = _resolution_floors(ds, (16,), n_micro=0)
+    share = 0.3 / np.hypot(1.0, 0.3)
+    assert floors["rel_l2"] == pytest.approx(share, rel=1e-5)
+    assert floors["grids"]["32"] < 1e-6 and floors["grids"]["8"] == pytest.approx(share, 1e-5)
+    out = capsys.readouterr()
+    assert "coarse grid 16: the macro state alone reconstructs the training field to rel-L2 " \
+        "0.287 at best (other grids: 32: " in out.out
+    assert "warning: with --micro 0 nothing carries" in out.err
+    assert "a finer grid (--coarse 32: " in out.err
+    _resolution_floors(ds, (16,), n_micro=3)  # a micro state may carry it: no warning
+    out = capsys.readouterr()
+    assert "the micro state is to carry the rest" in out.out and out.err == ""
+    _resolution_floors(ds, (32,), n_micro=0)  # the grid holds it all
+    out = capsys.readouterr()
+    assert "micro state" not in out.out and out.err == ""
+
+
+def test_fit_without_coarse_lists_each_grids_floor(tmp_path, call):
+    _grid_scale_data(tmp_path / "d.nc")
+    out = call("fit", "--data", str(tmp_path / "d.nc"), "--micro", "0", "--out",
+               str(tmp_path / "r"))
+    assert out.returncode == 2 and "--coarse required" in out.stderr
+    assert "reconstructs the data at best (what is left is for the micro state): 32: " \
+        in out.stderr and ", 16: 0.287, 8: 0.287" in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):
     out = call("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
                   "--out", str(tmp_path / "r"))

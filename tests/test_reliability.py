@@ -197,6 +197,14 @@ def test_resume_refuses_other_data_and_non_runs(data, tmp_path, capsys):
     assert "not a run directory of `msde fit`" in capsys.readouterr().err
 
 
+def test_run_json_records_the_coarse_grids_resolution_floors(reference):
+    """A single sine (k = 1) is held by every coarse grid: every floor is float32 round-off."""
+    floors = json.loads((reference / "run.json").read_text())["resolution_floor"]
+    assert floors["coarse"] == [8] and floors["rel_l2"] == floors["grids"]["8"]
+    assert list(floors["grids"]) == ["8", "32", "16", "4"]
+    assert all(0 <= v < 1e-6 for v in floors["grids"].values())
+
+
 def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
     """Every option of msde fit but --out and --resume is recorded in run.json and read back by
     --resume (an option missing there crashed a resume: --ema); a record written before --ema

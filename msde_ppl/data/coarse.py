@@ -25,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import xarray as xr
 from scipy.interpolate import CubicSpline
 
-from msde_ppl.data.schema import BOUNDARIES, SchemaError
+from msde_ppl.data.schema import BOUNDARIES, SchemaError, spatial_dims
+from msde_ppl.data.splits import select_split, split_names
 
 
 def coarse_coordinates(x: np.ndarray, n: int, boundary: str) -> np.ndarray:
@@ -109,6 +111,78 @@ def interpolate(
         else:
             u = CubicSpline(xc, u, axis=axis, bc_type="not-a-knot")(x)
     return u
+
+
+def resolution_floor(
+    u: np.ndarray, coords: Sequence[np.ndarray], coarse: Sequence[int], boundary: str
+) -> float:
+    r"""How much of a field a coarse grid cannot carry: the pooled relative L2 error
+    :math:`\lVert u - \Pi u\rVert / \lVert u\rVert` of its reconstruction from the coarse grid.
+
+    - periodic axes: :math:`\Pi` keeps the Fourier modes the coarse grid holds
+      (:math:`|k| \le n/2` on an axis of ``n`` coarse nodes, both signs of the Nyquist mode)
+      and drops the rest. It is the L2-best reconstruction from those modes, so for the
+      decaying spectra of PDE data a linear decoder of ``n`` coarse values does no better
+      (the learned Gaussian kernel ``P`` does a little worse): a forecast of the full field
+      from the macro state alone starts about this far off, and only a micro state (or the
+      calibration's residual persistence, :mod:`msde_ppl.predict.calibration`) can recover
+      the rest;
+    - Dirichlet axes: :math:`\Pi` = :func:`interpolate` after :func:`restrict` (splines
+      through the coarse nodes), an estimate rather than a bound.
+
+    Args:
+        u: fine field, shape ``(..., *fine)`` (any leading axes: trajectories, times, fields).
+        coords: fine coordinates per spatial axis.
+        coarse: coarse size per spatial axis.
+        boundary: ``"periodic"`` or ``"dirichlet"``.
+
+    Returns:
+        The relative error, 0 for a field the coarse grid holds exactly (and for a zero field).
+    """
+    _check_boundary(boundary)
+    u = np.asarray(u, dtype=np.float64)
+    _check_shapes(u, coords, coarse)
+    for x, n in zip(coords, coarse, strict=True):
+        coarse_coordinates(x, n, boundary)  # n divides the fine size
+    if boundary == "periodic":
+        kept = u
+        for i, n in enumerate(coarse):
+            axis = u.ndim - len(coarse) + i
+            k = np.fft.fftfreq(u.shape[axis], 1.0 / u.shape[axis])
+            shape = [1] * u.ndim
+            shape[axis] = k.size
+            spec = np.fft.fft(kept, axis=axis) * (np.abs(k) <= n / 2).reshape(shape)
+            kept = np.real(np.fft.ifft(spec, axis=axis))
+    else:
+        kept = interpolate(restrict(u, coords, coarse, boundary), coords, boundary)
+    norm = np.linalg.norm(u)
+    return 0.0 if norm == 0 else float(np.linalg.norm(u - kept) / norm)
+
+
+def resolution_floors(
+    ds: xr.Dataset, grids: Sequence[Sequence[int]], split: str | None = "train",
+    n_traj: int = 16, n_time: int = 16,
+) -> dict[tuple[int, ...], float]:
+    """:func:`resolution_floor` of the observed field ``u`` for each coarse grid of ``grids``,
+    on a sample of ``split`` (all of ``ds`` without labels): up to ``n_traj`` trajectories and
+    ``n_time`` snapshots each, evenly spread. Only the sample is read (a file larger than
+    memory stays on disk); every field counts in one pooled norm."""
+    if split is not None and split in split_names(ds):
+        ds = select_split(ds, split)
+    dims = spatial_dims(ds)
+    picks = {d: np.unique(np.linspace(0, ds.sizes[d] - 1, min(k, ds.sizes[d])).round()
+                          .astype(int)) for d, k in (("traj", n_traj), ("time", n_time))}
+    u = ds["u"].isel(picks).transpose(..., *dims).values
+    coords = [np.asarray(ds[d].values) for d in dims]
+    boundary = ds.attrs["boundary"]
+    return {tuple(int(n) for n in g): resolution_floor(u, coords, g, boundary) for g in grids}
+
+
+def coarser_grids(fine: Sequence[int], minimum: int = 4) -> list[tuple[int, ...]]:
+    """The coarse grids with one ratio ``s > 1`` on every axis (``s`` divides every fine size,
+    at least ``minimum`` nodes per axis), finest first."""
+    ratios = [s for s in range(2, min(fine) // minimum + 1) if all(n % s == 0 for n in fine)]
+    return [tuple(n // s for n in fine) for s in ratios]
 
 
 def _fourier_upsample(u: np.ndarray, big_n: int, axis: int) -> np.ndarray:

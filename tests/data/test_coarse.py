@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from msde_ppl.data import SchemaError, coarse_coordinates, interpolate, restrict
+from msde_ppl.data.coarse import coarser_grids, resolution_floor, resolution_floors
+from msde_ppl.data.schema import from_arrays
 
 
 def bandlimited(x, kmax, rng):
@@ -67,3 +69,61 @@ def test_refusals():
         interpolate(np.zeros(10), [x], "dirichlet", "fourier")
     with pytest.raises(SchemaError, match="does not match its coordinates"):
         restrict(np.zeros(99), [x], [10], "periodic")
+
+
+# ------------------------------------------------------------------ resolution floor
+def test_resolution_floor_of_fourier_modes_is_the_dropped_share():
+    """Two modes, amplitudes a (k = 3) and b (k = 9): a grid of 8 nodes holds |k| <= 4, so its
+    floor is b / sqrt(a^2 + b^2); a grid of 32 holds both (floor 0)."""
+    x = np.arange(64) / 64
+    a, b = 2.0, 0.5
+    u = a * np.sin(2 * np.pi * 3 * x) + b * np.cos(2 * np.pi * 9 * x)
+    u = np.stack([u, np.roll(u, 5)])  # leading axes pool
+    assert resolution_floor(u, [x], [8], "periodic") == pytest.approx(b / np.hypot(a, b),
+                                                                       rel=1e-12)
+    assert resolution_floor(u, [x], [32], "periodic") == pytest.approx(0.0, abs=1e-13)
+    # the Nyquist mode of the coarse grid (k = 4 on 8 nodes) is held
+    nyquist = np.cos(2 * np.pi * 4 * x)
+    assert resolution_floor(nyquist, [x], [8], "periodic") == pytest.approx(0.0, abs=1e-13)
+    assert resolution_floor(np.zeros(64), [x], [8], "periodic") == 0.0
+
+
+def test_resolution_floor_2d_is_the_tensor_product():
+    """A mode (k_x, k_y) = (1, 6) survives a 16x16 grid, not a 16x8 one."""
+    x, y = np.arange(32) / 32, np.arange(16) / 16
+    u = np.sin(2 * np.pi * (x[:, None] + 6 * y[None, :]))
+    assert resolution_floor(u, [x, y], [16, 16], "periodic") == pytest.approx(0, abs=1e-13)
+    assert resolution_floor(u, [x, y], [16, 8], "periodic") == pytest.approx(1.0, rel=1e-12)
+
+
+def test_dirichlet_floor_is_zero_on_cubics_and_refuses_a_non_divisor():
+    x = np.linspace(-1, 1, 32)
+    assert resolution_floor(1 + x - 2 * x ** 3, [x], [8], "dirichlet") == pytest.approx(
+        0, abs=1e-12)
+    assert resolution_floor(np.sin(6 * x), [x], [8], "dirichlet") > 1e-3
+    with pytest.raises(SchemaError, match="does not divide"):
+        resolution_floor(x, [x], [7], "dirichlet")
+
+
+def test_coarser_grids_share_one_ratio_and_keep_four_nodes():
+    assert coarser_grids([256]) == [(128,), (64,), (32,), (16,), (8,), (4,)]
+    assert coarser_grids([12, 18]) == [(6, 9), (4, 6)]
+    assert coarser_grids([7]) == []
+
+
+def test_resolution_floors_read_a_sample_of_the_training_split(np_rng):
+    """With a sample as large as the split the floors are those of the whole training
+    field; the val and test trajectories (here: pure grid-scale noise) are not read."""
+    x = np.arange(32) / 32
+    smooth = np.sin(2 * np.pi * (x[None, None, :] + np_rng.uniform(size=(6, 5, 1))))
+    smooth[:, :, ::2] += 0.1  # a grid-scale part: k = 16, dropped by 16 nodes or fewer
+    u = np.concatenate([smooth, np_rng.normal(size=(2, 5, 32))])
+    ds = from_arrays(u, time=np.arange(5.0), x=x,
+                     split=["train"] * 6 + ["val", "test"])
+    floors = resolution_floors(ds, [(16,), (8,)], n_traj=6, n_time=5)
+    assert floors == {(16,): pytest.approx(resolution_floor(smooth, [x], [16], "periodic")),
+                      (8,): pytest.approx(resolution_floor(smooth, [x], [8], "periodic"))}
+    assert 0.05 < floors[(16,)] < 0.2
+    # a smaller sample reads fewer snapshots and still sees the same field
+    assert resolution_floors(ds, [(16,)], n_traj=2, n_time=2)[(16,)] == pytest.approx(
+        floors[(16,)], rel=0.5)
