@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "operator (Burgers -u u_x + nu u_xx, KdV -u u_x - delta u_xxx) with its "
                      "coefficient as a sample site, plus the learned stencil correction; needs "
                      "a periodic 1D dataset with a 'domain' attribute (default: none)")
+    fit.add_argument("--positional", action="store_true",
+                     help="the macro drift also reads each coarse node's position (cos and sin "
+                     "of its angle along each axis), for data that are not translation "
+                     "invariant: a speed, diffusivity or forcing that varies in space, an "
+                     "obstacle (default: the same stencil network at every node)")
     fit.add_argument("--drift", choices=["free", "dissipative"], default=None,
                      help="drift networks: 'dissipative' (output saturated at a learned bound "
                      "plus a learned linear relaxation: forecasts stay near the data) or "
@@ -670,11 +675,11 @@ def _new_dir(path: Path, what: str) -> Path:
 _FIT_DEFAULTS: dict = {}  # msde fit's option defaults (filled by build_parser)
 _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", "no_progressive",
                  "window", "windows", "lr", "ema",
-                 "encoder", "decoder", "scale_kernel", "physics", "drift", "seed",
-                 "checkpoint_every")
+                 "encoder", "decoder", "scale_kernel", "physics", "drift", "positional",
+                 "seed", "checkpoint_every")
 # settings that run.json did not always record, with the value a fit then had: an --ema fit
 # recorded without it resumes with no EMA and is refused by its checkpoint's settings check
-_LATER_FIT_SETTINGS = {"ema": None}
+_LATER_FIT_SETTINGS = {"ema": None, "positional": False}
 
 
 def _file_digest(path: Path) -> str:
@@ -797,7 +802,8 @@ def _fit_plan(args: argparse.Namespace):
         stages = progressive_stages(args.micro, first, args.steps - first.steps)
     config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
-                          physics=args.physics, drift=args.drift)
+                          physics=args.physics, drift=args.drift,
+                          positional=args.positional)
     return ds, config, stages
 
 
@@ -813,28 +819,30 @@ def _grid_name(grid) -> str:
 
 def _resolution_floors(ds, coarse: tuple[int, ...], n_micro: int) -> dict:
     """Say, before a fit, how much of the training field the coarse grid cannot carry
-    (:func:`msde_ppl.data.coarse.resolution_floor`, the rel-L2 of the best reconstruction from
-    the grid's Fourier modes on periodic data), beside the floors of the coarser and finer
-    grids with one ratio per axis; warn when nothing will carry a large rest (``--micro 0``).
-    Returns the floors for ``run.json``."""
+    (:func:`msde_ppl.data.coarse.resolution_floor`: the rel-L2 of the best reconstruction from
+    the grid's Fourier modes on periodic data, a spline estimate otherwise), beside the floors
+    of the grids with one ratio shared by every axis; warn when nothing will carry a large
+    rest (``--micro 0``). Returns the floors for ``run.json``."""
     from msde_ppl.data.coarse import coarser_grids, resolution_floors
 
     grids = [coarse] + [g for g in coarser_grids(grid_shape(ds)) if g != coarse]
     floors = resolution_floors(ds, grids)
     floor = floors[coarse]
     others = ", ".join(f"{_grid_name(g)}: {floors[g]:.3g}" for g in grids[1:])
+    bound = "at best" if ds.attrs["boundary"] == "periodic" else "about (a spline estimate)"
     print(f"coarse grid {_grid_name(coarse)}: the macro state alone reconstructs the training "
-          f"field to rel-L2 {floor:.3g} at best"
+          f"field to rel-L2 {floor:.3g} {bound}"
           + (f" (other grids: {others})" if others else "")
           + ("; the micro state is to carry the rest" if n_micro and floor > _FLOOR_WARN
              else ""), flush=True)
     if n_micro == 0 and floor > _FLOOR_WARN:
-        finer = [g for g in grids[1:]
-                 if math.prod(g) > math.prod(coarse) and floors[g] <= _FLOOR_GOOD]
+        finer = [g for g in grids[1:] if floors[g] <= _FLOOR_GOOD
+                 and all(a >= b for a, b in zip(g, coarse, strict=True)) and g != coarse]
         best = min(finer, key=math.prod) if finer else None
         print(f"warning: with --micro 0 nothing carries what the coarse grid "
               f"{_grid_name(coarse)} cannot hold (rel-L2 {floor:.3g} of the training field): "
-              "forecasts of the full field start about that far off; give the model a micro "
+              "its forecasts of the full field start about that far off (before the "
+              "calibration adds back the first snapshot's residual); give the model a micro "
               "state (--micro K)"
               + (f" or a finer grid (--coarse {' '.join(map(str, best))}: {floors[best]:.3g})"
                  if best else ""), file=sys.stderr)
@@ -845,11 +853,11 @@ def _resolution_floors(ds, coarse: tuple[int, ...], n_micro: int) -> dict:
 def _coarse_hint(data: Path | None) -> str:
     """The resolution floors of the coarse grids ``data`` allows, to help choose ``--coarse``
     (nothing when the file cannot be read: the missing flags are the error then)."""
-    from msde_ppl.data import load, validate
+    from msde_ppl.data import load
     from msde_ppl.data.coarse import coarser_grids, resolution_floors
 
     try:
-        ds = validate(load(data))
+        ds = load(data)  # validated
     except (OSError, ValueError, TypeError):
         return ""
     grids = coarser_grids(grid_shape(ds))

@@ -198,6 +198,16 @@ def test_fit_without_coarse_lists_each_grids_floor(tmp_path, call):
     assert not (tmp_path / "r").exists()
 
 
+def test_fit_positional_gives_the_drift_each_nodes_position(tmp_path, user_data):
+    from msde_ppl import cli
+
+    parser = cli.build_parser()
+    base = ["fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--window", "16",
+            "--out", str(tmp_path / "r")]
+    assert cli._fit_plan(parser.parse_args([*base, "--positional"]))[1].positional is True
+    assert cli._fit_plan(parser.parse_args(base))[1].positional is False
+
+
 def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):
     out = call("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
                   "--out", str(tmp_path / "r"))

@@ -119,14 +119,14 @@ def resolution_floor(
     r"""How much of a field a coarse grid cannot carry: the pooled relative L2 error
     :math:`\lVert u - \Pi u\rVert / \lVert u\rVert` of its reconstruction from the coarse grid.
 
-    - periodic axes: :math:`\Pi` keeps the Fourier modes the coarse grid holds
-      (:math:`|k| \le n/2` on an axis of ``n`` coarse nodes, both signs of the Nyquist mode)
-      and drops the rest. It is the L2-best reconstruction from those modes, so for the
-      decaying spectra of PDE data a linear decoder of ``n`` coarse values does no better
-      (the learned Gaussian kernel ``P`` does a little worse): a forecast of the full field
-      from the macro state alone starts about this far off, and only a micro state (or the
-      calibration's residual persistence, :mod:`msde_ppl.predict.calibration`) can recover
-      the rest;
+    - periodic axes: :math:`\Pi` keeps the Fourier modes the coarse grid holds, on an axis of
+      ``n`` coarse nodes :math:`|k| < n/2` and, for even ``n``, the cosine part of
+      :math:`|k| = n/2` (the sine vanishes on every node), and drops the rest. It is the
+      L2-best reconstruction from those modes, so for the decaying spectra of PDE data a linear
+      decoder of ``n`` coarse values does no better (the learned Gaussian kernel ``P`` does a
+      little worse): the model's forecast of the full field (before the calibration's residual
+      persistence, :mod:`msde_ppl.predict.calibration`) starts about this far off unless a
+      micro state carries the rest;
     - Dirichlet axes: :math:`\Pi` = :func:`interpolate` after :func:`restrict` (splines
       through the coarse nodes), an estimate rather than a bound.
 
@@ -139,6 +139,12 @@ def resolution_floor(
     Returns:
         The relative error, 0 for a field the coarse grid holds exactly (and for a zero field).
     """
+    dropped, total = _dropped_energy(u, coords, coarse, boundary)
+    return 0.0 if total == 0 else float(np.sqrt(dropped / total))
+
+
+def _dropped_energy(u, coords, coarse, boundary) -> tuple[float, float]:
+    """``(|u - Pi u|^2, |u|^2)`` of :func:`resolution_floor`."""
     _check_boundary(boundary)
     u = np.asarray(u, dtype=np.float64)
     _check_shapes(u, coords, coarse)
@@ -148,39 +154,48 @@ def resolution_floor(
         kept = u
         for i, n in enumerate(coarse):
             axis = u.ndim - len(coarse) + i
-            k = np.fft.fftfreq(u.shape[axis], 1.0 / u.shape[axis])
+            k = np.abs(np.fft.fftfreq(u.shape[axis], 1.0 / u.shape[axis]))
             shape = [1] * u.ndim
             shape[axis] = k.size
-            spec = np.fft.fft(kept, axis=axis) * (np.abs(k) <= n / 2).reshape(shape)
+            spec = np.fft.fft(kept, axis=axis)
+            # the nodes start at fine index 0, so the Nyquist cosine is the real part
+            spec = (np.where((k < n / 2).reshape(shape), spec, 0)
+                    + np.where((k == n / 2).reshape(shape), spec.real, 0))
             kept = np.real(np.fft.ifft(spec, axis=axis))
     else:
         kept = interpolate(restrict(u, coords, coarse, boundary), coords, boundary)
-    norm = np.linalg.norm(u)
-    return 0.0 if norm == 0 else float(np.linalg.norm(u - kept) / norm)
+    return float(np.sum((u - kept) ** 2)), float(np.sum(u ** 2))
 
 
 def resolution_floors(
     ds: xr.Dataset, grids: Sequence[Sequence[int]], split: str | None = "train",
     n_traj: int = 16, n_time: int = 16,
 ) -> dict[tuple[int, ...], float]:
-    """:func:`resolution_floor` of the observed field ``u`` for each coarse grid of ``grids``,
-    on a sample of ``split`` (all of ``ds`` without labels): up to ``n_traj`` trajectories and
-    ``n_time`` snapshots each, evenly spread. Only the sample is read (a file larger than
-    memory stays on disk); every field counts in one pooled norm."""
+    """:func:`resolution_floor` of the field for each coarse grid of ``grids`` (``u_clean``
+    when the dataset has it: observation noise is not a scale any grid should hold, else the
+    observed ``u``), on a sample of ``split`` (all of ``ds`` without labels): up to ``n_traj``
+    trajectories and ``n_time`` snapshots each, evenly spread, pooled over them and every
+    field. One trajectory's snapshots are read at a time (a file larger than memory stays on
+    disk)."""
     if split is not None and split in split_names(ds):
         ds = select_split(ds, split)
     dims = spatial_dims(ds)
     picks = {d: np.unique(np.linspace(0, ds.sizes[d] - 1, min(k, ds.sizes[d])).round()
                           .astype(int)) for d, k in (("traj", n_traj), ("time", n_time))}
-    u = ds["u"].isel(picks).transpose(..., *dims).values
+    field = ds["u_clean" if "u_clean" in ds else "u"].isel(time=picks["time"])
     coords = [np.asarray(ds[d].values) for d in dims]
-    boundary = ds.attrs["boundary"]
-    return {tuple(int(n) for n in g): resolution_floor(u, coords, g, boundary) for g in grids}
+    sums = {tuple(int(n) for n in g): np.zeros(2) for g in grids}
+    for i in picks["traj"]:
+        u = field.isel(traj=int(i)).transpose(..., *dims).values
+        for g in sums:
+            sums[g] += _dropped_energy(u, coords, g, ds.attrs["boundary"])
+    return {g: 0.0 if total == 0 else float(np.sqrt(dropped / total))
+            for g, (dropped, total) in sums.items()}
 
 
 def coarser_grids(fine: Sequence[int], minimum: int = 4) -> list[tuple[int, ...]]:
-    """The coarse grids with one ratio ``s > 1`` on every axis (``s`` divides every fine size,
-    at least ``minimum`` nodes per axis), finest first."""
+    """The coarse grids with one ratio ``s > 1`` shared by every axis (``s`` divides every fine
+    size, at least ``minimum`` nodes per axis), finest first."""
     ratios = [s for s in range(2, min(fine) // minimum + 1) if all(n % s == 0 for n in fine)]
     return [tuple(n // s for n in fine) for s in ratios]
 

@@ -95,6 +95,7 @@ def model_config(
     scale_kernel: str | None = None,
     physics: str | None = None,
     drift: str | None = None,
+    positional: bool | None = None,
 ) -> MultiscaleConfig:
     """The multiscale config for ``ds``: the built-in case's choices (if ``ds`` is one) with
     the given overrides (``None`` keeps the case's or the generic default).
@@ -103,6 +104,8 @@ def model_config(
     saturated at a learned bound plus a learned linear relaxation, initialised from the
     training split, :func:`~msde_ppl.multiscale.program.dissipation_from_data`); default: free
     for the built-in cases (their recipes were tuned with it), dissipative for any other data.
+    ``positional=True`` gives every coarse node's drift its position (a flow that is not
+    translation invariant); ``None``/``False`` keep the case's choice (the cylinder's: on).
     Data split in time forecast times past the training record, so their micro dynamics are
     autonomous (``micro_time=False``): a drift reading the absolute time would extrapolate.
     """
@@ -125,7 +128,8 @@ def model_config(
         n_channels=ds.sizes.get("field", 1), encoder=encoder, decoder=decoder,
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
         physics=physics, domain=domain if physics else None, dissipation=dissipation,
-        micro_time=False if splits_in_time(ds) else None)
+        micro_time=False if splits_in_time(ds) else None,
+        positional=positional or None)
 
 
 def fit_data(

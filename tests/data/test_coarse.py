@@ -82,9 +82,13 @@ def test_resolution_floor_of_fourier_modes_is_the_dropped_share():
     assert resolution_floor(u, [x], [8], "periodic") == pytest.approx(b / np.hypot(a, b),
                                                                        rel=1e-12)
     assert resolution_floor(u, [x], [32], "periodic") == pytest.approx(0.0, abs=1e-13)
-    # the Nyquist mode of the coarse grid (k = 4 on 8 nodes) is held
-    nyquist = np.cos(2 * np.pi * 4 * x)
-    assert resolution_floor(nyquist, [x], [8], "periodic") == pytest.approx(0.0, abs=1e-13)
+    # of the coarse grid's Nyquist mode (k = 4 on 8 nodes) the nodes hold the cosine part only
+    # (they start at x = 0; the sine vanishes on all of them)
+    phase = 0.6
+    nyquist = np.cos(2 * np.pi * 4 * x + phase)
+    assert resolution_floor(nyquist, [x], [8], "periodic") == pytest.approx(abs(np.sin(phase)),
+                                                                             rel=1e-12)
+    assert resolution_floor(np.sin(2 * np.pi * x), [x], [2], "periodic") == pytest.approx(1.0)
     assert resolution_floor(np.zeros(64), [x], [8], "periodic") == 0.0
 
 
@@ -127,3 +131,20 @@ def test_resolution_floors_read_a_sample_of_the_training_split(np_rng):
     # a smaller sample reads fewer snapshots and still sees the same field
     assert resolution_floors(ds, [(16,)], n_traj=2, n_time=2)[(16,)] == pytest.approx(
         floors[(16,)], rel=0.5)
+
+
+def test_resolution_floors_pool_fields_read_u_clean_and_a_split_in_time(np_rng):
+    """Two fields on a 2D grid, split in time: only the train block counts, and the noise-free
+    field when given (noise on u would raise every floor)."""
+    x, y = np.arange(16) / 16, np.arange(8) / 8
+    wave = np.sin(2 * np.pi * (x[:, None] + 3 * y[None, :]))  # k = (1, 3)
+    clean = np.stack([wave, np.ones_like(wave)])[None, None] * np.ones((2, 12, 1, 1, 1))
+    clean[:, 8:] = np_rng.normal(size=(2, 4, 2, 16, 8))  # val and test: not read
+    ds = from_arrays(clean + 0.1 * np_rng.normal(size=clean.shape), time=np.arange(12.0),
+                     x=x, y=y, u_clean=clean, split=["train"] * 8 + ["val", "val", "test",
+                                                                     "test"],
+                     split_over="time")
+    floors = resolution_floors(ds, [(8, 8), (4, 4)])
+    assert floors[(8, 8)] == pytest.approx(0.0, abs=1e-12)
+    # on 4 x 4 nodes k_y = 3 is lost: half the pooled energy (wave: 1/2, ones: 1 per point)
+    assert floors[(4, 4)] == pytest.approx(np.sqrt(0.5 / 1.5), rel=1e-12)

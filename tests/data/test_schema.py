@@ -224,6 +224,7 @@ def array_inputs(draw):
 @example(inputs=dict(u=np.zeros((0, 0, 3)), time=np.zeros(0), x=np.arange(3.0), y=None,
                      boundary="periodic", split=None))
 def test_fuzz_from_arrays_only_raises_schema_error(inputs):
+    inputs = dict(inputs)  # the @example's dict is not ours to change
     u = inputs.pop("u")
     try:
         ds = from_arrays(u, **inputs)
