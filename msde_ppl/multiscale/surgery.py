@@ -30,19 +30,26 @@ from msde_ppl.multiscale.program import (
 __all__ = ["grow_modules", "grown_global_values"]
 
 
-def _grow_linear(new: eqx.nn.Linear, old: eqx.nn.Linear, zero_new_inputs: bool) -> eqx.nn.Linear:
-    """Copy ``old`` into the leading block of ``new``; optionally zero the new input columns."""
+def _grow_linear(new: eqx.nn.Linear, old: eqx.nn.Linear, zero_new_inputs: bool,
+                 n_trailing: int = 0) -> eqx.nn.Linear:
+    """Copy ``old`` into the leading rows of ``new``, its input columns to the same places
+    except its last ``n_trailing``, which stay last (inputs after the grown block: the stencil
+    drift's position features); optionally zero the new input columns."""
+    n_out, n_in = old.weight.shape
+    columns = np.r_[np.arange(n_in - n_trailing),
+                    new.weight.shape[1] - n_trailing + np.arange(n_trailing)]
     weight = new.weight
     if zero_new_inputs:
-        weight = weight.at[:, old.weight.shape[1]:].set(0.0)
-    weight = weight.at[: old.weight.shape[0], : old.weight.shape[1]].set(old.weight)
+        weight = weight.at[:, np.setdiff1d(np.arange(weight.shape[1]), columns)].set(0.0)
+    weight = weight.at[:n_out, columns].set(old.weight)
     bias = new.bias.at[: old.bias.shape[0]].set(old.bias)
     return eqx.tree_at(lambda lay: (lay.weight, lay.bias), new, (weight, bias))
 
 
-def _grow_mlp(new: MLP, old: MLP, zero_new_inputs: bool) -> MLP:
-    """Copy ``old`` into the leading blocks of ``new`` (layer by layer)."""
-    layers = tuple(_grow_linear(ln, lo, zero_new_inputs and i == 0)
+def _grow_mlp(new: MLP, old: MLP, zero_new_inputs: bool, n_trailing: int = 0) -> MLP:
+    """Copy ``old`` into the leading blocks of ``new`` (layer by layer; ``n_trailing``: inputs
+    of the first layer that follow the grown block)."""
+    layers = tuple(_grow_linear(ln, lo, zero_new_inputs and i == 0, n_trailing if i == 0 else 0)
                    for i, (ln, lo) in enumerate(zip(new.layers, old.layers, strict=True)))
     return eqx.tree_at(lambda m: m.layers, new, layers)
 
@@ -86,8 +93,10 @@ def grow_modules(
         enc = eqx.tree_at(lambda e: e.micro, enc,
                           _grow_micro_encoder(new.encoder.micro, old.encoder.micro))
 
+    # the stencil drift reads [neighbourhood, micro, position]: the position stays last
+    n_position = 2 * len(config.coarse_shape) if config.positional else 0
     drift = eqx.tree_at(lambda d: d.macro.mlp, new.drift,
-                        _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True))
+                        _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True, n_position))
     if old.drift.macro.dissipation is not None:
         drift = eqx.tree_at(lambda d: d.macro.dissipation, drift, old.drift.macro.dissipation)
     if old.drift.micro is not None:
