@@ -193,11 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "operator (Burgers -u u_x + nu u_xx, KdV -u u_x - delta u_xxx) with its "
                      "coefficient as a sample site, plus the learned stencil correction; needs "
                      "a periodic 1D dataset with a 'domain' attribute (default: none)")
-    fit.add_argument("--positional", action="store_true",
+    fit.add_argument("--positional", action=argparse.BooleanOptionalAction, default=None,
                      help="the macro drift also reads each coarse node's position (cos and sin "
                      "of its angle along each axis), for data that are not translation "
                      "invariant: a speed, diffusivity or forcing that varies in space, an "
-                     "obstacle (default: the same stencil network at every node)")
+                     "obstacle; --no-positional: the same stencil network at every node "
+                     "(default: the built-in case's choice, else on)")
     fit.add_argument("--drift", choices=["free", "dissipative"], default=None,
                      help="drift networks: 'dissipative' (output saturated at a learned bound "
                      "plus a learned linear relaxation: forecasts stay near the data) or "

@@ -204,8 +204,10 @@ def test_fit_positional_gives_the_drift_each_nodes_position(tmp_path, user_data)
     parser = cli.build_parser()
     base = ["fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--window", "16",
             "--out", str(tmp_path / "r")]
+    # on data that are not a built-in case it is on by default
+    assert cli._fit_plan(parser.parse_args(base))[1].positional is True
+    assert cli._fit_plan(parser.parse_args([*base, "--no-positional"]))[1].positional is False
     assert cli._fit_plan(parser.parse_args([*base, "--positional"]))[1].positional is True
-    assert cli._fit_plan(parser.parse_args(base))[1].positional is False
 
 
 def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):

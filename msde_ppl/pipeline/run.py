@@ -104,14 +104,19 @@ def model_config(
     saturated at a learned bound plus a learned linear relaxation, initialised from the
     training split, :func:`~msde_ppl.multiscale.program.dissipation_from_data`); default: free
     for the built-in cases (their recipes were tuned with it), dissipative for any other data.
-    ``positional=True`` gives every coarse node's drift its position (a flow that is not
-    translation invariant); ``None``/``False`` keep the case's choice (the cylinder's: on).
+    ``positional``: every coarse node's drift also reads its position (a flow that is not
+    translation invariant: a coefficient that varies in space, an obstacle); default: the
+    case's choice for the built-in cases (on for the cylinder only), on for any other data
+    (what the data's physics is, is not known; a stencil network that reads its position can
+    still learn to ignore it, one that cannot read it cannot learn a varying speed).
     Data split in time forecast times past the training record, so their micro dynamics are
     autonomous (``micro_time=False``): a drift reading the absolute time would extrapolate.
     """
     case = ds.attrs.get("case")
     if drift is None:
         drift = "free" if case in CASE_CONFIGS else "dissipative"
+    if positional is None:
+        positional = None if case in CASE_CONFIGS else True
     if drift not in ("free", "dissipative"):
         raise ValueError(f"unknown drift form {drift!r}; use 'free' or 'dissipative'")
     dissipation = None
@@ -129,7 +134,7 @@ def model_config(
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
         physics=physics, domain=domain if physics else None, dissipation=dissipation,
         micro_time=False if splits_in_time(ds) else None,
-        positional=positional or None)
+        positional=positional)
 
 
 def fit_data(
