@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "of its angle along each axis), for data that are not translation "
                      "invariant: a speed, diffusivity or forcing that varies in space, an "
                      "obstacle; --no-positional: the same stencil network at every node "
-                     "(default: the built-in case's choice, else on)")
+                     "(default: the built-in case's choice, else on when a stencil regression "
+                     "per node beats a shared one on the val split: docs/robustness.md)")
     fit.add_argument("--drift", choices=["free", "dissipative"], default=None,
                      help="drift networks: 'dissipative' (output saturated at a learned bound "
                      "plus a learned linear relaxation: forecasts stay near the data) or "
@@ -805,7 +806,24 @@ def _fit_plan(args: argparse.Namespace):
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
                           physics=args.physics, drift=args.drift,
                           positional=args.positional)
+    if args.positional is None and ds.attrs.get("case") not in CASES and not args.resume:
+        _say_positional(ds, config)
     return ds, config, stages
+
+
+def _say_positional(ds, config) -> None:
+    """Say whether the drift reads the position, and why (the data's stencil regression)."""
+    from msde_ppl.pipeline.run import POSITION_RATIO, positional_choice
+
+    test = positional_choice(ds, config)[1]
+    if test is None:
+        why = "no val split to test the data on"
+    else:
+        why = (f"a stencil regression per node leaves {test['ratio']:.2f} of a shared one's "
+               f"val residual; {'<' if config.positional else '>='} {POSITION_RATIO}")
+    what, flag = (("reads each node's position", "--no-positional") if config.positional
+                  else ("translation-equivariant", "--positional"))
+    print(f"macro drift: {what} ({why}; {flag} to change)", flush=True)
 
 
 #: A coarse grid whose resolution floor exceeds this leaves much of the field to the micro state.

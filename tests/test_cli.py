@@ -198,16 +198,20 @@ def test_fit_without_coarse_lists_each_grids_floor(tmp_path, call):
     assert not (tmp_path / "r").exists()
 
 
-def test_fit_positional_gives_the_drift_each_nodes_position(tmp_path, user_data):
+def test_fit_positional_gives_the_drift_each_nodes_position(tmp_path, user_data, capsys):
     from msde_ppl import cli
 
     parser = cli.build_parser()
     base = ["fit", "--data", str(user_data), "--coarse", "8", "--micro", "2", "--window", "16",
             "--out", str(tmp_path / "r")]
-    # on data that are not a built-in case it is on by default
-    assert cli._fit_plan(parser.parse_args(base))[1].positional is True
+    # by default the data decide: a travelling sine is translation invariant
+    assert cli._fit_plan(parser.parse_args(base))[1].positional is False
+    said = capsys.readouterr().out
+    assert "macro drift: translation-equivariant (a stencil regression per node leaves " in said
+    assert "--positional to change" in said
     assert cli._fit_plan(parser.parse_args([*base, "--no-positional"]))[1].positional is False
     assert cli._fit_plan(parser.parse_args([*base, "--positional"]))[1].positional is True
+    assert "macro drift" not in capsys.readouterr().out  # chosen, not inferred
 
 
 def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):

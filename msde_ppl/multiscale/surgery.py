@@ -4,7 +4,8 @@ A model fitted with ``K_old`` micro coordinates becomes the initial point of one
 ``K_new > K_old``: every old weight is copied; weights that *read* a new micro coordinate (the
 stencil drift's micro inputs, the micro drift's and decoder's new input columns) start at zero,
 and the rows that *produce* new coordinates (micro encoder and micro drift outputs) start from a
-fresh Xavier-normal draw. The decoder's output layer starts at zero when it is new. So, unlike
+fresh Xavier-normal draw (the stencil drift's position features, which follow its micro
+inputs, keep their weights). The decoder's output layer starts at zero when it is new. So, unlike
 the reference (which Xavier-initialises the new drift inputs, docs/method.md §5), the grown model
 computes exactly the old model's drift and reconstruction at its first step, and the new
 coordinates are free to learn the correction.
