@@ -198,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "of its angle along each axis), for data that are not translation "
                      "invariant: a speed, diffusivity or forcing that varies in space, an "
                      "obstacle; --no-positional: the same stencil network at every node "
-                     "(default: the built-in case's choice, else on when a stencil regression "
-                     "per node beats a shared one on the val split: docs/robustness.md)")
+                     "(default: the built-in case's choice, else on when a linear stencil "
+                     "regression per node leaves less than half of a shared one's residual on "
+                     "the val split: docs/robustness.md)")
     fit.add_argument("--drift", choices=["free", "dissipative"], default=None,
                      help="drift networks: 'dissipative' (output saturated at a learned bound "
                      "plus a learned linear relaxation: forecasts stay near the data) or "
@@ -681,7 +682,7 @@ _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", 
                  "seed", "checkpoint_every")
 # settings that run.json did not always record, with the value a fit then had: an --ema fit
 # recorded without it resumes with no EMA and is refused by its checkpoint's settings check
-_LATER_FIT_SETTINGS = {"ema": None, "positional": False}
+_LATER_FIT_SETTINGS = {"ema": None, "positional": "legacy"}
 
 
 def _file_digest(path: Path) -> str:
@@ -802,11 +803,14 @@ def _fit_plan(args: argparse.Namespace):
     if args.micro and not args.no_progressive and args.steps >= 4:
         first = dataclasses.replace(train, steps=args.steps // 4)
         stages = progressive_stages(args.micro, first, args.steps - first.steps)
+    positional = args.positional
+    if positional == "legacy":  # a run.json from before the option: the case's choice, or off
+        positional = None if ds.attrs.get("case") in CASES else False
     config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
                           physics=args.physics, drift=args.drift,
-                          positional=args.positional)
-    if args.positional is None and ds.attrs.get("case") not in CASES and not args.resume:
+                          positional=positional)
+    if positional is None and ds.attrs.get("case") not in CASES and not args.resume:
         _say_positional(ds, config)
     return ds, config, stages
 
@@ -817,7 +821,8 @@ def _say_positional(ds, config) -> None:
 
     test = positional_choice(ds, config)[1]
     if test is None:
-        why = "no val split to test the data on"
+        why = ("the data could not be tested: no val split, too few training snapshots or "
+               "a constant field")
     else:
         why = (f"a stencil regression per node leaves {test['ratio']:.2f} of a shared one's "
                f"val residual; {'<' if config.positional else '>='} {POSITION_RATIO}")
@@ -962,6 +967,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 if not resuming:
                     settings = {k: getattr(args, k) for k in _FIT_SETTINGS}
                     settings["data"] = str(Path(args.data).resolve())
+                    settings["positional"] = config.positional  # as decided: resumes the same
                     record = {"command": "fit", "args": settings,
                               "data_sha256": _file_digest(args.data),
                               "package_version": msde_ppl.__version__,

@@ -197,9 +197,12 @@ def test_resume_refuses_other_data_and_non_runs(data, tmp_path, capsys):
     assert "not a run directory of `msde fit`" in capsys.readouterr().err
 
 
-def test_run_json_records_the_coarse_grids_resolution_floors(reference):
+def test_run_json_records_the_floors_and_the_position_choice(reference):
     """A single sine (k = 1) is held by every coarse grid: every floor is float32 round-off."""
-    floors = json.loads((reference / "run.json").read_text())["resolution_floor"]
+    record = json.loads((reference / "run.json").read_text())
+    # the drift's position input as decided, so that a resume re-plans the same model
+    assert record["args"]["positional"] is False
+    floors = record["resolution_floor"]
     assert floors["coarse"] == [8] and floors["rel_l2"] == floors["grids"]["8"]
     assert list(floors["grids"]) == ["8", "32", "16", "4"]
     assert all(0 <= v < 1e-6 for v in floors["grids"].values())
@@ -218,7 +221,7 @@ def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     args = parser.parse_args(["fit", "--data", str(data), "--coarse", "8", "--micro", "2",
-                              "--ema", "0.99", "--out", str(run_dir)])
+                              "--ema", "0.99", "--window", "16", "--out", str(run_dir)])
     settings = {k: getattr(args, k) for k in cli._FIT_SETTINGS}
     settings["data"] = str(data)
     record = {"command": "fit", "args": settings, "data_sha256": cli._file_digest(data)}
@@ -226,9 +229,13 @@ def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
     resume = parser.parse_args(["fit", "--resume", str(run_dir)])
     assert cli._resumed_fit_args(resume).ema == 0.99
     del settings["ema"]
+    del settings["positional"]
     (run_dir / "run.json").write_text(json.dumps(record))
     again = cli._resumed_fit_args(resume)
     assert again.ema is None and again.coarse == [8] and again.out == run_dir
+    # a record from before --positional re-plans as that version did: off on data that are not
+    # a built-in case (the case's choice on a built-in one)
+    assert again.positional == "legacy" and cli._fit_plan(again)[1].positional is False
 
 
 def test_nothing_is_written_for_a_split_without_training_trajectories(tmp_path, capsys):

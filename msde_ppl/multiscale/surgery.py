@@ -95,7 +95,7 @@ def grow_modules(
                           _grow_micro_encoder(new.encoder.micro, old.encoder.micro))
 
     # the stencil drift reads [neighbourhood, micro, position]: the position stays last
-    n_position = 2 * len(config.coarse_shape) if config.positional else 0
+    n_position = 2 * len(config.coarse_shape) if old.drift.macro.positional else 0
     drift = eqx.tree_at(lambda d: d.macro.mlp, new.drift,
                         _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True, n_position))
     if old.drift.macro.dissipation is not None:

@@ -165,7 +165,7 @@ def fit_data(
     train: TrainConfig | None = None,
     seed: int = 0,
     progress: bool = True,
-    **options: str | None,
+    **options: str | bool | None,
 ) -> Fitted:
     """Fit the built-in multiscale model to any dataset, as ``msde fit`` does.
 
@@ -187,7 +187,8 @@ def fit_data(
         seed: PRNG seed.
         progress: report progress (a bar, or lines in a log).
         **options: model options of :func:`model_config` (``encoder``, ``decoder``,
-            ``scale_kernel``, ``physics``, ``drift``).
+            ``scale_kernel``, ``physics``, ``drift``, ``positional``: by default decided from
+            the data, :func:`positional_choice`).
 
     Returns:
         The fitted multiscale model (the last stage).
