@@ -809,24 +809,22 @@ def _fit_plan(args: argparse.Namespace):
     config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
                           physics=args.physics, drift=args.drift,
-                          positional=positional)
-    if positional is None and ds.attrs.get("case") not in CASES and not args.resume:
-        _say_positional(ds, config)
+                          positional=positional,
+                          on_position=None if args.resume else _say_positional)
     return ds, config, stages
 
 
-def _say_positional(ds, config) -> None:
+def _say_positional(chosen: bool, test: dict | None) -> None:
     """Say whether the drift reads the position, and why (the data's stencil regression)."""
-    from msde_ppl.pipeline.run import POSITION_RATIO, positional_choice
+    from msde_ppl.pipeline.run import POSITION_RATIO
 
-    test = positional_choice(ds, config)[1]
     if test is None:
         why = ("the data could not be tested: no val split, too few training snapshots or "
                "a constant field")
     else:
         why = (f"a stencil regression per node leaves {test['ratio']:.2f} of a shared one's "
-               f"val residual; {'<' if config.positional else '>='} {POSITION_RATIO}")
-    what, flag = (("reads each node's position", "--no-positional") if config.positional
+               f"val residual; {'<' if chosen else '>='} {POSITION_RATIO}")
+    what, flag = (("reads each node's position", "--no-positional") if chosen
                   else ("translation-equivariant", "--positional"))
     print(f"macro drift: {what} ({why}; {flag} to change)", flush=True)
 
@@ -841,6 +839,11 @@ def _grid_name(grid) -> str:
     return "x".join(str(n) for n in grid)
 
 
+def _listed(floors: dict, grids) -> str:
+    """``"32: 0.397, 16: 0.933"``: the floors of ``grids``."""
+    return ", ".join(f"{_grid_name(g)}: {floors[g]:.3g}" for g in grids)
+
+
 def _resolution_floors(ds, coarse: tuple[int, ...], n_micro: int) -> dict:
     """Say, before a fit, how much of the training field the coarse grid cannot carry
     (:func:`msde_ppl.data.coarse.resolution_floor`: the rel-L2 of the best reconstruction from
@@ -852,7 +855,7 @@ def _resolution_floors(ds, coarse: tuple[int, ...], n_micro: int) -> dict:
     grids = [coarse] + [g for g in coarser_grids(grid_shape(ds)) if g != coarse]
     floors = resolution_floors(ds, grids)
     floor = floors[coarse]
-    others = ", ".join(f"{_grid_name(g)}: {floors[g]:.3g}" for g in grids[1:])
+    others = _listed(floors, grids[1:])
     bound = "at best" if ds.attrs["boundary"] == "periodic" else "about (a spline estimate)"
     print(f"coarse grid {_grid_name(coarse)}: the macro state alone reconstructs the training "
           f"field to rel-L2 {floor:.3g} {bound}"
@@ -861,7 +864,7 @@ def _resolution_floors(ds, coarse: tuple[int, ...], n_micro: int) -> dict:
              else ""), flush=True)
     if n_micro == 0 and floor > _FLOOR_WARN:
         finer = [g for g in grids[1:] if floors[g] <= _FLOOR_GOOD
-                 and all(a >= b for a, b in zip(g, coarse, strict=True)) and g != coarse]
+                 and all(a >= b for a, b in zip(g, coarse, strict=True))]
         best = min(finer, key=math.prod) if finer else None
         print(f"warning: with --micro 0 nothing carries what the coarse grid "
               f"{_grid_name(coarse)} cannot hold (rel-L2 {floor:.3g} of the training field): "
@@ -887,10 +890,9 @@ def _coarse_hint(data: Path | None) -> str:
     grids = coarser_grids(grid_shape(ds))
     if not grids:
         return ""
-    floors = resolution_floors(ds, grids)
-    listed = ", ".join(f"{_grid_name(g)}: {floors[g]:.3g}" for g in grids)
     return (f"; for --coarse, the rel-L2 to which each coarse grid reconstructs the data at "
-            f"best (what is left is for the micro state): {listed}")
+            f"best (what is left is for the micro state): "
+            f"{_listed(resolution_floors(ds, grids), grids)}")
 
 
 def _status_state(run_dir: Path) -> str | None:

@@ -29,7 +29,7 @@ import xarray as xr
 from scipy.interpolate import CubicSpline
 
 from msde_ppl.data.schema import BOUNDARIES, SchemaError, spatial_dims
-from msde_ppl.data.splits import select_split, split_names
+from msde_ppl.data.splits import evenly_spread, select_split, split_names
 
 
 def coarse_coordinates(x: np.ndarray, n: int, boundary: str) -> np.ndarray:
@@ -139,7 +139,11 @@ def resolution_floor(
     Returns:
         The relative error, 0 for a field the coarse grid holds exactly (and for a zero field).
     """
-    dropped, total = _dropped_energy(u, coords, coarse, boundary)
+    return _relative(*_dropped_energy(u, coords, coarse, boundary))
+
+
+def _relative(dropped: float, total: float) -> float:
+    """``sqrt(dropped / total)``, 0 for a zero field."""
     return 0.0 if total == 0 else float(np.sqrt(dropped / total))
 
 
@@ -180,17 +184,15 @@ def resolution_floors(
     if split is not None and split in split_names(ds):
         ds = select_split(ds, split)
     dims = spatial_dims(ds)
-    picks = {d: np.unique(np.linspace(0, ds.sizes[d] - 1, min(k, ds.sizes[d])).round()
-                          .astype(int)) for d, k in (("traj", n_traj), ("time", n_time))}
-    field = ds["u_clean" if "u_clean" in ds else "u"].isel(time=picks["time"])
+    field = ds["u_clean" if "u_clean" in ds else "u"].isel(
+        time=evenly_spread(ds.sizes["time"], n_time))
     coords = [np.asarray(ds[d].values) for d in dims]
     sums = {tuple(int(n) for n in g): np.zeros(2) for g in grids}
-    for i in picks["traj"]:
+    for i in evenly_spread(ds.sizes["traj"], n_traj):
         u = field.isel(traj=int(i)).transpose(..., *dims).values
         for g in sums:
             sums[g] += _dropped_energy(u, coords, g, ds.attrs["boundary"])
-    return {g: 0.0 if total == 0 else float(np.sqrt(dropped / total))
-            for g, (dropped, total) in sums.items()}
+    return {g: _relative(*sums[g]) for g in sums}
 
 
 def coarser_grids(fine: Sequence[int], minimum: int = 4) -> list[tuple[int, ...]]:

@@ -41,7 +41,7 @@ import xarray as xr
 
 from msde_ppl.data.coarse import restrict
 from msde_ppl.data.schema import spatial_dims
-from msde_ppl.data.splits import select_split, split_names
+from msde_ppl.data.splits import evenly_spread, select_split, split_names
 
 __all__ = ["MIN_SAMPLES_PER_FEATURE", "position_dependence"]
 
@@ -104,8 +104,7 @@ def _tendencies(ds: xr.Dataset, coarse: Sequence[int], radius: int, n_traj: int,
     if times.size < 2:
         return
     dt = float(times[1] - times[0])
-    pick = lambda n, k: np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))  # noqa: E731
-    starts = pick(times.size - 1, n_time)
+    starts = evenly_spread(times.size - 1, n_time)
     read = np.union1d(starts, starts + 1)
     now_at, next_at = np.searchsorted(read, starts), np.searchsorted(read, starts + 1)
     axes = tuple(range(-len(dims), 0))
@@ -115,7 +114,7 @@ def _tendencies(ds: xr.Dataset, coarse: Sequence[int], radius: int, n_traj: int,
             keep = (np.arange(n) >= radius) & (np.arange(n) < n - radius)
             inner &= keep.reshape([-1 if a == axis else 1 for a in range(len(coarse))])
     inner = inner.ravel()
-    for i in pick(ds.sizes["traj"], n_traj):
+    for i in evenly_spread(ds.sizes["traj"], n_traj):
         snaps = ds["u"].isel(traj=int(i), time=read).transpose("time", ..., *dims).values
         if "field" not in ds["u"].dims:
             snaps = snaps[:, None]

@@ -16,12 +16,18 @@ import xarray as xr
 
 from msde_ppl.data.schema import SchemaError
 
-__all__ = ["SPLIT_RULE", "first_snapshots", "observations", "select_split", "split_names",
-           "splits_in_time", "with_held_out_splits"]
+__all__ = ["SPLIT_RULE", "evenly_spread", "first_snapshots", "observations", "select_split",
+           "split_names", "splits_in_time", "with_held_out_splits"]
 
 #: How trajectories without labels are split (:func:`with_held_out_splits`), in words.
 SPLIT_RULE = ("in their order: the last max(1, round(n/10)) trajectories are test, the same "
               "number before them val, the rest train")
+
+
+def evenly_spread(n: int, k: int) -> np.ndarray:
+    """Up to ``k`` distinct indices of ``range(n)``, evenly spread, the first and last
+    included (all ``n`` when ``k >= n``): a sample of trajectories or snapshots."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
 
 
 def split_names(ds: xr.Dataset) -> set[str]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msde_ppl.generative.codec import ConvMicroDecoder, SplineMicroEncoder
+from msde_ppl.generative.drifts import position_features
 from msde_ppl.generative.networks import MLP
 from msde_ppl.multiscale.program import (
     MultiscaleConfig,
@@ -95,7 +96,8 @@ def grow_modules(
                           _grow_micro_encoder(new.encoder.micro, old.encoder.micro))
 
     # the stencil drift reads [neighbourhood, micro, position]: the position stays last
-    n_position = 2 * len(config.coarse_shape) if old.drift.macro.positional else 0
+    n_position = (position_features(config.coarse_shape).shape[1]
+                  if old.drift.macro.positional else 0)
     drift = eqx.tree_at(lambda d: d.macro.mlp, new.drift,
                         _grow_mlp(new.drift.macro.mlp, old.drift.macro.mlp, True, n_position))
     if old.drift.macro.dissipation is not None:

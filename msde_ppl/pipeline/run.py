@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -97,6 +97,7 @@ def model_config(
     physics: str | None = None,
     drift: str | None = None,
     positional: bool | None = None,
+    on_position: Callable[[bool, dict | None], None] | None = None,
 ) -> MultiscaleConfig:
     """The multiscale config for ``ds``: the built-in case's choices (if ``ds`` is one) with
     the given overrides (``None`` keeps the case's or the generic default).
@@ -108,7 +109,8 @@ def model_config(
     ``positional``: every coarse node's drift also reads its position (a flow that is not
     translation invariant: a coefficient that varies in space, an obstacle); default: the
     case's choice for the built-in cases (on for the cylinder only), else on when the data
-    show it (:func:`positional_choice`).
+    show it (:func:`positional_choice`; ``on_position(chosen, evidence)`` is told the
+    choice and its evidence when the data made it).
     Data split in time forecast times past the training record, so their micro dynamics are
     autonomous (``micro_time=False``): a drift reading the absolute time would extrapolate.
     """
@@ -135,7 +137,10 @@ def model_config(
         micro_time=False if splits_in_time(ds) else None,
         positional=positional)
     if auto_position:
-        config = dataclasses.replace(config, positional=positional_choice(ds, config)[0])
+        chosen, evidence = positional_choice(ds, config)
+        config = dataclasses.replace(config, positional=chosen)
+        if on_position is not None:
+            on_position(chosen, evidence)
     return config
 
 
