@@ -71,3 +71,34 @@ def test_datasets_are_valid_bounded_and_split(name):
     clean = ds["u_clean"].values
     assert np.isfinite(clean).all() and np.abs(clean).max() < 10
     assert ds.sizes["x"] % coarse == 0 and ds.attrs["noise_std"] > 0
+
+
+def test_fronts_keep_the_threshold_that_made_each_trajectory():
+    """The stored threshold and diffusivity re-solve each clean trajectory, and the physics
+    reference with a one-point prior at that threshold is that trajectory."""
+    ds = pdes.make_bistable_fronts(n_traj=2, seed=3, n_fine=128, n_time=21)
+    length = float(np.atleast_1d(ds.attrs["domain"])[0])
+    dt = float(ds["time"][1] - ds["time"][0])
+    lo, hi = pdes.FRONTS_THRESHOLDS
+    for i, a in enumerate(ds["threshold"].values):
+        assert lo <= a <= hi
+        clean = ds["u_clean"].values[i]
+        again = pdes.nagumo_solve(clean[0].astype(np.float64), length, ds.attrs["diffusivity"],
+                                  float(a), dt / 10, 200, 10)
+        np.testing.assert_allclose(again, clean, atol=1e-5)
+
+
+def test_the_fronts_reference_is_the_mean_over_the_threshold_prior():
+    """Midpoints of the prior: the mean of the solves at those thresholds, the initial state
+    first, and between the slowest and fastest front at every time (u is monotone in a for
+    these states: a lower threshold makes the u = 1 plateaus grow faster)."""
+    length, n = 50.0, 128
+    x = np.arange(n) * length / n
+    u0 = 0.5 * (1 - np.tanh((np.abs(x - length / 2) - 5) / np.sqrt(2)))
+    ref = pdes.fronts_bayes_forecast(u0, length, 1.0, 0.5, 11, n_thresholds=4)
+    lo, hi = pdes.FRONTS_THRESHOLDS
+    solves = [pdes.nagumo_solve(u0, length, 1.0, a, 0.05, 100, 10)
+              for a in lo + (hi - lo) * (np.arange(4) + 0.5) / 4]
+    np.testing.assert_allclose(ref, np.mean(solves, axis=0), atol=1e-12)
+    np.testing.assert_allclose(ref[0], u0)
+    assert np.all(ref <= solves[0] + 1e-12) and np.all(ref >= solves[-1] - 1e-12)
