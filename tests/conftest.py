@@ -9,7 +9,14 @@
   a temporary folder made once, by pytest's main process, and inherited by its xdist workers
   and the command-line subprocesses; every program, however fast it compiled): the same
   program compiled again, e.g. by a resumed fit, by another worker or by a subprocess's eager
-  operations, is loaded instead.
+  operations, is loaded instead;
+- compiled with most of XLA's optimisation off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, inherited
+  by the subprocesses too): compiling, not running, is most of a test's time here, and the
+  optimisation passes are most of a compile (the default run on 2 cores: 577 s with them in
+  stop 55's CI, 448 s without, the same tests passing); they change how fast a program runs,
+  not what it computes.
+  A module whose cost is running asks for :func:`optimized_xla`;
+  ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest`` runs everything with the release settings.
 """
 
 import atexit
@@ -23,12 +30,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# read again here: a plugin may have imported jax before this file set the variable
+jax.config.update("jax_disable_most_optimizations",
+                  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower()
+                  in ("1", "y", "yes", "t", "true", "on"))
 if os.environ.get("MSDE_TEST_X64", "0") == "1":
     jax.config.update("jax_enable_x64", True)
 
@@ -59,3 +71,13 @@ def tiny_fit(tiny_ds):
     from helpers import untrained_fit
 
     return untrained_fit(tiny_ds)
+
+
+@pytest.fixture(scope="module")
+def optimized_xla():
+    """XLA's full optimisation for the rest of a module whose cost is running long programs
+    (a fine PDE solve), not compiling them; the suite's setting is restored after it."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)

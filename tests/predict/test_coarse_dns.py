@@ -46,8 +46,8 @@ def test_full_resolution_coarse_dns_reproduces_the_data_2d():
 
 
 @pytest.fixture(scope="module")
-def kdv():
-    return make_dataset("kdv_1d")
+def kdv(optimized_xla):
+    return make_dataset("kdv_1d")  # the fine KdV solve: running it, not compiling, costs
 
 
 def test_kdv_coarse_dns_error_in_reference_range(kdv):
