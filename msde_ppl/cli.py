@@ -162,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --micro K > 0, train the multiscale model from scratch instead "
                      "of first fitting the implicit-scale model for a quarter of the steps and "
                      "growing it (docs/method.md §5)")
-    fit.add_argument("--window", type=_positive_int, default=64,
-                     help="snapshots per window (default 64)")
+    fit.add_argument("--window", type=_positive_int, default=None,
+                     help=f"snapshots per window (default {DEFAULT_WINDOW}, or every training "
+                     "snapshot of shorter trajectories)")
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=_positive_float, default=1e-3,
@@ -790,14 +791,16 @@ def _fit_plan(args: argparse.Namespace):
         if choice == "cnn" and not cnn_fits_grid(grid):
             raise ValueError(f"{flag} cnn needs a 1D or 2D grid with every axis divisible by "
                              f"8, got {grid}")
-    if ds.sizes["time"] < args.window:
+    if args.window is not None and ds.sizes["time"] < args.window:
         raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
                          "snapshots per trajectory")
     if args.physics and "domain" not in ds.attrs:
         raise ValueError("--physics needs the dataset's 'domain' attribute (the grid spacing)")
+    ds = _labelled(ds, args.data)
+    if args.window is None:  # recorded in run.json as resolved, so a resume keeps it
+        args.window = _default_window(ds)
     train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
                         windows_per_step=args.windows, ema_decay=args.ema)
-    ds = _labelled(ds, args.data)
     check_training_data(ds, train)
     stages = [(args.micro, train)]
     if args.micro and not args.no_progressive and args.steps >= 4:
@@ -812,6 +815,23 @@ def _fit_plan(args: argparse.Namespace):
                           positional=positional,
                           on_position=None if args.resume else _say_positional)
     return ds, config, stages
+
+
+#: Snapshots per training window unless the training trajectories are shorter.
+DEFAULT_WINDOW = 64
+
+
+def _default_window(ds) -> int:
+    """:data:`DEFAULT_WINDOW`, or every training snapshot of a trajectory when there are fewer
+    (said)."""
+    from msde_ppl.data.splits import select_split
+
+    n_time = (select_split(ds, "train") if "split" in ds.coords else ds).sizes["time"]
+    if n_time >= DEFAULT_WINDOW:
+        return DEFAULT_WINDOW
+    print(f"window: {n_time} snapshots, a whole training trajectory (the default "
+          f"{DEFAULT_WINDOW} is longer; --window to choose)", flush=True)
+    return n_time
 
 
 def _say_positional(chosen: bool, test: dict | None) -> None:

@@ -224,6 +224,33 @@ def test_fit_positional_gives_the_drift_each_nodes_position(tmp_path, user_data,
     assert "macro drift" not in capsys.readouterr().out  # chosen, not inferred
 
 
+def test_fit_window_defaults_to_the_training_trajectories_when_they_are_short(
+        tmp_path, user_data, capsys):
+    """30 snapshots per trajectory: the default window is all 30 (said), an explicit one is
+    kept; split in time, the train block's length counts."""
+    from msde_ppl import cli
+
+    parser = cli.build_parser()
+    base = ["fit", "--data", str(user_data), "--coarse", "8", "--micro", "0", "--no-positional",
+            "--out", str(tmp_path / "r")]
+    args = parser.parse_args(base)
+    assert cli._fit_plan(args)[2][0][1].window == 30 and args.window == 30  # run.json's value
+    assert "window: 30 snapshots, a whole training trajectory (the default 64" \
+        in capsys.readouterr().out
+    assert cli._fit_plan(parser.parse_args([*base, "--window", "16"]))[2][0][1].window == 16
+    assert "window:" not in capsys.readouterr().out
+    x, t = np.arange(64) / 64, np.arange(100) * 0.01
+    u = np.sin(2 * np.pi * (x[None, None] - t[None, :, None]))
+    save(from_arrays(u, time=t, x=x, split=["train"] * 80 + ["val"] * 10 + ["test"] * 10,
+                     split_over="time"), tmp_path / "long.nc")
+    args = parser.parse_args(["fit", "--data", str(tmp_path / "long.nc"), *base[3:]])
+    assert cli._fit_plan(args)[2][0][1].window == 64  # 80 training snapshots
+    save(from_arrays(u[:, :60], time=t[:60], x=x, split=["train"] * 40 + ["val"] * 10
+                     + ["test"] * 10, split_over="time"), tmp_path / "short.nc")
+    args = parser.parse_args(["fit", "--data", str(tmp_path / "short.nc"), *base[3:]])
+    assert cli._fit_plan(args)[2][0][1].window == 40
+
+
 def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):
     out = call("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
                   "--out", str(tmp_path / "r"))
