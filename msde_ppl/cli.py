@@ -756,14 +756,15 @@ def _fitted_on(run_dirs: list[Path], data: Path) -> bool | None:
 
 def _labelled(ds, path) -> object:
     """``ds`` with split labels: its own, or held out by the stated rule (with a warning)."""
-    from msde_ppl.data.splits import SPLIT_RULE, with_held_out_splits
+    from msde_ppl.data.splits import splits_in_time, with_held_out_splits
 
     if "split" in ds.coords:
         return ds
     ds = with_held_out_splits(ds)
     counts = {k: int((ds["split"].values == k).sum()) for k in ("train", "val", "test")}
-    print(f"warning: {path} has no split labels; held out {SPLIT_RULE} (train "
-          f"{counts['train']}, val {counts['val']}, test {counts['test']} trajectories). "
+    what = "snapshots" if splits_in_time(ds) else "trajectories"
+    print(f"warning: {path} has no split labels; held out {ds.attrs['split_rule']} (train "
+          f"{counts['train']}, val {counts['val']}, test {counts['test']} {what}). "
           "msde fit trains on train only and msde forecast scores test by the same rule; "
           "label the data to choose yourself.", file=sys.stderr)
     return ds
@@ -842,7 +843,7 @@ def _say_positional(chosen: bool, test: dict | None) -> None:
         why = ("the data could not be tested: no val split, too few training snapshots or "
                "a constant field")
     else:
-        why = (f"a stencil regression per node leaves {test['ratio']:.2f} of a shared one's "
+        why = (f"a stencil regression per node leaves {test['ratio']:.3g} of a shared one's "
                f"val residual; {'<' if chosen else '>='} {POSITION_RATIO}")
     what, flag = (("reads each node's position", "--no-positional") if chosen
                   else ("translation-equivariant", "--positional"))

@@ -251,6 +251,21 @@ def test_fit_window_defaults_to_the_training_trajectories_when_they_are_short(
     assert cli._fit_plan(args)[2][0][1].window == 40
 
 
+def test_fit_holds_out_one_unlabelled_trajectory_in_time(tmp_path, capsys):
+    from msde_ppl import cli
+
+    x, t = np.arange(64) / 64, np.arange(100) * 0.01
+    save(from_arrays(np.sin(2 * np.pi * (x[None, None] - t[None, :, None])), time=t, x=x),
+         tmp_path / "one.nc")
+    args = cli.build_parser().parse_args(["fit", "--data", str(tmp_path / "one.nc"), "--coarse",
+                                          "8", "--micro", "0", "--out", str(tmp_path / "r")])
+    ds = cli._fit_plan(args)[0]
+    assert ds["split"].dims == ("time",) and args.window == 64  # 80 train snapshots
+    said = capsys.readouterr()
+    assert "held out in time, as there are fewer than 3 trajectories" in said.err
+    assert "(train 80, val 10, test 10 snapshots)" in said.err
+
+
 def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):
     out = call("fit", "--data", str(tmp_path / "none.nc"), "--coarse", "8", "--micro", "1",
                   "--out", str(tmp_path / "r"))

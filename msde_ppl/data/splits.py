@@ -16,12 +16,18 @@ import xarray as xr
 
 from msde_ppl.data.schema import SchemaError
 
-__all__ = ["SPLIT_RULE", "evenly_spread", "first_snapshots", "observations", "select_split",
-           "split_names", "splits_in_time", "with_held_out_splits"]
+__all__ = ["SPLIT_RULE", "SPLIT_RULE_TIME", "evenly_spread", "first_snapshots", "observations",
+           "select_split", "split_names", "splits_in_time", "with_held_out_splits"]
 
 #: How trajectories without labels are split (:func:`with_held_out_splits`), in words.
 SPLIT_RULE = ("in their order: the last max(1, round(n/10)) trajectories are test, the same "
               "number before them val, the rest train")
+#: ... and one or two trajectories: a split in time.
+SPLIT_RULE_TIME = ("in time, as there are fewer than 3 trajectories: the last "
+                   "max(2, round(T/10)) snapshots are test, the same number before them val, "
+                   "the rest train")
+#: The fewest snapshots a split in time is made from: train keeps at least 6.
+_MIN_TIME_SPLIT = 10
 
 
 def evenly_spread(n: int, k: int) -> np.ndarray:
@@ -37,25 +43,34 @@ def split_names(ds: xr.Dataset) -> set[str]:
 
 
 def with_held_out_splits(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with a ``split`` coordinate by :data:`SPLIT_RULE` (deterministic: the same data
-    always get the same labels), and the attribute ``split_rule`` saying so.
+    """``ds`` with a ``split`` coordinate by :data:`SPLIT_RULE`, or with one or two
+    trajectories by :data:`SPLIT_RULE_TIME` (a split in time: the model is scored on the
+    future of the trajectories it was trained on); deterministic (the same data always get the
+    same labels), with the attribute ``split_rule`` saying which rule.
 
     Raises:
-        SchemaError: ``ds`` already has labels, or fewer than 3 trajectories (there is then no
-            honest held-out score: label a split in time yourself).
+        SchemaError: ``ds`` already has labels, or fewer than 3 trajectories of fewer than
+            :data:`_MIN_TIME_SPLIT` snapshots (no honest held-out score).
     """
     if "split" in ds.coords:
         raise SchemaError("the dataset already has a 'split' coordinate")
-    n = ds.sizes["traj"]
-    if n < 3:
+    n, n_time = ds.sizes["traj"], ds.sizes["time"]
+    if n >= 3:
+        k = max(1, round(n / 10))
+        labels = ["train"] * (n - 2 * k) + ["val"] * k + ["test"] * k
+        out = ds.assign_coords(split=("traj", np.asarray(labels)))
+        out.attrs["split_rule"] = SPLIT_RULE
+        return out
+    if n_time < _MIN_TIME_SPLIT:
         raise SchemaError(
-            f"the dataset has {n} trajectories and no 'split' labels: a held-out score needs "
-            "at least 3 trajectories (train, val, test), or labels you give "
-            "(from_arrays(..., split=[...]))")
-    k = max(1, round(n / 10))
-    labels = ["train"] * (n - 2 * k) + ["val"] * k + ["test"] * k
-    out = ds.assign_coords(split=("traj", np.asarray(labels)))
-    out.attrs["split_rule"] = SPLIT_RULE
+            f"the dataset has {n} trajectories of {n_time} snapshots and no 'split' labels: a "
+            f"held-out score needs at least 3 trajectories (train, val, test) or "
+            f"{_MIN_TIME_SPLIT} snapshots to split in time, or labels you give "
+            "(from_arrays(..., split=[...]), per snapshot with split_over='time')")
+    k = max(2, round(n_time / 10))
+    labels = ["train"] * (n_time - 2 * k) + ["val"] * k + ["test"] * k
+    out = ds.assign_coords(split=("time", np.asarray(labels)))
+    out.attrs["split_rule"] = SPLIT_RULE_TIME
     return out
 
 

@@ -74,3 +74,30 @@ def test_refuses_labels_of_the_wrong_length_and_unknown_axes():
     ds = record()
     with pytest.raises(SchemaError, match="'traj'.*or 'time'"):
         validate(ds.assign_coords(split=("x", np.array(["train"] * 8))))
+
+
+def test_unlabelled_data_are_held_out_by_trajectory_or_with_one_or_two_in_time():
+    """Three or more trajectories: the last tenth test, the tenth before val; one or two: the
+    same in time (at least 2 snapshots a block); too few snapshots: refused, naming both ways
+    to label."""
+    from msde_ppl.data.splits import SPLIT_RULE, SPLIT_RULE_TIME, with_held_out_splits
+
+    def unlabelled(n_traj, n_time):
+        return from_arrays(np.zeros((n_traj, n_time, 8)), time=np.arange(float(n_time)),
+                           x=np.arange(8.0))
+
+    ds = with_held_out_splits(unlabelled(12, 5))
+    assert ds["split"].dims == ("traj",) and ds.attrs["split_rule"] == SPLIT_RULE
+    assert ds["split"].values.tolist() == ["train"] * 10 + ["val", "test"]
+    ds = with_held_out_splits(unlabelled(1, 200))
+    validate(ds)
+    assert splits_in_time(ds) and ds.attrs["split_rule"] == SPLIT_RULE_TIME
+    assert ds["split"].values.tolist() == ["train"] * 160 + ["val"] * 20 + ["test"] * 20
+    assert select_split(ds, "test").sizes["time"] == 20
+    ds = with_held_out_splits(unlabelled(2, 10))
+    validate(ds)
+    assert ds["split"].values.tolist() == ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    with pytest.raises(SchemaError, match="2 trajectories of 9 snapshots.*split_over='time'"):
+        with_held_out_splits(unlabelled(2, 9))
+    with pytest.raises(SchemaError, match="already has"):
+        with_held_out_splits(ds)
