@@ -1126,11 +1126,23 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def _print_baselines(metrics: dict) -> None:
-    """The trivial baselines' rel-L2 next to the model's (skill against them, one line)."""
+    """The trivial baselines' rel-L2 next to the model's (skill against them, one line), and a
+    warning when the forecast written (the calibrated one when there is one) does no better
+    than one of them: the model then adds nothing a user could not have had for free."""
     base = metrics.get("baselines", {})
-    if base:
-        parts = ", ".join(f"{name} {m['rel_l2_mean']:.4f}" for name, m in base.items())
-        print(f"trivial baselines (rel-L2): {parts}; the model: {metrics['rel_l2_mean']:.4f}")
+    if not base:
+        return
+    parts = ", ".join(f"{name} {m['rel_l2_mean']:.4f}" for name, m in base.items())
+    print(f"trivial baselines (rel-L2): {parts}; the model: {metrics['rel_l2_mean']:.4f}")
+    cal = metrics.get("calibrated") or {}
+    score = cal.get("rel_l2_mean", metrics["rel_l2_mean"])
+    beaten_by = [f"{name} ({m['rel_l2_mean']:.4f})" for name, m in base.items()
+                 if not score < m["rel_l2_mean"]]  # a non-finite score is beaten too
+    if beaten_by:
+        print(f"warning: the forecast written (rel-L2 {score:.4f}) is no better than "
+              f"{' or '.join(beaten_by)}: the model adds nothing over a trivial forecast here; "
+              "train longer (--budget), try another coarse grid, or check the data",
+              file=sys.stderr)
 
 
 def _write_metrics(path: Path, metrics: dict) -> None:

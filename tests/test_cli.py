@@ -278,3 +278,18 @@ def test_fit_and_forecast_refuse_missing_inputs(tmp_path, call, user_data):
     out = call("forecast", str(tmp_path / "norun"), "--data", str(user_data),
                   "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "not a saved fitted model" in out.stderr
+
+
+def test_forecast_warns_when_a_trivial_forecast_does_as_well(capsys):
+    from msde_ppl.cli import _print_baselines
+
+    base = {"persistence": {"rel_l2_mean": 0.6}, "climatology": {"rel_l2_mean": 0.5}}
+    _print_baselines({"rel_l2_mean": 0.4, "baselines": base})
+    said = capsys.readouterr()
+    assert "climatology 0.5000; the model: 0.4000" in said.out and not said.err
+    # the delivered (calibrated) forecast is the one judged
+    _print_baselines({"rel_l2_mean": 0.4, "calibrated": {"rel_l2_mean": 0.55},
+                      "baselines": base})
+    assert "(rel-L2 0.5500) is no better than climatology (0.5000):" in capsys.readouterr().err
+    _print_baselines({"rel_l2_mean": float("nan"), "baselines": base})
+    assert "no better than persistence (0.6000) or climatology" in capsys.readouterr().err
