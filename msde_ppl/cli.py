@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "of first fitting the implicit-scale model for a quarter of the steps and "
                      "growing it (docs/method.md §5)")
     fit.add_argument("--window", type=_positive_int, default=None,
-                     help=f"snapshots per window (default {DEFAULT_WINDOW}, or every training "
-                     "snapshot of shorter trajectories)")
+                     help="snapshots per window (default 64, or every training snapshot of "
+                     "shorter trajectories)")
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=_positive_float, default=1e-3,
@@ -818,21 +818,16 @@ def _fit_plan(args: argparse.Namespace):
     return ds, config, stages
 
 
-#: Snapshots per training window unless the training trajectories are shorter.
-DEFAULT_WINDOW = 64
-
-
 def _default_window(ds) -> int:
-    """:data:`DEFAULT_WINDOW`, or every training snapshot of a trajectory when there are fewer
-    (said)."""
-    from msde_ppl.data.splits import select_split
+    """:func:`~msde_ppl.pipeline.training.training_window` of the data, said when it is
+    shorter than the default."""
+    from msde_ppl.pipeline.training import TrainConfig, training_window
 
-    n_time = (select_split(ds, "train") if "split" in ds.coords else ds).sizes["time"]
-    if n_time >= DEFAULT_WINDOW:
-        return DEFAULT_WINDOW
-    print(f"window: {n_time} snapshots, a whole training trajectory (the default "
-          f"{DEFAULT_WINDOW} is longer; --window to choose)", flush=True)
-    return n_time
+    window = training_window(ds)
+    if window < TrainConfig.window:
+        print(f"window: {window} snapshots, a whole training trajectory (the default "
+              f"{TrainConfig.window} is longer; --window to choose)", flush=True)
+    return window
 
 
 def _say_positional(chosen: bool, test: dict | None) -> None:

@@ -35,7 +35,7 @@ from msde_ppl.multiscale.program import (
     dissipation_from_data,
 )
 from msde_ppl.pipeline.fitted import Fitted
-from msde_ppl.pipeline.training import TrainConfig, fit_progressive
+from msde_ppl.pipeline.training import TrainConfig, fit_progressive, training_window
 from msde_ppl.predict.calibration import (
     apply_residual_gain,
     fit_residual_gain,
@@ -188,7 +188,9 @@ def fit_data(
         steps: total optimisation steps (at most).
         budget_s: training time budget in seconds.
         validate: score on the val split while training (when there is one).
-        train: optimisation settings (default :class:`TrainConfig` with ``steps``, ``seed``).
+        train: optimisation settings (default :class:`TrainConfig` with ``steps``, ``seed``
+            and :func:`~msde_ppl.pipeline.training.training_window`: whole trajectories when
+            they are shorter than its window).
         seed: PRNG seed.
         progress: report progress (a bar, or lines in a log).
         **options: model options of :func:`model_config` (``encoder``, ``decoder``,
@@ -210,8 +212,8 @@ def fit_data(
             "score: label it (from_arrays(..., split=[...])) or use "
             "msde_ppl.data.with_held_out_splits(ds), the rule msde fit applies")
     coarse = (coarse,) if isinstance(coarse, int) else tuple(coarse)
-    train = TrainConfig(steps=steps, seed=seed) if train is None else dataclasses.replace(
-        train, steps=steps, seed=seed)
+    train = (TrainConfig(steps=steps, seed=seed, window=training_window(ds)) if train is None
+             else dataclasses.replace(train, steps=steps, seed=seed))
     stages = [(n_micro, train)]
     if n_micro and steps >= 4:
         first = dataclasses.replace(train, steps=steps // 4)

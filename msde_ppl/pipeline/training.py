@@ -59,7 +59,7 @@ from msde_ppl.pipeline.validation import Validation, ValidationMonitor
 
 __all__ = ["FitStopped", "MultiscaleSetup", "TrainConfig", "WarmStart", "check_training_data",
            "fit", "fit_multiscale", "fit_progressive", "grown_start",
-           "multiscale_setup"]
+           "multiscale_setup", "training_window"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,13 @@ class TrainConfig:
     loop: str = "auto"
     sampling: str = "uniform"
     ema_decay: float | None = None
+
+
+def training_window(ds: xr.Dataset, window: int = TrainConfig.window) -> int:
+    """Snapshots per training window for ``ds``: ``window``, or every snapshot of a training
+    trajectory (the train block, for a split in time) when there are fewer."""
+    sel = select_split(ds, "train") if "split" in ds.coords else ds
+    return min(window, sel.sizes["time"])
 
 
 class FitStopped(RuntimeError):

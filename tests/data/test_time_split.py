@@ -7,7 +7,7 @@ import pytest
 from msde_ppl.data import SchemaError, from_arrays, validate
 from msde_ppl.data.io import load, save
 from msde_ppl.data.splits import observations, select_split, split_names, splits_in_time
-from msde_ppl.pipeline.training import TrainConfig, check_training_data
+from msde_ppl.pipeline.training import TrainConfig, check_training_data, training_window
 
 
 def record(labels=None, n_traj=1):
@@ -94,9 +94,11 @@ def test_unlabelled_data_are_held_out_by_trajectory_or_with_one_or_two_in_time()
     assert splits_in_time(ds) and ds.attrs["split_rule"] == SPLIT_RULE_TIME
     assert ds["split"].values.tolist() == ["train"] * 160 + ["val"] * 20 + ["test"] * 20
     assert select_split(ds, "test").sizes["time"] == 20
+    assert training_window(ds) == 64  # 160 training snapshots
     ds = with_held_out_splits(unlabelled(2, 10))
     validate(ds)
     assert ds["split"].values.tolist() == ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    assert training_window(ds) == 6 and training_window(ds, window=4) == 4
     with pytest.raises(SchemaError, match="2 trajectories of 9 snapshots.*split_over='time'"):
         with_held_out_splits(unlabelled(2, 9))
     with pytest.raises(SchemaError, match="already has"):
