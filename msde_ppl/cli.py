@@ -1128,12 +1128,14 @@ def _print_baselines(metrics: dict) -> None:
     if not base:
         return
     parts = ", ".join(f"{name} {m['rel_l2_mean']:.4f}" for name, m in base.items())
-    print(f"trivial baselines (rel-L2): {parts}; the model: {metrics['rel_l2_mean']:.4f}")
     cal = metrics.get("calibrated") or {}
     score = cal.get("rel_l2_mean", metrics["rel_l2_mean"])
+    written = f" ({score:.4f} calibrated)" if "rel_l2_mean" in cal else ""
+    print(f"trivial baselines (rel-L2): {parts}; the model: {metrics['rel_l2_mean']:.4f}"
+          f"{written}")
     beaten_by = [f"{name} ({m['rel_l2_mean']:.4f})" for name, m in base.items()
-                 if not score < m["rel_l2_mean"]]  # a non-finite score is beaten too
-    if beaten_by:
+                 if math.isfinite(m["rel_l2_mean"]) and not score < m["rel_l2_mean"]]
+    if beaten_by and math.isfinite(score):  # a diverged forecast has its own warning
         print(f"warning: the forecast written (rel-L2 {score:.4f}) is no better than "
               f"{' or '.join(beaten_by)}: the model adds nothing over a trivial forecast here; "
               "train longer (--budget), try another coarse grid, or check the data",

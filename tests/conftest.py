@@ -13,8 +13,8 @@
 - compiled with most of XLA's optimisation off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, inherited
   by the subprocesses too): compiling, not running, is most of a test's time here, and the
   optimisation passes are most of a compile (the default run on 2 cores: 577 s with them in
-  stop 55's CI, 448 s without, the same tests passing); they change how fast a program runs,
-  not what it computes.
+  stop 55's CI, 448 s without on the same machine, the same tests passing); they change how
+  fast a program runs, and its results only by rounding (fusion, order of reductions).
   A module whose cost is running asks for :func:`optimized_xla`;
   ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest`` runs everything with the release settings.
 """
@@ -76,8 +76,12 @@ def tiny_fit(tiny_ds):
 @pytest.fixture(scope="module")
 def optimized_xla():
     """XLA's full optimisation for the rest of a module whose cost is running long programs
-    (a fine PDE solve), not compiling them; the suite's setting is restored after it."""
+    (a fine PDE solve), not compiling them; the suite's setting is restored after it. The
+    setting is read when a program compiles and is not part of the in-memory cache's key, so
+    the caches are cleared on the way in and out (the on-disk cache does key on it)."""
     previous = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", False)
     yield
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", previous)

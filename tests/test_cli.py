@@ -290,6 +290,12 @@ def test_forecast_warns_when_a_trivial_forecast_does_as_well(capsys):
     # the delivered (calibrated) forecast is the one judged
     _print_baselines({"rel_l2_mean": 0.4, "calibrated": {"rel_l2_mean": 0.55},
                       "baselines": base})
-    assert "(rel-L2 0.5500) is no better than climatology (0.5000):" in capsys.readouterr().err
-    _print_baselines({"rel_l2_mean": float("nan"), "baselines": base})
+    said = capsys.readouterr()
+    assert "the model: 0.4000 (0.5500 calibrated)" in said.out
+    assert "(rel-L2 0.5500) is no better than climatology (0.5000):" in said.err
+    _print_baselines({"rel_l2_mean": 0.7, "baselines": base})
     assert "no better than persistence (0.6000) or climatology" in capsys.readouterr().err
+    # a non-finite score or baseline: no verdict (a diverged forecast is warned of apart)
+    _print_baselines({"rel_l2_mean": float("nan"), "baselines": base})
+    _print_baselines({"rel_l2_mean": 0.4, "baselines": {"persistence": {"rel_l2_mean": np.nan}}})
+    assert not capsys.readouterr().err

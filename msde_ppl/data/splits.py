@@ -50,7 +50,9 @@ def with_held_out_splits(ds: xr.Dataset) -> xr.Dataset:
 
     Raises:
         SchemaError: ``ds`` already has labels, or fewer than 3 trajectories of fewer than
-            :data:`_MIN_TIME_SPLIT` snapshots (no honest held-out score).
+            10 snapshots (no honest held-out score).
+
+    ``round`` is Python's (halves to even: 25 snapshots give blocks of 2, 35 of 4).
     """
     if "split" in ds.coords:
         raise SchemaError("the dataset already has a 'split' coordinate")

@@ -84,7 +84,8 @@ def test_fronts_keep_the_threshold_that_made_each_trajectory():
         assert lo <= a <= hi
         clean = ds["u_clean"].values[i]
         again = pdes.nagumo_solve(clean[0].astype(np.float64), length, ds.attrs["diffusivity"],
-                                  float(a), dt / 10, 200, 10)
+                                  float(a), dt / pdes._FRONTS_SUBSTEPS,
+                                  20 * pdes._FRONTS_SUBSTEPS, pdes._FRONTS_SUBSTEPS)
         np.testing.assert_allclose(again, clean, atol=1e-5)
 
 
