@@ -74,7 +74,7 @@ def _rel_l2(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.linalg.norm(truth - pred, axis=-1) / np.linalg.norm(truth, axis=-1)
 
 
-def fronts_reference(ds, means: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+def fronts_reference(ds, means: dict[str, np.ndarray], n_thresholds: int = 32) -> dict:
     """The fronts' physics reference (:func:`unseen_pdes.fronts_bayes_forecast`, the exact
     physics from each test trajectory's exact fine initial state, the threshold unknown)
     beside the forecast means ``means`` (name -> ``(traj, time, x)``, test split), each by
@@ -84,7 +84,8 @@ def fronts_reference(ds, means: dict[str, np.ndarray]) -> dict[str, dict[str, np
     - ``"expected"``: every forecast's rel-L2 in expectation over the threshold's prior,
       against the exact solves at its midpoints from the same initial states (a forecast
       depends on the initial state only, which was drawn independently of the threshold), and
-      the reference's under ``"physics"``.
+      the reference's under ``"physics"``;
+    - ``"n_thresholds"``: the thresholds of the expectation (midpoint rule).
     """
     test = select_split(ds, "test")
     times = np.asarray(ds["time"].values, np.float64)
@@ -94,13 +95,15 @@ def fronts_reference(ds, means: dict[str, np.ndarray]) -> dict[str, dict[str, np
     for i, (obs, clean) in enumerate(zip(np.asarray(test["u"].values, np.float64),
                                          np.asarray(test["u_clean"].values, np.float64),
                                          strict=True)):
-        solves = fronts_threshold_solves(clean[0], length, diff, times[1] - times[0], n_out)
+        solves = fronts_threshold_solves(clean[0], length, diff, times[1] - times[0], n_out,
+                                         n_thresholds)
         physics = solves.mean(axis=0)
         drawn.append(_rel_l2(obs[:n_out], physics))
         for name, mean in [("physics", physics), *((k, m[i, :n_out]) for k, m in means.items())]:
             expected[name].append(_rel_l2(solves, mean[None]).mean(axis=0))
     return {"drawn": {"physics": np.mean(drawn, axis=0)},
-            "expected": {k: np.mean(v, axis=0) for k, v in expected.items()}}
+            "expected": {k: np.mean(v, axis=0) for k, v in expected.items()},
+            "n_thresholds": n_thresholds}
 
 
 def fronts_reference_paragraph(row: dict) -> str:
@@ -114,7 +117,8 @@ def fronts_reference_paragraph(row: dict) -> str:
             f"test data it scores {drawn['physics']:.4f}, the delivered multiscale and "
             f"implicit-scale forecasts {drawn['multiscale']:.4f} and "
             f"{drawn['implicit_scale']:.4f}; in expectation over the threshold (against the "
-            "exact solves at 32 thresholds from the same initial states, which removes the luck "
+            f"exact solves at {ref['n_thresholds']} thresholds from the same initial states, "
+            "which removes the luck "
             f"of the {row['n_test_trajectories']} thresholds drawn) {expected['physics']:.4f}, "
             f"{expected['multiscale']:.4f} and {expected['implicit_scale']:.4f}.")
 
@@ -132,17 +136,28 @@ def _checked(lead: dict, t_dec: float) -> np.ndarray:
 def reference_summary(curves: dict, ms: dict, implicit: dict, t_dec: float) -> dict:
     """A physics reference's curves (:func:`fronts_reference`) with the delivered forecasts'
     own scores against the test data added under ``"drawn"``, each pooled over the lead times
-    the targets check (``window_mean``) and in full (``rel_l2``: lists by lead time)."""
+    the targets check (``window_mean``) and in full (``rel_l2``: lists by lead time), all cut
+    to the lead times every curve has (``n_lead_times``).
+
+    Raises:
+        ValueError: the two forecasts' lead times differ.
+    """
     lead, implicit_lead = (_delivered(m)["lead_time"] for m in (ms, implicit))
-    window = _checked(lead, t_dec)
     curves = {"drawn": {**curves["drawn"], "multiscale": lead["rel_l2"],
                         "implicit_scale": implicit_lead["rel_l2"]},
-              "expected": curves["expected"]}
-    n = len(window)
-    return {"rel_l2": {kind: {k: [float(x) for x in np.asarray(v)[:n]] for k, v in c.items()}
-                       for kind, c in curves.items()},
-            "window_mean": {kind: {k: float(np.asarray(v)[:n][window[:len(v)]].mean())
-                                   for k, v in c.items()} for kind, c in curves.items()}}
+              "expected": curves["expected"], "n_thresholds": curves["n_thresholds"]}
+    kinds = ("drawn", "expected")
+    n = min(len(lead["lead_time"]), len(implicit_lead["lead_time"]),
+            *(len(v) for kind in kinds for v in curves[kind].values()))
+    if not np.array_equal(lead["lead_time"][:n], implicit_lead["lead_time"][:n]):
+        raise ValueError("the multiscale and implicit-scale forecasts have other lead times")
+    window = _checked(lead, t_dec)[:n]
+    cut = {kind: {k: np.asarray(v, np.float64)[:n] for k, v in curves[kind].items()}
+           for kind in kinds}
+    return {"rel_l2": {kind: {k: v.tolist() for k, v in c.items()} for kind, c in cut.items()},
+            "window_mean": {kind: {k: float(v[window].mean()) for k, v in c.items()}
+                            for kind, c in cut.items()},
+            "n_lead_times": n, "n_thresholds": curves["n_thresholds"]}
 
 
 def _delivered(metrics: dict) -> dict:

@@ -46,6 +46,7 @@ from msde_ppl.pipeline.run import (  # noqa: E402  (msde run's schedule: one own
     RUN_WINDOWS,
 )
 from msde_ppl.pipeline.table import METHODS, TABLE_CASES  # noqa: E402
+from msde_ppl.pipeline.training import TrainConfig  # noqa: E402
 
 # `msde fit`: at most FIT_STEPS steps (a quarter implicit-scale, then multiscale) within the
 # budget; validation on the val split stops it earlier when it stops improving
@@ -163,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "of first fitting the implicit-scale model for a quarter of the steps and "
                      "growing it (docs/method.md §5)")
     fit.add_argument("--window", type=_positive_int, default=None,
-                     help="snapshots per window (default 64, or every training snapshot of "
-                     "shorter trajectories)")
+                     help=f"snapshots per window (default {TrainConfig.window}, or every "
+                     "training snapshot of shorter trajectories)")
     fit.add_argument("--windows", type=_positive_int, default=RUN_WINDOWS,
                      help=f"windows per optimisation step (default {RUN_WINDOWS})")
     fit.add_argument("--lr", type=_positive_float, default=1e-3,
@@ -783,7 +784,7 @@ def _fit_plan(args: argparse.Namespace):
     from msde_ppl.data import load, validate
     from msde_ppl.generative.codec import cnn_fits_grid
     from msde_ppl.pipeline.run import model_config, progressive_stages
-    from msde_ppl.pipeline.training import TrainConfig, check_training_data
+    from msde_ppl.pipeline.training import check_training_data
 
     ds = load(args.data)
     validate(ds, coarse=args.coarse)
@@ -821,7 +822,7 @@ def _fit_plan(args: argparse.Namespace):
 def _default_window(ds) -> int:
     """:func:`~msde_ppl.pipeline.training.training_window` of the data, said when it is
     shorter than the default."""
-    from msde_ppl.pipeline.training import TrainConfig, training_window
+    from msde_ppl.pipeline.training import training_window
 
     window = training_window(ds)
     if window < TrainConfig.window:

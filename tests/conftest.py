@@ -15,13 +15,13 @@
   optimisation passes are most of a compile (the default run on 2 cores: 577 s with them in
   stop 55's CI, 448 s without on the same machine, the same tests passing); they change how
   fast a program runs, and its results only by rounding (fusion, order of reductions).
-  A module whose cost is running asks for :func:`optimized_xla`, and the ``slow`` checks
-  (long fits and statistical runs) get the release settings by :func:`_release_compiler_when_slow`;
-  ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest`` runs everything with them.
+  A module whose cost is running asks for :func:`optimized_xla`;
+  ``JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest`` (e.g. with ``-m slow``, whose long fits and
+  statistical loops cost more in running than in compiling) runs everything with the release
+  settings. One setting per run: a fit and its resume must compile alike to agree to the bit.
 """
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
@@ -37,6 +37,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from xla_settings import release_compiler  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # read again here: a plugin may have imported jax before this file set the variable
@@ -75,43 +76,9 @@ def tiny_fit(tiny_ds):
     return untrained_fit(tiny_ds)
 
 
-@contextlib.contextmanager
-def _release_compiler():
-    """XLA's full optimisation inside, for this process and the subprocesses it starts; the
-    suite's setting after. The setting is read when a program compiles and is not part of the
-    in-memory cache's key, so the caches are cleared on the way in and out (the on-disk cache
-    does key on it)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    env = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
-    jax.clear_caches()
-    jax.config.update("jax_disable_most_optimizations", False)
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
-    try:
-        yield
-    finally:
-        jax.clear_caches()
-        jax.config.update("jax_disable_most_optimizations", previous)
-        if env is None:
-            del os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
-        else:
-            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = env
-
-
 @pytest.fixture(scope="module")
 def optimized_xla():
     """XLA's full optimisation for the rest of a module whose cost is running long programs
-    (a fine PDE solve), not compiling them (:func:`_release_compiler`)."""
-    with _release_compiler():
+    (a fine PDE solve), not compiling them (:func:`xla_settings.release_compiler`)."""
+    with release_compiler():
         yield
-
-
-@pytest.fixture(autouse=True)
-def _release_compiler_when_slow(request):
-    """The ``slow`` checks run with the release compiler settings: their cost is mostly
-    running long fits and statistical loops, and they are the ones that check the programs
-    users run."""
-    if request.node.get_closest_marker("slow") is None:
-        yield
-    else:
-        with _release_compiler():
-            yield

@@ -5,7 +5,7 @@ import os
 
 import jax
 import numpy as np
-from conftest import _release_compiler
+from xla_settings import release_compiler
 
 FLAG = "jax_disable_most_optimizations"
 
@@ -21,7 +21,7 @@ def test_the_default_run_follows_the_environment():
 def test_release_settings_are_set_inside_and_restored_after():
     before, env = jax.config.read(FLAG), os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
     square = jax.jit(lambda x: x * x)
-    with _release_compiler():
+    with release_compiler():
         assert jax.config.read(FLAG) is False
         assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "0"  # for subprocesses too
         inside = square(np.float32(3.0))

@@ -35,17 +35,26 @@ def test_the_physics_reference_is_pooled_over_the_checked_lead_times():
     curves = {"drawn": {"physics": np.array([0.0, 0.15, 0.25, 0.5])},
               "expected": {"physics": np.array([0.0, 0.1, 0.2, 0.3]),
                            "multiscale": np.array([0.0, 0.3, 0.5, 0.7]),
-                           "implicit_scale": np.array([0.0, 0.2, 0.4, 0.8])}}
+                           "implicit_scale": np.array([0.0, 0.2, 0.4, 0.8])},
+              "n_thresholds": 32}
     out = robustness.reference_summary(curves, ms, implicit, t_dec=2.0)
     assert out["window_mean"]["drawn"] == pytest.approx(
         {"physics": 0.2, "multiscale": 0.2, "implicit_scale": 0.2})
     assert out["window_mean"]["expected"] == pytest.approx(
         {"physics": 0.15, "multiscale": 0.4, "implicit_scale": 0.3})
     assert out["rel_l2"]["drawn"]["multiscale"] == [0.0, 0.1, 0.3, 9.0]
+    # a shorter curve cuts every curve to its lead times
+    short = {**curves, "expected": {k: v[:3] for k, v in curves["expected"].items()}}
+    cut = robustness.reference_summary(short, ms, implicit, t_dec=5.0)
+    assert cut["n_lead_times"] == 3 and cut["window_mean"]["drawn"]["multiscale"] == 0.2
+    with pytest.raises(ValueError, match="other lead times"):
+        robustness.reference_summary(curves, ms, {"lead_time": {"lead_time": [0, 2, 4, 6],
+                                                                "rel_l2": [0.0] * 4}}, 2.0)
     row = {"pde": "bistable_fronts", "decorrelation_time": 2.0, "n_test_trajectories": 4,
            "physics_reference": out}
     text = robustness.REFERENCES["bistable_fronts"][1](row)
     assert "(0 < t ≤ 2): against the test data it scores 0.2000" in text
+    assert "exact solves at 32 thresholds" in text
     assert "4 thresholds drawn) 0.1500, 0.4000 and 0.3000." in text
 
 
