@@ -36,7 +36,7 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from unseen_pdes import PDES, fronts_threshold_solves  # noqa: E402
+from unseen_pdes import PDES, fronts_threshold_solves, fronts_thresholds  # noqa: E402
 
 from msde_ppl.data import load, save, select_split  # noqa: E402
 
@@ -74,7 +74,8 @@ def _rel_l2(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.linalg.norm(truth - pred, axis=-1) / np.linalg.norm(truth, axis=-1)
 
 
-def fronts_reference(ds, means: dict[str, np.ndarray], n_thresholds: int = 32) -> dict:
+def fronts_reference(ds, means: dict[str, np.ndarray], t_fit: float,
+                     n_thresholds: int = 32) -> dict:
     """The fronts' physics reference (:func:`unseen_pdes.fronts_bayes_forecast`, the exact
     physics from each test trajectory's exact fine initial state, the threshold unknown)
     beside the forecast means ``means`` (name -> ``(traj, time, x)``, test split), each by
@@ -84,25 +85,40 @@ def fronts_reference(ds, means: dict[str, np.ndarray], n_thresholds: int = 32) -
     - ``"expected"``: every forecast's rel-L2 in expectation over the threshold's prior,
       against the exact solves at its midpoints from the same initial states (a forecast
       depends on the initial state only, which was drawn independently of the threshold), and
-      the reference's under ``"physics"``;
+      the reference's under ``"physics"``, and under ``"one_speed"`` the exact solve at the
+      prior's mean threshold (sharp fronts at the mean speed);
+    - ``"speed_fit"``: for each forecast, per test trajectory, the threshold (of the
+      ``n_thresholds``) whose exact solve is closest to its mean at lead time ``t_fit``: the
+      speed its fronts travel at; ``"threshold"``: the true ones;
     - ``"n_thresholds"``: the thresholds of the expectation (midpoint rule).
     """
     test = select_split(ds, "test")
     times = np.asarray(ds["time"].values, np.float64)
     n_out = min(m.shape[1] for m in means.values())
     length, diff = float(np.atleast_1d(ds.attrs["domain"])[0]), float(ds.attrs["diffusivity"])
-    drawn, expected = [], {name: [] for name in ["physics", *means]}
+    drawn, expected = [], {name: [] for name in ["physics", "one_speed", *means]}
+    speed_fit = {name: [] for name in means}
+    values = fronts_thresholds(n_thresholds)
+    k_fit = int(np.argmin(np.abs(times[:n_out] - times[0] - t_fit)))
     for i, (obs, clean) in enumerate(zip(np.asarray(test["u"].values, np.float64),
                                          np.asarray(test["u_clean"].values, np.float64),
                                          strict=True)):
         solves = fronts_threshold_solves(clean[0], length, diff, times[1] - times[0], n_out,
                                          n_thresholds)
         physics = solves.mean(axis=0)
+        one_speed = fronts_threshold_solves(clean[0], length, diff, times[1] - times[0], n_out,
+                                            1)[0]
         drawn.append(_rel_l2(obs[:n_out], physics))
-        for name, mean in [("physics", physics), *((k, m[i, :n_out]) for k, m in means.items())]:
+        for name, mean in [("physics", physics), ("one_speed", one_speed),
+                           *((k, m[i, :n_out]) for k, m in means.items())]:
             expected[name].append(_rel_l2(solves, mean[None]).mean(axis=0))
+        for name, m in means.items():
+            closest = np.argmin(_rel_l2(solves[:, k_fit], m[i, k_fit][None]))
+            speed_fit[name].append(float(values[closest]))
     return {"drawn": {"physics": np.mean(drawn, axis=0)},
             "expected": {k: np.mean(v, axis=0) for k, v in expected.items()},
+            "speed_fit": speed_fit, "t_fit": float(times[k_fit] - times[0]),
+            "threshold": [float(a) for a in test["threshold"].values],
             "n_thresholds": n_thresholds}
 
 
@@ -120,7 +136,17 @@ def fronts_reference_paragraph(row: dict) -> str:
             f"exact solves at {ref['n_thresholds']} thresholds from the same initial states, "
             "which removes the luck "
             f"of the {row['n_test_trajectories']} thresholds drawn) {expected['physics']:.4f}, "
-            f"{expected['multiscale']:.4f} and {expected['implicit_scale']:.4f}.")
+            f"{expected['multiscale']:.4f} and {expected['implicit_scale']:.4f}, and the exact "
+            f"solve at the prior's mean threshold (one speed) {expected['one_speed']:.4f}. "
+            f"The thresholds whose exact solves are closest to the forecasts at t = "
+            f"{ref['t_fit']:.3g} (the speed their fronts travel at): multiscale "
+            f"{_thresholds(ref['speed_fit']['multiscale'])}, implicit-scale "
+            f"{_thresholds(ref['speed_fit']['implicit_scale'])}; the test trajectories' own: "
+            f"{_thresholds(ref['threshold'])}.")
+
+
+def _thresholds(values) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 #: PDE -> (its physics reference, the paragraph that reports it)
@@ -145,7 +171,7 @@ def reference_summary(curves: dict, ms: dict, implicit: dict, t_dec: float) -> d
     lead, implicit_lead = (_delivered(m)["lead_time"] for m in (ms, implicit))
     curves = {"drawn": {**curves["drawn"], "multiscale": lead["rel_l2"],
                         "implicit_scale": implicit_lead["rel_l2"]},
-              "expected": curves["expected"], "n_thresholds": curves["n_thresholds"]}
+              **{k: v for k, v in curves.items() if k != "drawn"}}
     kinds = ("drawn", "expected")
     n = min(len(lead["lead_time"]), len(implicit_lead["lead_time"]),
             *(len(v) for kind in kinds for v in curves[kind].values()))
@@ -157,7 +183,8 @@ def reference_summary(curves: dict, ms: dict, implicit: dict, t_dec: float) -> d
     return {"rel_l2": {kind: {k: v.tolist() for k, v in c.items()} for kind, c in cut.items()},
             "window_mean": {kind: {k: float(v[window].mean()) for k, v in c.items()}
                             for kind, c in cut.items()},
-            "n_lead_times": n, "n_thresholds": curves["n_thresholds"]}
+            "n_lead_times": n,
+            **{k: v for k, v in curves.items() if k not in kinds}}
 
 
 def _delivered(metrics: dict) -> dict:
@@ -260,7 +287,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         for key, fc in (("multiscale", fc_ms), ("implicit_scale", fc_is)):
             with xr.open_dataset(fc / "forecast.nc", engine="h5netcdf") as out:
                 means[key] = np.asarray(out["mean"].values, np.float64)
-        curves = REFERENCES[name][0](ds, means)
+        curves = REFERENCES[name][0](ds, means, t_fit=t_dec)
         row["n_test_trajectories"] = int(select_split(ds, "test").sizes["traj"])
         row["physics_reference"] = reference_summary(curves, ms, implicit, t_dec)
     return row

@@ -26,7 +26,7 @@ import numpy as np
 from msde_ppl import from_arrays
 
 __all__ = ["FRONTS_THRESHOLDS", "PDES", "bistable_fronts_step", "etdrk4_coefficients",
-           "fronts_bayes_forecast", "fronts_threshold_solves", "ks_solve",
+           "fronts_bayes_forecast", "fronts_threshold_solves", "fronts_thresholds", "ks_solve",
            "make_bistable_fronts",
            "make_kuramoto_sivashinsky", "make_variable_advection", "nagumo_solve",
            "variable_advection_solve"]
@@ -183,17 +183,21 @@ def make_bistable_fronts(n_traj: int = 12, seed: int = 0, n_fine: int = 256,
     return ds
 
 
+def fronts_thresholds(n_thresholds: int) -> np.ndarray:
+    """The midpoints of ``n_thresholds`` equal parts of :data:`FRONTS_THRESHOLDS` (a mean over
+    them is the midpoint rule for an expectation under the uniform prior)."""
+    lo, hi = FRONTS_THRESHOLDS
+    return lo + (hi - lo) * (np.arange(n_thresholds) + 0.5) / n_thresholds
+
+
 def fronts_threshold_solves(u0: np.ndarray, length: float, diff: float, dt: float,
                             n_time: int, n_thresholds: int = 32) -> np.ndarray:
-    """Nagumo from one fine initial state ``u0`` at ``n_thresholds`` thresholds, the midpoints
-    of ``n_thresholds`` equal parts of :data:`FRONTS_THRESHOLDS` (the generator's uniform prior,
-    so a mean over them is an expectation over the threshold by the midpoint rule):
+    """Nagumo from one fine initial state ``u0`` at the :func:`fronts_thresholds` (the
+    generator's uniform prior, so a mean over them is an expectation over the threshold):
     ``(n_thresholds, n_time, n)``, ``u0`` first, snapshots ``dt`` apart."""
-    lo, hi = FRONTS_THRESHOLDS
-    values = lo + (hi - lo) * (np.arange(n_thresholds) + 0.5) / n_thresholds
     every = _FRONTS_SUBSTEPS
     return np.asarray([nagumo_solve(u0, length, diff, a, dt / every, (n_time - 1) * every, every)
-                       for a in values])
+                       for a in fronts_thresholds(n_thresholds)])
 
 
 def fronts_bayes_forecast(u0: np.ndarray, length: float, diff: float, dt: float, n_time: int,

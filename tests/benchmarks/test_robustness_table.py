@@ -35,13 +35,15 @@ def test_the_physics_reference_is_pooled_over_the_checked_lead_times():
     curves = {"drawn": {"physics": np.array([0.0, 0.15, 0.25, 0.5])},
               "expected": {"physics": np.array([0.0, 0.1, 0.2, 0.3]),
                            "multiscale": np.array([0.0, 0.3, 0.5, 0.7]),
-                           "implicit_scale": np.array([0.0, 0.2, 0.4, 0.8])},
-              "n_thresholds": 32}
+                           "implicit_scale": np.array([0.0, 0.2, 0.4, 0.8]),
+                           "one_speed": np.array([0.0, 0.1, 0.3, 0.3])},
+              "speed_fit": {"multiscale": [0.35], "implicit_scale": [0.36]},
+              "threshold": [0.2], "t_fit": 2.0, "n_thresholds": 32}
     out = robustness.reference_summary(curves, ms, implicit, t_dec=2.0)
     assert out["window_mean"]["drawn"] == pytest.approx(
         {"physics": 0.2, "multiscale": 0.2, "implicit_scale": 0.2})
     assert out["window_mean"]["expected"] == pytest.approx(
-        {"physics": 0.15, "multiscale": 0.4, "implicit_scale": 0.3})
+        {"physics": 0.15, "multiscale": 0.4, "implicit_scale": 0.3, "one_speed": 0.2})
     assert out["rel_l2"]["drawn"]["multiscale"] == [0.0, 0.1, 0.3, 9.0]
     # a shorter curve cuts every curve to its lead times
     short = {**curves, "expected": {k: v[:3] for k, v in curves["expected"].items()}}
@@ -55,7 +57,9 @@ def test_the_physics_reference_is_pooled_over_the_checked_lead_times():
     text = robustness.REFERENCES["bistable_fronts"][1](row)
     assert "(0 < t ≤ 2): against the test data it scores 0.2000" in text
     assert "exact solves at 32 thresholds" in text
-    assert "4 thresholds drawn) 0.1500, 0.4000 and 0.3000." in text
+    assert "4 thresholds drawn) 0.1500, 0.4000 and 0.3000, and the exact solve at the " \
+        "prior's mean threshold (one speed) 0.2000." in text
+    assert "multiscale 0.35, implicit-scale 0.36; the test trajectories' own: 0.20." in text
 
 
 def test_the_fronts_reference_scores_forecasts_in_expectation_over_the_threshold():
@@ -68,7 +72,7 @@ def test_the_fronts_reference_scores_forecasts_in_expectation_over_the_threshold
     u0 = np.asarray(test["u_clean"].values[:, 0], np.float64)
     ref = np.stack([unseen_pdes.fronts_bayes_forecast(u, length, 1.0, dt, 9) for u in u0])
     one = np.stack([unseen_pdes.nagumo_solve(u, length, 1.0, 0.25, dt / 10, 80, 10) for u in u0])
-    curves = robustness.fronts_reference(ds, {"same": ref, "one_threshold": one})
+    curves = robustness.fronts_reference(ds, {"same": ref, "one_threshold": one}, t_fit=4.0)
     expected = curves["expected"]
     np.testing.assert_allclose(expected["same"], expected["physics"], rtol=1e-12)
     solves = [unseen_pdes.fronts_threshold_solves(u, length, 1.0, dt, 9) for u in u0]
@@ -78,3 +82,9 @@ def test_the_fronts_reference_scores_forecasts_in_expectation_over_the_threshold
     for s, r, o in zip(solves, ref, one, strict=True):
         assert np.all(((s - r) ** 2).sum((0, 2)) <= ((s - o) ** 2).sum((0, 2)) + 1e-12)
     assert curves["drawn"]["physics"].shape == (9,)
+    # the solve at the prior's mean threshold is "one_speed"; its fronts fit that threshold
+    np.testing.assert_allclose(expected["one_speed"], expected["one_threshold"], rtol=1e-12)
+    # (to the nearest of the 32 midpoints, 0.3 / 32 apart)
+    assert curves["t_fit"] == 4.0
+    assert curves["speed_fit"]["one_threshold"] == pytest.approx([0.25], abs=0.3 / 64)
+    assert curves["threshold"] == pytest.approx(test["threshold"].values.tolist())
