@@ -169,22 +169,21 @@ def reference_summary(curves: dict, ms: dict, implicit: dict, t_dec: float) -> d
         ValueError: the two forecasts' lead times differ.
     """
     lead, implicit_lead = (_delivered(m)["lead_time"] for m in (ms, implicit))
-    curves = {"drawn": {**curves["drawn"], "multiscale": lead["rel_l2"],
+    scored = {"drawn": {**curves["drawn"], "multiscale": lead["rel_l2"],
                         "implicit_scale": implicit_lead["rel_l2"]},
-              **{k: v for k, v in curves.items() if k != "drawn"}}
-    kinds = ("drawn", "expected")
+              "expected": curves["expected"]}
     n = min(len(lead["lead_time"]), len(implicit_lead["lead_time"]),
-            *(len(v) for kind in kinds for v in curves[kind].values()))
+            *(len(v) for c in scored.values() for v in c.values()))
     if not np.array_equal(lead["lead_time"][:n], implicit_lead["lead_time"][:n]):
         raise ValueError("the multiscale and implicit-scale forecasts have other lead times")
     window = _checked(lead, t_dec)[:n]
-    cut = {kind: {k: np.asarray(v, np.float64)[:n] for k, v in curves[kind].items()}
-           for kind in kinds}
-    return {"rel_l2": {kind: {k: v.tolist() for k, v in c.items()} for kind, c in cut.items()},
+    cut = {kind: {k: np.asarray(v, np.float64)[:n] for k, v in c.items()}
+           for kind, c in scored.items()}
+    return {**{k: v for k, v in curves.items() if k not in scored},
+            "rel_l2": {kind: {k: v.tolist() for k, v in c.items()} for kind, c in cut.items()},
             "window_mean": {kind: {k: float(v[window].mean()) for k, v in c.items()}
                             for kind, c in cut.items()},
-            "n_lead_times": n,
-            **{k: v for k, v in curves.items() if k not in kinds}}
+            "n_lead_times": n}
 
 
 def _delivered(metrics: dict) -> dict:

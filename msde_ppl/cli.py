@@ -793,9 +793,6 @@ def _fit_plan(args: argparse.Namespace):
         if choice == "cnn" and not cnn_fits_grid(grid):
             raise ValueError(f"{flag} cnn needs a 1D or 2D grid with every axis divisible by "
                              f"8, got {grid}")
-    if args.window is not None and ds.sizes["time"] < args.window:
-        raise ValueError(f"--window {args.window} is longer than the {ds.sizes['time']} "
-                         "snapshots per trajectory")
     if args.physics and "domain" not in ds.attrs:
         raise ValueError("--physics needs the dataset's 'domain' attribute (the grid spacing)")
     ds = _labelled(ds, args.data)

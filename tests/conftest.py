@@ -37,13 +37,11 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from xla_settings import release_compiler  # noqa: E402
+from xla_settings import disabled_by_environment, release_compiler  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # read again here: a plugin may have imported jax before this file set the variable
-jax.config.update("jax_disable_most_optimizations",
-                  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower()
-                  in ("1", "y", "yes", "t", "true", "on"))
+jax.config.update("jax_disable_most_optimizations", disabled_by_environment())
 if os.environ.get("MSDE_TEST_X64", "0") == "1":
     jax.config.update("jax_enable_x64", True)
 

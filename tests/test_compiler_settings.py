@@ -5,17 +5,13 @@ import os
 
 import jax
 import numpy as np
-from xla_settings import release_compiler
+from xla_settings import disabled_by_environment, release_compiler
 
 FLAG = "jax_disable_most_optimizations"
 
 
-def _on(value: str) -> bool:
-    return value.lower() in ("1", "y", "yes", "t", "true", "on")
-
-
 def test_the_default_run_follows_the_environment():
-    assert jax.config.read(FLAG) is _on(os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"])
+    assert jax.config.read(FLAG) is disabled_by_environment()
 
 
 def test_release_settings_are_set_inside_and_restored_after():

@@ -6,6 +6,14 @@ import os
 
 import jax
 
+VARIABLE = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+
+
+def disabled_by_environment() -> bool:
+    """Whether :data:`VARIABLE` turns most of XLA's optimisation off (JAX's reading of a
+    boolean variable)."""
+    return os.environ.get(VARIABLE, "0").lower() in ("1", "y", "yes", "t", "true", "on")
+
 
 @contextlib.contextmanager
 def release_compiler():

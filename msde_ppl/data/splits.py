@@ -58,21 +58,23 @@ def with_held_out_splits(ds: xr.Dataset) -> xr.Dataset:
         raise SchemaError("the dataset already has a 'split' coordinate")
     n, n_time = ds.sizes["traj"], ds.sizes["time"]
     if n >= 3:
-        k = max(1, round(n / 10))
-        labels = ["train"] * (n - 2 * k) + ["val"] * k + ["test"] * k
-        out = ds.assign_coords(split=("traj", np.asarray(labels)))
-        out.attrs["split_rule"] = SPLIT_RULE
-        return out
+        return _labelled_tail(ds, "traj", max(1, round(n / 10)), SPLIT_RULE)
     if n_time < _MIN_TIME_SPLIT:
         raise SchemaError(
             f"the dataset has {n} trajectories of {n_time} snapshots and no 'split' labels: a "
             f"held-out score needs at least 3 trajectories (train, val, test) or "
             f"{_MIN_TIME_SPLIT} snapshots to split in time, or labels you give "
             "(from_arrays(..., split=[...]), per snapshot with split_over='time')")
-    k = max(2, round(n_time / 10))
-    labels = ["train"] * (n_time - 2 * k) + ["val"] * k + ["test"] * k
-    out = ds.assign_coords(split=("time", np.asarray(labels)))
-    out.attrs["split_rule"] = SPLIT_RULE_TIME
+    return _labelled_tail(ds, "time", max(2, round(n_time / 10)), SPLIT_RULE_TIME)
+
+
+def _labelled_tail(ds: xr.Dataset, dim: str, k: int, rule: str) -> xr.Dataset:
+    """``ds`` labelled along ``dim``: the last ``k`` test, the ``k`` before them val, the rest
+    train; ``rule`` (in words) as the attribute ``split_rule``."""
+    n = ds.sizes[dim]
+    out = ds.assign_coords(split=(dim, np.asarray(["train"] * (n - 2 * k) + ["val"] * k
+                                                   + ["test"] * k)))
+    out.attrs["split_rule"] = rule
     return out
 
 
