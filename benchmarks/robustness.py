@@ -89,7 +89,8 @@ def fronts_reference(ds, means: dict[str, np.ndarray], t_fit: float,
       prior's mean threshold (sharp fronts at the mean speed);
     - ``"speed_fit"``: for each forecast, per test trajectory, the threshold (of the
       ``n_thresholds``) whose exact solve is closest to its mean at lead time ``t_fit``: the
-      speed its fronts travel at; ``"threshold"``: the true ones;
+      speed its fronts travel at (``None`` for a non-finite forecast); ``"threshold"``: the
+      true ones;
     - ``"n_thresholds"``: the thresholds of the expectation (midpoint rule).
     """
     test = select_split(ds, "test")
@@ -112,9 +113,10 @@ def fronts_reference(ds, means: dict[str, np.ndarray], t_fit: float,
         for name, mean in [("physics", physics), ("one_speed", one_speed),
                            *((k, m[i, :n_out]) for k, m in means.items())]:
             expected[name].append(_rel_l2(solves, mean[None]).mean(axis=0))
-        for name, m in means.items():
-            closest = np.argmin(_rel_l2(solves[:, k_fit], m[i, k_fit][None]))
-            speed_fit[name].append(float(values[closest]))
+        for name, m in means.items():  # a non-finite forecast matches no threshold: None
+            distance = _rel_l2(solves[:, k_fit], m[i, k_fit][None])
+            speed_fit[name].append(float(values[np.argmin(distance)])
+                                   if np.isfinite(distance).all() else None)
     return {"drawn": {"physics": np.mean(drawn, axis=0)},
             "expected": {k: np.mean(v, axis=0) for k, v in expected.items()},
             "speed_fit": speed_fit, "t_fit": float(times[k_fit] - times[0]),
@@ -146,7 +148,7 @@ def fronts_reference_paragraph(row: dict) -> str:
 
 
 def _thresholds(values) -> str:
-    return ", ".join(f"{v:.2f}" for v in values)
+    return ", ".join("n/a" if v is None else f"{v:.2f}" for v in values)
 
 
 #: PDE -> (its physics reference, the paragraph that reports it)

@@ -72,7 +72,11 @@ def test_the_fronts_reference_scores_forecasts_in_expectation_over_the_threshold
     u0 = np.asarray(test["u_clean"].values[:, 0], np.float64)
     ref = np.stack([unseen_pdes.fronts_bayes_forecast(u, length, 1.0, dt, 9) for u in u0])
     one = np.stack([unseen_pdes.nagumo_solve(u, length, 1.0, 0.25, dt / 10, 80, 10) for u in u0])
-    curves = robustness.fronts_reference(ds, {"same": ref, "one_threshold": one}, t_fit=4.0)
+    blown = np.full_like(one, np.nan)
+    curves = robustness.fronts_reference(ds, {"same": ref, "one_threshold": one,
+                                              "blown_up": blown}, t_fit=4.0)
+    assert curves["speed_fit"]["blown_up"] == [None]  # no threshold matches a NaN forecast
+    assert np.isnan(curves["expected"]["blown_up"]).all()  # and its scores are not finite
     expected = curves["expected"]
     np.testing.assert_allclose(expected["same"], expected["physics"], rtol=1e-12)
     solves = [unseen_pdes.fronts_threshold_solves(u, length, 1.0, dt, 9) for u in u0]
