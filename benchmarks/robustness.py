@@ -1,11 +1,12 @@
 """Robustness benchmark (issue 15): data the package was never tuned on, defaults only.
 
 For each PDE of ``benchmarks/unseen_pdes.py`` (a chaotic Kuramoto–Sivashinsky flow, bistable
-reaction–diffusion fronts, advection with a spatially varying speed; each generated here by a
-solver written for it), exactly as a user would, through the command line:
+reaction–diffusion fronts, advection with a spatially varying speed, 2D Allen–Cahn coarsening;
+each generated here by a solver written for it), exactly as a user would, through the command
+line:
 
-1. ``msde fit --data PDE.nc --coarse 32 --micro 5 --out fit`` (every other option at its
-   default: steps, budget, validation on the val split, drift form, ...);
+1. ``msde fit --data PDE.nc --coarse 32 --micro 5 --out fit`` (``--coarse 16 16`` in 2D; every
+   other option at its default: steps, budget, validation on the val split, drift form, ...);
 2. ``msde forecast fit --data PDE.nc --out forecast`` (the multiscale model) and
    ``msde forecast fit/stages/stage0 ...`` (the implicit-scale model the multiscale one grew
    from), each calibrated on val by default.
@@ -248,7 +249,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         ds = make(n_traj=n_traj, seed=seed)
         save(ds, data, overwrite=True)
         gen_s = time.perf_counter() - start
-        fit_s = msde("fit", "--data", data, "--coarse", coarse, "--micro", 5, "--out", fit_dir)
+        fit_s = msde("fit", "--data", data, "--coarse", *coarse, "--micro", 5, "--out", fit_dir)
     else:
         data, fit_dir = reuse / f"{name}.nc", reuse / f"{name}_fit"
         gen_s = fit_s = None  # not redone
@@ -259,7 +260,8 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
     fitted = json.loads((fit_dir / "fitted.json").read_text())
     ds = load(data)
     row = {
-        "pde": name, "grid": int(ds.sizes["x"]), "coarse": coarse,
+        "pde": name, "grid": [int(ds.sizes[d]) for d in ("x", "y") if d in ds.sizes],
+        "coarse": list(coarse),
         "n_time": int(ds.sizes["time"]), "n_traj": int(ds.sizes["traj"]),
         "generate_s": gen_s, "fit_cli_s": fit_s,
         "fit_steps": ms["fit_steps"], "fit_wall_time_s": ms["fit_wall_time_s"],

@@ -273,6 +273,9 @@ def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
     return result
 
 
+_CONDITIONED_REL_L2 = 1e-5  # a mean this close to every observation at a lead time reproduces it
+
+
 def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
                       eval_steps: int | None = None) -> xr.Dataset:
     """Scores of a forecast as functions of lead time (over its first ``eval_steps`` times),
@@ -280,7 +283,9 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
     values), read one trajectory at a time:
 
     - ``rel_l2``: rel-L2 of the mean vs the noisy observations (and ``rel_l2_clean``);
-    - ``crps``, ``coverage_90`` (of the 5–95% band), ``spread_skill`` (RMS std / RMSE);
+    - ``crps``, ``coverage_90`` (of the 5–95% band), ``spread_skill`` (RMS std / RMSE; NaN
+      where the mean reproduces every observation, rel-L2 <= 1e-5: a calibrated forecast's
+      initial snapshot);
     - ``persistence`` and ``climatology``: rel-L2 of the trivial forecasts of
       :func:`baseline_metrics` (``climatology`` only with ``train``).
 
@@ -301,7 +306,10 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
                                   np.nan)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.sqrt(rows["std2"].sum(0)) / np.sqrt(rows["err2"].sum(0))
-    out["spread_skill"] = np.where(rows["sane"].all(0), ratio, np.nan)  # not 0 = spread / inf
+    # a mean that reproduces the observations (a calibrated forecast at its initial snapshot,
+    # which it was conditioned on) has no skill to compare a spread with: 1e8 is not a ratio
+    conditioned = (rows["rel_l2"] <= _CONDITIONED_REL_L2).all(0)
+    out["spread_skill"] = np.where(rows["sane"].all(0) & ~conditioned, ratio, np.nan)
     for name in _TRIVIAL:
         if name in rows:
             out[name] = _traj_mean(rows[name])

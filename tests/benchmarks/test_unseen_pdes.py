@@ -63,14 +63,47 @@ def test_advection_with_constant_speed_is_the_exact_shift_and_decay():
     np.testing.assert_allclose(out, exact, atol=1e-9)
 
 
+def test_allen_cahn_circle_shrinks_at_the_curvature_flow_rate():
+    """A disc of phase +1 in -1: its interface moves by curvature, V = eps^2 / R, so its area
+    falls at the constant rate 2 pi eps^2 (the sharp-interface limit; its corrections are
+    O((eps / R)^2), 2% at the radii of t = 5..20, the rate measured there)."""
+    length, n, eps = 2 * np.pi, 64, 0.15
+    x = np.arange(n) * length / n
+    r = np.hypot(x[:, None] - length / 2, x[None, :] - length / 2)
+    u0 = np.tanh((1.5 - r) / (np.sqrt(2) * eps))
+    out = pdes.allen_cahn_solve(u0, length, eps, 0.005, 4000, 1000)  # t = 0, 5, .., 20
+    area = ((1 + out) / 2).sum(axis=(1, 2)) * (length / n) ** 2
+    rate = np.polyfit([5.0, 10.0, 15.0, 20.0], area[1:], 1)[0]
+    assert rate == pytest.approx(-2 * np.pi * eps**2, rel=0.02)
+    assert np.abs(out).max() <= 1 + 1e-6  # the maximum principle
+
+
+def test_allen_cahn_energy_never_grows_and_the_scheme_is_first_order():
+    rng = np.random.default_rng(0)
+    length, n, eps = 2 * np.pi, 32, 0.15
+    u0 = 0.5 * np.tanh(3 * rng.standard_normal((n, n)))
+    out = pdes.allen_cahn_solve(u0, length, eps, 0.01, 200, 1)
+    energy = pdes.allen_cahn_energy(out, length, eps)
+    assert np.all(np.diff(energy) <= 1e-12) and energy[-1] < 0.5 * energy[0]
+
+    def at_t1(h):
+        return pdes.allen_cahn_solve(u0, length, eps, h, int(round(1 / h)), int(round(1 / h)))[-1]
+
+    ref = at_t1(0.01 / 16)
+    errors = [np.abs(at_t1(h) - ref).max() for h in (0.02, 0.01)]
+    assert 1.8 < errors[0] / errors[1] < 2.3, errors  # halving the step halves the error
+
+
 @pytest.mark.parametrize("name", list(pdes.PDES))
 def test_datasets_are_valid_bounded_and_split(name):
     make, coarse = pdes.PDES[name]
-    ds = make(n_traj=6, seed=1)
+    ds = make(n_traj=6, seed=1, n_time=21)
     assert set(ds["split"].values.tolist()) == {"train", "val", "test"}
     clean = ds["u_clean"].values
     assert np.isfinite(clean).all() and np.abs(clean).max() < 10
-    assert ds.sizes["x"] % coarse == 0 and ds.attrs["noise_std"] > 0
+    axes = [d for d in ("x", "y") if d in ds.sizes]
+    assert len(axes) == len(coarse) and ds.attrs["noise_std"] > 0
+    assert all(ds.sizes[d] % c == 0 for d, c in zip(axes, coarse, strict=True))
 
 
 def test_fronts_keep_the_threshold_that_made_each_trajectory():

@@ -259,12 +259,41 @@ def test_fit_returns_its_best_checkpoint_and_records_it(ds, tmp_path):
     assert not (tmp_path / "stages" / "stage1.validation").exists()  # removed once complete
 
 
-def test_budget_ends_a_plain_fit_early(ds):
+def test_budget_decay_holds_then_falls_geometrically_to_its_floor(monkeypatch):
+    from msde_ppl.pipeline import training
+
+    now = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+    decay = training.BudgetDecay(begin=100.0, deadline=200.0, floor=0.01, fraction=0.25)
+    for t, want in ((100.0, 1.0), (150.0, 1.0), (175.0, 1.0), (187.5, 0.1), (200.0, 0.01),
+                    (260.0, 0.01)):
+        now[0] = t
+        assert decay() == pytest.approx(want, rel=1e-12), t
+    default = training.BudgetDecay(begin=0.0, deadline=1.0)
+    assert default.floor == pytest.approx(Validation().lr_drop_factor ** Validation().lr_drops)
+
+
+def test_budget_ends_a_plain_fit_early(ds, monkeypatch):
+    """The budget stops the fit, and the fit's learning-rate factor is the budget's decay,
+    at its floor once the deadline has passed; a fit without a budget has no factor."""
+    from msde_ppl.pipeline import training
+
+    factors = []
+    real = training.fit_multiscale
+
+    def spy(*args, **kwargs):
+        factors.append(kwargs.get("lr_factor"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_multiscale", spy)
     train = TrainConfig(steps=100000, window=16, windows_per_step=1, chunk_size=50,
                         warmup_steps=0)
     start = time.monotonic()
     fits = fit_progressive(ds, TINY, [(0, train)], progress=False, budget_s=3.0)
     assert fits[0].losses.size < 100000 and time.monotonic() - start < 60
+    assert factors[0]() == pytest.approx(training.BudgetDecay(0.0, 1.0).floor, rel=1e-12)
+    fit_progressive(ds, TINY, [(0, dataclasses.replace(train, steps=50))], progress=False)
+    assert factors[1] is None
     with pytest.raises(ValueError, match="budget"):
         fit_progressive(ds, TINY, [(0, train)], progress=False, budget_s=-1.0)
     assert jax.devices()  # the fit left the backend usable

@@ -134,6 +134,13 @@ def test_lead_time_scores_by_hand_and_pooled_back(np_rng):
     for name in ("persistence", "climatology"):
         assert float(got[name].mean()) == pytest.approx(base[name]["rel_l2_mean"], rel=1e-12)
     assert float(got["persistence"][0]) == 0.0  # the held snapshot is exact at lead time 0
+    # a mean that reproduces the observations at lead time 0 (a calibrated forecast holds its
+    # initial snapshot, to float32 rounding) has no spread-skill ratio there; elsewhere it has
+    held = fc.copy(deep=True)
+    held["mean"][:, 0] = (obs[:, 0].astype(np.float32)).astype(np.float64)
+    ratios = lead_time_metrics(held, train, eval_steps=6)["spread_skill"].values
+    assert np.isnan(ratios[0])
+    np.testing.assert_allclose(ratios[1:], 0.2 / rmse[1:], rtol=1e-12)
     # a forecast that blew up at lead time 3 does not score there (inf or NaN), elsewhere it does
     broken = fc.copy(deep=True)
     for name in ("mean", "q95"):
