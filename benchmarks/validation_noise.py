@@ -4,9 +4,10 @@ and its start (the grown implicit-scale model) scored on the val split over fres
     python benchmarks/validation_noise.py --pde bistable_fronts --work DIR
 
 generates the robustness benchmark's data (``benchmarks/unseen_pdes.py``, seed 0, 24
-trajectories), fits it as ``msde fit --data PDE.nc --coarse 32 --micro 5`` does but without the
-confirmation of the micro stage's best (``Validation(confirm_samples=None)``, so the stage
-delivers the best of its evaluations on the selection's key), and scores that best and the
+trajectories), fits it as ``msde fit --data PDE.nc --coarse 32 --micro 5`` (``16 16`` in 2D)
+does but without the confirmation of the micro stage's best
+(``Validation(confirm_samples=None)``, so the stage delivers the best of its evaluations on
+the selection's key), and scores that best and the
 stage's start with the validation's score (``ValidationMonitor.score``): with 16 members on
 the selection's key ``key(0)`` and on the fresh keys ``key(1) ... key(7)``, with 64 members on
 ``key(1) ... key(3)`` and on the confirmation's key ``fold_in(key(0), 1)``. ``--fit DIR``
@@ -56,7 +57,7 @@ def fit_without_confirmation(name: str, work: Path) -> tuple[Path, Path]:
     train = TrainConfig(steps=FIT_STEPS, seed=0)
     first = dataclasses.replace(train, steps=FIT_STEPS // 4)
     stages = progressive_stages(N_MICRO, first, FIT_STEPS - first.steps)
-    fit_progressive(ds, model_config(ds, (coarse,), N_MICRO), stages, progress=False,
+    fit_progressive(ds, model_config(ds, coarse, N_MICRO), stages, progress=False,
                     checkpoint_dir=work / "fit" / "stages", budget_s=FIT_BUDGET_S,
                     validation=Validation(seed=0, confirm_samples=None))
     return data, work / "fit"

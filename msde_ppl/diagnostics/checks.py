@@ -33,6 +33,7 @@ from msde_ppl.predict.metrics import (
     crps_ensemble,
     crps_gaussian,
     interval_coverage,
+    reproduces,
 )
 
 __all__ = [
@@ -237,11 +238,15 @@ def pit_histogram(pit: np.ndarray, bins: int = 10, n_blocks: int | None = None) 
 
 def spread_skill(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
     """Spread (RMS of ``std``), RMSE of ``mean`` against ``obs_var`` and their ratio per lead time
-    (averaged over every dim but ``time``)."""
+    (averaged over every dim but ``time``); the ratio is NaN where the mean reproduces the
+    observations (:func:`~msde_ppl.predict.metrics.reproduces`: a calibrated forecast's initial
+    snapshot, which it was conditioned on)."""
     dims = [d for d in fc["mean"].dims if d != "time"]
+    obs = fc[obs_var].astype(np.float64)
     spread = np.sqrt((fc["std"].astype(np.float64) ** 2).mean(dims))
-    rmse = np.sqrt(((fc[obs_var].astype(np.float64) - fc["mean"]) ** 2).mean(dims))
-    return xr.Dataset({"spread": spread, "rmse": rmse, "ratio": spread / rmse})
+    rmse = np.sqrt(((obs - fc["mean"]) ** 2).mean(dims))
+    exact = reproduces(rmse**2, (obs**2).mean(dims))
+    return xr.Dataset({"spread": spread, "rmse": rmse, "ratio": (spread / rmse).where(~exact)})
 
 
 class ConvergenceCheck(NamedTuple):

@@ -487,7 +487,9 @@ def load_checkpoint(path: str | os.PathLike, like: FitState) -> tuple[FitState, 
     like_leaves, treedef = _array_leaves(like)
     if record["n_leaves"] != len(like_leaves):
         raise ValueError(f"checkpoint {path} holds {record['n_leaves']} arrays where this fit "
-                         f"has {len(like_leaves)}: it is from another model")
+                         f"has {len(like_leaves)}: it is from another model or optimiser (e.g. "
+                         "one with a learning-rate factor, which validation or a time budget "
+                         "adds, resumed without one, or the reverse)")
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             leaves = [data[f"leaf_{i}"] for i in range(len(like_leaves))]

@@ -22,7 +22,9 @@ Recipe (docs/method.md §5; defaults are the reference's):
 - ``data_parallel=True`` shards the windows of every step over ``jax.devices()``.
 
 Faults (docs/reliability.md): every fit can write checkpoints (``checkpoint_path``; a
-progressive fit, ``checkpoint_dir``) and resume from them bit-identically (``resume=True``);
+progressive fit, ``checkpoint_dir``) and resume from them bit-identically (``resume=True``;
+not a fit whose time budget ends a stage or decays its learning rate, :class:`BudgetDecay`:
+the clock drives those);
 a non-finite loss or a stop request (``should_stop``) ends it with :class:`FitStopped`, which
 carries the model at its last good step.
 """
@@ -503,7 +505,8 @@ def _initial_fitted(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig
 class BudgetDecay:
     r"""The learning-rate factor of a stage that a time budget may end (warmup-stable-decay):
     with :math:`p = (\text{now} - \text{begin}) / (\text{deadline} - \text{begin})` the
-    fraction of the stage's time spent (``time.monotonic()``),
+    fraction of the stage's time spent (``time.monotonic()``; from the stage's start to its
+    deadline, which includes what earlier stages left of their shares),
 
     .. math:: f(p) = \text{floor}^{\,\mathrm{clip}((p - 1 + \phi) / \phi,\ 0,\ 1)},
 
@@ -520,6 +523,11 @@ class BudgetDecay:
     deadline: float
     floor: float = Validation.lr_drop_factor ** Validation.lr_drops
     fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.floor <= 1.0 and 0.0 < self.fraction <= 1.0):  # also catches nan
+            raise ValueError(f"BudgetDecay needs floor and fraction in (0, 1], got "
+                             f"{self.floor} and {self.fraction}")
 
     def __call__(self) -> float:
         spent = (time.monotonic() - self.begin) / max(self.deadline - self.begin, 1e-9)
@@ -601,7 +609,9 @@ def fit_progressive(
     With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once
     complete, is saved as the model ``stage{k}/`` (its checkpoint then removed). With
     ``resume=True`` completed stages are loaded from there and the interrupted one continues
-    from its checkpoint, so the result is bit-identical to an uninterrupted fit.
+    from its checkpoint, so the result is bit-identical to an uninterrupted fit, unless the
+    clock took part: a stage that ran into the last quarter of its time budget (its decay) or
+    to its deadline.
 
     Raises:
         FitStopped: as :func:`fit_multiscale`, with ``.stage`` the stage that stopped.
@@ -653,7 +663,11 @@ def fit_progressive(
                 monitor.evaluate(start)
         stage_callback = _chain(callback, monitor)
         label = progress and f"stage {i + 1}/{len(stages)}, {model_label(n_micro)}"
-        factors = [] if deadline is None else [BudgetDecay(time.monotonic(), deadline)]
+        factors = []
+        if deadline is not None:  # down to where the val plateaus' drops would take it
+            floor = (BudgetDecay.floor if not validated
+                     else validation.lr_drop_factor ** max(validation.lr_drops, 1))
+            factors.append(BudgetDecay(time.monotonic(), deadline, floor))
         if validated:
             factors.append(lambda m=monitor: m.lr_factor)
         try:

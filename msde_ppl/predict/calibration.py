@@ -100,16 +100,12 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, crps_gaussian
+from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, EXACT_REL_L2, crps_gaussian
 
 __all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID",
            "ResidualSpread", "apply_residual_gain",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
            "residual_rms", "tail_weights"]
-
-#: Relative error below which a lead time counts as reconstructed exactly (float32 rounding of
-#: the data is ~6e-8; a forecast's own error is orders of magnitude above this).
-_ROUNDING = 1e-5
 
 #: Candidate inflation factors (log-spaced, 1/8 ... 32; 1 is on the grid).
 FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
@@ -273,7 +269,7 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
     # residual-corrected forecast, whose mean is the observation) says nothing about the
     # spread: it takes its nearest neighbours' factor instead of dragging theirs towards 0
     # through the smoothing
-    informative = err2 > _ROUNDING**2 * obs2
+    informative = err2 > EXACT_REL_L2**2 * obs2
     if not informative.any():
         raise ValueError("the forecast matches its observations exactly at every lead time: "
                          "no spread factor can be fitted")
@@ -436,7 +432,7 @@ def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
     for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
         err = obs - mean
         # a missing observation drops that value only, not its lead time
-        keep = np.nansum(err**2, axis=1) > _ROUNDING**2 * np.nansum(obs**2, axis=1)
+        keep = np.nansum(err**2, axis=1) > EXACT_REL_L2**2 * np.nansum(obs**2, axis=1)
         scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
         if traj_multiplier is not None:
             scale = scale * float(np.asarray(traj_multiplier).reshape(-1)[i])

@@ -106,7 +106,8 @@ def _snapshot_scores(window: xr.Dataset, train: xr.Dataset | None = None,
     - ``persistence`` (and, with ``train``, ``climatology``): the rel-L2 of the trivial
       forecasts of :func:`baseline_metrics` (always);
     - with ``"mean"`` in ``needs``: ``rel_l2`` = ``||y - m|| / ||y||`` (``rel_l2_clean``
-      against ``obs_u_clean`` when there is one) and ``err2`` = ``sum (y - m)^2``;
+      against ``obs_u_clean`` when there is one), ``err2`` = ``sum (y - m)^2`` and ``obs2`` =
+      ``sum y^2``;
     - with ``"std"``: ``std2`` = ``sum s^2`` and ``sane`` = all of ``m, s`` finite;
     - with ``"band"``: ``inside`` = #{``l <= y <= u``} and ``readable`` = all of ``y, l, u``
       finite;
@@ -144,6 +145,7 @@ def _snapshot_scores(window: xr.Dataset, train: xr.Dataset | None = None,
             if "obs_u_clean" in window:
                 put("rel_l2_clean", i, rel(read("obs_u_clean"), mean))
             put("err2", i, ((obs - mean) ** 2).sum(1))
+            put("obs2", i, (obs**2).sum(1))
             if "std" in needs:
                 std = read("std")
                 put("std2", i, (std**2).sum(1))
@@ -245,6 +247,19 @@ def interval_coverage(obs, lower, upper) -> float:
     return float(((obs >= lower) & (obs <= upper)).mean())
 
 
+#: Relative error below which a forecast's mean reproduces its observations (float32 rounding
+#: of the data is ~6e-8; a forecast's own error is orders of magnitude above this).
+EXACT_REL_L2 = 1e-5
+
+
+def reproduces(err2, obs2):
+    """Whether a mean with squared error ``err2`` reproduces observations of squared norm
+    ``obs2`` (:data:`EXACT_REL_L2`): a residual-corrected forecast at its initial snapshot,
+    whose mean is the observation. Such a lead time has no error to score a spread against.
+    Elementwise (NumPy or xarray); ``False`` where either is NaN."""
+    return err2 <= EXACT_REL_L2**2 * obs2
+
+
 def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
     """Rel-L2 of the mean (vs noisy and clean data), CRPS, 90% coverage and the spread-skill
     ratio (RMS ``std`` over the RMSE of the mean, both pooled over every value) of a forecast of
@@ -273,9 +288,6 @@ def forecast_metrics(fc: xr.Dataset, eval_steps: int | None = None) -> dict:
     return result
 
 
-_CONDITIONED_REL_L2 = 1e-5  # a mean this close to every observation at a lead time reproduces it
-
-
 def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
                       eval_steps: int | None = None) -> xr.Dataset:
     """Scores of a forecast as functions of lead time (over its first ``eval_steps`` times),
@@ -284,8 +296,8 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
 
     - ``rel_l2``: rel-L2 of the mean vs the noisy observations (and ``rel_l2_clean``);
     - ``crps``, ``coverage_90`` (of the 5–95% band), ``spread_skill`` (RMS std / RMSE; NaN
-      where the mean reproduces every observation, rel-L2 <= 1e-5: a calibrated forecast's
-      initial snapshot);
+      where the mean reproduces the observations, :func:`reproduces`: a calibrated
+      forecast's initial snapshot);
     - ``persistence`` and ``climatology``: rel-L2 of the trivial forecasts of
       :func:`baseline_metrics` (``climatology`` only with ``train``).
 
@@ -308,7 +320,7 @@ def lead_time_metrics(fc: xr.Dataset, train: xr.Dataset | None = None,
         ratio = np.sqrt(rows["std2"].sum(0)) / np.sqrt(rows["err2"].sum(0))
     # a mean that reproduces the observations (a calibrated forecast at its initial snapshot,
     # which it was conditioned on) has no skill to compare a spread with: 1e8 is not a ratio
-    conditioned = (rows["rel_l2"] <= _CONDITIONED_REL_L2).all(0)
+    conditioned = reproduces(rows["err2"].sum(0), rows["obs2"].sum(0))
     out["spread_skill"] = np.where(rows["sane"].all(0) & ~conditioned, ratio, np.nan)
     for name in _TRIVIAL:
         if name in rows:

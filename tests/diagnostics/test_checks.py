@@ -90,6 +90,12 @@ def test_spread_skill_ratio_is_one_when_calibrated(np_rng):
     np.testing.assert_allclose(ss["ratio"].values, 1.0, atol=tol)
     over = checks.spread_skill(fc.assign(std=0.5 * fc["std"]))
     np.testing.assert_allclose(over["ratio"].values, 0.5, atol=tol)
+    # a mean that reproduces the observations at lead time 0 (a calibrated forecast holds its
+    # initial snapshot, to float32 rounding) has no ratio there (not spread / 1e-9)
+    held = fc.copy(deep=True)
+    held["mean"][0] = fc["obs"][0].astype(np.float32).astype(np.float64)
+    ratio = checks.spread_skill(held)["ratio"].values
+    assert np.isnan(ratio[0]) and np.isfinite(ratio[1:]).all()
 
 
 def test_ensemble_crps_matches_gaussian_closed_form(np_rng):

@@ -4,6 +4,7 @@ stops improving or at its budget, and the record survives an interruption."""
 import dataclasses
 import json
 import time
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -262,8 +263,8 @@ def test_fit_returns_its_best_checkpoint_and_records_it(ds, tmp_path):
 def test_budget_decay_holds_then_falls_geometrically_to_its_floor(monkeypatch):
     from msde_ppl.pipeline import training
 
-    now = [0.0]
-    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+    now = [0.0]  # the training module's clock only: nothing else sees a frozen time
+    monkeypatch.setattr(training, "time", SimpleNamespace(monotonic=lambda: now[0]))
     decay = training.BudgetDecay(begin=100.0, deadline=200.0, floor=0.01, fraction=0.25)
     for t, want in ((100.0, 1.0), (150.0, 1.0), (175.0, 1.0), (187.5, 0.1), (200.0, 0.01),
                     (260.0, 0.01)):
@@ -271,6 +272,9 @@ def test_budget_decay_holds_then_falls_geometrically_to_its_floor(monkeypatch):
         assert decay() == pytest.approx(want, rel=1e-12), t
     default = training.BudgetDecay(begin=0.0, deadline=1.0)
     assert default.floor == pytest.approx(Validation().lr_drop_factor ** Validation().lr_drops)
+    for bad in (dict(floor=0.0), dict(floor=1.5), dict(fraction=0.0), dict(floor=float("nan"))):
+        with pytest.raises(ValueError, match="floor and fraction"):
+            training.BudgetDecay(0.0, 1.0, **bad)
 
 
 def test_budget_ends_a_plain_fit_early(ds, monkeypatch):
