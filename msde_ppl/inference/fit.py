@@ -481,7 +481,8 @@ def load_checkpoint(path: str | os.PathLike, like: FitState) -> tuple[FitState, 
     (the freshly initialised state of the same fit).
 
     Raises:
-        ValueError: the file is damaged, or its arrays do not fit ``like`` (another model).
+        ValueError: the file is damaged, or its arrays do not fit ``like`` (another model or
+            optimiser).
     """
     record = checkpoint_record(path)
     like_leaves, treedef = _array_leaves(like)

@@ -603,7 +603,9 @@ def fit_progressive(
     at its share of the budget (proportional to its steps; the shares are cumulative from the
     fit's start, so time a stage overruns, e.g. its confirmation's two forecasts, is taken
     from the next stages), its learning rate decays over the last quarter of its time
-    (:class:`BudgetDecay`; the lower of that and the val plateaus' factor), and a stage that
+    (:class:`BudgetDecay`, to ``lr_drop_factor ** max(lr_drops, 1)`` of ``validation`` when
+    validated, else to the default floor; the lower of that and the val plateaus' factor),
+    and a stage that
     ends there keeps its best checkpoint when validated, else its last state.
 
     With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once

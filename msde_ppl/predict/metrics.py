@@ -256,7 +256,7 @@ def reproduces(err2, obs2):
     """Whether a mean with squared error ``err2`` reproduces observations of squared norm
     ``obs2`` (:data:`EXACT_REL_L2`): a residual-corrected forecast at its initial snapshot,
     whose mean is the observation. Such a lead time has no error to score a spread against.
-    Elementwise (NumPy or xarray); ``False`` where either is NaN."""
+    Elementwise on arrays (NumPy or xarray); ``False`` where either is NaN."""
     return err2 <= EXACT_REL_L2**2 * obs2
 
 
