@@ -605,8 +605,7 @@ def fit_progressive(
     from the next stages), its learning rate decays over the last quarter of its time
     (:class:`BudgetDecay`, to ``lr_drop_factor ** max(lr_drops, 1)`` of ``validation`` when
     validated, else to the default floor; the lower of that and the val plateaus' factor),
-    and a stage that
-    ends there keeps its best checkpoint when validated, else its last state.
+    and a stage that ends there keeps its best checkpoint when validated, else its last state.
 
     With ``checkpoint_dir``, stage ``k`` checkpoints to ``stage{k}.ckpt.npz`` there and, once
     complete, is saved as the model ``stage{k}/`` (its checkpoint then removed). With
