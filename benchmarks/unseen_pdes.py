@@ -43,14 +43,17 @@ def _splits(n_traj: int) -> list[str]:
 
 
 def _dataset(clean: np.ndarray, times: np.ndarray, x: np.ndarray, name: str, domain: float,
-             rng: np.random.Generator, noise: float = 0.01):
-    """The schema dataset of clean trajectories ``(R, T, n)`` plus Gaussian noise of ``noise``
+             rng: np.random.Generator, noise: float = 0.01, *, square: bool = False):
+    """The schema dataset of clean trajectories ``(R, T, n)`` (``(R, T, n, n)`` on the square
+    ``[0, domain)^2`` when ``square``, ``x`` along both axes) plus Gaussian noise of ``noise``
     times the field's std."""
     clean = clean.astype(np.float32)
     sigma = noise * float(clean.std())
     noisy = clean + sigma * rng.standard_normal(clean.shape).astype(np.float32)
-    return from_arrays(noisy, time=times, x=x, split=_splits(clean.shape[0]), u_clean=clean,
-                       domain=[float(domain)], noise_std=sigma, source=name)
+    return from_arrays(noisy, time=times, x=x, y=x if square else None,
+                       split=_splits(clean.shape[0]), u_clean=clean,
+                       domain=[float(domain)] * (2 if square else 1), noise_std=sigma,
+                       source=name)
 
 
 # -- Kuramoto–Sivashinsky: pseudo-spectral ETDRK4 ------------------------------------------------
@@ -264,6 +267,11 @@ def make_variable_advection(n_traj: int = 12, seed: int = 0, n_fine: int = 128,
 
 # -- 2D Allen–Cahn: Fourier Laplacian, stabilised semi-implicit Euler ---------------------------
 
+def _wavenumbers(n: int, length: float) -> np.ndarray:
+    """Angular wavenumbers of ``n`` points on ``[0, length)``, in ``np.fft.fft`` order."""
+    return 2 * np.pi * np.fft.fftfreq(n, length / n)
+
+
 def allen_cahn_solve(u0: np.ndarray, length: float, eps: float, h: float, n_steps: int,
                      every: int, stabiliser: float = 2.0) -> np.ndarray:
     """``u_t = eps^2 (u_xx + u_yy) + u - u^3`` on the periodic square ``[0, length)^2``:
@@ -273,8 +281,7 @@ def allen_cahn_solve(u0: np.ndarray, length: float, eps: float, h: float, n_step
     the Laplacian and the stabiliser ``s`` implicit (diagonal in Fourier space), the reaction
     explicit: first order, and its free energy never grows for ``s >= 1`` while ``|u| <= 1``
     (Shen & Yang 2010). States every ``every`` steps, ``u0`` first: ``(T, n, n)``."""
-    n = u0.shape[0]
-    k = 2 * np.pi * np.fft.fftfreq(n, length / n)
+    k = _wavenumbers(u0.shape[0], length)
     k2 = k[:, None] ** 2 + k[None, :] ** 2
     lhs = 1 + h * (eps**2 * k2 + stabiliser)
     u = u0.astype(np.float64).copy()
@@ -290,8 +297,7 @@ def allen_cahn_energy(u: np.ndarray, length: float, eps: float) -> np.ndarray:
     """The Allen–Cahn free energy per unit area, :math:`\\langle \\tfrac{\\varepsilon^2}{2}
     |\\nabla u|^2 + \\tfrac14 (1 - u^2)^2 \\rangle`, of states ``(..., n, n)`` (spectral
     gradient)."""
-    n = u.shape[-1]
-    k = 2 * np.pi * np.fft.fftfreq(n, length / n)
+    k = _wavenumbers(u.shape[-1], length)
     uh = np.fft.fft2(u)
     grad2 = (np.abs(np.fft.ifft2(1j * k[:, None] * uh)) ** 2
              + np.abs(np.fft.ifft2(1j * k[None, :] * uh)) ** 2)
@@ -319,12 +325,8 @@ def make_allen_cahn_2d(n_traj: int = 12, seed: int = 0, n_fine: int = 64, eps: f
         u0 = np.fft.ifft2(low * noise).real
         trajs.append(allen_cahn_solve(0.5 * u0 / u0.std(), length, eps, dt / every,
                                       (n_time - 1) * every, every))
-    clean = np.asarray(trajs).astype(np.float32)
-    sigma = 0.01 * float(clean.std())
-    noisy = clean + sigma * rng.standard_normal(clean.shape).astype(np.float32)
-    return from_arrays(noisy, time=np.arange(n_time) * dt, x=x, y=x,
-                       split=_splits(n_traj), u_clean=clean, domain=[length, length],
-                       noise_std=sigma, source="allen_cahn_2d")
+    return _dataset(np.asarray(trajs), np.arange(n_time) * dt, x, "allen_cahn_2d", length, rng,
+                    square=True)
 
 
 PDES = {  # name -> (dataset maker, coarse grid per spatial axis)
