@@ -240,12 +240,13 @@ def spread_skill(fc: xr.Dataset, obs_var: str = "obs") -> xr.Dataset:
     """Spread (RMS of ``std``), RMSE of ``mean`` against ``obs_var`` and their ratio per lead time
     (averaged over every dim but ``time``); the ratio is NaN where the mean reproduces the
     observations (:func:`~msde_ppl.predict.metrics.reproduces`: a calibrated forecast's initial
-    snapshot, which it was conditioned on)."""
+    snapshot, which it was conditioned on). A lead time with a non-finite value scores NaN
+    (no mean that skips it: a blown-up member must not leave a finite ratio)."""
     dims = [d for d in fc["mean"].dims if d != "time"]
     obs = fc[obs_var].astype(np.float64)
-    spread = np.sqrt((fc["std"].astype(np.float64) ** 2).mean(dims))
-    rmse = np.sqrt(((obs - fc["mean"]) ** 2).mean(dims))
-    exact = reproduces(rmse**2, (obs**2).mean(dims))
+    spread = np.sqrt((fc["std"].astype(np.float64) ** 2).mean(dims, skipna=False))
+    rmse = np.sqrt(((obs - fc["mean"]) ** 2).mean(dims, skipna=False))
+    exact = reproduces(rmse**2, (obs**2).mean(dims, skipna=False))
     return xr.Dataset({"spread": spread, "rmse": rmse, "ratio": (spread / rmse).where(~exact)})
 
 
@@ -303,11 +304,12 @@ def elbo_convergence(
 
 def calibration_summary(fc: xr.Dataset, obs_var: str = "obs") -> dict:
     """Scalars of a forecast: 90% coverage, mean CRPS, mean spread/skill ratio, and (with
-    ``samples``) the PIT uniformity p-value."""
+    ``samples``) the PIT uniformity p-value; each NaN when a value it reads is not finite."""
     out = {"coverage_90": interval_coverage(fc[obs_var], fc["q05"], fc["q95"]),
-           "crps": float(fc["crps"].mean())}
+           "crps": float(fc["crps"].mean(skipna=False))}  # NaN if any value is not finite
     ss = spread_skill(fc, obs_var)
-    out["spread_skill_ratio"] = float(ss["spread"].mean() / ss["rmse"].mean())
+    out["spread_skill_ratio"] = float(ss["spread"].mean(skipna=False)
+                                      / ss["rmse"].mean(skipna=False))
     if "samples" in fc:
         pit = pit_values(fc["samples"].transpose("sample", ...), fc[obs_var])
         out["pit_p_value"] = pit_histogram(pit)["p_value"]

@@ -96,6 +96,15 @@ def test_spread_skill_ratio_is_one_when_calibrated(np_rng):
     held["mean"][0] = fc["obs"][0].astype(np.float32).astype(np.float64)
     ratio = checks.spread_skill(held)["ratio"].values
     assert np.isnan(ratio[0]) and np.isfinite(ratio[1:]).all()
+    # a blown-up value at lead time 2 leaves no finite ratio there, nor a finite summary
+    blown = fc.copy(deep=True)
+    blown["mean"][2, 5] = np.nan
+    ratio = checks.spread_skill(blown)["ratio"].values
+    assert np.isnan(ratio[2]) and np.isfinite(np.delete(ratio, 2)).all()
+    summary = checks.calibration_summary(blown.assign(
+        q05=blown["mean"] - 1.64 * blown["std"], q95=blown["mean"] + 1.64 * blown["std"],
+        crps=("time", np.ones(4))))
+    assert np.isnan(summary["spread_skill_ratio"]) and np.isnan(summary["coverage_90"])
 
 
 def test_ensemble_crps_matches_gaussian_closed_form(np_rng):
