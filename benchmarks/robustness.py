@@ -271,12 +271,13 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         "multiscale_calibrated": {k: ms.get("calibrated", {}).get(k)
                                   for k in ("rel_l2_mean", "coverage_90", "spread_skill", "crps",
                                             "residual_gain", "spread_tail_dof",
-                                            "spread_factor", "diverged_members")},
+                                            "spread_widening", "spread_factor",
+                                            "diverged_members")},
         "implicit_scale": {k: implicit[k] for k in ("rel_l2_mean", "coverage_90",
                                                     "diverged_members")},
         "implicit_scale_calibrated": {k: implicit.get("calibrated", {}).get(k)
                                       for k in ("rel_l2_mean", "coverage_90", "spread_tail_dof",
-                                                "diverged_members")},
+                                                "spread_widening", "diverged_members")},
         "baselines": ms["baselines"],
         "lead_time": {"multiscale": ms["lead_time"], "implicit_scale": implicit["lead_time"]},
     }
@@ -298,6 +299,11 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
 
 def _num(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _widened(widening: float | None) -> str:
+    """The calibration's coverage widening in the factor column ('' when none)."""
+    return "" if widening is None or widening <= 1.0 else f", widened {widening:.3g}x"
 
 
 def micro_stage(validation: dict | None) -> str:
@@ -325,7 +331,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(margin: the worst lead time, multiscale minus rival, negative beats; when it "
              "does not, the lead time from which it stays better).", "",
              "'raw → delivered': the raw ensemble, then the forecast msde forecast writes "
-             "(calibrated on val: residual persistence, spread factor and the members' tail); "
+             "(calibrated on val: residual persistence, spread factor, the members' tail and "
+             "a widening where Gaussian members under-cover); "
              "the targets are checked on the delivered one (no divergence: on both).", "",
              "'micro stage': the checkpoint of the micro stage the fit delivered; 'start' is "
              "the implicit-scale model grown with an idle micro state, so the two models "
@@ -335,7 +342,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| diverged members raw → delivered | decorr. time "
              "| beats persist. / clim. / implicit (worst margin) "
              "| 90% coverage raw → calibrated | spread/skill raw → cal. | CRPS raw → cal. "
-             "| max spread factor (tail dof) | micro stage | targets met |",
+             "| max spread factor (tail dof, coverage widening) | micro stage | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ms, cal, base = r["multiscale"], r["multiscale_calibrated"], r["baselines"]
@@ -363,7 +370,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {ms['spread_skill']:.2f} → {_num(cal.get('spread_skill'), 2)} "
             f"| {_num(ms['crps'])} → {_num(cal.get('crps'))} "
             f"| {_num((cal.get('spread_factor') or {}).get('max'), 2)} "
-            f"({'Gaussian' if cal.get('spread_tail_dof') is None else cal['spread_tail_dof']}) "
+            f"({'Gaussian' if cal.get('spread_tail_dof') is None else cal['spread_tail_dof']}"
+            f"{_widened(cal.get('spread_widening'))}) "
             f"| {micro_stage(r.get('validation'))} "
             f"| {met}{'; MISSED: ' + ', '.join(missed) if missed else ''} |")
     for r in rows:

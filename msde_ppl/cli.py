@@ -1106,6 +1106,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                  if "residual_gain" in cal else "")
         tail = ("" if cal.get("spread_tail_dof") is None
                 else f"; members' Student-t tail, {cal['spread_tail_dof']:g} dof")
+        if cal.get("spread_widening", 1.0) > 1.0:
+            tail += (f"; spread widened {cal['spread_widening']:.3g}x (Gaussian members at the "
+                     "errors' RMS covered less than 90% on the calibration split)")
         print(f"calibrated on {cal['fitted_on']}: {moved}CRPS {cal['crps']:.3g}; 90% coverage "
               f"{cal['coverage_90']:.2f}; spread/skill {cal['spread_skill']:.2f}{tail}")
     _print_baselines(metrics)

@@ -145,6 +145,10 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
         tail = _spread_tail(fc)
         tail = "" if tail is None else (f"; its members' deviations follow a Student-t tail "
                                         f"with {tail:g} degrees of freedom")
+        widening = float(fc["spread_factor"].attrs.get("spread_widening", 1.0))
+        if widening > 1.0:
+            tail += (f"; the factor includes a widening of {widening:.3g}, where Gaussian "
+                     "members at the errors' RMS covered less than 90% of the val errors")
         lines += [f"The forecast is calibrated: its spread is scaled by a factor fitted on the "
                   f"val split (median {np.median(factor):.3g}{per_traj}{tail}, "
                   "docs/calibration.md); the metrics table shows the scores before and after.",

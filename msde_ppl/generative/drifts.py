@@ -192,20 +192,26 @@ class StencilDrift(eqx.Module):
 
 
 class MicroDrift(eqx.Module):
-    r"""Global micro drift :math:`f_\eta(t, \zeta, \eta) = \mathrm{MLP}([t, \zeta, \eta])`, or
-    :math:`\mathrm{MLP}([\zeta, \eta])` with ``time_input=False`` (autonomous dynamics: the
-    drift cannot key on the time since the data's start, only on the state)."""
+    r"""Global micro drift :math:`f_\eta(t, \zeta, \eta) = \mathrm{MLP}([t / T, \zeta, \eta])`,
+    or :math:`\mathrm{MLP}([\zeta, \eta])` with ``time_input=False`` (autonomous dynamics: the
+    drift cannot key on the time since the data's start, only on the state). ``time_scale``
+    :math:`T` is 1 for the reference (the time in the data's units); the data's time span
+    makes the input unit-free."""
 
     mlp: MLP
     dissipation: Dissipation | None
     time_input: bool = eqx.field(static=True)
+    time_scale: float = eqx.field(static=True)
 
     def __init__(
         self, n_macro: int, n_micro: int, hidden: tuple[int, ...] = (128, 512, 128),
-        time_input: bool = True, dissipation: Dissipation | None = None, *,
-        key: PRNGKeyArray,
+        time_input: bool = True, dissipation: Dissipation | None = None,
+        time_scale: float = 1.0, *, key: PRNGKeyArray,
     ) -> None:
+        if not (np.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale must be a positive time, got {time_scale}")
         self.time_input = time_input
+        self.time_scale = float(time_scale)
         self.mlp = MLP(int(time_input) + n_macro + n_micro, hidden, n_micro,
                        activation=jax.nn.relu, key=key)
         self.dissipation = dissipation
@@ -213,7 +219,7 @@ class MicroDrift(eqx.Module):
     def __call__(self, t: Array, zeta: Array, eta: Array) -> Array:
         inputs = [zeta.ravel(), eta]
         if self.time_input:
-            inputs.insert(0, jnp.reshape(t, (1,)))
+            inputs.insert(0, jnp.reshape(t, (1,)) / self.time_scale)
         out = self.mlp(jnp.concatenate(inputs))
         return out if self.dissipation is None else self.dissipation(eta, out)
 
@@ -239,6 +245,7 @@ class MultiscaleDrift(eqx.Module):
         physics: CoarsePDE | None = None,
         dissipation: tuple[float, ...] | None = None,
         positional: bool = False,
+        time_scale: float = 1.0,
         *,
         key: PRNGKeyArray,
     ) -> None:
@@ -258,7 +265,7 @@ class MultiscaleDrift(eqx.Module):
         self.micro = None
         if n_micro:
             self.micro = MicroDrift(n_macro, n_micro, micro_hidden, micro_time, micro_diss,
-                                    key=key_micro)
+                                    time_scale, key=key_micro)
 
     @property
     def n_macro(self) -> int:

@@ -131,6 +131,14 @@ class MultiscaleConfig:
         positional: the macro drift also reads each coarse node's position (cos/sin of its
             grid indices, :func:`~msde_ppl.generative.drifts.position_features`): no longer
             translation-equivariant, for a flow that is not (the cylinder wake).
+        scales: the data's scales, or ``None`` (the reference's constants, kept by the
+            built-in cases): ``(time_scale, diffusion_medians, obs_var_medians)``, the time
+            the micro drift's time input is divided by, the prior medians of the diffusion
+            (one per field for the macro coordinates, then one for the micro ones) and of the
+            observation variances (one per field). Without them: 1, 0.1 and 0.01, numbers in
+            the data's units, so a model of data in other units (seconds against hours, K
+            against mK) starts somewhere else. :func:`scales_from_data` derives them from a
+            dataset that is not a built-in case (:func:`msde_ppl.pipeline.run.model_config`).
     """
 
     fine_shape: tuple[int, ...]
@@ -152,6 +160,7 @@ class MultiscaleConfig:
     domain: tuple[float, ...] | None = None
     dissipation: tuple[float, ...] | None = None
     positional: bool = False
+    scales: tuple[float, tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def n_macro(self) -> int:
@@ -216,7 +225,7 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden,
                             config.micro_time, physics, config.dissipation,
-                            config.positional, key=k_drift)
+                            config.positional, time_scale(config), key=k_drift)
     if config.decoder not in ("mlp", "cnn", "stencil", "spline"):
         raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'spline', "
                          "'cnn' or 'stencil'")
@@ -275,14 +284,19 @@ def multiscale_model(
     decoder = None if modules.decoder is None else eqx_module("micro_decoder", modules.decoder)
 
     c = config.n_channels
-    diffusion = numpyro.sample(
-        "diffusion", dist.LogNormal(jnp.log(0.1), 2.0).expand([config.n_latent]).to_event(1))
-    var_macro = numpyro.sample(
-        "obs_var_macro", dist.LogNormal(jnp.log(1e-2), 3.0).expand([c]).to_event(1))
-    var_micro = None
-    if config.n_micro:
-        var_micro = numpyro.sample(
-            "obs_var_micro", dist.LogNormal(jnp.log(1e-2), 3.0).expand([c]).to_event(1))
+    diffusion_median, var_median = prior_medians(config)
+
+    def log_normal(median, log_sd):
+        return dist.LogNormal(jnp.log(median), log_sd).to_event(1)
+
+    # a draw of a Normal with a vector location adds its batch shape to the sample shape
+    # by broadcasting (an initialisation's draws: (S, n) noise times an (n,) location)
+    with jax.numpy_rank_promotion("allow"):
+        diffusion = numpyro.sample("diffusion", log_normal(diffusion_median, 2.0))
+        var_macro = numpyro.sample("obs_var_macro", log_normal(var_median, 3.0))
+        var_micro = None
+        if config.n_micro:
+            var_micro = numpyro.sample("obs_var_micro", log_normal(var_median, 3.0))
 
     coefficient = None
     if config.physics is not None:
@@ -319,6 +333,86 @@ def fitted_modules(config: MultiscaleConfig, params: dict) -> MultiscaleModules:
         None if template.decoder is None
         else fitted_network(params, "micro_decoder", template.decoder),
     )
+
+
+def time_scale(config: MultiscaleConfig) -> float:
+    """The time the micro drift's time input is divided by (``config.scales``; 1: none)."""
+    return 1.0 if config.scales is None else float(config.scales[0])
+
+
+def prior_medians(config: MultiscaleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Prior medians of the diffusion, shape ``(n_latent,)``, and of the observation
+    variances, shape ``(C,)``: the reference's 0.1 and 0.01, or ``config.scales``'
+    per-field values (each macro coordinate takes its field's, the micro ones the last)."""
+    c = config.n_channels
+    if config.scales is None:
+        return np.full(config.n_latent, 0.1, np.float32), np.full(c, 1e-2, np.float32)
+    _, diffusion, var = config.scales
+    if len(diffusion) != c + 1 or len(var) != c:
+        raise ValueError(f"config.scales needs {c + 1} diffusion and {c} variance medians, got "
+                         f"{len(diffusion)} and {len(var)}")
+    per_coordinate = np.r_[np.repeat(np.asarray(diffusion[:c], np.float64),
+                                     math.prod(config.coarse_shape)),
+                           np.full(config.n_micro, float(diffusion[c]))]
+    return per_coordinate.astype(np.float32), np.asarray(var, np.float32)
+
+
+#: :func:`scales_from_data`'s prior medians, in the data's own units: the macro diffusion a
+#: half of the RMS change between snapshots per square root of their spacing, the micro
+#: coordinates' (order one) 0.05 per square root of the spacing, the observation noise's
+#: standard deviation a tenth of the field's.
+DIFFUSION_SHARE, MICRO_DIFFUSION, NOISE_SHARE = 0.5, 0.05, 0.1
+
+
+def scales_from_data(u, dt: float, n_channels: int = 1
+                     ) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+    r"""``MultiscaleConfig.scales`` of training observations ``u`` (``(traj, time, [field,]
+    ...)``, or an iterable of such blocks of trajectories) ``dt`` apart, so that the model's
+    starting point does not depend on the data's units:
+
+    - time scale: the span of a trajectory, :math:`(n_t - 1)\Delta t`;
+    - diffusion medians :math:`0.5\,\mathrm{RMS}(\Delta u_c)/\sqrt{\Delta t}` per field
+      (the snapshots' changes as if they were all noise, halved), and
+      :math:`0.05/\sqrt{\Delta t}` for the micro coordinates;
+    - observation-variance medians :math:`(0.1\,\mathrm{std}(u_c))^2` per field.
+
+    The reference's diffusion and variance (0.1, 0.01) are what these give for a field of
+    standard deviation 1 whose snapshots change by 0.1 at :math:`\Delta t = 0.25`: the
+    built-in and benchmark data span learned diffusions of 0.013-0.11 and RMS changes of
+    0.016-0.54 per unit square-root time (docs/robustness.md, stop 58). A field that does not
+    vary falls back to the reference's value for it.
+    """
+    blocks = [u] if isinstance(u, np.ndarray) else u
+    c = int(n_channels)
+    sq_change, n_change, total, sq_total, n_total = (np.zeros(c) for _ in range(5))
+    n_time = 0
+    for block in blocks:
+        block = np.asarray(block, np.float64)
+        if not block.size:
+            continue
+        if c == 1 and (block.ndim < 3 or block.shape[2] != 1):
+            block = block[:, :, None]  # no field dim
+        n_time = max(n_time, block.shape[1])
+        axes = tuple(a for a in range(block.ndim) if a != 2)
+        change = np.diff(block, axis=1)
+        sq_change += np.nansum(change**2, axis=axes)
+        n_change += np.sum(np.isfinite(change), axis=axes)
+        total += np.nansum(block, axis=axes)
+        sq_total += np.nansum(block**2, axis=axes)
+        n_total += np.sum(np.isfinite(block), axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms_change = np.sqrt(sq_change / n_change)
+        mean = total / n_total
+        std = np.sqrt(np.maximum(sq_total / n_total - mean**2, 0.0))
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"the snapshots' spacing must be a positive time, got {dt}")
+    diffusion = np.where(np.isfinite(rms_change) & (rms_change > 0),
+                         DIFFUSION_SHARE * rms_change / np.sqrt(dt), 0.1)
+    var = np.where(np.isfinite(std) & (std > 0), (NOISE_SHARE * std) ** 2, 1e-2)
+    span = (n_time - 1) * dt if n_time > 1 else 1.0
+    micro = float(MICRO_DIFFUSION / np.sqrt(dt))
+    return (float(span), tuple(float(d) for d in diffusion) + (micro,),
+            tuple(float(v) for v in var))
 
 
 def dissipation_from_data(u, dt: float) -> tuple[float, float, float, float, float]:

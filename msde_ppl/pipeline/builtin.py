@@ -41,8 +41,10 @@ def recipe_config(recipe: dict) -> MultiscaleConfig:
     """The :class:`MultiscaleConfig` of a recipe."""
     if recipe.get("program") != "multiscale":
         raise ValueError(f"unknown built-in program {recipe.get('program')!r}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["config"].items()}
-    return MultiscaleConfig(**values)
+    def as_tuple(v):  # JSON lists back to the config's (nested) tuples
+        return tuple(as_tuple(x) for x in v) if isinstance(v, list) else v
+
+    return MultiscaleConfig(**{k: as_tuple(v) for k, v in recipe["config"].items()})
 
 
 def build_program(

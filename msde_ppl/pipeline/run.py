@@ -33,6 +33,7 @@ from msde_ppl.multiscale.program import (
     MultiscaleConfig,
     config_for,
     dissipation_from_data,
+    scales_from_data,
 )
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive, training_window
@@ -42,6 +43,7 @@ from msde_ppl.predict.calibration import (
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
+    fit_spread_widening,
     residual_rms,
 )
 from msde_ppl.predict.forecast import forecast
@@ -120,13 +122,17 @@ def model_config(
     auto_position = positional is None and case not in CASE_CONFIGS
     if drift not in ("free", "dissipative"):
         raise ValueError(f"unknown drift form {drift!r}; use 'free' or 'dissipative'")
-    dissipation = None
-    if drift == "dissipative":
+    dissipation = scales = None
+    if drift == "dissipative" or case not in CASE_CONFIGS:
         has_train = "train" in split_names(ds)
         sel = select_split(ds, "train") if has_train else ds
-        t = np.asarray(sel["time"].values, np.float64)
-        dissipation = dissipation_from_data(
-            (block for _, block in trajectory_blocks(sel["u"])), float(t[1] - t[0]))
+        dt = float(np.diff(np.asarray(sel["time"].values[:2], np.float64))[0])
+        if drift == "dissipative":
+            dissipation = dissipation_from_data(
+                (block for _, block in trajectory_blocks(sel["u"])), dt)
+        if case not in CASE_CONFIGS:  # the built-in recipes keep the reference's constants
+            scales = scales_from_data((block for _, block in trajectory_blocks(sel["u"])), dt,
+                                      ds.sizes.get("field", 1))
     domain = ds.attrs.get("domain")
     domain = None if domain is None else tuple(float(d) for d in list(domain))
     config = config_for(
@@ -134,6 +140,7 @@ def model_config(
         n_channels=ds.sizes.get("field", 1), encoder=encoder, decoder=decoder,
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
         physics=physics, domain=domain if physics else None, dissipation=dissipation,
+        scales=scales,
         micro_time=False if splits_in_time(ds) else None,
         positional=positional)
     if auto_position:
@@ -271,7 +278,10 @@ def score(
     (:class:`~msde_ppl.predict.calibration.ResidualSpread`, ``metrics["calibrated"]
     ["residual_spread"]``), then the spread factor on the corrected errors, then the members'
     tail (:func:`~msde_ppl.predict.fit_spread_tail`: ``metrics["calibrated"]
-    ["spread_tail_dof"]``, ``None`` for Gaussian members), both applied in a coordinate that
+    ["spread_tail_dof"]``, ``None`` for Gaussian members), then a common widening of the
+    factor where even Gaussian members cover less than 90% of the calibration split's errors
+    (:func:`~msde_ppl.predict.fit_spread_widening`, ``metrics["calibrated"]
+    ["spread_widening"]``, 1 for none), all applied in a coordinate that
     keeps inside the data's bounds every member the dynamics kept there
     (:func:`~msde_ppl.predict.forecast`); the forecast
     carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
@@ -324,10 +334,16 @@ def score(
                 np.asarray(jax.random.key_data(jax.random.fold_in(key_raw, 2))).tolist())
             tail = fit_spread_tail(fc_val, factor, n_samples, simulation, n_models=n_models,
                                    traj_multiplier=multiplier)
+            # a tail is matched to the coverage already (the nearest on its grid); Gaussian
+            # members that under-cover are widened instead
+            widening = (fit_spread_widening(fc_val, factor, tail, n_samples, simulation,
+                                            n_models=n_models, traj_multiplier=multiplier)
+                        if np.isinf(tail) else 1.0)
+            factor = factor * widening
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
-            factor = gain = spread = tail = None
+            factor = gain = spread = tail = widening = None
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
@@ -347,6 +363,9 @@ def score(
                                            "max": float(factor.max())}
             # degrees of freedom of the members' Student-t tail; None: Gaussian (no tail)
             calibrated["spread_tail_dof"] = None if np.isinf(tail) else tail
+            # the common widening (included in the factor) where even Gaussian members
+            # under-covered the calibration split's errors; 1: none
+            calibrated["spread_widening"] = widening
             metrics["calibrated"] = calibrated
             if gain is not None:
                 calibrated["residual_gain"] = {
@@ -363,6 +382,7 @@ def score(
                 "forecast's members)")
             if np.isfinite(tail):
                 fc["spread_factor"].attrs["spread_tail_dof"] = tail
+            fc["spread_factor"].attrs["spread_widening"] = widening
             if spread is not None:
                 calibrated["residual_spread"] = spread._asdict()
                 fc["spread_factor"].attrs.update(residual_spread_exponent=spread.exponent,

@@ -33,6 +33,7 @@ import xarray as xr
 
 from msde_ppl.data import load, make_dataset
 from msde_ppl.pipeline.baselines import BASELINES, run_baseline
+from msde_ppl.predict.metrics import COVERAGE_TARGET, SPREAD_SKILL_TARGET
 
 METHODS = ("coarse_dns", "dmd", "pod_sindy", "implicit_scale", "multiscale")
 FITTED = ("implicit_scale", "multiscale")
@@ -71,8 +72,6 @@ FULL_SAMPLES = 64
 _SCORES = ("rel_l2_mean", "rel_l2_std", "rel_l2_clean_mean", "rel_l2_clean_std", "n_pairs",
            "finite")
 _PROBABILISTIC = ("crps", "coverage_90", "spread_skill")
-COVERAGE_TARGET = (0.85, 0.95)  # of a 90% interval on test, after the val-fitted calibration
-SPREAD_SKILL_TARGET = (0.8, 1.25)
 
 
 def _row(metrics: dict, source: str) -> dict:

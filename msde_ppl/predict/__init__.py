@@ -7,6 +7,7 @@ from msde_ppl.predict.calibration import (
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
+    fit_spread_widening,
     tail_weights,
 )
 from msde_ppl.predict.coarse_dns import coarse_dns, evaluate_coarse_dns
@@ -27,5 +28,6 @@ from msde_ppl.predict.metrics import (
 __all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "coarse_dns",
            "crps_ensemble", "diverged_members", "divergence_limits", "evaluate_coarse_dns",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
-           "forecast", "forecast_metrics", "interval_coverage", "lead_time_metrics",
-           "noise_floor", "pooled_relative_l2", "relative_l2", "rollout", "tail_weights"]
+           "fit_spread_widening", "forecast", "forecast_metrics", "interval_coverage",
+           "lead_time_metrics", "noise_floor", "pooled_relative_l2", "relative_l2", "rollout",
+           "tail_weights"]

@@ -75,6 +75,16 @@ no heavier-tailed than the spread keep Gaussian members.
 (Maximum likelihood of :math:`z` was tried first: it chose the heaviest tail on the grid for
 every implicit-scale model, which then under-covered on test, 0.83.)
 
+**Errors the spread misses** (:func:`fit_spread_widening`). The opposite case: the spread
+sits where the errors are not, so Gaussian members at the errors' RMS cover *less* than 90%
+(a phase-separating 2D field: 0.85 of the calibrated val errors, 0.80 of the test ones; at its
+interfaces errors and spread have the same RMS, yet 0.77 of the errors fall in the interval).
+A tail cannot help (it only narrows the interval); the factor is multiplied by the smallest
+common widening :math:`k \ge 1` whose members cover 90% of the validation errors, read as the
+forecast reads them. The spread–skill ratio is then multiplied by :math:`k`, so :math:`k`
+stops at 1.25, the upper edge of the spread–skill target: coverage is raised as far as that
+target allows.
+
 **Members that stay in the data's range.** A heavy tail's few far members carry deviations
 several times the spread, and a large factor multiplies deviations that are already of the
 order of the field's range (a front or a crest the member places elsewhere): inflated
@@ -100,12 +110,18 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from msde_ppl.predict.metrics import ENSEMBLE_QUANTILE_METHOD, EXACT_REL_L2, crps_gaussian
+from msde_ppl.predict.metrics import (
+    ENSEMBLE_QUANTILE_METHOD,
+    EXACT_REL_L2,
+    SPREAD_SKILL_TARGET,
+    attainable_coverage,
+    crps_gaussian,
+)
 
-__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID",
+__all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID", "WIDENING_GRID",
            "ResidualSpread", "apply_residual_gain",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
-           "residual_rms", "tail_weights"]
+           "fit_spread_widening", "residual_rms", "tail_weights"]
 
 #: Candidate inflation factors (log-spaced, 1/8 ... 32; 1 is on the grid).
 FACTOR_GRID = np.exp2(np.linspace(-3.0, 5.0, 97))
@@ -378,13 +394,37 @@ class _EnsembleInterval:
         self.lower, self.upper = np.quantile(members, [(1 - level) / 2, (1 + level) / 2],
                                              axis=1, method=ENSEMBLE_QUANTILE_METHOD)
 
-    def covered(self, z_sorted: np.ndarray) -> float:
-        r"""Expected number of the values ``z_sorted`` (ascending) inside the interval,
-        :math:`\frac1K \sum_k \#\{l_k \le z \le u_k\}`: two binary searches per simulated
-        ensemble instead of one per value."""
-        inside = (np.searchsorted(z_sorted, self.upper, side="right")
-                  - np.searchsorted(z_sorted, self.lower, side="left"))
+    def covered(self, z_sorted: np.ndarray, scale: float = 1.0) -> float:
+        r"""Expected number of the values ``z_sorted`` (ascending) inside the interval
+        widened ``scale`` times, :math:`\frac1K \sum_k \#\{s\,l_k \le z \le s\,u_k\}`: two
+        binary searches per simulated ensemble instead of one per value."""
+        inside = (np.searchsorted(z_sorted, scale * self.upper, side="right")
+                  - np.searchsorted(z_sorted, scale * self.lower, side="left"))
         return float(inside.mean())
+
+
+def _standardised_errors(fc: xr.Dataset, factor: np.ndarray, obs_var: str,
+                         traj_multiplier: np.ndarray | None):
+    r"""The calibrated errors :math:`z = (y - \bar y) / (c(\tau)\, m\, \sigma)` of each
+    trajectory, sorted, as a 1D array per trajectory; lead times whose errors are zero up to
+    rounding (lead 0 of a residual-corrected forecast) and missing observations left out.
+
+    Raises:
+        ValueError: non-finite forecast values, or a factor of the wrong shape.
+    """
+    n_time = fc.sizes["time"]
+    factor = np.asarray(factor, np.float64)
+    if factor.shape != (n_time,) or not (np.isfinite(factor).all() and (factor > 0).all()):
+        raise ValueError(f"factor must be {n_time} positive values, got shape {factor.shape}")
+    for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
+        err = obs - mean
+        # a missing observation drops that value only, not its lead time
+        keep = np.nansum(err**2, axis=1) > EXACT_REL_L2**2 * np.nansum(obs**2, axis=1)
+        scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
+        if traj_multiplier is not None:
+            scale = scale * float(np.asarray(traj_multiplier).reshape(-1)[i])
+        z = (err / scale)[keep].ravel()
+        yield np.sort(z[np.isfinite(z)])  # a missing observation says nothing
 
 
 def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
@@ -398,7 +438,10 @@ def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
     :math:`(1 \mp \text{level})/2` quantiles of ``n_models`` times ``n_members`` members,
     Gaussian deviations times ``tail_weights(nu, n_members)`` for each model (simulated with
     ``rng``). ``inf`` (Gaussian members) when
-    they cover at most ``level`` already: a tail only ever narrows the interval.
+    they cover at most ``level`` already: a tail only ever narrows the interval (then
+    :func:`fit_spread_widening` widens the spread instead). For an ensemble too small to hold
+    ``level`` of perfectly calibrated errors, the rate it can hold
+    (:func:`~msde_ppl.predict.metrics.attainable_coverage`) replaces ``level``.
 
     Args:
         fc: the forecast the spread factor was fitted on (after any residual correction).
@@ -421,28 +464,75 @@ def fit_spread_tail(fc: xr.Dataset, factor: np.ndarray, n_members: int,
         raise ValueError(f"grid must hold degrees of freedom above 2, got {grid}")
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be a probability in (0, 1), got {level}")
-    n_time = fc.sizes["time"]
-    factor = np.asarray(factor, np.float64)
-    if factor.shape != (n_time,) or not (np.isfinite(factor).all() and (factor > 0).all()):
-        raise ValueError(f"factor must be {n_time} positive values, got shape {factor.shape}")
     intervals = [_EnsembleInterval(np.tile(tail_weights(dof, n_members), int(n_models)), rng,
                                    level) for dof in candidates]
     covered = np.zeros(len(candidates))
     count = 0
-    for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
-        err = obs - mean
-        # a missing observation drops that value only, not its lead time
-        keep = np.nansum(err**2, axis=1) > EXACT_REL_L2**2 * np.nansum(obs**2, axis=1)
-        scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
-        if traj_multiplier is not None:
-            scale = scale * float(np.asarray(traj_multiplier).reshape(-1)[i])
-        z = (err / scale)[keep].ravel()
-        z = np.sort(z[np.isfinite(z)])  # a missing observation says nothing
+    for z in _standardised_errors(fc, factor, obs_var, traj_multiplier):
         covered += [interval.covered(z) for interval in intervals]
         count += z.size
     if count == 0:
         raise ValueError("the forecast has no informative errors: no tail can be fitted")
+    # an ensemble too small for its interval to hold `level` of even perfectly calibrated
+    # errors aims at what it can hold (64 members: `level` itself)
+    target = attainable_coverage(level, int(n_members) * int(n_models))
     coverage = covered / count  # non-increasing as the tail gets heavier (up to MC noise)
-    if coverage[0] <= level:  # the lightest tail (Gaussian on the default grid) covers enough
+    if coverage[0] <= target:  # the lightest tail (Gaussian on the default grid) covers enough
         return candidates[0]
-    return candidates[int(np.argmin(np.abs(coverage - level)))]
+    return candidates[int(np.argmin(np.abs(coverage - target)))]
+
+
+#: Candidate widenings of :func:`fit_spread_widening`: 1 to the upper edge of the
+#: spread–skill target (1.25), in steps of about 0.7%.
+WIDENING_GRID = np.exp(np.linspace(0.0, np.log(SPREAD_SKILL_TARGET[1]), 33))
+
+
+def fit_spread_widening(fc: xr.Dataset, factor: np.ndarray, dof: float, n_members: int,
+                        rng: np.random.Generator, *, n_models: int = 1, obs_var: str = "obs",
+                        traj_multiplier: np.ndarray | None = None,
+                        grid: np.ndarray = WIDENING_GRID, level: float = 0.9) -> float:
+    r"""A common widening :math:`k \ge 1` of the calibrated spread fitted on a (validation)
+    forecast: the smallest :math:`k` of ``grid`` whose members (the tail ``dof`` of
+    :func:`fit_spread_tail`, read as the forecast reads them, simulated with ``rng``) cover
+    the standardised errors :math:`z = (y - \bar y) / (c(\tau)\, m\, \sigma)` at a rate of
+    at least ``level``; 1 when they do already, the grid's end when no :math:`k` on it does.
+
+    A tail only ever narrows the interval, so when even Gaussian members with the spread of the
+    errors' RMS cover less than ``level`` (the spread sits where the errors are not: at the
+    interfaces of a phase-separating field the members spread where they place an interface,
+    and the truth's lies where they agree on a phase), :func:`fit_spread_tail` keeps Gaussian
+    members and the spread itself must widen: the spread–skill ratio is then multiplied by
+    :math:`k`. The default grid ends at the upper edge of the spread–skill target
+    (:data:`~msde_ppl.predict.metrics.SPREAD_SKILL_TARGET`, 1.25): coverage is raised as far
+    as the spread–skill target allows.
+
+    The rate aimed at is ``level``, or less where the ensemble is too small for its interval to
+    hold ``level`` of even perfectly calibrated errors
+    (:func:`~msde_ppl.predict.metrics.attainable_coverage`: 0.78 for 8 members): the widening
+    corrects the spread, not the size of the ensemble.
+
+    Args: as :func:`fit_spread_tail`, with ``dof`` the tail chosen there (``inf``: Gaussian)
+    and ``grid`` increasing candidate widenings from 1.
+
+    Raises:
+        ValueError: non-finite forecast values, a factor of the wrong shape, a bad grid or
+            level, or no informative errors.
+    """
+    grid = np.asarray(grid, np.float64)
+    if grid.ndim != 1 or grid.size < 1 or grid[0] != 1.0 or np.any(np.diff(grid) <= 0):
+        raise ValueError("grid must be increasing widenings starting at 1")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be a probability in (0, 1), got {level}")
+    n_total = int(n_members) * int(n_models)
+    interval = _EnsembleInterval(np.tile(tail_weights(dof, n_members), int(n_models)), rng,
+                                 level)
+    covered = np.zeros(grid.size)
+    count = 0
+    for z in _standardised_errors(fc, factor, obs_var, traj_multiplier):
+        covered += [interval.covered(z, k) for k in grid]
+        count += z.size
+    if count == 0:
+        raise ValueError("the forecast has no informative errors: no widening can be fitted")
+    # coverage grows with k (every simulated interval holds 0)
+    enough = np.flatnonzero(covered / count >= attainable_coverage(level, n_total))
+    return float(grid[enough[0]]) if enough.size else float(grid[-1])

@@ -37,6 +37,26 @@ def ensemble_positions(probs: np.ndarray, n_members: int) -> np.ndarray:
     return np.clip(np.asarray(probs, np.float64) * (n_members + 1) - 1, 0, n_members - 1)
 
 
+def attainable_coverage(level: float, n_members: int) -> float:
+    """The expected coverage of the central ``level`` interval of ``n_members`` members, read
+    as :data:`ENSEMBLE_QUANTILE_METHOD` reads it, for an observation exchangeable with the
+    members (a perfectly calibrated ensemble): the gap between the two positions of
+    :func:`ensemble_positions` over :math:`S + 1`. ``level`` for 64 members (58.5 / 65); less
+    where the positions are clipped to the extremes, :math:`(S - 1)/(S + 1)` for fewer than 19
+    members at 0.9 (0.78 for 8)."""
+    probs = np.array([(1 - level) / 2, (1 + level) / 2])
+    positions = ensemble_positions(probs, n_members)
+    if np.array_equal(positions, probs * (n_members + 1) - 1):  # not clipped: exactly level
+        return float(level)
+    return float((positions[1] - positions[0]) / (n_members + 1))
+
+
+#: Targets of a calibrated forecast on test: the coverage of its 90% interval, and its
+#: spread–skill ratio (RMS spread over the RMSE of the mean).
+COVERAGE_TARGET = (0.85, 0.95)
+SPREAD_SKILL_TARGET = (0.8, 1.25)
+
+
 def relative_l2(truth: xr.DataArray, pred: xr.DataArray) -> xr.DataArray:
     """``||truth - pred|| / ||truth||`` over every dim except ``traj`` and ``time``."""
     if truth.dims != pred.dims or truth.shape != pred.shape:

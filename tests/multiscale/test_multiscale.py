@@ -240,6 +240,58 @@ def test_dissipation_from_data_scales_with_the_data():
     assert centre10 == pytest.approx(30.0) and radius10 == pytest.approx(40.0)
 
 
+def test_scales_from_data_follow_the_units_of_amplitude_and_time():
+    """Closed forms on a two-field record whose fields change by 1 and 3 per snapshot (RMS
+    change 1 and 3), then the same record in other units (amplitude x a, time x b): the
+    diffusion medians scale by a / sqrt(b) (the micro one by 1 / sqrt(b): its coordinates
+    have no unit), the variance medians by a^2, the time scale by b; the prior medians give
+    each macro coordinate its field's value."""
+    from msde_ppl.multiscale.program import prior_medians, scales_from_data
+
+    steps = np.arange(5.0)[None, :, None, None]
+    u = np.concatenate([steps + 0 * np.ones((2, 5, 1, 3)), 3 * steps + np.ones((2, 5, 1, 3))],
+                       axis=2)  # (traj, time, field, x)
+    span, diffusion, var = scales_from_data(u, 0.5, n_channels=2)
+    assert span == pytest.approx(2.0)
+    np.testing.assert_allclose(diffusion, [0.5 / np.sqrt(0.5), 1.5 / np.sqrt(0.5),
+                                           0.05 / np.sqrt(0.5)], rtol=1e-12)
+    np.testing.assert_allclose(var, [(0.1 * np.std(u[:, :, 0])) ** 2,
+                                     (0.1 * np.std(u[:, :, 1])) ** 2], rtol=1e-12)
+    a, b = 40.0, 25.0
+    span_ab, diffusion_ab, var_ab = scales_from_data([a * u[:1], a * u[1:]], 0.5 * b, 2)
+    assert span_ab == pytest.approx(b * span)
+    np.testing.assert_allclose(diffusion_ab[:2], np.array(diffusion[:2]) * a / np.sqrt(b))
+    assert diffusion_ab[2] == pytest.approx(diffusion[2] / np.sqrt(b))
+    np.testing.assert_allclose(var_ab, np.array(var) * a**2)
+    # one field without a field dim; a constant field falls back to the reference's values
+    assert scales_from_data(np.ones((2, 4, 3)), 1.0)[1:] == ((0.1, 0.05), (1e-2,))
+    cfg = dataclasses.replace(TINY, n_channels=2, scales=(span, diffusion, var))
+    d, v = prior_medians(cfg)
+    n = int(np.prod(cfg.coarse_shape))
+    np.testing.assert_allclose(d, np.r_[np.full(n, diffusion[0]), np.full(n, diffusion[1]),
+                                        np.full(cfg.n_micro, diffusion[2])], rtol=1e-6)
+    np.testing.assert_allclose(v, var, rtol=1e-6)
+    np.testing.assert_allclose(prior_medians(TINY)[0], 0.1)  # the reference's constants
+    with pytest.raises(ValueError, match="medians"):
+        prior_medians(dataclasses.replace(cfg, scales=(1.0, (0.1,), (0.01,))))
+    with pytest.raises(ValueError, match="spacing"):
+        scales_from_data(u, 0.0, 2)
+
+
+def test_the_micro_drift_reads_the_time_in_units_of_its_time_scale(rng_key):
+    """A micro drift with time scale T at time t is the same network at t / T (T = 1 is the
+    reference's raw time); a non-positive scale is refused."""
+    from msde_ppl.generative.drifts import MicroDrift
+
+    raw = MicroDrift(4, 2, (8,), key=rng_key)
+    scaled = MicroDrift(4, 2, (8,), time_scale=250.0, key=rng_key)
+    zeta, eta = jnp.arange(4.0) / 4, jnp.array([0.3, -0.2])
+    np.testing.assert_allclose(scaled(jnp.asarray(500.0), zeta, eta),
+                               raw(jnp.asarray(2.0), zeta, eta), rtol=1e-6)
+    with pytest.raises(ValueError, match="time_scale"):
+        MicroDrift(4, 2, (8,), time_scale=0.0, key=rng_key)
+
+
 def test_the_macro_ball_never_exceeds_its_largest_radius(rng_key):
     """With a largest radius r, whatever the learned rate and bound (a rate near 0 and a bound
     100 times larger: an uncapped ball of radius 7e6), every coarse node beyond r of the

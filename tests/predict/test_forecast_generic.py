@@ -258,6 +258,9 @@ def test_score_calibrates_on_val_and_keeps_both_scores(data, monkeypatch, capsys
     assert fc["residual_gain"].dims == ("time",) and fc["residual_gain"].values[0] == 1
     assert "rel_l2_mean" in cal and cal["residual_gain"]["lead_1"] <= 1
     assert 0 <= cal["residual_spread"]["exponent"] <= 1 and "spread_multiplier" in fc
+    # the coverage widening is part of the delivered factor, 1 when none (at most 1.25)
+    assert 1.0 <= cal["spread_widening"] <= 1.25
+    assert fc["spread_factor"].attrs["spread_widening"] == cal["spread_widening"]
     tail = cal["spread_tail_dof"]  # None: Gaussian members, and no attribute then
     if tail is None:
         assert "spread_tail_dof" not in fc["spread_factor"].attrs
@@ -303,6 +306,26 @@ def test_score_delivers_the_fitted_heavy_tail_inside_the_data_bounds(data, monke
                            spread_factor=factor, spread_tail=2.1)
     assert int(linear["diverged"].sum()) > 0
     assert int(fc["diverged"].sum()) == int(raw["diverged"].sum()) == 0
+
+
+def test_score_widens_gaussian_members_only(data, monkeypatch):
+    """The fitted widening multiplies the delivered factor when the tail is Gaussian, and is
+    neither fitted nor applied when a tail was chosen (the nearest coverage match stands)."""
+    from msde_ppl.pipeline import run as run_module
+
+    factor = np.full(T_OUT, 1.5)
+    monkeypatch.setattr(run_module, "fit_spread_factor", lambda *a, **k: factor)
+    monkeypatch.setattr(run_module, "fit_spread_widening", lambda *a, **k: 1.2)
+    fitted = _fitted(data, as_leaf=False)
+    for tail, widening in ((np.inf, 1.2), (4.0, 1.0)):
+        monkeypatch.setattr(run_module, "fit_spread_tail", lambda *a, _t=tail, **k: _t)
+        fc, metrics = run_module.score(fitted, data, split="test", n_samples=16,
+                                       calibrate_on="val", residual=False, seed=5)
+        cal = metrics["calibrated"]
+        assert cal["spread_widening"] == widening
+        assert fc["spread_factor"].attrs["spread_widening"] == widening
+        np.testing.assert_allclose(fc["spread_factor"], widening * factor, rtol=1e-6)
+        assert cal["spread_factor"]["max"] == pytest.approx(widening * 1.5)
 
 
 def test_members_beyond_the_training_range_are_counted(data):
