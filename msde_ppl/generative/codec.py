@@ -197,6 +197,7 @@ class MultiscaleEncoder(eqx.Module):
         hidden: tuple[int, ...] = (256,),
         network: str = "mlp",
         spacing: int = 2,
+        macro_var: tuple[float, ...] | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
@@ -215,7 +216,11 @@ class MultiscaleEncoder(eqx.Module):
         elif n_micro:
             self.micro = ConvMicroEncoder(scale.n_channels, scale.fine_shape, n_micro, key=key)
         n_macro = scale.n_channels * math.prod(scale.coarse_shape)
-        self.logvar = jnp.full((n_macro + n_micro,), _INIT_LOGVAR, jnp.float32)
+        logvar = np.full(n_macro + n_micro, _INIT_LOGVAR)
+        if macro_var is not None:  # per field, in the data's units (MultiscaleConfig.scales)
+            logvar[:n_macro] = np.repeat(np.log(np.asarray(macro_var, np.float64)),
+                                         math.prod(scale.coarse_shape))
+        self.logvar = jnp.asarray(logvar, jnp.float32)
 
     def __call__(self, y: Float[Array, "C ..."]) -> tuple[Array, Array]:
         if self.micro is None:

@@ -14,7 +14,9 @@ Generative model for a minibatch of ``B`` windows of ``M`` consecutive snapshots
         \mathcal N(P\zeta + g(\eta),\ \sigma_m^2) \quad\text{(product of experts, normalised)}
 
 with priors :math:`s \sim \mathrm{LogNormal}(\log 0.1, 2)` per latent coordinate and
-:math:`\sigma_M^2, \sigma_m^2 \sim \mathrm{LogNormal}(\log 10^{-2}, 3)` per field. The path is an
+:math:`\sigma_M^2, \sigma_m^2 \sim \mathrm{LogNormal}(\log 10^{-2}, 3)` per field (the reference's
+medians; data that are not a built-in case get medians in their own units,
+:func:`scales_from_data`). The path is an
 Euler–Maruyama :class:`~msde_ppl.generative.SDEPath` conditional on its first state (windows start
 mid-trajectory). ``K = 0`` gives the implicit-scale (closure) model
 :math:`y \sim \mathcal N(P\zeta, \sigma_M^2)`.
@@ -24,7 +26,7 @@ Sample sites:
 =================  =====================================  ==================================
 site               distribution                           shape
 =================  =====================================  ==================================
-``diffusion``      LogNormal(log 0.1, 2)                  ``(n_z,)``, ``n_z = C*prod(coarse)+K``
+``diffusion``      LogNormal(log 0.1, 2) (or scales')     ``(n_z,)``, ``n_z = C*prod(coarse)+K``
 ``obs_var_macro``  LogNormal(log 1e-2, 3)                 ``(C,)``
 ``obs_var_micro``  LogNormal(log 1e-2, 3) (only ``K>0``)  ``(C,)``
 ``viscosity`` or   LogNormal(median, 2) (only with         ``()``
@@ -215,7 +217,8 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
     scale = ScaleOperator(config.fine_shape, config.coarse_shape, config.n_channels,
                           config.n_sigma, config.kernel_init, config.learn_kernel)
     encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, config.encoder,
-                                config.codec_spacing, key=k_enc)
+                                config.codec_spacing,
+                                None if config.scales is None else config.scales[2], key=k_enc)
     physics = None
     if config.physics is not None:
         if config.domain is None:
@@ -385,7 +388,7 @@ def scales_from_data(u, dt: float, n_channels: int = 1
     blocks = [u] if isinstance(u, np.ndarray) else u
     c = int(n_channels)
     sq_change, n_change, total, sq_total, n_total = (np.zeros(c) for _ in range(5))
-    n_time = 0
+    n_time, shift = 0, None
     for block in blocks:
         block = np.asarray(block, np.float64)
         if not block.size:
@@ -394,6 +397,9 @@ def scales_from_data(u, dt: float, n_channels: int = 1
             block = block[:, :, None]  # no field dim
         n_time = max(n_time, block.shape[1])
         axes = tuple(a for a in range(block.ndim) if a != 2)
+        if shift is None:  # the moments about the first block's means: no cancellation
+            shift = np.nan_to_num(np.nanmean(block, axis=axes))
+        block = block - np.expand_dims(shift, axes)
         change = np.diff(block, axis=1)
         sq_change += np.nansum(change**2, axis=axes)
         n_change += np.sum(np.isfinite(change), axis=axes)

@@ -120,11 +120,17 @@ def grow_modules(
 def grown_global_values(medians: dict, old_config: MultiscaleConfig, n_micro: int) -> dict:
     """Initial values (constrained) of the global sites of the grown model from the old model's
     posterior ``medians`` (``{site: value}``): the old medians, new diffusion coordinates at the
-    old micro (or macro) median, and the micro observation variance at the macro one when it is
-    new."""
+    old micro median (with no micro state yet: the micro prior's median of ``scales``, or the
+    old macro median under the reference's constants), and the micro observation variance at
+    the macro one when it is new."""
     diffusion = np.asarray(medians["diffusion"])
-    donor = diffusion[old_config.n_macro:] if old_config.n_micro else diffusion[:old_config.n_macro]
-    extra = np.full(n_micro - old_config.n_micro, float(np.median(donor)))
+    if old_config.n_micro:
+        start = float(np.median(diffusion[old_config.n_macro:]))
+    elif old_config.scales is not None:  # the micro prior's median: the macro one has units
+        start = float(old_config.scales[1][-1])
+    else:  # the reference's constants: one number for both
+        start = float(np.median(diffusion[:old_config.n_macro]))
+    extra = np.full(n_micro - old_config.n_micro, start)
     values = {name: jnp.asarray(value) for name, value in medians.items()}
     values["diffusion"] = jnp.asarray(np.concatenate([diffusion, extra]), jnp.float32)
     values.setdefault("obs_var_micro", jnp.asarray(medians["obs_var_macro"]))

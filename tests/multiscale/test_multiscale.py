@@ -263,8 +263,11 @@ def test_scales_from_data_follow_the_units_of_amplitude_and_time():
     np.testing.assert_allclose(diffusion_ab[:2], np.array(diffusion[:2]) * a / np.sqrt(b))
     assert diffusion_ab[2] == pytest.approx(diffusion[2] / np.sqrt(b))
     np.testing.assert_allclose(var_ab, np.array(var) * a**2)
-    # one field without a field dim; a constant field falls back to the reference's values
+    # one field without a field dim; a constant field (also one float32 does not hold
+    # exactly) falls back to the reference's values
     assert scales_from_data(np.ones((2, 4, 3)), 1.0)[1:] == ((0.1, 0.05), (1e-2,))
+    third = np.full((2, 4, 3), 1 / 3, np.float32)
+    assert scales_from_data(third, 1.0)[1:] == ((0.1, 0.05), (1e-2,))
     cfg = dataclasses.replace(TINY, n_channels=2, scales=(span, diffusion, var))
     d, v = prior_medians(cfg)
     n = int(np.prod(cfg.coarse_shape))
@@ -272,10 +275,33 @@ def test_scales_from_data_follow_the_units_of_amplitude_and_time():
                                         np.full(cfg.n_micro, diffusion[2])], rtol=1e-6)
     np.testing.assert_allclose(v, var, rtol=1e-6)
     np.testing.assert_allclose(prior_medians(TINY)[0], 0.1)  # the reference's constants
+    np.testing.assert_allclose(prior_medians(TINY)[1], 0.01)
     with pytest.raises(ValueError, match="medians"):
         prior_medians(dataclasses.replace(cfg, scales=(1.0, (0.1,), (0.01,))))
     with pytest.raises(ValueError, match="spacing"):
         scales_from_data(u, 0.0, 2)
+
+
+def test_scales_reach_the_networks_and_the_grown_micro_state(rng_key):
+    """With ``scales``, the micro drift divides its time by the span, the encoder's macro
+    variances start at the fields' noise medians, and growing a model without micro state
+    starts the new diffusion coordinates at the micro prior's median (not at the macro
+    diffusion, which is in the data's units)."""
+    from msde_ppl.multiscale.surgery import grown_global_values
+
+    scales = (80.0, (40.0, 0.07), (4.0,))
+    cfg = dataclasses.replace(TINY, scales=scales)
+    modules = build_modules(cfg, key=rng_key)
+    assert modules.drift.micro.time_scale == 80.0
+    np.testing.assert_allclose(modules.encoder.logvar[:cfg.n_macro], np.log(4.0), rtol=1e-6)
+    old = dataclasses.replace(cfg, n_micro=0)
+    medians = {"diffusion": np.full(old.n_latent, 35.0), "obs_var_macro": np.array([3.0])}
+    grown = grown_global_values(medians, old, cfg.n_micro)
+    np.testing.assert_allclose(grown["diffusion"], np.r_[np.full(old.n_macro, 35.0),
+                                                         np.full(cfg.n_micro, 0.07)],
+                               rtol=1e-6)
+    reference = grown_global_values(medians, dataclasses.replace(old, scales=None), 2)
+    np.testing.assert_allclose(reference["diffusion"][-2:], 35.0)  # as before: the macro one
 
 
 def test_the_micro_drift_reads_the_time_in_units_of_its_time_scale(rng_key):
