@@ -367,11 +367,60 @@ def prior_medians(config: MultiscaleConfig) -> tuple[np.ndarray, np.ndarray]:
 DIFFUSION_SHARE, MICRO_DIFFUSION, NOISE_SHARE = 0.5, 0.05, 0.1
 
 
+class DataStatistics(NamedTuple):
+    """One pass over training observations (:func:`data_statistics`): per field ``c``, the
+    RMS change between snapshots and the standard deviation; over every value, the largest
+    change between snapshots and the range; and the trajectories' number of snapshots. A
+    statistic with no finite value is NaN (the fallbacks are the readers')."""
+
+    rms_change: np.ndarray
+    std: np.ndarray
+    fastest: float
+    low: float
+    high: float
+    n_time: int
+
+
+def data_statistics(u, n_channels: int = 1) -> DataStatistics:
+    """:class:`DataStatistics` of training observations ``u`` (``(traj, time, [field,] ...)``,
+    or an iterable of such blocks of trajectories: data read from a file block by block), read
+    once."""
+    blocks = [u] if isinstance(u, np.ndarray) else u
+    c = int(n_channels)
+    sq_change, n_change, total, sq_total, n_total = (np.zeros(c) for _ in range(5))
+    fastest, low, high, n_time, shift = 0.0, np.inf, -np.inf, 0, None
+    for block in blocks:
+        block = np.asarray(block, np.float64)
+        if not block.size:
+            continue
+        if c == 1 and (block.ndim < 3 or block.shape[2] != 1):
+            block = block[:, :, None]  # no field dim
+        n_time = max(n_time, block.shape[1])
+        low, high = min(low, float(np.nanmin(block))), max(high, float(np.nanmax(block)))
+        axes = tuple(a for a in range(block.ndim) if a != 2)
+        change = np.diff(block, axis=1)
+        if shift is None:  # the moments about the first block's means: no cancellation
+            shift = np.nan_to_num(np.nanmean(block, axis=axes))
+        block = block - np.expand_dims(shift, axes)
+        if change.size:
+            fastest = max(fastest, float(np.nanmax(np.abs(change))))
+        sq_change += np.nansum(change**2, axis=axes)
+        n_change += np.sum(np.isfinite(change), axis=axes)
+        total += np.nansum(block, axis=axes)
+        sq_total += np.nansum(block**2, axis=axes)
+        n_total += np.sum(np.isfinite(block), axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms_change = np.sqrt(sq_change / n_change)
+        mean = total / n_total
+        std = np.sqrt(np.maximum(sq_total / n_total - mean**2, 0.0))
+    return DataStatistics(rms_change, std, fastest, low, high, n_time)
+
+
 def scales_from_data(u, dt: float, n_channels: int = 1
                      ) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
     r"""``MultiscaleConfig.scales`` of training observations ``u`` (``(traj, time, [field,]
-    ...)``, or an iterable of such blocks of trajectories) ``dt`` apart, so that the model's
-    starting point does not depend on the data's units:
+    ...)``, or an iterable of such blocks of trajectories, or their :class:`DataStatistics`)
+    ``dt`` apart, so that the model's starting point does not depend on the data's units:
 
     - time scale: the span of a trajectory, :math:`(n_t - 1)\Delta t`;
     - diffusion medians :math:`0.5\,\mathrm{RMS}(\Delta u_c)/\sqrt{\Delta t}` per field
@@ -385,37 +434,14 @@ def scales_from_data(u, dt: float, n_channels: int = 1
     0.016-0.54 per unit square-root time (docs/robustness.md, stop 58). A field that does not
     vary falls back to the reference's value for it.
     """
-    blocks = [u] if isinstance(u, np.ndarray) else u
-    c = int(n_channels)
-    sq_change, n_change, total, sq_total, n_total = (np.zeros(c) for _ in range(5))
-    n_time, shift = 0, None
-    for block in blocks:
-        block = np.asarray(block, np.float64)
-        if not block.size:
-            continue
-        if c == 1 and (block.ndim < 3 or block.shape[2] != 1):
-            block = block[:, :, None]  # no field dim
-        n_time = max(n_time, block.shape[1])
-        axes = tuple(a for a in range(block.ndim) if a != 2)
-        if shift is None:  # the moments about the first block's means: no cancellation
-            shift = np.nan_to_num(np.nanmean(block, axis=axes))
-        block = block - np.expand_dims(shift, axes)
-        change = np.diff(block, axis=1)
-        sq_change += np.nansum(change**2, axis=axes)
-        n_change += np.sum(np.isfinite(change), axis=axes)
-        total += np.nansum(block, axis=axes)
-        sq_total += np.nansum(block**2, axis=axes)
-        n_total += np.sum(np.isfinite(block), axis=axes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rms_change = np.sqrt(sq_change / n_change)
-        mean = total / n_total
-        std = np.sqrt(np.maximum(sq_total / n_total - mean**2, 0.0))
+    stats = u if isinstance(u, DataStatistics) else data_statistics(u, n_channels)
     if not (np.isfinite(dt) and dt > 0):
         raise ValueError(f"the snapshots' spacing must be a positive time, got {dt}")
+    rms_change, std = stats.rms_change, stats.std
     diffusion = np.where(np.isfinite(rms_change) & (rms_change > 0),
                          DIFFUSION_SHARE * rms_change / np.sqrt(dt), 0.1)
     var = np.where(np.isfinite(std) & (std > 0), (NOISE_SHARE * std) ** 2, 1e-2)
-    span = (n_time - 1) * dt if n_time > 1 else 1.0
+    span = (stats.n_time - 1) * dt if stats.n_time > 1 else 1.0
     micro = float(MICRO_DIFFUSION / np.sqrt(dt))
     return (float(span), tuple(float(d) for d in diffusion) + (micro,),
             tuple(float(v) for v in var))
@@ -424,8 +450,8 @@ def scales_from_data(u, dt: float, n_channels: int = 1
 def dissipation_from_data(u, dt: float) -> tuple[float, float, float, float, float]:
     r"""Initial ``(rate, macro_bound, micro_bound, macro_centre, macro_radius)`` of the
     dissipative drift form for training observations ``u`` (``(traj, time, ...)``, or an
-    iterable of such blocks of trajectories: data read from a file block by block) ``dt``
-    apart, with :math:`R` the data's range (max - min):
+    iterable of such blocks of trajectories: data read from a file block by block; or their
+    :class:`DataStatistics`) ``dt`` apart, with :math:`R` the data's range (max - min):
 
     - macro bound :math:`B = 4 \max |\Delta u| / \Delta t`, four times the fastest change
       between snapshots, so the saturation does not bite on the data at the start;
@@ -441,14 +467,8 @@ def dissipation_from_data(u, dt: float) -> tuple[float, float, float, float, flo
 
     All are learned from there but the radius.
     """
-    blocks = [u] if isinstance(u, np.ndarray) else u
-    fastest, low, high = 0.0, np.inf, -np.inf
-    for block in blocks:
-        block = np.asarray(block, np.float64)
-        if block.size:
-            steps = np.abs(np.diff(block, axis=1))
-            fastest = max(fastest, float(np.nanmax(steps)) if steps.size else 0.0)
-            low, high = min(low, float(np.nanmin(block))), max(high, float(np.nanmax(block)))
+    stats = u if isinstance(u, DataStatistics) else data_statistics(u)
+    fastest, low, high = stats.fastest, stats.low, stats.high
     spread = high - low if np.isfinite(low) and np.isfinite(high) else 0.0
     if not (np.isfinite(fastest) and fastest > 0 and dt > 0):
         fastest = 1.0

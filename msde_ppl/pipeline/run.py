@@ -32,6 +32,7 @@ from msde_ppl.multiscale.program import (
     CASE_CONFIGS,
     MultiscaleConfig,
     config_for,
+    data_statistics,
     dissipation_from_data,
     scales_from_data,
 )
@@ -127,12 +128,13 @@ def model_config(
         has_train = "train" in split_names(ds)
         sel = select_split(ds, "train") if has_train else ds
         dt = float(np.diff(np.asarray(sel["time"].values[:2], np.float64))[0])
+        # one pass over the training data (a file may be read block by block) for both
+        stats = data_statistics((block for _, block in trajectory_blocks(sel["u"])),
+                                ds.sizes.get("field", 1))
         if drift == "dissipative":
-            dissipation = dissipation_from_data(
-                (block for _, block in trajectory_blocks(sel["u"])), dt)
+            dissipation = dissipation_from_data(stats, dt)
         if case not in CASE_CONFIGS:  # the built-in recipes keep the reference's constants
-            scales = scales_from_data((block for _, block in trajectory_blocks(sel["u"])), dt,
-                                      ds.sizes.get("field", 1))
+            scales = scales_from_data(stats, dt)
     domain = ds.attrs.get("domain")
     domain = None if domain is None else tuple(float(d) for d in list(domain))
     config = config_for(

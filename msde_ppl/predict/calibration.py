@@ -112,10 +112,10 @@ from scipy import stats
 
 from msde_ppl.predict.metrics import (
     ENSEMBLE_QUANTILE_METHOD,
-    EXACT_REL_L2,
     SPREAD_SKILL_TARGET,
     attainable_coverage,
     crps_gaussian,
+    reproduces,
 )
 
 __all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID", "WIDENING_GRID",
@@ -285,7 +285,7 @@ def fit_spread_factor(fc: xr.Dataset, *, rule: str = "spread_skill", obs_var: st
     # residual-corrected forecast, whose mean is the observation) says nothing about the
     # spread: it takes its nearest neighbours' factor instead of dragging theirs towards 0
     # through the smoothing
-    informative = err2 > EXACT_REL_L2**2 * obs2
+    informative = ~reproduces(err2, obs2)
     if not informative.any():
         raise ValueError("the forecast matches its observations exactly at every lead time: "
                          "no spread factor can be fitted")
@@ -419,7 +419,7 @@ def _standardised_errors(fc: xr.Dataset, factor: np.ndarray, obs_var: str,
     for i, (mean, std, obs) in enumerate(_trajectories(fc, obs_var)):
         err = obs - mean
         # a missing observation drops that value only, not its lead time
-        keep = np.nansum(err**2, axis=1) > EXACT_REL_L2**2 * np.nansum(obs**2, axis=1)
+        keep = ~reproduces(np.nansum(err**2, axis=1), np.nansum(obs**2, axis=1))
         scale = np.maximum(std, np.finfo(np.float32).tiny) * factor[:, None]
         if traj_multiplier is not None:
             scale = scale * float(np.asarray(traj_multiplier).reshape(-1)[i])
