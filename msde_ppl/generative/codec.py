@@ -41,6 +41,7 @@ from msde_ppl.generative.conv import CircularConv, ConvTranspose
 from msde_ppl.generative.drifts import stencil_inputs
 from msde_ppl.generative.networks import MLP, xavier_linear
 from msde_ppl.generative.operators import ScaleOperator, spline_basis
+from msde_ppl.generative.units import Units, check_units, standardise
 
 __all__ = [
     "ConvMicroDecoder",
@@ -178,7 +179,9 @@ class SplineMicroDecoder(eqx.Module):
 
 
 class MultiscaleEncoder(eqx.Module):
-    """``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring).
+    """``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring); with
+    ``units`` (:mod:`msde_ppl.generative.units`) the micro network reads the residual
+    ``y - G*y`` divided by the fields' spreads.
 
     ``network`` is ``"mlp"`` (an MLP on the flattened residual), ``"spline"``
     (:class:`SplineMicroEncoder`, knots every ``spacing`` fine points) or ``"cnn"``
@@ -189,6 +192,7 @@ class MultiscaleEncoder(eqx.Module):
     micro: MLP | ConvMicroEncoder | SplineMicroEncoder | None
     logvar: Float[Array, " n_z"]
     n_micro: int = eqx.field(static=True)
+    units: Units | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -198,11 +202,13 @@ class MultiscaleEncoder(eqx.Module):
         network: str = "mlp",
         spacing: int = 2,
         macro_var: tuple[float, ...] | None = None,
+        units: Units | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
         self.scale = scale
         self.n_micro = n_micro
+        self.units = check_units(units, scale.n_channels)
         n_fine = scale.n_channels * math.prod(scale.fine_shape)
         if network not in ("mlp", "cnn", "spline"):
             raise ValueError(f"unknown micro encoder {network!r}; use 'mlp', 'spline' or "
@@ -226,7 +232,7 @@ class MultiscaleEncoder(eqx.Module):
         if self.micro is None:
             return self.scale.restrict(y).ravel(), self.logvar
         coarse, smooth = self.scale.restrict_and_smooth(y)
-        residual = y - smooth
+        residual = standardise(y - smooth, self.units, centre=False)
         if isinstance(self.micro, MLP):
             residual = residual.ravel()
         return jnp.concatenate([coarse.ravel(), self.micro(residual)]), self.logvar

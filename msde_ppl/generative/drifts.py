@@ -32,6 +32,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from msde_ppl.generative.networks import MLP
 from msde_ppl.generative.physics import CoarsePDE
+from msde_ppl.generative.units import Units, check_units, rescale, standardise
 
 __all__ = [
     "Dissipation",
@@ -108,15 +109,20 @@ class Dissipation(eqx.Module):
         bound: initial :math:`B` (per unit time, the data's units).
         centre: initial :math:`m` (the data's units).
         max_radius: :math:`r`, the largest radius of the ball (the data's units), or ``None``.
+        centre_unit: per group, the unit the learned centre is stored in (the field's spread,
+            :mod:`msde_ppl.generative.units`), so Adam moves it at a pace proportional to the
+            data's scale; ``None``: 1.
     """
 
     rate_raw: Array
     centre: Array
     log_bound: Array
     max_radius: float | None = eqx.field(static=True)
+    centre_unit: tuple[float, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, size: int, rate: float, bound: float, centre: float = 0.0,
-                 max_radius: float | None = None) -> None:
+                 max_radius: float | None = None,
+                 centre_unit: tuple[float, ...] | None = None) -> None:
         if not (rate > 0 and bound > 0 and np.isfinite(rate) and np.isfinite(bound)):
             raise ValueError(f"damping rate and drift bound must be positive, got {rate}, "
                              f"{bound}")
@@ -124,8 +130,12 @@ class Dissipation(eqx.Module):
             raise ValueError(f"the ball's largest radius must be positive, got {max_radius}")
         if not np.isfinite(centre):
             raise ValueError(f"the relaxation centre must be finite, got {centre}")
+        if centre_unit is not None and (len(centre_unit) != size or min(centre_unit) <= 0):
+            raise ValueError(f"the centre's unit needs {size} positive values, got {centre_unit}")
+        self.centre_unit = None if centre_unit is None else tuple(float(u) for u in centre_unit)
         self.rate_raw = jnp.full((size,), float(np.log(np.expm1(rate))))
-        self.centre = jnp.full((size,), float(centre))
+        unit = np.ones(size) if centre_unit is None else np.asarray(centre_unit, np.float64)
+        self.centre = jnp.asarray(float(centre) / unit, jnp.float32)
         self.log_bound = jnp.full((size,), float(np.log(bound)))
         self.max_radius = None if max_radius is None else float(max_radius)
 
@@ -138,12 +148,17 @@ class Dissipation(eqx.Module):
         bound = jnp.exp(self.log_bound).reshape(shape)
         if self.max_radius is not None:
             rate = jnp.maximum(rate, bound / self.max_radius)
-        return -rate * (z - self.centre.reshape(shape)) + bound * jnp.tanh(raw / bound)
+        centre = self.centre
+        if self.centre_unit is not None:
+            centre = centre * jnp.asarray(self.centre_unit, centre.dtype)
+        return -rate * (z - centre.reshape(shape)) + bound * jnp.tanh(raw / bound)
 
 
 class StencilDrift(eqx.Module):
     r"""Local translation-equivariant macro drift :math:`f_\zeta(\zeta, a)_j = \mathrm{MLP}(
-    \zeta_{N(j)}, a)`.
+    \zeta_{N(j)}, a)`; with ``units`` (:mod:`msde_ppl.generative.units`) the MLP reads the
+    neighbourhood standardised, :math:`(\zeta_c - m_c)/s_c`, and its output is multiplied by
+    :math:`s_c`.
 
     Args:
         coarse_shape: coarse grid shape.
@@ -151,6 +166,7 @@ class StencilDrift(eqx.Module):
         n_aux: size of the global input :math:`a` appended at every node (the micro activation).
         radius: neighbourhood radius ``r`` (default 2, a 5-point / 5x5 stencil).
         hidden: hidden widths of the node MLP.
+        units: the fields' centres and spreads, or ``None`` (the data's own numbers).
         key: PRNG key.
     """
 
@@ -160,6 +176,7 @@ class StencilDrift(eqx.Module):
     coarse_shape: tuple[int, ...] = eqx.field(static=True)
     n_channels: int = eqx.field(static=True)
     positional: bool = eqx.field(static=True, default=False)
+    units: Units | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -170,6 +187,7 @@ class StencilDrift(eqx.Module):
         hidden: tuple[int, ...] = (128, 128, 128),
         dissipation: Dissipation | None = None,
         positional: bool = False,
+        units: Units | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
@@ -177,6 +195,7 @@ class StencilDrift(eqx.Module):
         self.n_channels = n_channels
         self.radius = radius
         self.positional = positional
+        self.units = check_units(units, n_channels)
         n_in = n_channels * (2 * radius + 1) ** len(self.coarse_shape) + n_aux
         n_in += 2 * len(self.coarse_shape) if positional else 0
         self.mlp = MLP(n_in, hidden, n_channels, key=key)
@@ -185,9 +204,10 @@ class StencilDrift(eqx.Module):
     def __call__(
         self, zeta: Float[Array, "C ..."], aux: Float[Array, " n_aux"]
     ) -> Float[Array, "C ..."]:
-        inputs = stencil_inputs(zeta, aux, self.radius, self.positional)
+        inputs = stencil_inputs(standardise(zeta, self.units), aux, self.radius,
+                                self.positional)
         out = jax.vmap(self.mlp)(inputs)  # (n_nodes, C)
-        out = out.T.reshape(self.n_channels, *self.coarse_shape)
+        out = rescale(out.T.reshape(self.n_channels, *self.coarse_shape), self.units)
         return out if self.dissipation is None else self.dissipation(zeta, out)
 
 
@@ -196,28 +216,31 @@ class MicroDrift(eqx.Module):
     or :math:`\mathrm{MLP}([\zeta, \eta])` with ``time_input=False`` (autonomous dynamics: the
     drift cannot key on the time since the data's start, only on the state). ``time_scale``
     :math:`T` is 1 for the reference (the time in the data's units); the data's time span
-    makes the input unit-free."""
+    makes the input unit-free. With ``units`` (:mod:`msde_ppl.generative.units`) it reads
+    :math:`\zeta` (shape ``(C, ...)``) standardised."""
 
     mlp: MLP
     dissipation: Dissipation | None
     time_input: bool = eqx.field(static=True)
     time_scale: float = eqx.field(static=True)
+    units: Units | None = eqx.field(static=True, default=None)
 
     def __init__(
         self, n_macro: int, n_micro: int, hidden: tuple[int, ...] = (128, 512, 128),
         time_input: bool = True, dissipation: Dissipation | None = None,
-        time_scale: float = 1.0, *, key: PRNGKeyArray,
+        time_scale: float = 1.0, units: Units | None = None, *, key: PRNGKeyArray,
     ) -> None:
         if not (np.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale must be a positive time, got {time_scale}")
         self.time_input = time_input
         self.time_scale = float(time_scale)
+        self.units = None if units is None else check_units(units, len(units[0]))
         self.mlp = MLP(int(time_input) + n_macro + n_micro, hidden, n_micro,
                        activation=jax.nn.relu, key=key)
         self.dissipation = dissipation
 
     def __call__(self, t: Array, zeta: Array, eta: Array) -> Array:
-        inputs = [zeta.ravel(), eta]
+        inputs = [standardise(zeta, self.units).ravel(), eta]
         if self.time_input:
             inputs.insert(0, jnp.reshape(t, (1,)) / self.time_scale)
         out = self.mlp(jnp.concatenate(inputs))
@@ -226,7 +249,9 @@ class MicroDrift(eqx.Module):
 
 class MultiscaleDrift(eqx.Module):
     r"""The coupled drift :math:`f(t, z) = [f_\zeta(\zeta, \eta);\ f_\eta(t, \zeta, \eta)]` on the
-    flat state ``z`` (``drift(t, z, args)``; ``args`` is unused)."""
+    flat state ``z`` (``drift(t, z, args)``; ``args`` is unused). ``units``: the fields'
+    centres and spreads both networks read and write them in, and the unit of the
+    dissipative form's learned centre (:mod:`msde_ppl.generative.units`)."""
 
     macro: StencilDrift
     micro: MicroDrift | None
@@ -246,10 +271,12 @@ class MultiscaleDrift(eqx.Module):
         dissipation: tuple[float, ...] | None = None,
         positional: bool = False,
         time_scale: float = 1.0,
+        units: Units | None = None,
         *,
         key: PRNGKeyArray,
     ) -> None:
         key_macro, key_micro = jax.random.split(key)
+        units = check_units(units, n_channels)
         self.physics = physics
         self.n_micro = n_micro
         # (rate, macro bound, micro bound[, macro centre, macro radius]) of the dissipative
@@ -257,15 +284,16 @@ class MultiscaleDrift(eqx.Module):
         macro_diss = micro_diss = None
         if dissipation is not None:
             rate, macro_bound, micro_bound, *ball = dissipation
-            macro_diss = Dissipation(n_channels, rate, macro_bound, *ball)
+            macro_diss = Dissipation(n_channels, rate, macro_bound, *ball,
+                                     centre_unit=None if units is None else units[1])
             micro_diss = Dissipation(n_micro, rate, micro_bound) if n_micro else None
         self.macro = StencilDrift(coarse_shape, n_channels, n_micro, radius, macro_hidden,
-                                  macro_diss, positional, key=key_macro)
+                                  macro_diss, positional, units, key=key_macro)
         n_macro = n_channels * int(np.prod(coarse_shape))
         self.micro = None
         if n_micro:
             self.micro = MicroDrift(n_macro, n_micro, micro_hidden, micro_time, micro_diss,
-                                    time_scale, key=key_micro)
+                                    time_scale, units, key=key_micro)
 
     @property
     def n_macro(self) -> int:

@@ -94,6 +94,9 @@ class ScaleOperator(eqx.Module):
         stride: ``sigma`` per axis, ``fine // coarse`` (static).
         learn_kernel: if ``False`` the kernel is held at its initial value (gradients to
             ``weight`` are stopped; the bias stays learnable) (static).
+        bias_unit: per field, the unit the bias is stored in (the field's spread,
+            :mod:`msde_ppl.generative.units`: Adam moves it at a pace proportional to the
+            data's scale), or ``None`` (1) (static).
     """
 
     weight: Float[Array, "C ..."]
@@ -102,6 +105,7 @@ class ScaleOperator(eqx.Module):
     fine_shape: tuple[int, ...] = eqx.field(static=True)
     stride: tuple[int, ...] = eqx.field(static=True)
     learn_kernel: bool = eqx.field(static=True)
+    bias_unit: tuple[float, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -111,6 +115,7 @@ class ScaleOperator(eqx.Module):
         n_sigma: int = 2,
         init: str = "bspline",
         learn_kernel: bool = True,
+        bias_unit: tuple[float, ...] | None = None,
     ) -> None:
         fine_shape, coarse_shape = tuple(fine_shape), tuple(coarse_shape)
         if len(fine_shape) != len(coarse_shape):
@@ -137,6 +142,10 @@ class ScaleOperator(eqx.Module):
         self.fine_shape = fine_shape
         self.stride = stride
         self.learn_kernel = learn_kernel
+        if bias_unit is not None and (len(bias_unit) != n_channels or min(bias_unit) <= 0):
+            raise ValueError(f"the bias' unit needs {n_channels} positive values, got "
+                             f"{bias_unit}")
+        self.bias_unit = None if bias_unit is None else tuple(float(u) for u in bias_unit)
 
     @property
     def coarse_shape(self) -> tuple[int, ...]:
@@ -249,4 +258,7 @@ class ScaleOperator(eqx.Module):
         return scale * fine.reshape(zeta.shape[0], c, *self.fine_shape) + bias
 
     def _bias_like(self, n_space: int) -> Array:
-        return jnp.reshape(self.bias, (-1,) + (1,) * n_space)
+        bias = self.bias
+        if self.bias_unit is not None:
+            bias = bias * jnp.asarray(self.bias_unit, bias.dtype)
+        return jnp.reshape(bias, (-1,) + (1,) * n_space)

@@ -80,6 +80,7 @@ from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.generative.operators import ScaleOperator
 from msde_ppl.generative.physics import PHYSICS, CoarsePDE
 from msde_ppl.generative.sde_path import SDEPath
+from msde_ppl.generative.units import rescale, standardise
 from msde_ppl.inference.autoguide import tied_encoder
 from msde_ppl.inference.param_store import encoder_name, fitted_network
 
@@ -141,6 +142,11 @@ class MultiscaleConfig:
             the data's units, so a model of data in other units (seconds against hours, K
             against mK) starts somewhere else. :func:`scales_from_data` derives them from a
             dataset that is not a built-in case (:func:`msde_ppl.pipeline.run.model_config`).
+        units: ``(centres, spreads)``, one of each per field, in which every network reads
+            and writes the fields (:mod:`msde_ppl.generative.units`), or ``None`` (the data's
+            own numbers, the built-in cases). :func:`units_from_data` derives them from a
+            dataset that is not a built-in case: with them and ``scales`` a model of
+            :math:`a u + b` trains as the model of :math:`u` does.
     """
 
     fine_shape: tuple[int, ...]
@@ -163,6 +169,7 @@ class MultiscaleConfig:
     dissipation: tuple[float, ...] | None = None
     positional: bool = False
     scales: tuple[float, tuple[float, ...], tuple[float, ...]] | None = None
+    units: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def n_macro(self) -> int:
@@ -215,10 +222,12 @@ def build_modules(config: MultiscaleConfig, *, key: jax.Array) -> MultiscaleModu
 def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleModules:
     k_enc, k_drift, k_dec = jax.random.split(key, 3)
     scale = ScaleOperator(config.fine_shape, config.coarse_shape, config.n_channels,
-                          config.n_sigma, config.kernel_init, config.learn_kernel)
+                          config.n_sigma, config.kernel_init, config.learn_kernel,
+                          None if config.units is None else config.units[1])
     encoder = MultiscaleEncoder(scale, config.n_micro, config.codec_hidden, config.encoder,
                                 config.codec_spacing,
-                                None if config.scales is None else config.scales[2], key=k_enc)
+                                None if config.scales is None else config.scales[2],
+                                config.units, key=k_enc)
     physics = None
     if config.physics is not None:
         if config.domain is None:
@@ -228,7 +237,8 @@ def _build_modules_jit(config: MultiscaleConfig, key: jax.Array) -> MultiscaleMo
     drift = MultiscaleDrift(config.coarse_shape, config.n_micro, config.n_channels,
                             config.radius, config.macro_hidden, config.micro_hidden,
                             config.micro_time, physics, config.dissipation,
-                            config.positional, time_scale(config), key=k_drift)
+                            config.positional, time_scale(config), config.units,
+                            key=k_drift)
     if config.decoder not in ("mlp", "cnn", "stencil", "spline"):
         raise ValueError(f"unknown micro decoder {config.decoder!r}; use 'mlp', 'spline', "
                          "'cnn' or 'stencil'")
@@ -252,14 +262,21 @@ def decode(
     z: jax.Array,
 ) -> tuple[jax.Array, jax.Array | None]:
     r"""Macro and micro reconstructions :math:`(P\zeta, g(\eta))` of flat states
-    ``z`` (``(..., n_z)``), each ``(..., C, *fine)``."""
+    ``z`` (``(..., n_z)``), each ``(..., C, *fine)``; with ``config.units`` the decoder reads
+    :math:`\zeta` standardised and its output is multiplied by the fields' spreads
+    (:mod:`msde_ppl.generative.units`)."""
     lead = z.shape[:-1]
     flat = z.reshape(-1, config.n_latent)
     zeta = flat[:, : config.n_macro].reshape(-1, config.n_channels, *config.coarse_shape)
     macro = encoder.scale.prolong_many(zeta).reshape(*lead, *config.obs_shape)
     if decoder is None:
         return macro, None
-    micro = jax.vmap(decoder)(zeta, flat[:, config.n_macro :]).reshape(*lead, *config.obs_shape)
+    units = config.units
+
+    def one(zeta_k, eta_k):
+        return rescale(decoder(standardise(zeta_k, units), eta_k), units)
+
+    micro = jax.vmap(one)(zeta, flat[:, config.n_macro :]).reshape(*lead, *config.obs_shape)
     return macro, micro
 
 
@@ -369,12 +386,13 @@ DIFFUSION_SHARE, MICRO_DIFFUSION, NOISE_SHARE = 0.5, 0.05, 0.1
 
 class DataStatistics(NamedTuple):
     """One pass over training observations (:func:`data_statistics`): per field ``c``, the
-    RMS change between snapshots and the standard deviation; over every value, the largest
+    RMS change between snapshots, the standard deviation and the mean; over every value, the largest
     change between snapshots and the range; and the trajectories' number of snapshots. A
     statistic with no finite value is NaN (the fallbacks are the readers')."""
 
     rms_change: np.ndarray
     std: np.ndarray
+    mean: np.ndarray
     fastest: float
     low: float
     high: float
@@ -413,7 +431,8 @@ def data_statistics(u, n_channels: int = 1) -> DataStatistics:
         rms_change = np.sqrt(sq_change / n_change)
         mean = total / n_total
         std = np.sqrt(np.maximum(sq_total / n_total - mean**2, 0.0))
-    return DataStatistics(rms_change, std, fastest, low, high, n_time)
+    mean = mean + (np.zeros(c) if shift is None else shift)  # the moments were about shift
+    return DataStatistics(rms_change, std, mean, fastest, low, high, n_time)
 
 
 def scales_from_data(u, dt: float, n_channels: int = 1
@@ -445,6 +464,17 @@ def scales_from_data(u, dt: float, n_channels: int = 1
     micro = float(MICRO_DIFFUSION / np.sqrt(dt))
     return (float(span), tuple(float(d) for d in diffusion) + (micro,),
             tuple(float(v) for v in var))
+
+
+def units_from_data(u, n_channels: int = 1) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``MultiscaleConfig.units`` of training observations ``u`` (as :func:`scales_from_data`,
+    or their :class:`DataStatistics`): per field its mean and standard deviation (a field
+    that does not vary: centre its mean, spread 1; no finite value: 0 and 1)."""
+    stats = u if isinstance(u, DataStatistics) else data_statistics(u, n_channels)
+    mean, std = np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
+    centre = np.where(np.isfinite(mean), mean, 0.0)
+    spread = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return tuple(float(m) for m in centre), tuple(float(v) for v in spread)
 
 
 def dissipation_from_data(u, dt: float) -> tuple[float, float, float, float, float]:

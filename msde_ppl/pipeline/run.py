@@ -35,6 +35,7 @@ from msde_ppl.multiscale.program import (
     data_statistics,
     dissipation_from_data,
     scales_from_data,
+    units_from_data,
 )
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive, training_window
@@ -123,7 +124,7 @@ def model_config(
     auto_position = positional is None and case not in CASE_CONFIGS
     if drift not in ("free", "dissipative"):
         raise ValueError(f"unknown drift form {drift!r}; use 'free' or 'dissipative'")
-    dissipation = scales = None
+    dissipation = scales = units = None
     if drift == "dissipative" or case not in CASE_CONFIGS:
         has_train = "train" in split_names(ds)
         sel = select_split(ds, "train") if has_train else ds
@@ -135,6 +136,7 @@ def model_config(
             dissipation = dissipation_from_data(stats, dt)
         if case not in CASE_CONFIGS:  # the built-in recipes keep the reference's constants
             scales = scales_from_data(stats, dt)
+            units = units_from_data(stats)
     domain = ds.attrs.get("domain")
     domain = None if domain is None else tuple(float(d) for d in list(domain))
     config = config_for(
@@ -142,7 +144,7 @@ def model_config(
         n_channels=ds.sizes.get("field", 1), encoder=encoder, decoder=decoder,
         learn_kernel=None if scale_kernel is None else scale_kernel == "learned",
         physics=physics, domain=domain if physics else None, dissipation=dissipation,
-        scales=scales,
+        scales=scales, units=units,
         micro_time=False if splits_in_time(ds) else None,
         positional=positional)
     if auto_position:
