@@ -41,7 +41,7 @@ from msde_ppl.generative.conv import CircularConv, ConvTranspose
 from msde_ppl.generative.drifts import stencil_inputs
 from msde_ppl.generative.networks import MLP, xavier_linear
 from msde_ppl.generative.operators import ScaleOperator, spline_basis
-from msde_ppl.generative.units import Units, check_units, standardise
+from msde_ppl.generative.units import Units, centred, check_units, standardise, uncentred
 
 __all__ = [
     "ConvMicroDecoder",
@@ -179,9 +179,11 @@ class SplineMicroDecoder(eqx.Module):
 
 
 class MultiscaleEncoder(eqx.Module):
-    """``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring); with
-    ``units`` (:mod:`msde_ppl.generative.units`) the micro network reads the residual
-    ``y - G*y`` divided by the fields' spreads.
+    r"""``y -> (mean, logvar)`` of ``z = [R y; net(y - G*y)]`` (see module docstring); with
+    ``units`` (:mod:`msde_ppl.generative.units`, centres :math:`m`, spreads :math:`s`) the
+    scale operator acts on the centred field, :math:`\zeta = m + R(y - m)` and residual
+    :math:`r = (y - m) - G*(y - m)` (so an offset passes through exactly, whatever sum the
+    learned kernel's taps have), and the micro network reads :math:`r / s`.
 
     ``network`` is ``"mlp"`` (an MLP on the flattened residual), ``"spline"``
     (:class:`SplineMicroEncoder`, knots every ``spacing`` fine points) or ``"cnn"``
@@ -229,9 +231,11 @@ class MultiscaleEncoder(eqx.Module):
         self.logvar = jnp.asarray(logvar, jnp.float32)
 
     def __call__(self, y: Float[Array, "C ..."]) -> tuple[Array, Array]:
+        y = centred(y, self.units)
         if self.micro is None:
-            return self.scale.restrict(y).ravel(), self.logvar
+            return uncentred(self.scale.restrict(y), self.units).ravel(), self.logvar
         coarse, smooth = self.scale.restrict_and_smooth(y)
+        coarse = uncentred(coarse, self.units)
         residual = standardise(y - smooth, self.units, centre=False)
         if isinstance(self.micro, MLP):
             residual = residual.ravel()

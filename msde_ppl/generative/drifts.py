@@ -135,7 +135,7 @@ class Dissipation(eqx.Module):
         self.centre_unit = None if centre_unit is None else tuple(float(u) for u in centre_unit)
         self.rate_raw = jnp.full((size,), float(np.log(np.expm1(rate))))
         unit = np.ones(size) if centre_unit is None else np.asarray(centre_unit, np.float64)
-        self.centre = jnp.asarray(float(centre) / unit, jnp.float32)
+        self.centre = jnp.asarray(float(centre) / unit)
         self.log_bound = jnp.full((size,), float(np.log(bound)))
         self.max_radius = None if max_radius is None else float(max_radius)
 
@@ -234,7 +234,7 @@ class MicroDrift(eqx.Module):
             raise ValueError(f"time_scale must be a positive time, got {time_scale}")
         self.time_input = time_input
         self.time_scale = float(time_scale)
-        self.units = None if units is None else check_units(units, len(units[0]))
+        self.units = units  # checked by the caller, which knows the fields
         self.mlp = MLP(int(time_input) + n_macro + n_micro, hidden, n_micro,
                        activation=jax.nn.relu, key=key)
         self.dissipation = dissipation

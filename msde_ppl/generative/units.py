@@ -5,8 +5,11 @@ a spread :math:`s_c > 0` (:func:`msde_ppl.multiscale.program.units_from_data`: t
 data's mean and standard deviation). A network reads a field :math:`u_c` as
 :math:`(u_c - m_c)/s_c` (:func:`standardise`), a difference of fields (a residual) as
 :math:`d_c / s_c` (``centre=False``), and writes a field increment or rate as :math:`s_c`
-times its output (:func:`rescale`). Every other part of the model is linear in the fields
-or has its scale set from the data (prior medians, the dissipative drift's bounds), so a
+times its output (:func:`rescale`). The scale operator (restriction, smoother,
+prolongation) acts on the centred field :math:`u_c - m_c` (:func:`centred`), with its bias
+stored in units of :math:`s_c`, so its learned kernel never sees the offset; the guide
+interpolates paths around each window's average; every other part is linear in the fields
+or has its scale set from the data (prior medians, the dissipative drift's bounds). So a
 model of :math:`a\,u + b` starts, and trains, as the model of :math:`u` does, in units
 :math:`a` times larger: the networks see the same numbers and the ELBO's gradients with
 respect to their weights are the same. Without it (``None``, the built-in cases: the
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-__all__ = ["Units", "check_units", "rescale", "standardise"]
+__all__ = ["Units", "centred", "check_units", "rescale", "standardise", "uncentred"]
 
 #: ``((centre per field), (spread per field))``.
 Units = tuple[tuple[float, ...], tuple[float, ...]]
@@ -57,6 +60,17 @@ def standardise(u: Array, units: Units | None, centre: bool = True) -> Array:
     if centre:
         u = u - _per_field(units[0], u)
     return u / _per_field(units[1], u)
+
+
+def centred(u: Array, units: Units | None) -> Array:
+    """``u`` of shape ``(C, ...)`` less its fields' centres, :math:`u_c - m_c` (the scale
+    operator's input: its learned kernel then never sees the offset); ``u`` for ``None``."""
+    return u if units is None else u - _per_field(units[0], u)
+
+
+def uncentred(u: Array, units: Units | None) -> Array:
+    """The inverse of :func:`centred`: :math:`u_c + m_c`."""
+    return u if units is None else u + _per_field(units[0], u)
 
 
 def rescale(v: Array, units: Units | None) -> Array:

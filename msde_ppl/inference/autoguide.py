@@ -142,6 +142,10 @@ class AutoAmortizedSDE(AutoGuide):
         kernel_key: PRNG key for the default kernels' warp networks.
         kl_nodes_per_interval: KL-rate quadrature nodes per interval of a ``"markov"`` path
             (stratified uniform random times).
+        centred_interpolation: the ``"interpolation"`` kernel interpolates around each
+            window's average instead of 0 (:func:`~msde_ppl.inference.kernel.interpolate_window`
+            ``centred``: the path then follows the data's units, offsets included); default
+            off, the reference's.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class AutoAmortizedSDE(AutoGuide):
         init_scale: float = 0.01,
         kernel_key: jax.Array | None = None,
         kl_nodes_per_interval: int = 1,
+        centred_interpolation: bool = False,
     ) -> None:
         if kl_nodes_per_interval < 1:
             raise ValueError(f"kl_nodes_per_interval must be >= 1, got {kl_nodes_per_interval}")
@@ -175,6 +180,7 @@ class AutoAmortizedSDE(AutoGuide):
         self.encoder_output = encoder_output
         self.init_scale = init_scale
         self.kl_nodes_per_interval = int(kl_nodes_per_interval)
+        self.centred_interpolation = bool(centred_interpolation)
         self._path_sites: list[str] = []
         self._global_sites: dict[str, dict[str, Any]] = {}
         self.encoders: dict[str, eqx.Module] = {}
@@ -387,7 +393,9 @@ class AutoAmortizedSDE(AutoGuide):
                                          unflat(nodes), prior.batch_diffusion())
             return MarkovBridgePath(prior.batch_times(), unflat(grid), unflat(cross),
                                     unflat(nodes), prior.batch_diffusion(), len(state_shape))
-        moments = jax.vmap(lambda t, m, lv: interpolate_window(kernel, t, m, lv))(
+        centred = self.centred_interpolation
+        moments = jax.vmap(lambda t, m, lv: interpolate_window(kernel, t, m, lv,
+                                                               centred=centred))(
             times, jnp.reshape(enc_mean, window_shape), jnp.reshape(enc_logvar, window_shape)
         )
         moments = WindowMoments(*(jnp.reshape(x, lead + state_shape) for x in moments))

@@ -166,18 +166,20 @@ def interpolate_window(
     enc_mean: Array,
     enc_logvar: Array,
     query_times: Float[Array, " q"] | None = None,
+    centred: bool = False,
 ) -> WindowMoments:
     r"""Kernel-interpolate encodings of one window into :math:`m, S, \dot m, \dot{\log S}`:
-    Gaussian-process regression with the window's average as a constant prior mean,
+    Gaussian-process regression with a constant prior mean :math:`c`,
 
-    .. math:: m(t) = \bar\mu + k(t)^\top (K + \sigma_n^2 I)^{-1} (\mu - \bar\mu),
-              \qquad \bar\mu = \tfrac{1}{M} \textstyle\sum_i \mu_i,
+    .. math:: m(t) = c + k(t)^\top (K + \sigma_n^2 I)^{-1} (\mu - c),
 
-    and the same for :math:`\log S` from the :math:`\log v_i`. The interpolant reproduces
-    constants, so encodings of data in other units (:math:`a\mu + b`, variances
-    :math:`a^2 v`) give the moments in those units (a zero prior mean shrinks every window
-    towards 0: a field with a large offset, a temperature in kelvin, had its path pulled
-    away from the data by about a thousandth of the offset).
+    and the same for :math:`\log S` from the :math:`\log v_i`; :math:`c = 0` (the
+    reference's), or with ``centred`` the window's average :math:`\bar\mu = \tfrac{1}{M}
+    \sum_i \mu_i`. Centred, the interpolant reproduces constants, so encodings of data in
+    other units (:math:`a\mu + b`, variances :math:`a^2 v`) give the moments in those units;
+    a zero prior mean shrinks every window towards 0 (a field with a large offset, a
+    temperature in kelvin, has its path pulled away from the data by about a thousandth of
+    the offset), which a trend that should vanish (the Markov guide's) needs.
 
     Args:
         kernel: the temporal kernel.
@@ -185,6 +187,7 @@ def interpolate_window(
         enc_mean: encoder means :math:`\mu_i`, shape ``(M,) + state``.
         enc_logvar: encoder log-variances :math:`\log v_i`, shape ``(M,) + state``.
         query_times: where to evaluate, shape ``(Q,)``; defaults to ``times``.
+        centred: the window's average as the prior mean (else 0).
 
     Returns:
         :class:`WindowMoments` at ``query_times``.
@@ -217,7 +220,8 @@ def interpolate_window(
     )
     # a constant prior mean, the window's average of each target: the interpolant reproduces
     # constants, so data in other units (a u + b) get the same path in those units
-    centre = jnp.mean(targets, axis=0, keepdims=True)
+    centre = (jnp.mean(targets, axis=0, keepdims=True) if centred
+              else jnp.zeros_like(targets[:1]))
     alpha = cho_solve((chol, True), targets - centre)
 
     def value_and_rate(t: Array) -> tuple[Array, Array]:

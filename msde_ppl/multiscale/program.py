@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import equinox as eqx
@@ -80,7 +81,7 @@ from msde_ppl.generative.likelihood import ProductOfExpertsNormal
 from msde_ppl.generative.operators import ScaleOperator
 from msde_ppl.generative.physics import PHYSICS, CoarsePDE
 from msde_ppl.generative.sde_path import SDEPath
-from msde_ppl.generative.units import rescale, standardise
+from msde_ppl.generative.units import centred, rescale, standardise, uncentred
 from msde_ppl.inference.autoguide import tied_encoder
 from msde_ppl.inference.param_store import encoder_name, fitted_network
 
@@ -262,16 +263,22 @@ def decode(
     z: jax.Array,
 ) -> tuple[jax.Array, jax.Array | None]:
     r"""Macro and micro reconstructions :math:`(P\zeta, g(\eta))` of flat states
-    ``z`` (``(..., n_z)``), each ``(..., C, *fine)``; with ``config.units`` the decoder reads
-    :math:`\zeta` standardised and its output is multiplied by the fields' spreads
-    (:mod:`msde_ppl.generative.units`)."""
+    ``z`` (``(..., n_z)``), each ``(..., C, *fine)``; with ``config.units`` (centres
+    :math:`m`, spreads :math:`s`, :mod:`msde_ppl.generative.units`) the prolongation acts on
+    the centred field, :math:`m + P(\zeta - m)`, and the decoder reads :math:`\zeta`
+    standardised and its output is multiplied by :math:`s`."""
     lead = z.shape[:-1]
     flat = z.reshape(-1, config.n_latent)
     zeta = flat[:, : config.n_macro].reshape(-1, config.n_channels, *config.coarse_shape)
-    macro = encoder.scale.prolong_many(zeta).reshape(*lead, *config.obs_shape)
+    units = config.units
+    if units is None:
+        macro = encoder.scale.prolong_many(zeta)
+    else:
+        macro = jax.vmap(partial(uncentred, units=units))(
+            encoder.scale.prolong_many(jax.vmap(partial(centred, units=units))(zeta)))
+    macro = macro.reshape(*lead, *config.obs_shape)
     if decoder is None:
         return macro, None
-    units = config.units
 
     def one(zeta_k, eta_k):
         return rescale(decoder(standardise(zeta_k, units), eta_k), units)

@@ -445,7 +445,8 @@ def _program_reference(model: Callable, guide: AutoAmortizedSDE) -> dict | None:
     return {"module": module, "function": qualname, "kwargs": kwargs, "encoder": encoder,
             "kernel": kernel, "obs_site": guide.obs_site, "prefix": guide.prefix,
             "encoder_output": guide.encoder_output, "init_scale": guide.init_scale,
-            "kl_nodes_per_interval": guide.kl_nodes_per_interval}
+            "kl_nodes_per_interval": guide.kl_nodes_per_interval,
+            "centred_interpolation": guide.centred_interpolation}
 
 
 def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
@@ -465,7 +466,8 @@ def _import_program(ref: dict) -> tuple[Callable, AutoAmortizedSDE]:
     guide = AutoAmortizedSDE(model, getattr(module, ref["encoder"]), kernel=kernel,
                              obs_site=ref["obs_site"], prefix=ref["prefix"],
                              encoder_output=ref["encoder_output"], init_scale=ref["init_scale"],
-                             kl_nodes_per_interval=ref.get("kl_nodes_per_interval", 1))
+                             kl_nodes_per_interval=ref.get("kl_nodes_per_interval", 1),
+                             centred_interpolation=ref.get("centred_interpolation", False))
     return model, guide
 
 

@@ -24,15 +24,16 @@ def _window(np_rng, m=16, n_state=3):
 
 
 def test_interpolation_equals_numpy_gp_formula(np_rng):
-    """Identity warp: m(t) = mu_bar + k(t,T)^T (K + s_n^2 I)^-1 (mu - mu_bar), mu_bar the
-    window's average, with the documented hyperparameters; so a u + b interpolates to
-    a m + b and a constant to itself."""
+    """Identity warp: m(t) = c + k(t,T)^T (K + s_n^2 I)^-1 (mu - c) with the documented
+    hyperparameters, c = 0 (the reference's) or, centred, the window's average mu_bar; so
+    centred, a u + b interpolates to a m + b and a constant to itself."""
     with jax.enable_x64(True):
         times, mean, logvar = _window(np_rng)
         kern = TemporalKernel(hidden_size=0, key=jax.random.key(0))
         query = np.linspace(times[0], times[-1], 37)
-        out = interpolate_window(kern, jnp.asarray(times), jnp.asarray(mean), jnp.asarray(logvar),
-                                 jnp.asarray(query))
+        args = (kern, jnp.asarray(times), jnp.asarray(mean), jnp.asarray(logvar),
+                jnp.asarray(query))
+        out, plain = interpolate_window(*args, centred=True), interpolate_window(*args)
         m = len(times)
         ell, a, nug = 0.1 + 2.0 / m, 1.0, 0.01  # documented initial values
         c = 0.5 * (times[-1] - times[0])
@@ -40,6 +41,10 @@ def test_interpolation_equals_numpy_gp_formula(np_rng):
         uq = (query - times[0] - c) / c
         K = a * np.exp(-((u[:, None] - u[None]) ** 2) / (2 * ell**2)) + nug * np.eye(m)
         kq = a * np.exp(-((uq[:, None] - u[None]) ** 2) / (2 * ell**2))
+        np.testing.assert_allclose(plain.mean, kq @ np.linalg.solve(K, mean), rtol=1e-9,
+                                   atol=1e-9)
+        np.testing.assert_allclose(plain.var, np.exp(kq @ np.linalg.solve(K, logvar)),
+                                   rtol=1e-9)
         mu_bar, lv_bar = mean.mean(0), logvar.mean(0)
         np.testing.assert_allclose(out.mean, mu_bar + kq @ np.linalg.solve(K, mean - mu_bar),
                                    rtol=1e-9, atol=1e-9)
@@ -53,12 +58,13 @@ def test_interpolation_equals_numpy_gp_formula(np_rng):
                                    rtol=1e-8, atol=1e-8)
         a_, b_ = -7.5, 300.0  # other units: a u + b, variances a^2 v
         other = interpolate_window(kern, jnp.asarray(times), jnp.asarray(a_ * mean + b_),
-                                   jnp.asarray(logvar + 2 * np.log(abs(a_))), jnp.asarray(query))
+                                   jnp.asarray(logvar + 2 * np.log(abs(a_))), jnp.asarray(query),
+                                   centred=True)
         np.testing.assert_allclose(other.mean, a_ * out.mean + b_, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(other.var, a_**2 * out.var, rtol=1e-9)
         np.testing.assert_allclose(other.mean_dot, a_ * out.mean_dot, rtol=1e-8, atol=1e-8)
         flat = interpolate_window(kern, jnp.asarray(times), jnp.full_like(mean, b_),
-                                  jnp.asarray(logvar), jnp.asarray(query))
+                                  jnp.asarray(logvar), jnp.asarray(query), centred=True)
         np.testing.assert_allclose(flat.mean, b_, rtol=1e-12)  # a constant stays itself
         np.testing.assert_allclose(flat.mean_dot, 0.0, atol=1e-9)
 

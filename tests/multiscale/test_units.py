@@ -43,6 +43,9 @@ def test_units_from_data_are_each_fields_mean_and_spread():
     np.testing.assert_allclose(blocks[1], spread, rtol=1e-12)
     # data that are not a built-in case get them; the built-in recipes keep the raw numbers
     assert model_config(travelling_waves(), coarse=(8,), positional=False).units is not None
+    builtin = travelling_waves()
+    builtin.attrs["case"] = "kdv_1d"
+    assert model_config(builtin, coarse=(8,)).units is None
     with pytest.raises(ValueError, match="one centre and one spread per field"):
         check_units(((0.0,), (1.0, 2.0)), 1)
     with pytest.raises(ValueError, match="positive spreads"):
@@ -60,23 +63,28 @@ def test_standardise_and_rescale_closed_forms():
     assert standardise(u, None) is u and rescale(u, None) is u
 
 
-def _configs(a: float, b: float):
+def _configs(a: float, b: float, decoder: str = "mlp"):
     plain, scaled = travelling_waves(), travelling_waves(a, b)
     configs = [dataclasses.replace(model_config(ds, coarse=(8,), n_micro=2, positional=False),
-                                   **SMALL) for ds in (plain, scaled)]
+                                   decoder=decoder, **SMALL) for ds in (plain, scaled)]
     return (plain, scaled), configs
 
 
-def test_networks_read_and_write_the_fields_in_their_units():
+@pytest.mark.parametrize("decoder", ["mlp", "stencil"])
+def test_networks_read_and_write_the_fields_in_their_units(decoder):
     """Modules of the same key for data ``u`` and ``a u + b``: the macro drift at ``a zeta +
     b`` is ``a`` times the drift at ``zeta`` (dissipative form included), the micro drift and
-    the micro encoder give the same numbers, the micro decoder writes ``a`` times as much."""
+    the micro encoder give the same numbers, the micro decoder writes ``a`` times as much
+    (the stencil decoder also reads ``zeta``), and the prolongation gives ``a P zeta + b``,
+    also after the scale kernel's taps no longer sum to one (learned)."""
     a, b = 37.0, -5.0
-    _, (c1, c2) = _configs(a, b)
+    _, (c1, c2) = _configs(a, b, decoder)
     np.testing.assert_allclose(c2.units[0], a * np.array(c1.units[0]) + b, rtol=1e-5)
     np.testing.assert_allclose(c2.units[1], a * np.array(c1.units[1]), rtol=1e-5)
     key = jax.random.key(3)
     m1, m2 = build_modules(c1, key=key), build_modules(c2, key=key)
+    m1, m2 = (eqx.tree_at(lambda m: m.encoder.scale.weight, m, 1.07 * m.encoder.scale.weight)
+              for m in (m1, m2))  # a learned kernel: its taps sum to 1.07
     k_zeta, k_eta, k_dec, k_y = jax.random.split(jax.random.key(4), 4)
     zeta = jax.random.normal(k_zeta, (c1.n_macro,))
     eta = jax.random.normal(k_eta, (c1.n_micro,))
@@ -93,34 +101,39 @@ def test_networks_read_and_write_the_fields_in_their_units():
                   for m in (m1, m2))
     z1 = jnp.concatenate([zeta, eta])[None]
     z2 = jnp.concatenate([a * zeta + b, eta])[None]
-    _, micro1 = decode(m1.encoder, dec1, c1, z1)
-    _, micro2 = decode(m2.encoder, dec2, c2, z2)
+    macro1, micro1 = decode(m1.encoder, dec1, c1, z1)
+    macro2, micro2 = decode(m2.encoder, dec2, c2, z2)
     assert float(jnp.max(jnp.abs(micro1))) > 1e-3
     np.testing.assert_allclose(micro2, a * micro1, rtol=2e-4, atol=2e-4 * a)
+    np.testing.assert_allclose(macro2, a * macro1 + b, rtol=2e-4, atol=2e-4 * a)
     y = jax.random.normal(k_y, c1.obs_shape)
     (mean1, _), (mean2, _) = m1.encoder(y), m2.encoder(a * y + b)
     np.testing.assert_allclose(mean2[n:], mean1[n:], rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(mean2[:n], a * mean1[:n] + b, rtol=2e-4, atol=2e-4 * a)
 
 
 def test_training_is_the_same_in_other_units():
-    """Fitted for 20 Adam steps from the same seed on ``u`` and on ``64 u`` (a power of two:
-    the data scale exactly in floating point), every network weight stays the same (their
+    """Fitted for 20 Adam steps from the same seed on ``u`` and on ``64 u + 8`` (a power of
+    two: the data scale exactly in floating point), every network weight stays the same (their
     inputs and the ELBO's gradients are the same numbers: the networks read standardised
     fields, the learned biases and centres are stored in the fields' spreads, and the guide's
     path interpolation reproduces constants), the parameters with units move by log 64, and
     the loss per observed scalar differs by the same constant at every step."""
-    a = 64.0
-    (plain, scaled), (c1, c2) = _configs(a, 0.0)
+    a, b = 64.0, 8.0
+    (plain, scaled), (c1, c2) = _configs(a, b)
     train = TrainConfig(steps=20, seed=0, window=8)
     f1 = fit_progressive(plain, c1, [(2, train)], progress=False)[-1]
     f2 = fit_progressive(scaled, c2, [(2, train)], progress=False)[-1]
     assert not np.allclose(f1.losses[0], f1.losses[-1])  # it trained
     for name in ("drift$params", "micro_decoder$params", "z_encoder$params", "z_kernel$params"):
         p1, p2 = f1.params[name], f2.params[name]
-        if name == "drift$params":  # the dissipative form's bounds are in the data's units
-            np.testing.assert_allclose(p2.macro.dissipation.log_bound,
-                                       p1.macro.dissipation.log_bound + np.log(a), atol=1e-5)
-            p1, p2 = (eqx.tree_at(lambda d: d.macro.dissipation.log_bound, p, 0.0)
+        if name == "drift$params":  # the dissipative form's bound and centre have units
+            d1, d2 = p1.macro.dissipation, p2.macro.dissipation
+            np.testing.assert_allclose(d2.log_bound, d1.log_bound + np.log(a), atol=1e-5)
+            np.testing.assert_allclose(d2.centre * c2.units[1][0],
+                                       a * d1.centre * c1.units[1][0] + b, rtol=1e-5)
+            p1, p2 = (eqx.tree_at(lambda d: (d.macro.dissipation.log_bound,
+                                             d.macro.dissipation.centre), p, (0.0, 0.0))
                       for p in (p1, p2))
         if name == "z_kernel$params":  # the warp's output bias has a zero gradient (a shift
             # of the warped time changes nothing), so Adam turns rounding into steps of lr
