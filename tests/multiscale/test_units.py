@@ -31,12 +31,15 @@ def travelling_waves(a: float = 1.0, b: float = 0.0):
                        split=["train"] * 4 + ["val", "test"])
 
 
-def test_units_from_data_are_each_fields_mean_and_spread():
+def test_units_from_data_are_each_fields_mid_range_and_half_width():
     rng = np.random.default_rng(1)
     u = np.stack([2.0 + 3.0 * rng.standard_normal((3, 6, 5)), np.full((3, 6, 5), 7.0)], axis=2)
+    u[0, 2, 0, 1] = np.nan  # a missing value is skipped
+    first = u[:, :, 0]
+    lo, hi = np.nanmin(first), np.nanmax(first)
     centre, spread = units_from_data(u, n_channels=2)
-    np.testing.assert_allclose(centre, [u[:, :, 0].mean(), 7.0], rtol=1e-12)
-    np.testing.assert_allclose(spread, [u[:, :, 0].std(), 1.0], rtol=1e-12)  # constant: 1
+    np.testing.assert_allclose(centre, [0.5 * (lo + hi), 7.0], rtol=1e-12)
+    np.testing.assert_allclose(spread, [0.5 * (hi - lo), 1.0], rtol=1e-12)  # constant: 1
     # in blocks of trajectories, as a file is read, the same numbers
     blocks = units_from_data([u[:1], u[1:]], n_channels=2)
     np.testing.assert_allclose(blocks[0], centre, rtol=1e-12)
