@@ -1,8 +1,8 @@
 r"""The units the networks read and write the fields in (``MultiscaleConfig.units``).
 
 ``units = ((m_1, ..., m_C), (s_1, ..., s_C))``: per field :math:`c` a centre :math:`m_c` and
-a spread :math:`s_c > 0` (:func:`msde_ppl.multiscale.program.units_from_data`: the training
-data's mean and standard deviation). A network reads a field :math:`u_c` as
+a spread :math:`s_c > 0` (:func:`msde_ppl.multiscale.program.units_from_data`: the middle
+of the training data's range and half its width). A network reads a field :math:`u_c` as
 :math:`(u_c - m_c)/s_c` (:func:`standardise`), a difference of fields (a residual) as
 :math:`d_c / s_c` (``centre=False``), and writes a field increment or rate as :math:`s_c`
 times its output (:func:`rescale`). The scale operator (restriction, smoother,

@@ -218,8 +218,8 @@ def interpolate_window(
         [jnp.reshape(enc_mean, (window_size, -1)), jnp.reshape(enc_logvar, (window_size, -1))],
         axis=1,
     )
-    # a constant prior mean, the window's average of each target: the interpolant reproduces
-    # constants, so data in other units (a u + b) get the same path in those units
+    # the constant prior mean: 0, or centred the window's average of each target (the
+    # interpolant then reproduces constants: data in other units get the path in those units)
     centre = (jnp.mean(targets, axis=0, keepdims=True) if centred
               else jnp.zeros_like(targets[:1]))
     alpha = cho_solve((chol, True), targets - centre)
