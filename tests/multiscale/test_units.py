@@ -154,3 +154,24 @@ def test_training_is_the_same_in_other_units():
                                atol=1e-4)
     shift = np.asarray(f2.losses, np.float64) - np.asarray(f1.losses, np.float64)
     assert np.ptp(shift) < 1e-4
+
+
+def test_a_saved_fit_with_units_loads_with_its_centred_guide(tmp_path):
+    """The guide's centred interpolation is on exactly for a config with units, and a saved
+    fit loads with it, its units and its parameters; the built-in recipes' guides stay
+    zero-mean."""
+    from msde_ppl.pipeline.builtin import build_program, multiscale_recipe
+    from msde_ppl.pipeline.fitted import Fitted
+
+    (plain, _), (c1, _) = _configs(1.0, 0.0)
+    fitted = fit_progressive(plain, c1, [(2, TrainConfig(steps=3, seed=0, window=8))],
+                             progress=False)[-1]
+    assert fitted.guide.centred_interpolation
+    loaded = Fitted.load(fitted.save(tmp_path / "fit"))
+    assert loaded.guide.centred_interpolation and loaded.config.units == c1.units
+    for x1, x2 in zip(jax.tree.leaves(fitted.params), jax.tree.leaves(loaded.params),
+                      strict=True):
+        np.testing.assert_array_equal(np.asarray(x2), np.asarray(x1))
+    builtin = dataclasses.replace(c1, units=None)
+    _, guide = build_program(multiscale_recipe(builtin, n_windows=4), key=jax.random.key(0))
+    assert not guide.centred_interpolation
