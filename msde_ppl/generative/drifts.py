@@ -32,7 +32,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from msde_ppl.generative.networks import MLP
 from msde_ppl.generative.physics import CoarsePDE
-from msde_ppl.generative.units import Units, check_units, rescale, standardise
+from msde_ppl.generative.units import (
+    Units,
+    check_unit,
+    check_units,
+    in_unit,
+    rescale,
+    standardise,
+)
 
 __all__ = [
     "Dissipation",
@@ -130,11 +137,9 @@ class Dissipation(eqx.Module):
             raise ValueError(f"the ball's largest radius must be positive, got {max_radius}")
         if not np.isfinite(centre):
             raise ValueError(f"the relaxation centre must be finite, got {centre}")
-        if centre_unit is not None and (len(centre_unit) != size or min(centre_unit) <= 0):
-            raise ValueError(f"the centre's unit needs {size} positive values, got {centre_unit}")
-        self.centre_unit = None if centre_unit is None else tuple(float(u) for u in centre_unit)
+        self.centre_unit = check_unit(centre_unit, size, "centre")
         self.rate_raw = jnp.full((size,), float(np.log(np.expm1(rate))))
-        unit = np.ones(size) if centre_unit is None else np.asarray(centre_unit, np.float64)
+        unit = np.ones(size) if centre_unit is None else np.asarray(self.centre_unit)
         self.centre = jnp.asarray(float(centre) / unit)
         self.log_bound = jnp.full((size,), float(np.log(bound)))
         self.max_radius = None if max_radius is None else float(max_radius)
@@ -148,10 +153,8 @@ class Dissipation(eqx.Module):
         bound = jnp.exp(self.log_bound).reshape(shape)
         if self.max_radius is not None:
             rate = jnp.maximum(rate, bound / self.max_radius)
-        centre = self.centre
-        if self.centre_unit is not None:
-            centre = centre * jnp.asarray(self.centre_unit, centre.dtype)
-        return -rate * (z - centre.reshape(shape)) + bound * jnp.tanh(raw / bound)
+        centre = in_unit(self.centre, self.centre_unit).reshape(shape)
+        return -rate * (z - centre) + bound * jnp.tanh(raw / bound)
 
 
 class StencilDrift(eqx.Module):

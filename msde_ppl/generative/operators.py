@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from msde_ppl.generative.units import check_unit, in_unit
+
 __all__ = ["MATRIX_COST", "ScaleOperator", "cubic_bspline", "spline_basis"]
 
 #: On grids of two or more dimensions :math:`S` is applied as its matrix when the coarse grid
@@ -142,10 +144,7 @@ class ScaleOperator(eqx.Module):
         self.fine_shape = fine_shape
         self.stride = stride
         self.learn_kernel = learn_kernel
-        if bias_unit is not None and (len(bias_unit) != n_channels or min(bias_unit) <= 0):
-            raise ValueError(f"the bias' unit needs {n_channels} positive values, got "
-                             f"{bias_unit}")
-        self.bias_unit = None if bias_unit is None else tuple(float(u) for u in bias_unit)
+        self.bias_unit = check_unit(bias_unit, n_channels, "bias")
 
     @property
     def coarse_shape(self) -> tuple[int, ...]:
@@ -258,7 +257,4 @@ class ScaleOperator(eqx.Module):
         return scale * fine.reshape(zeta.shape[0], c, *self.fine_shape) + bias
 
     def _bias_like(self, n_space: int) -> Array:
-        bias = self.bias
-        if self.bias_unit is not None:
-            bias = bias * jnp.asarray(self.bias_unit, bias.dtype)
-        return jnp.reshape(bias, (-1,) + (1,) * n_space)
+        return jnp.reshape(in_unit(self.bias, self.bias_unit), (-1,) + (1,) * n_space)

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-__all__ = ["Units", "centred", "check_units", "rescale", "standardise", "uncentred"]
+__all__ = ["Units", "centred", "check_unit", "check_units", "in_unit", "rescale", "standardise",
+           "uncentred"]
 
 #: ``((centre per field), (spread per field))``.
 Units = tuple[tuple[float, ...], tuple[float, ...]]
@@ -47,6 +48,24 @@ def check_units(units: Units | None, n_channels: int) -> Units | None:
     return centre, spread
 
 
+def check_unit(unit: tuple[float, ...] | None, size: int, what: str
+               ) -> tuple[float, ...] | None:
+    """``unit`` (the unit a learned parameter of ``size`` entries is stored in, e.g. the
+    fields' spreads) as a tuple of floats, checked positive; ``None`` stays ``None``."""
+    if unit is None:
+        return None
+    unit = tuple(float(u) for u in unit)
+    if len(unit) != size or not min(unit) > 0:
+        raise ValueError(f"the {what}'s unit needs {size} positive values, got {unit}")
+    return unit
+
+
+def in_unit(stored: Array, unit: tuple[float, ...] | None) -> Array:
+    """A learned parameter ``stored`` in ``unit`` (:func:`check_unit`), in the data's units:
+    ``stored * unit``; ``stored`` itself for ``None``."""
+    return stored if unit is None else stored * jnp.asarray(unit, stored.dtype)
+
+
 def _per_field(values: tuple[float, ...], u: Array) -> Array:
     return jnp.asarray(values, u.dtype).reshape((-1,) + (1,) * (u.ndim - 1))
 
@@ -57,9 +76,7 @@ def standardise(u: Array, units: Units | None, centre: bool = True) -> Array:
     ``units=None``."""
     if units is None:
         return u
-    if centre:
-        u = u - _per_field(units[0], u)
-    return u / _per_field(units[1], u)
+    return (centred(u, units) if centre else u) / _per_field(units[1], u)
 
 
 def centred(u: Array, units: Units | None) -> Array:
