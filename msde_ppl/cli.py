@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the built-in case's choice, else on when a linear stencil "
                      "regression per node leaves less than half of a shared one's residual on "
                      "the val split: docs/robustness.md)")
+    fit.add_argument("--shifts", action=argparse.BooleanOptionalAction, default=None,
+                     help="train on random translates of the windows by whole coarse cells "
+                     "(periodic data whose drift does not read the position); default: on for "
+                     "such data unless they are a built-in case (docs/robustness.md)")
     fit.add_argument("--drift", choices=["free", "dissipative"], default=None,
                      help="drift networks: 'dissipative' (output saturated at a learned bound "
                      "plus a learned linear relaxation: forecasts stay near the data) or "
@@ -681,10 +685,10 @@ _FIT_DEFAULTS: dict = {}  # msde fit's option defaults (filled by build_parser)
 _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", "no_progressive",
                  "window", "windows", "lr", "ema",
                  "encoder", "decoder", "scale_kernel", "physics", "drift", "positional",
-                 "seed", "checkpoint_every")
+                 "shifts", "seed", "checkpoint_every")
 # settings that run.json did not always record, with the value a fit then had: an --ema fit
 # recorded without it resumes with no EMA and is refused by its checkpoint's settings check
-_LATER_FIT_SETTINGS = {"ema": None, "positional": "legacy"}
+_LATER_FIT_SETTINGS = {"ema": None, "positional": "legacy", "shifts": False}
 
 
 def _file_digest(path: Path) -> str:
@@ -783,8 +787,8 @@ def _fit_plan(args: argparse.Namespace):
     written."""
     from msde_ppl.data import load, validate
     from msde_ppl.generative.codec import cnn_fits_grid
-    from msde_ppl.pipeline.run import model_config, progressive_stages
-    from msde_ppl.pipeline.training import check_training_data
+    from msde_ppl.pipeline.run import model_config, progressive_stages, shifts_choice
+    from msde_ppl.pipeline.training import check_training_data, shift_steps
 
     ds = load(args.data)
     validate(ds, coarse=args.coarse)
@@ -798,13 +802,6 @@ def _fit_plan(args: argparse.Namespace):
     ds = _labelled(ds, args.data)
     if args.window is None:  # recorded in run.json as resolved, so a resume keeps it
         args.window = _default_window(ds)
-    train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
-                        windows_per_step=args.windows, ema_decay=args.ema)
-    check_training_data(ds, train)
-    stages = [(args.micro, train)]
-    if args.micro and not args.no_progressive and args.steps >= 4:
-        first = dataclasses.replace(train, steps=args.steps // 4)
-        stages = progressive_stages(args.micro, first, args.steps - first.steps)
     positional = args.positional
     if positional == "legacy":  # a run.json from before the option: the case's choice, or off
         positional = None if ds.attrs.get("case") in CASES else False
@@ -813,6 +810,16 @@ def _fit_plan(args: argparse.Namespace):
                           physics=args.physics, drift=args.drift,
                           positional=positional,
                           on_position=None if args.resume else _say_positional)
+    if args.shifts is None:  # recorded in run.json as resolved, so a resume keeps it
+        args.shifts = shifts_choice(ds, config)
+    train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,
+                        windows_per_step=args.windows, ema_decay=args.ema, shifts=args.shifts)
+    check_training_data(ds, train)
+    shift_steps(ds, config, train)  # an impossible --shifts is refused before anything runs
+    stages = [(args.micro, train)]
+    if args.micro and not args.no_progressive and args.steps >= 4:
+        first = dataclasses.replace(train, steps=args.steps // 4)
+        stages = progressive_stages(args.micro, first, args.steps - first.steps)
     return ds, config, stages
 
 

@@ -224,6 +224,27 @@ def test_fit_positional_gives_the_drift_each_nodes_position(tmp_path, user_data,
     assert "macro drift" not in capsys.readouterr().out  # chosen, not inferred
 
 
+def test_fit_shifts_default_on_for_periodic_user_data_and_are_recorded(tmp_path, user_data):
+    """Periodic data, a drift that does not read the position: the windows are shifted
+    unless --no-shifts; --shifts with a positional drift is refused before anything is
+    written; a run.json from before the option resumes without shifts."""
+    from msde_ppl import cli
+
+    parser = cli.build_parser()
+    base = ["fit", "--data", str(user_data), "--coarse", "8", "--micro", "0", "--window", "16",
+            "--no-positional", "--out", str(tmp_path / "r")]
+    args = parser.parse_args(base)
+    assert cli._fit_plan(args)[2][0][1].shifts is True and args.shifts is True  # run.json's
+    args = parser.parse_args([*base, "--no-shifts"])
+    assert cli._fit_plan(args)[2][0][1].shifts is False
+    args = parser.parse_args([*base[:-3], "--positional", "--shifts", "--out",
+                              str(tmp_path / "r")])
+    with pytest.raises(ValueError, match="reads it"):
+        cli._fit_plan(args)
+    assert not (tmp_path / "r").exists()
+    assert cli._LATER_FIT_SETTINGS["shifts"] is False
+
+
 def test_fit_window_defaults_to_the_training_trajectories_when_they_are_short(
         tmp_path, user_data, capsys):
     """30 snapshots per trajectory: the default window is all 30 (said), an explicit one is

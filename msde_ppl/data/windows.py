@@ -14,6 +14,13 @@ uniformly drawn trajectory and a uniformly drawn start among ``starts``:
 - ``sampling="tiled"``: the reference's chunks overlapping by one snapshot, so every snapshot is
   seen equally often.
 
+With ``shift_steps`` (periodic data), every window is also rolled along each spatial axis ``d``
+by ``k_d * shift_steps[d]`` cells, ``k_d`` uniform in ``0 .. N_d / shift_steps[d] - 1`` and
+independent per window and axis: the minibatch is drawn from the data's translates by whole
+coarse cells, so a model whose dynamics do not depend on position is fitted to every
+translate of the few trajectories there are (:class:`~msde_ppl.pipeline.training.TrainConfig`
+``shifts``).
+
 :func:`n_windows` is the number of windows the data set is cut into, the plate size that scales a
 minibatch to the whole data set.
 """
@@ -57,6 +64,7 @@ def random_windows(
     windows_per_step: int = 1,
     sampling: str = "uniform",
     constrain: Callable[[dict], dict] | None = None,
+    shift_steps: tuple[int, ...] | None = None,
 ) -> Callable[[jax.Array, jax.Array], dict]:
     """Minibatch source ``batch_fn(rng_key, step) -> {"y": (B, M, ...), "times": (B, M)}``.
 
@@ -69,6 +77,12 @@ def random_windows(
         windows_per_step: windows per minibatch ``B``.
         sampling: ``"uniform"`` or ``"tiled"`` (module docstring).
         constrain: optional map applied to every batch (e.g. a sharding constraint).
+        shift_steps: per spatial axis (the last ``len(shift_steps)`` axes of a snapshot), the
+            step of the random periodic shifts (module docstring); each must divide the axis'
+            size. ``None``: no shifts.
+
+    Raises:
+        ValueError: unknown ``sampling``, or a shift step that does not divide its axis.
     """
     if sampling not in ("uniform", "tiled"):
         raise ValueError(f"unknown window sampling {sampling!r}; use 'uniform' or 'tiled'")
@@ -84,14 +98,41 @@ def random_windows(
     starts = jnp.asarray(window_starts(n_time, window,
                                       window - 1 if sampling == "uniform" else 1))
     b = windows_per_step
+    roll = None if shift_steps is None else _periodic_shifts(
+        reader.item_shape[1:] if reader is not None else u.shape[2:], tuple(shift_steps))
 
     def batch_fn(rng_key: jax.Array, step: jax.Array) -> dict:
-        key_traj, key_start = jax.random.split(rng_key)
+        # a third key only with shifts: the windows drawn without them stay the same
+        key_traj, key_start, *key_shift = jax.random.split(rng_key, 2 if roll is None else 3)
         traj = jax.random.randint(key_traj, (b,), 0, n_traj)
         start = starts[jax.random.randint(key_start, (b,), 0, starts.shape[0])]
         idx = start[:, None] + jnp.arange(window)[None, :]
         y = reader(traj, start) if reader is not None else u[traj[:, None], idx]
+        if roll is not None:
+            y = roll(key_shift[0], y)
         batch = {"y": y, "times": times[idx]}
         return batch if constrain is None else constrain(batch)
 
     return batch_fn
+
+
+def _periodic_shifts(snapshot_shape: tuple[int, ...], steps: tuple[int, ...]):
+    """``roll(key, y)``: every window of ``y`` ``(B, M, *snapshot_shape)`` rolled along the
+    last ``len(steps)`` axes by an independent random multiple of ``steps`` (module
+    docstring)."""
+    sizes = snapshot_shape[len(snapshot_shape) - len(steps):]
+    if not steps or len(steps) > len(snapshot_shape):
+        raise ValueError(f"shift steps {steps} do not match snapshots of shape {snapshot_shape}")
+    for size, s in zip(sizes, steps, strict=True):
+        if not (isinstance(s, int | np.integer) and 0 < s <= size and size % s == 0):
+            raise ValueError(f"a shift step must be a positive integer dividing its axis' "
+                             f"size; got {s} for an axis of {size}")
+    counts = jnp.asarray([size // s for size, s in zip(sizes, steps, strict=True)])
+    axes = tuple(range(len(snapshot_shape) + 1 - len(steps), len(snapshot_shape) + 1))
+
+    def roll(key: jax.Array, y: jax.Array) -> jax.Array:
+        k = jax.random.randint(key, (y.shape[0], len(steps)), 0, counts[None, :])
+        shifts = k * jnp.asarray(steps)[None, :]
+        return jax.vmap(lambda w, s: jnp.roll(w, s, axis=axes))(y, shifts)
+
+    return roll

@@ -61,7 +61,7 @@ from msde_ppl.pipeline.validation import Validation, ValidationMonitor
 
 __all__ = ["BudgetDecay", "FitStopped", "MultiscaleSetup", "TrainConfig", "WarmStart",
            "check_training_data", "fit", "fit_multiscale", "fit_progressive", "grown_start",
-           "multiscale_setup", "training_window"]
+           "multiscale_setup", "shift_steps", "training_window"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,14 @@ class TrainConfig:
     ``"uniform"`` or ``"tiled"`` (:func:`msde_ppl.data.random_windows`). ``ema_decay``: the
     fit's result, its checkpoints and its validation use the exponential moving average of the
     parameters (:func:`~msde_ppl.inference.parameter_ema`; ``None``: the last iterate).
+
+    ``shifts`` (the built-in model, periodic data, a drift that does not read the position):
+    every training window is rolled by a random whole number of coarse cells along each axis
+    (:func:`msde_ppl.data.random_windows`), so the fit sees every translate of the training
+    trajectories. The macro drift is translation-equivariant and predicts the translates
+    alike; the global micro encoder, decoder and drift are not, and from a few trajectories
+    seen in one position they learn codes that tell the trajectories apart rather than
+    describe the sub-grid field (docs/robustness.md, stop 60).
     """
 
     steps: int = 2000
@@ -93,6 +101,10 @@ class TrainConfig:
     loop: str = "auto"
     sampling: str = "uniform"
     ema_decay: float | None = None
+    shifts: bool = False
+
+
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def training_window(ds: xr.Dataset, window: int = TrainConfig.window) -> int:
@@ -169,8 +181,10 @@ def check_training_data(ds: xr.Dataset, train: TrainConfig, split: str = "train"
     return n_windows(n_traj, n_time, train.window)
 
 
-def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
-    """``(batch_fn, n_windows)`` over the training split (fixed-shape minibatches)."""
+def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train",
+                      shift_steps: tuple[int, ...] | None = None):
+    """``(batch_fn, n_windows)`` over the training split (fixed-shape minibatches; with
+    ``shift_steps``, windows rolled by random multiples of them, :func:`random_windows`)."""
     check_training_data(ds, train, split)
     constrain = _window_sharding(train.windows_per_step) if train.data_parallel else None
     if in_memory(ds["u"]):
@@ -187,7 +201,7 @@ def _training_windows(ds: xr.Dataset, train: TrainConfig, split: str = "train"):
             t = np.asarray(ds["time"].values, np.float32)
     n_traj, n_time = (u.n_traj, u.n_time) if isinstance(u, WindowReader) else u.shape[:2]
     batch_fn = random_windows(u, t, train.window, train.windows_per_step, train.sampling,
-                              constrain)
+                              constrain, shift_steps)
     return batch_fn, n_windows(n_traj, n_time, train.window)
 
 
@@ -386,6 +400,10 @@ def fit(
         train = dataclasses.replace(train, steps=int(steps))
     _check_train(train)
     validate(ds)
+    if train.shifts:
+        raise ValueError("TrainConfig(shifts=True) rolls windows by whole coarse cells, so it "
+                         "needs the built-in multiscale model (fit_multiscale); a program of "
+                         "your own can augment its data before the fit")
     batch_fn, n_win = _training_windows(ds, train, split)
     if _accepts(model, "n_windows") and "n_windows" not in getattr(model, "keywords", {}):
         model = partial(model, n_windows=n_win)
@@ -435,7 +453,7 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
         raise SchemaError(f"model fine grid {config.fine_shape} differs from the data's "
                           f"{grid_shape(ds)}")
     check_coarse(ds, config.coarse_shape)
-    batch_fn, n_win = _training_windows(ds, train)
+    batch_fn, n_win = _training_windows(ds, train, shift_steps=shift_steps(ds, config, train))
     recipe = multiscale_recipe(config, n_win)
     if warm_start is None:
         model, guide = build_program(recipe, key=_seed_keys(train)[0])
@@ -445,6 +463,23 @@ def multiscale_setup(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfi
     loop = _chunk_loop(train, config)
     return MultiscaleSetup(model, guide, *_objective(train, guide, initial="drop"), batch_fn,
                            loop, recipe)
+
+
+def shift_steps(ds: xr.Dataset, config: MultiscaleConfig, train: TrainConfig,
+                 ) -> tuple[int, ...] | None:
+    """The coarse cell in fine cells per axis when ``train.shifts``, else ``None``; a shift
+    is refused where it would change the data's law for the model: a boundary that is not
+    periodic, or a drift that reads the position."""
+    if not train.shifts:
+        return None
+    if ds.attrs.get("boundary") != "periodic":
+        raise ValueError(f"TrainConfig(shifts=True) rolls the fields around a periodic domain; "
+                         f"the data's boundary is {ds.attrs.get('boundary')!r}")
+    if config.positional:
+        raise ValueError("TrainConfig(shifts=True) assumes dynamics that do not depend on "
+                         "the position, but the model's drift reads it (positional=True)")
+    return tuple(int(f) // int(c) for f, c in zip(config.fine_shape, config.coarse_shape,
+                                                  strict=True))
 
 
 def model_label(n_micro: int) -> str:
@@ -637,7 +672,9 @@ def fit_progressive(
         done = None if folder is None else folder / f"stage{i}"
         if resume and done is not None and (done / "fitted.json").is_file():
             stage = Fitted.load(done)
-            if stage.train != train_dict(train) or stage.config.n_micro != n_micro:
+            # a setting added since the stage was saved had its default then
+            saved = {**_TRAIN_DEFAULTS, **(stage.train or {})}
+            if saved != train_dict(train) or stage.config.n_micro != n_micro:
                 raise ValueError(f"{done} was fitted with other settings than stage {i} of "
                                  "this fit; it cannot be resumed here")
             fitted.append(stage)

@@ -77,3 +77,59 @@ def test_random_windows_refuses_unknown_sampling():
 
 def test_n_windows_counts_reference_chunks():
     assert n_windows(10, 1001, 64) == 10 * 15
+
+
+def _shift_of(window: np.ndarray, u: np.ndarray, start: int, steps) -> tuple[int, int, int]:
+    """``(traj, a, b)``: the trajectory and the multiples of ``steps`` that roll its snapshots
+    ``start ..`` onto ``window``; exactly one must."""
+    found = []
+    for traj in range(u.shape[0]):
+        block = u[traj, start : start + window.shape[0]]
+        for a in range(u.shape[-2] // steps[0]):
+            for b in range(u.shape[-1] // steps[1]):
+                rolled = np.roll(block, (a * steps[0], b * steps[1]), axis=(-2, -1))
+                if np.array_equal(rolled, window):
+                    found.append((traj, a, b))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_random_windows_shift_every_window_by_uniform_whole_steps():
+    """Each window is a data window rolled by multiples of the steps (2, 3) on an 8 x 12 grid,
+    the 4 x 4 shifts drawn uniformly and independently per window: 3200 draws, chi-square
+    over the 16 shifts below its 99.9% quantile for 15 degrees of freedom (37.7)."""
+    u = np.arange(3 * 10 * 1 * 8 * 12, dtype=np.float32).reshape(3, 10, 1, 8, 12)
+    times = jnp.arange(10, dtype=jnp.float32)
+    batch_fn = jax.jit(random_windows(jnp.asarray(u), times, 4, windows_per_step=64,
+                                      shift_steps=(2, 3)))
+    counts = np.zeros((4, 4))
+    for i in range(50):
+        batch = batch_fn(jax.random.key(i), jnp.int32(i))
+        y, t = np.asarray(batch["y"]), np.asarray(batch["times"])
+        assert y.shape == (64, 4, 1, 8, 12)
+        for w, tw in zip(y, t, strict=True):
+            _, a, b = _shift_of(w, u, int(tw[0]), (2, 3))
+            counts[a, b] += 1
+    expected = counts.sum() / counts.size
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 37.7, counts
+
+
+def test_random_windows_without_shifts_draw_the_same_windows_as_before():
+    """No shifts: the trajectory and start keys are the two halves of the step's key, as
+    before shifts existed (the built-in recipes' minibatches are unchanged)."""
+    u = jnp.arange(4 * 30 * 2, dtype=jnp.float32).reshape(4, 30, 2)
+    times = jnp.arange(30, dtype=jnp.float32)
+    batch = random_windows(u, times, 5, windows_per_step=3)(jax.random.key(7), jnp.int32(0))
+    key_traj, key_start = jax.random.split(jax.random.key(7))
+    traj = jax.random.randint(key_traj, (3,), 0, 4)
+    start = jnp.asarray(window_starts(30, 5, 4))[jax.random.randint(key_start, (3,), 0, 26)]
+    idx = start[:, None] + jnp.arange(5)[None, :]
+    np.testing.assert_array_equal(batch["y"], u[traj[:, None], idx])
+
+
+@pytest.mark.parametrize("steps, match", [((3,), "dividing its axis"), ((0,), "dividing"),
+                                          ((2, 2, 2, 2), "do not match")])
+def test_random_windows_refuse_shift_steps_that_do_not_fit(steps, match):
+    with pytest.raises(ValueError, match=match):
+        random_windows(jnp.zeros((1, 10, 1, 8)), jnp.arange(10.0), 4, shift_steps=steps)
