@@ -33,7 +33,13 @@ from unseen_pdes import PDES  # noqa: E402
 
 from msde_ppl import Fitted  # noqa: E402
 from msde_ppl.data import load, save  # noqa: E402
-from msde_ppl.pipeline.run import FIT_BUDGET_S, FIT_STEPS, model_config, progressive_stages  # noqa: E402
+from msde_ppl.pipeline.run import (  # noqa: E402
+    FIT_BUDGET_S,
+    FIT_STEPS,
+    model_config,
+    progressive_stages,
+    shifts_choice,
+)
 from msde_ppl.pipeline.training import (  # noqa: E402
     TrainConfig,
     _initial_fitted,
@@ -54,10 +60,11 @@ def fit_without_confirmation(name: str, work: Path) -> tuple[Path, Path]:
     ds = make(n_traj=24, seed=0)
     save(ds, data, overwrite=True)
     ds = load(data)
-    train = TrainConfig(steps=FIT_STEPS, seed=0)
+    config = model_config(ds, coarse, N_MICRO)
+    train = TrainConfig(steps=FIT_STEPS, seed=0, shifts=shifts_choice(ds, config))
     first = dataclasses.replace(train, steps=FIT_STEPS // 4)
     stages = progressive_stages(N_MICRO, first, FIT_STEPS - first.steps)
-    fit_progressive(ds, model_config(ds, coarse, N_MICRO), stages, progress=False,
+    fit_progressive(ds, config, stages, progress=False,
                     checkpoint_dir=work / "fit" / "stages", budget_s=FIT_BUDGET_S,
                     validation=Validation(seed=0, confirm_samples=None))
     return data, work / "fit"

@@ -237,12 +237,11 @@ def test_fit_shifts_default_on_for_periodic_user_data_and_are_recorded(tmp_path,
     assert cli._fit_plan(args)[2][0][1].shifts is True and args.shifts is True  # run.json's
     args = parser.parse_args([*base, "--no-shifts"])
     assert cli._fit_plan(args)[2][0][1].shifts is False
-    args = parser.parse_args([*base[:-3], "--positional", "--shifts", "--out",
-                              str(tmp_path / "r")])
+    refused = [*base[1:-3], "--positional", "--shifts", "--out", str(tmp_path / "r")]
     with pytest.raises(ValueError, match="reads it"):
-        cli._fit_plan(args)
+        cli._fit_plan(parser.parse_args(["fit", *refused]))
+    assert cli.main(["fit", *refused]) == 2
     assert not (tmp_path / "r").exists()
-    assert cli._LATER_FIT_SETTINGS["shifts"] is False
 
 
 def test_fit_window_defaults_to_the_training_trajectories_when_they_are_short(

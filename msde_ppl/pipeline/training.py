@@ -105,6 +105,15 @@ class TrainConfig:
 
 
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+#: settings added after checkpoints existed: a checkpoint records them only when they differ
+#: from their default, so one written before they existed still resumes
+_LATER_TRAIN_SETTINGS = ("shifts",)
+
+
+def _checkpoint_train(train: TrainConfig) -> dict:
+    """The training settings a checkpoint records (and a resume must match)."""
+    return {k: v for k, v in train_dict(train).items()
+            if not (k in _LATER_TRAIN_SETTINGS and v == _TRAIN_DEFAULTS[k])}
 
 
 def training_window(ds: xr.Dataset, window: int = TrainConfig.window) -> int:
@@ -304,7 +313,8 @@ def _run(
 
     extra = None
     if checkpointing.path is not None:  # what the checkpoint belongs to, checked on resume
-        extra = {"recipe": recipe, "train": train_dict(train), "data": _data_digest(ds, split),
+        extra = {"recipe": recipe, "train": _checkpoint_train(train),
+                 "data": _data_digest(ds, split),
                  "program": None if recipe else _program_name(model)}
     key_fit = _seed_keys(train)[1]
     start = time.perf_counter()
