@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import TINY, tiny_dataset
 
-from msde_ppl.pipeline.run import fit_data, shifts_choice
 from msde_ppl.data import observations
 from msde_ppl.inference import checkpoint_record
+from msde_ppl.pipeline.run import fit_data, shifts_choice
 from msde_ppl.pipeline.training import (
     TrainConfig,
     fit,
