@@ -143,6 +143,21 @@ def test_a_user_program_is_loaded_by_reference(data, tmp_path):
                                fc["mean"], rtol=1e-6)
 
 
+def test_a_user_programs_centred_interpolation_is_loaded_with_it(data, tmp_path):
+    """The guide's prior-mean choice travels with a fit loaded by reference (a record from
+    before the option loads with the zero-mean interpolation it had)."""
+    model = partial(program, as_leaf=False, n_windows=1)
+    fitted = _fitted(data, False)
+    for centred in (True, False):
+        guide = msde.AutoAmortizedSDE(model, ENCODER, centred_interpolation=centred)
+        y, t = msde.observations(data, "train")
+        guide.setup(y=jnp.asarray(y[:1, :2]), times=jnp.asarray(t[None, :2]),
+                    rng_key=jax.random.key(0))
+        one = msde.Fitted(model, guide, fitted.params, losses=np.zeros(1), grid=fitted.grid)
+        again = msde.Fitted.load(one.save(tmp_path / f"fit_{centred}"))
+        assert again.guide.centred_interpolation is centred
+
+
 def test_spread_factor_inflates_the_members_around_their_mean(data, linear_inflation):
     """Same key, with and without a per-lead-time factor c: the mean is unchanged, the std and
     the distance of every quantile from the mean are multiplied by c (the deviations of the
