@@ -120,15 +120,15 @@ def _periodic_shifts(snapshot_shape: tuple[int, ...], steps: tuple[int, ...]):
     """``roll(key, y)``: every window of ``y`` ``(B, M, *snapshot_shape)`` rolled along the
     last ``len(steps)`` axes by an independent random multiple of ``steps`` (module
     docstring)."""
-    sizes = snapshot_shape[len(snapshot_shape) - len(steps):]
     if not steps or len(steps) > len(snapshot_shape):
         raise ValueError(f"shift steps {steps} do not match snapshots of shape {snapshot_shape}")
+    axes = tuple(range(-len(steps), 0))  # the last len(steps) axes of a window, as of y
+    sizes = tuple(snapshot_shape[a] for a in axes)
     for size, s in zip(sizes, steps, strict=True):
         if not (isinstance(s, int | np.integer) and 0 < s <= size and size % s == 0):
             raise ValueError(f"a shift step must be a positive integer dividing its axis' "
                              f"size; got {s} for an axis of {size}")
     counts = jnp.asarray([size // s for size, s in zip(sizes, steps, strict=True)])
-    axes = tuple(range(len(snapshot_shape) + 1 - len(steps), len(snapshot_shape) + 1))
 
     def roll(key: jax.Array, y: jax.Array) -> jax.Array:
         k = jax.random.randint(key, (y.shape[0], len(steps)), 0, counts[None, :])

@@ -415,7 +415,7 @@ def data_statistics(u, n_channels: int = 1) -> DataStatistics:
     blocks = [u] if isinstance(u, np.ndarray) else u
     c = int(n_channels)
     sq_change, n_change, total, sq_total, n_total = (np.zeros(c) for _ in range(5))
-    fastest, low, high, n_time, shift = 0.0, np.inf, -np.inf, 0, None
+    fastest, n_time, shift = 0.0, 0, None
     field_low, field_high = np.full(c, np.inf), np.full(c, -np.inf)
     for block in blocks:
         block = np.asarray(block, np.float64)
@@ -424,7 +424,6 @@ def data_statistics(u, n_channels: int = 1) -> DataStatistics:
         if c == 1 and (block.ndim < 3 or block.shape[2] != 1):
             block = block[:, :, None]  # no field dim
         n_time = max(n_time, block.shape[1])
-        low, high = min(low, float(np.nanmin(block))), max(high, float(np.nanmax(block)))
         axes = tuple(a for a in range(block.ndim) if a != 2)
         finite = np.isfinite(block)
         field_low = np.minimum(field_low, np.where(finite, block, np.inf).min(axis=axes))
@@ -444,6 +443,9 @@ def data_statistics(u, n_channels: int = 1) -> DataStatistics:
         rms_change = np.sqrt(sq_change / n_change)
         mean = total / n_total
         std = np.sqrt(np.maximum(sq_total / n_total - mean**2, 0.0))
+    # the range over every value: the fields' finite ranges together (the data are finite
+    # once validated; no finite value leaves it infinite, as it was)
+    low, high = float(np.min(field_low)), float(np.max(field_high))
     return DataStatistics(rms_change, std, field_low, field_high, fastest, low, high, n_time)
 
 

@@ -104,16 +104,19 @@ class TrainConfig:
     shifts: bool = False
 
 
-_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-#: settings added after checkpoints existed: a checkpoint records them only when they differ
-#: from their default, so one written before they existed still resumes
-_LATER_TRAIN_SETTINGS = ("shifts",)
+#: settings added after fits were first saved, with their default: a saved record lacks them
+#: when they had it, so settings are compared without them there (:func:`_resumable_train`)
+_LATER_TRAIN_SETTINGS = {"shifts": TrainConfig.shifts}
 
 
-def _checkpoint_train(train: TrainConfig) -> dict:
-    """The training settings a checkpoint records (and a resume must match)."""
-    return {k: v for k, v in train_dict(train).items()
-            if not (k in _LATER_TRAIN_SETTINGS and v == _TRAIN_DEFAULTS[k])}
+def _resumable_train(train: TrainConfig | dict | None) -> dict | None:
+    """Training settings as a checkpoint records them and a resume compares them: a later
+    setting (:data:`_LATER_TRAIN_SETTINGS`) only when it differs from its default, so a stage
+    or a checkpoint saved before it existed still resumes."""
+    settings = train_dict(train)
+    return None if settings is None else {
+        k: v for k, v in settings.items()
+        if not (k in _LATER_TRAIN_SETTINGS and v == _LATER_TRAIN_SETTINGS[k])}
 
 
 def training_window(ds: xr.Dataset, window: int = TrainConfig.window) -> int:
@@ -313,7 +316,7 @@ def _run(
 
     extra = None
     if checkpointing.path is not None:  # what the checkpoint belongs to, checked on resume
-        extra = {"recipe": recipe, "train": _checkpoint_train(train),
+        extra = {"recipe": recipe, "train": _resumable_train(train),
                  "data": _data_digest(ds, split),
                  "program": None if recipe else _program_name(model)}
     key_fit = _seed_keys(train)[1]
@@ -682,9 +685,8 @@ def fit_progressive(
         done = None if folder is None else folder / f"stage{i}"
         if resume and done is not None and (done / "fitted.json").is_file():
             stage = Fitted.load(done)
-            # a setting added since the stage was saved had its default then
-            saved = {**_TRAIN_DEFAULTS, **(stage.train or {})}
-            if saved != train_dict(train) or stage.config.n_micro != n_micro:
+            if (_resumable_train(stage.train) != _resumable_train(train)
+                    or stage.config.n_micro != n_micro):
                 raise ValueError(f"{done} was fitted with other settings than stage {i} of "
                                  "this fit; it cannot be resumed here")
             fitted.append(stage)
