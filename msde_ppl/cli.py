@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "plus a learned linear relaxation: forecasts stay near the data) or "
                      "'free' (the reference's); default: 'free' for the built-in cases, "
                      "'dissipative' for any other data")
+    fit.add_argument("--stencil-width", type=_positive_int, default=None, metavar="W",
+                     help="width of each hidden layer of the macro drift's stencil network "
+                     "(default 128, the reference's; 64 for data that are not a built-in case "
+                     "on a coarse grid of more than 128 nodes, where a step costs most: "
+                     "docs/robustness.md)")
     fit.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     fit.add_argument("--checkpoint-every", type=_nonnegative_float, default=60.0,
                      metavar="SECONDS", help="write a checkpoint after this many seconds of "
@@ -685,10 +690,11 @@ _FIT_DEFAULTS: dict = {}  # msde fit's option defaults (filled by build_parser)
 _FIT_SETTINGS = ("data", "coarse", "micro", "steps", "budget", "no_validation", "no_progressive",
                  "window", "windows", "lr", "ema",
                  "encoder", "decoder", "scale_kernel", "physics", "drift", "positional",
-                 "shifts", "seed", "checkpoint_every")
+                 "shifts", "stencil_width", "seed", "checkpoint_every")
 # settings that run.json did not always record, with the value a fit then had: an --ema fit
 # recorded without it resumes with no EMA and is refused by its checkpoint's settings check
-_LATER_FIT_SETTINGS = {"ema": None, "positional": "legacy", "shifts": False}
+_LATER_FIT_SETTINGS = {"ema": None, "positional": "legacy", "shifts": False,
+                       "stencil_width": 128}
 
 
 def _file_digest(path: Path) -> str:
@@ -808,8 +814,10 @@ def _fit_plan(args: argparse.Namespace):
     config = model_config(ds, args.coarse, args.micro, encoder=args.encoder,
                           decoder=args.decoder, scale_kernel=args.scale_kernel,
                           physics=args.physics, drift=args.drift,
-                          positional=positional,
+                          positional=positional, stencil_width=args.stencil_width,
                           on_position=None if args.resume else _say_positional)
+    if args.stencil_width is None:  # recorded in run.json as resolved, so a resume keeps it
+        args.stencil_width = config.macro_hidden[0]
     if args.shifts is None:  # recorded in run.json as resolved, so a resume keeps it
         args.shifts = shifts_choice(ds, config)
     train = TrainConfig(steps=args.steps, window=args.window, lr=args.lr, seed=args.seed,

@@ -231,14 +231,17 @@ def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
     del settings["ema"]
     del settings["positional"]
     del settings["shifts"]
+    del settings["stencil_width"]
     (run_dir / "run.json").write_text(json.dumps(record))
     again = cli._resumed_fit_args(resume)
     assert again.ema is None and again.coarse == [8] and again.out == run_dir
     # a record from before --positional re-plans as that version did: off on data that are not
-    # a built-in case (the case's choice on a built-in one); one from before --shifts, without
-    assert again.positional == "legacy" and again.shifts is False
+    # a built-in case (the case's choice on a built-in one); one from before --shifts, without;
+    # one from before --stencil-width, at the width every fit had then
+    assert again.positional == "legacy" and again.shifts is False and again.stencil_width == 128
     _, config, stages = cli._fit_plan(again)
     assert config.positional is False and all(not train.shifts for _, train in stages)
+    assert config.macro_hidden == (128, 128, 128)
 
 
 def test_nothing_is_written_for_a_split_without_training_trajectories(tmp_path, capsys):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +54,7 @@ from msde_ppl.predict.metrics import baseline_metrics, forecast_metrics, lead_ti
 
 __all__ = ["builtin_recipe", "divergence_warning", "fit_data", "model_config",
            "progressive_stages", "run_builtin",
-           "run_case", "run_schedule", "run_window", "score"]
+           "run_case", "run_schedule", "run_window", "score", "stencil_width_choice"]
 
 # `msde run`: implicit-scale stage, then multiscale stage, 1 window per step of 64 snapshots
 # (RUN_WINDOW_2D overrides it per case). About 7 ms per step on 2 CPU cores in 1D (more, noisier
@@ -79,6 +80,17 @@ RUN_WINDOWS = 1
 FIT_STEPS = RUN_STEPS + RUN_MICRO_STEPS
 FIT_BUDGET_S = 600.0
 
+# data that are not a built-in case, on a coarse grid of more than WIDE_STENCIL_NODES nodes: the
+# macro stencil MLP's hidden layers are NARROW_STENCIL_WIDTH wide instead of the reference's 128.
+# The MLP runs at every coarse node of every snapshot of a window, and its products are most of a
+# step's cost (4 GFLOP on a 16 x 16 grid at width 128, near the 2 cores' peak). There the
+# 10-minute budget ended both stages far from their optimum: 2D Allen-Cahn (256 nodes,
+# benchmarks/robustness.py) trained 3300 implicit-scale and 8000 multiscale steps, val 0.14-0.15,
+# and twice the budget gave 0.10. Width 64: 6200 + 12000 steps, val 0.104 (docs/robustness.md,
+# stop 61). The 1D grids of the benchmark (32 nodes) keep 128.
+WIDE_STENCIL_NODES = 128
+NARROW_STENCIL_WIDTH = 64
+
 
 def run_schedule(case: str) -> tuple[int, int]:
     """``msde run``'s ``(implicit-scale steps, multiscale steps)`` for a built-in case."""
@@ -101,6 +113,7 @@ def model_config(
     physics: str | None = None,
     drift: str | None = None,
     positional: bool | None = None,
+    stencil_width: int | None = None,
     on_position: Callable[[bool, dict | None], None] | None = None,
 ) -> MultiscaleConfig:
     """The multiscale config for ``ds``: the built-in case's choices (if ``ds`` is one) with
@@ -110,6 +123,10 @@ def model_config(
     saturated at a learned bound plus a learned linear relaxation, initialised from the
     training split, :func:`~msde_ppl.multiscale.program.dissipation_from_data`); default: free
     for the built-in cases (their recipes were tuned with it), dissipative for any other data.
+    ``stencil_width``: the width of every hidden layer of the macro stencil MLP; default:
+    the case's (the reference's 128) for the built-in cases, for any other data 128, or
+    :data:`NARROW_STENCIL_WIDTH` on a coarse grid of more than :data:`WIDE_STENCIL_NODES`
+    nodes (:func:`stencil_width_choice`).
     ``positional``: every coarse node's drift also reads its position (a flow that is not
     translation invariant: a coefficient that varies in space, an obstacle); default: the
     case's choice for the built-in cases (on for the cylinder only), else on when the data
@@ -147,12 +164,31 @@ def model_config(
         scales=scales, units=units,
         micro_time=False if splits_in_time(ds) else None,
         positional=positional)
+    if stencil_width is None:
+        stencil_width = stencil_width_choice(ds, config.coarse_shape)
+    if stencil_width is not None:
+        if stencil_width < 1:
+            raise ValueError(f"the stencil MLP's width must be a positive integer, got "
+                             f"{stencil_width}")
+        config = dataclasses.replace(
+            config, macro_hidden=(int(stencil_width),) * len(config.macro_hidden))
     if auto_position:
         chosen, evidence = positional_choice(ds, config)
         config = dataclasses.replace(config, positional=chosen)
         if on_position is not None:
             on_position(chosen, evidence)
     return config
+
+
+def stencil_width_choice(ds: xr.Dataset, coarse_shape: Sequence[int]) -> int | None:
+    """The default hidden width of the macro stencil MLP for ``ds`` on ``coarse_shape``:
+    :data:`NARROW_STENCIL_WIDTH` for data that are not a built-in case on a coarse grid of more
+    than :data:`WIDE_STENCIL_NODES` nodes (a step's cost grows with the nodes, and a fit within
+    the time budget gets few steps), else ``None``: the config's (the reference's)."""
+    generic = ds.attrs.get("case") not in CASE_CONFIGS
+    if generic and math.prod(coarse_shape) > WIDE_STENCIL_NODES:
+        return NARROW_STENCIL_WIDTH
+    return None
 
 
 #: :func:`positional_choice` gives the drift the position when a stencil regression per node
@@ -217,8 +253,8 @@ def fit_data(
         seed: PRNG seed.
         progress: report progress (a bar, or lines in a log).
         **options: model options of :func:`model_config` (``encoder``, ``decoder``,
-            ``scale_kernel``, ``physics``, ``drift``, ``positional``: by default decided from
-            the data, :func:`positional_choice`).
+            ``scale_kernel``, ``physics``, ``drift``, ``stencil_width``, ``positional``: by
+            default decided from the data, :func:`positional_choice`).
 
     Returns:
         The fitted multiscale model (the last stage).
