@@ -17,6 +17,7 @@ from msde_ppl import Fitted, forecast, forecast_metrics
 from msde_ppl.cli import main
 from msde_ppl.data import from_arrays, load, save
 from msde_ppl.inference import checkpoint_record
+from msde_ppl.pipeline import run
 
 # 2 stages (implicit-scale 200 steps, then multiscale 600) in chunks of 100 steps
 FIT = ["--coarse", "8", "--micro", "2", "--steps", "800", "--window", "16", "--decoder",
@@ -202,13 +203,14 @@ def test_run_json_records_the_floors_and_the_position_choice(reference):
     record = json.loads((reference / "run.json").read_text())
     # the drift's position input as decided, so that a resume re-plans the same model
     assert record["args"]["positional"] is False
+    assert record["args"]["stencil_width"] == 128  # as decided too (8 coarse nodes)
     floors = record["resolution_floor"]
     assert floors["coarse"] == [8] and floors["rel_l2"] == floors["grids"]["8"]
     assert list(floors["grids"]) == ["8", "32", "16", "4"]
     assert all(0 <= v < 1e-6 for v in floors["grids"].values())
 
 
-def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
+def test_resume_reads_every_setting_of_msde_fit(data, tmp_path, monkeypatch):
     """Every option of msde fit but --out and --resume is recorded in run.json and read back by
     --resume (an option missing there crashed a resume: --ema); a record written before --ema
     was recorded resumes with none (a checkpoint with an EMA refuses that itself)."""
@@ -233,6 +235,7 @@ def test_resume_reads_every_setting_of_msde_fit(data, tmp_path):
     del settings["shifts"]
     del settings["stencil_width"]
     (run_dir / "run.json").write_text(json.dumps(record))
+    monkeypatch.setattr(run, "FULL_WIDTH_MAX_NODES", 4)  # a new fit of this grid: width 64
     again = cli._resumed_fit_args(resume)
     assert again.ema is None and again.coarse == [8] and again.out == run_dir
     # a record from before --positional re-plans as that version did: off on data that are not

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -80,15 +81,15 @@ RUN_WINDOWS = 1
 FIT_STEPS = RUN_STEPS + RUN_MICRO_STEPS
 FIT_BUDGET_S = 600.0
 
-# data that are not a built-in case, on a coarse grid of more than WIDE_STENCIL_NODES nodes: the
+# data that are not a built-in case, on a coarse grid of more than FULL_WIDTH_MAX_NODES nodes: the
 # macro stencil MLP's hidden layers are NARROW_STENCIL_WIDTH wide instead of the reference's 128.
 # The MLP runs at every coarse node of every snapshot of a window, and its products are most of a
 # step's cost (4 GFLOP on a 16 x 16 grid at width 128, near the 2 cores' peak). There the
 # 10-minute budget ended both stages far from their optimum: 2D Allen-Cahn (256 nodes,
-# benchmarks/robustness.py) trained 3300 implicit-scale and 8000 multiscale steps, val 0.14-0.15,
-# and twice the budget gave 0.10. Width 64: 6200 + 12000 steps, val 0.104 (docs/robustness.md,
+# benchmarks/robustness.py) trained 3300 implicit-scale and 8000 multiscale steps, val 0.135, and
+# twice the budget gave 0.10. Width 64: 6200 + 12000 steps, val 0.104 (docs/robustness.md,
 # stop 61). The 1D grids of the benchmark (32 nodes) keep 128.
-WIDE_STENCIL_NODES = 128
+FULL_WIDTH_MAX_NODES = 128
 NARROW_STENCIL_WIDTH = 64
 
 
@@ -123,15 +124,15 @@ def model_config(
     saturated at a learned bound plus a learned linear relaxation, initialised from the
     training split, :func:`~msde_ppl.multiscale.program.dissipation_from_data`); default: free
     for the built-in cases (their recipes were tuned with it), dissipative for any other data.
-    ``stencil_width``: the width of every hidden layer of the macro stencil MLP; default:
-    the case's (the reference's 128) for the built-in cases, for any other data 128, or
-    :data:`NARROW_STENCIL_WIDTH` on a coarse grid of more than :data:`WIDE_STENCIL_NODES`
-    nodes (:func:`stencil_width_choice`).
     ``positional``: every coarse node's drift also reads its position (a flow that is not
     translation invariant: a coefficient that varies in space, an obstacle); default: the
     case's choice for the built-in cases (on for the cylinder only), else on when the data
     show it (:func:`positional_choice`; ``on_position(chosen, evidence)`` is told the
     choice and its evidence when the data made it).
+    ``stencil_width``: the width of every hidden layer of the macro stencil MLP; default:
+    the case's (the reference's 128) for the built-in cases, for any other data 128, or
+    :data:`NARROW_STENCIL_WIDTH` on a coarse grid of more than :data:`FULL_WIDTH_MAX_NODES`
+    nodes (:func:`stencil_width_choice`).
     Data split in time forecast times past the training record, so their micro dynamics are
     autonomous (``micro_time=False``): a drift reading the absolute time would extrapolate.
     """
@@ -167,9 +168,12 @@ def model_config(
     if stencil_width is None:
         stencil_width = stencil_width_choice(ds, config.coarse_shape)
     if stencil_width is not None:
-        if stencil_width < 1:
+        if (isinstance(stencil_width, bool) or not isinstance(stencil_width, numbers.Integral)
+                or stencil_width < 1):
             raise ValueError(f"the stencil MLP's width must be a positive integer, got "
-                             f"{stencil_width}")
+                             f"{stencil_width!r}")
+        # every hidden layer this wide (the config's layers all have one width: msde fit
+        # records that one number)
         config = dataclasses.replace(
             config, macro_hidden=(int(stencil_width),) * len(config.macro_hidden))
     if auto_position:
@@ -183,10 +187,10 @@ def model_config(
 def stencil_width_choice(ds: xr.Dataset, coarse_shape: Sequence[int]) -> int | None:
     """The default hidden width of the macro stencil MLP for ``ds`` on ``coarse_shape``:
     :data:`NARROW_STENCIL_WIDTH` for data that are not a built-in case on a coarse grid of more
-    than :data:`WIDE_STENCIL_NODES` nodes (a step's cost grows with the nodes, and a fit within
+    than :data:`FULL_WIDTH_MAX_NODES` nodes (a step's cost grows with the nodes, and a fit within
     the time budget gets few steps), else ``None``: the config's (the reference's)."""
     generic = ds.attrs.get("case") not in CASE_CONFIGS
-    if generic and math.prod(coarse_shape) > WIDE_STENCIL_NODES:
+    if generic and math.prod(coarse_shape) > FULL_WIDTH_MAX_NODES:
         return NARROW_STENCIL_WIDTH
     return None
 

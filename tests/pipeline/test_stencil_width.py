@@ -7,8 +7,8 @@ import pytest
 
 from msde_ppl.data import from_arrays, save
 from msde_ppl.pipeline.run import (
+    FULL_WIDTH_MAX_NODES,
     NARROW_STENCIL_WIDTH,
-    WIDE_STENCIL_NODES,
     model_config,
     stencil_width_choice,
 )
@@ -28,7 +28,7 @@ def _data_2d(n: int = 32):
 
 def test_a_user_grid_of_many_coarse_nodes_gets_the_narrow_stencil_network():
     ds = _data_2d()
-    assert 16 * 16 > WIDE_STENCIL_NODES >= 8 * 8
+    assert 16 * 16 > FULL_WIDTH_MAX_NODES >= 8 * 8
     narrow = model_config(ds, (16, 16), 2, positional=False)
     assert narrow.macro_hidden == (NARROW_STENCIL_WIDTH,) * 3
     assert model_config(ds, (8, 8), 2, positional=False).macro_hidden == (128, 128, 128)
@@ -39,8 +39,9 @@ def test_a_user_grid_of_many_coarse_nodes_gets_the_narrow_stencil_network():
     assert chosen.macro_hidden == (128, 128, 128)
     assert model_config(ds, (8, 8), 2, positional=False,
                         stencil_width=32).macro_hidden == (32, 32, 32)
-    with pytest.raises(ValueError, match="width must be a positive integer, got 0"):
-        model_config(ds, (8, 8), 2, positional=False, stencil_width=0)
+    for bad in (0, 64.5, True):
+        with pytest.raises(ValueError, match=f"width must be a positive integer, got {bad}"):
+            model_config(ds, (8, 8), 2, positional=False, stencil_width=bad)
 
 
 def test_a_built_in_case_keeps_the_reference_width_on_any_grid():
@@ -48,6 +49,10 @@ def test_a_built_in_case_keeps_the_reference_width_on_any_grid():
     ds = from_arrays(_field((512,)), time=np.arange(6) * 0.1, x=x, split=SPLIT)
     assert stencil_width_choice(ds, (256,)) == NARROW_STENCIL_WIDTH
     assert stencil_width_choice(ds, (32,)) is None
+    assert stencil_width_choice(ds, (FULL_WIDTH_MAX_NODES,)) is None
+    assert stencil_width_choice(ds, (FULL_WIDTH_MAX_NODES + 1,)) == NARROW_STENCIL_WIDTH
+    # the built-in case on the most nodes, the cylinder's 32 x 8
+    assert stencil_width_choice(ds.assign_attrs(case="cylinder_2d"), (32, 8)) is None
     assert stencil_width_choice(ds.assign_attrs(case="kdv_1d"), (256,)) is None
     config = model_config(ds.assign_attrs(case="kdv_1d"), (256,), 2)
     assert config.macro_hidden == (128, 128, 128)
