@@ -238,6 +238,31 @@ def assess(ms: dict, implicit: dict, t_dec: float) -> dict:
     }
 
 
+def margin_uncertainty(means: dict[str, np.ndarray], obs: np.ndarray, times: np.ndarray,
+                       t_dec: float) -> dict:
+    """How well the test split resolves the multiscale model's margin over the implicit-scale
+    one, lead time by lead time up to ``t_dec``: the margin is the mean over the test
+    trajectories of the paired difference of their rel-L2s (``means``: name -> the delivered
+    ensemble means ``(traj, time, ...)``; ``obs``: the data they are scored on), and its
+    standard error is the difference's sd over the trajectories divided by sqrt(trajectories).
+    Returns the worst lead time's margin and standard error (``worst``), the number of checked
+    lead times where the multiscale model is behind by more than two standard errors
+    (``behind_2se``: behind beyond the test split's resolution) and ahead by more than two
+    (``ahead_2se``), and the number checked."""
+    axes = tuple(range(2, obs.ndim))
+    norm = np.sqrt((obs**2).sum(axes))
+    diff = (np.sqrt(((means["multiscale"] - obs) ** 2).sum(axes))
+            - np.sqrt(((means["implicit_scale"] - obs) ** 2).sum(axes))) / norm
+    window = (times > 0) & (times <= t_dec + 1e-12)
+    d = diff[:, window]
+    margin, se = d.mean(0), d.std(0, ddof=1) / np.sqrt(d.shape[0])
+    worst = int(np.argmax(margin))
+    return {"worst": {"lead_time": float(times[window][worst]), "margin": float(margin[worst]),
+                      "standard_error": float(se[worst])},
+            "behind_2se": int((margin > 2 * se).sum()), "ahead_2se": int((margin < -2 * se).sum()),
+            "n_lead_times": int(window.sum()), "n_trajectories": int(d.shape[0])}
+
+
 def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = None) -> dict:
     """Generate, fit and forecast one PDE in ``work``; with ``reuse`` (an earlier run's work
     directory) its data and fit are kept and only the forecasts are redone."""
@@ -283,14 +308,16 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
     }
     t_dec = decorrelation_time(ds)
     row.update(assess(ms, implicit, t_dec))
+    means = {}
+    for key, fc in (("multiscale", fc_ms), ("implicit_scale", fc_is)):
+        with xr.open_dataset(fc / "forecast.nc", engine="h5netcdf") as out:
+            means[key] = np.asarray(out["mean"].values, np.float64)
+            obs, times = np.asarray(out["obs"].values, np.float64), out["time"].values
+    row["implicit_margin"] = margin_uncertainty(means, obs, times - times[0], t_dec)
     if name in REFERENCES and "diffusivity" not in ds.attrs:
         print(f"{name}: no physics reference ({data} predates it: its dataset has no "
               "'diffusivity')", flush=True)
     elif name in REFERENCES:
-        means = {}
-        for key, fc in (("multiscale", fc_ms), ("implicit_scale", fc_is)):
-            with xr.open_dataset(fc / "forecast.nc", engine="h5netcdf") as out:
-                means[key] = np.asarray(out["mean"].values, np.float64)
         curves = REFERENCES[name][0](ds, means, t_fit=t_dec)
         row["n_test_trajectories"] = int(select_split(ds, "test").sizes["traj"])
         row["physics_reference"] = reference_summary(curves, ms, implicit, t_dec)
@@ -337,6 +364,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "'micro stage': the checkpoint of the micro stage the fit delivered; 'start' is "
              "the implicit-scale model grown with an idle micro state, so the two models "
              "then differ by their Monte Carlo draws only.", "",
+             "'± SE': the standard error of the margin over the implicit-scale model at its "
+             "worst lead time, from the paired per-trajectory differences of the test "
+             "trajectories (benchmarks/robustness.py margin_uncertainty); 'behind / ahead by "
+             "> 2 SE': the lead times checked where the difference is beyond twice its "
+             "standard error, the part of the verdict the test split resolves.", "",
              "| PDE | fit (s, steps) | multiscale raw → delivered | implicit-scale raw → "
              "delivered | persistence | climatology "
              "| diverged members raw → delivered | decorr. time "
@@ -354,6 +386,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
             return f"no ({r['worst_margin'][k]:+.3f}; {tail})"
 
         beats = " / ".join(verdict(k) for k in ("persistence", "climatology", "implicit_scale"))
+        resolved = r.get("implicit_margin")
+        if resolved is not None:
+            w = resolved["worst"]
+            beats += (f"; vs implicit at t = {w['lead_time']:.3g}: {w['margin']:+.3f} ± "
+                      f"{w['standard_error']:.3f} SE, behind / ahead by > 2 SE at "
+                      f"{resolved['behind_2se']} / {resolved['ahead_2se']} of "
+                      f"{resolved['n_lead_times']}")
         met = ", ".join(k for k, v in r["met"].items() if v) or "none"
         missed = [k for k, v in r["met"].items() if not v]
         lines.append(

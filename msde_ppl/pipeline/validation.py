@@ -7,11 +7,21 @@ the test split is scored on) from ``n_starts`` evenly spread starting snapshots 
 with ``n_samples`` members, and is scored by
 
 .. math:: s = \frac{1}{N} \sum_{r} \sum_{i=1}^{H-1} \frac{\lVert y_{ri} - \bar y_{ri}
-          \rVert_2}{\lVert y_{ri} \rVert_2} + \text{(fraction of diverged members)},
+          - a_i e_{r} \rVert_2}{\lVert y_{ri} \rVert_2} + \text{(fraction of diverged
+          members)},
 
 the test metric (the rel-L2 of the ensemble mean, pooled over the lead times of every start)
-plus the fraction of members that diverged (:func:`~msde_ppl.predict.diverged_members`), so a
-model that blows up late loses even where its mean still looks fine. A forecast with a
+of the forecast as ``msde forecast`` delivers it, plus the fraction of members that diverged
+(:func:`~msde_ppl.predict.diverged_members`), so a model that blows up late loses even where
+its mean still looks fine. The delivered forecast carries the first snapshot's reconstruction
+residual :math:`e_r = y_{r0} - \bar y_{r0}` forward with the least-squares gain :math:`a_i`
+fitted on the val forecast (residual persistence,
+:func:`~msde_ppl.predict.calibration.fit_residual_gain`), so the score does too. Scored raw,
+a micro state that reconstructs the first snapshot better wins the first lead times, which
+the delivered forecast of its rival wins back by the residual, and a checkpoint worse at
+every later lead time could be kept: on Kuramoto-Sivashinsky (docs/robustness.md, stop 62)
+the micro stage's best raw checkpoint led the implicit-scale model by 0.106 at the first val
+lead time and trailed it from t = 3.25 to 6, and delivered, the lead was gone. A forecast with a
 non-finite mean scores :math:`+\infty`. Every evaluation uses the SAME
 key (common random numbers): two checkpoints are compared on the same noise, so the
 difference of their scores is not Monte Carlo noise. The forecast program is compiled once per
@@ -68,7 +78,7 @@ from msde_ppl.atomic import write_text
 from msde_ppl.data.splits import observations
 from msde_ppl.pipeline.fitted import Fitted
 
-__all__ = ["Validation", "ValidationMonitor", "evaluation_interval"]
+__all__ = ["Validation", "ValidationMonitor", "carry_residual", "evaluation_interval"]
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -126,6 +136,25 @@ def _starting_windows(ds: xr.Dataset, validation: Validation) -> tuple[np.ndarra
     y = np.stack([u[r, s:s + horizon] for r in range(u.shape[0]) for s in starts])
     t0 = np.array([t[s] for _ in range(u.shape[0]) for s in starts])
     return y, t0
+
+
+def carry_residual(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r"""The forecast means ``mean`` as delivered: each window's first-snapshot residual
+    :math:`e = y_0 - \bar y_0` carried forward, :math:`\bar y_i + a_i e`, with the gain
+    :math:`a_i` fitted on these windows themselves
+    (:func:`~msde_ppl.predict.calibration.fit_residual_gain`, per field: what ``msde
+    forecast`` fits on the val split and applies). ``mean`` and ``y``: ``(N, H, C, *fine)``
+    windows of ``H`` snapshots of ``C`` fields; ``mean`` finite, ``y`` may have NaN."""
+    from msde_ppl.predict.calibration import apply_residual_gain, fit_residual_gain
+
+    shape = mean.shape
+    fine = [f"axis{i}" for i in range(y.ndim - 3)]
+    dims = ["traj", "time", "field", *fine]
+    if y.shape[2] == 1:  # a forecast of one field has no field dim: one gain per lead time
+        mean, y, dims = mean[:, :, 0], y[:, :, 0], dims[:2] + fine
+    fc = xr.Dataset({"mean": (dims, mean), "obs": (dims, y)})
+    carried = apply_residual_gain(fc, fit_residual_gain(fc))["mean"]
+    return np.asarray(carried.transpose(*dims).values, np.float64).reshape(shape)
 
 
 def evaluation_interval(validation: Validation, windows: tuple[int, int],
@@ -214,20 +243,23 @@ class ValidationMonitor:
         if key is None:
             key = jax.random.key(self.validation.seed)  # the same for every checkpoint (CRN)
         lower, upper = self._limits
-        errors, diverged = [], []
+        means, diverged = [], []
         for y, t0 in zip(self.windows, self.starts, strict=True):
             _, blocks = ensemble.blocks(key, y, t0=float(t0))
-            hit, means = False, []
+            hit, parts = False, []
             for _, draws, summary in blocks:  # one block of fields in memory at a time
                 hit = hit | diverged_members(draws, lower, upper)
-                means.append(summary["mean"])
+                parts.append(summary["mean"])
             diverged.append(hit)
-            mean = np.concatenate(means).astype(np.float64)
-            diff = (mean - y).reshape(horizon, -1)[1:]
-            norm = np.asarray(y, np.float64).reshape(horizon, -1)[1:]
-            with np.errstate(over="ignore", invalid="ignore"):
-                err = np.sqrt((diff**2).sum(1)) / np.sqrt((norm**2).sum(1))
-            errors.append(err)
+            means.append(np.concatenate(parts).astype(np.float64))
+        mean = np.stack(means)
+        if not np.isfinite(mean).all():
+            return float("inf")
+        y = np.asarray(self.windows, np.float64)
+        diff = (carry_residual(mean, y) - y).reshape(*y.shape[:2], -1)[:, 1:]
+        norm = y.reshape(*y.shape[:2], -1)[:, 1:]
+        with np.errstate(over="ignore", invalid="ignore"):
+            errors = np.sqrt((diff**2).sum(-1)) / np.sqrt((norm**2).sum(-1))
         value = float(np.mean(errors)) + float(np.mean(diverged))
         return value if np.isfinite(value) else float("inf")
 

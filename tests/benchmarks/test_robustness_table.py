@@ -92,3 +92,26 @@ def test_the_fronts_reference_scores_forecasts_in_expectation_over_the_threshold
     assert curves["t_fit"] == 4.0
     assert curves["speed_fit"]["one_threshold"] == pytest.approx([0.25], abs=0.3 / 64)
     assert curves["threshold"] == pytest.approx(test["threshold"].values.tolist())
+
+
+def test_the_margin_over_the_implicit_scale_model_comes_with_its_standard_error():
+    """Paired per-trajectory differences of rel-L2: their mean is the margin, their sd over
+    sqrt(trajectories) its standard error; lead times beyond the decorrelation time (and lead
+    0) are not counted; 'behind / ahead by > 2 SE' count the resolved lead times."""
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(4, 5, 16)) + 3.0
+    times = np.arange(5) * 0.5
+    implicit = obs + 0.1 * rng.normal(size=obs.shape)
+    # the multiscale mean: ahead at lead 1 on every trajectory, equal at lead 2, behind at 3
+    ms = implicit.copy()
+    ms[:, 1] = obs[:, 1] + 0.5 * (implicit[:, 1] - obs[:, 1])
+    ms[:, 3] = obs[:, 3] + 1.5 * (implicit[:, 3] - obs[:, 3])
+    ms[:, 4] = obs[:, 4] + 9.0 * (implicit[:, 4] - obs[:, 4])  # beyond t_dec: not counted
+    out = robustness.margin_uncertainty({"multiscale": ms, "implicit_scale": implicit}, obs,
+                                        times, t_dec=1.5)
+    rel = lambda m: np.linalg.norm(m - obs, axis=-1) / np.linalg.norm(obs, axis=-1)  # noqa: E731
+    d = rel(ms)[:, 3] - rel(implicit)[:, 3]
+    assert out["worst"]["lead_time"] == 1.5 and out["n_lead_times"] == 3
+    assert out["worst"]["margin"] == pytest.approx(d.mean())
+    assert out["worst"]["standard_error"] == pytest.approx(d.std(ddof=1) / 2)
+    assert out["behind_2se"] == 1 and out["ahead_2se"] == 1 and out["n_trajectories"] == 4

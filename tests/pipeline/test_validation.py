@@ -12,7 +12,7 @@ import pytest
 from helpers import TINY, tiny_dataset
 
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
-from msde_ppl.pipeline.validation import Validation, ValidationMonitor
+from msde_ppl.pipeline.validation import Validation, ValidationMonitor, carry_residual
 
 
 class Stub:
@@ -326,3 +326,32 @@ def test_msde_fit_says_whether_the_confirmation_kept_the_best():
     assert _stage_outcome(stage).endswith("0.1300 against the start's 0.1457, kept")
     val["confirmation"] = None
     assert _stage_outcome(stage).endswith("0.1400 at step 9000, kept")
+
+
+def test_the_score_carries_the_first_residual_as_the_delivered_forecast_does():
+    """``carry_residual`` (what the val score applies before its rel-L2) is the delivered
+    forecast's residual persistence with the gain fitted on the windows themselves: a
+    residual that persists whole, or decays like rho^t, is carried exactly (the windows'
+    errors vanish); a later error orthogonal to the first residual gets gain 0 (the means
+    stay); each field has its own gain; a missing observation is no error."""
+    rng = np.random.default_rng(3)
+    n, h, fine = 4, 6, (8, 8)
+    mean = rng.normal(size=(n, h, 2, *fine))
+    e0 = rng.normal(size=(n, 1, 2, *fine))
+    decay = 0.7 ** np.arange(h).reshape(1, h, 1, 1, 1)
+    y = mean + e0 * np.concatenate([np.ones_like(decay), decay], axis=2)
+    np.testing.assert_allclose(carry_residual(mean, y), y, atol=1e-6)
+    # field 1: later errors orthogonal to the first residual, in every window
+    later = rng.normal(size=(n, h, *fine))
+    later -= (later * e0[:, :, 1]).sum((-2, -1), keepdims=True) / (
+        e0[:, :, 1] ** 2).sum((-2, -1), keepdims=True) * e0[:, :, 1]
+    y[:, 1:, 1] = mean[:, 1:, 1] + later[:, 1:]
+    carried = carry_residual(mean, y)
+    np.testing.assert_allclose(carried[:, :, 0], y[:, :, 0], atol=1e-6)
+    np.testing.assert_allclose(carried[:, 1:, 1], mean[:, 1:, 1], atol=1e-6)
+    np.testing.assert_allclose(carried[:, 0], y[:, 0], atol=1e-6)  # a(0) = 1
+    one = y[:, :, :1].copy()  # one field (no field dim), a missing observation
+    one[0, 3, 0, 2] = np.nan
+    out = carry_residual(mean[:, :, :1], one)
+    assert out.shape == one.shape and np.isfinite(out).all()
+    np.testing.assert_allclose(out, mean[:, :, :1] + e0[:, :, :1], atol=1e-6)
