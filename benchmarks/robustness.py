@@ -245,17 +245,21 @@ def margin_uncertainty(means: dict[str, np.ndarray], obs: np.ndarray, times: np.
     trajectories of the paired difference of their rel-L2s (``means``: name -> the delivered
     ensemble means ``(traj, time, ...)``; ``obs``: the data they are scored on), and its
     standard error is the difference's sd over the trajectories divided by sqrt(trajectories).
-    Returns the worst lead time's margin and standard error (``worst``), the number of checked
-    lead times where the multiscale model is behind by more than two standard errors
-    (``behind_2se``: behind beyond the test split's resolution) and ahead by more than two
-    (``ahead_2se``), and the number checked."""
+    Returns the worst lead time's margin and standard error (``worst``; the error is NaN with
+    one trajectory), the numbers of checked lead times where the multiscale model is behind
+    (``behind_2se``) or ahead (``ahead_2se``) by more than two standard errors, the number
+    checked and the number of trajectories. With four trajectories two standard errors are
+    about an 86% two-sided level (Student's t, 3 degrees of freedom), lead time by lead time;
+    the lead times are correlated, so the counts are a description, not a joint test."""
     axes = tuple(range(2, obs.ndim))
     norm = np.sqrt((obs**2).sum(axes))
     diff = (np.sqrt(((means["multiscale"] - obs) ** 2).sum(axes))
             - np.sqrt(((means["implicit_scale"] - obs) ** 2).sum(axes))) / norm
     window = (times > 0) & (times <= t_dec + 1e-12)
     d = diff[:, window]
-    margin, se = d.mean(0), d.std(0, ddof=1) / np.sqrt(d.shape[0])
+    margin = d.mean(0)
+    se = (d.std(0, ddof=1) / np.sqrt(d.shape[0]) if d.shape[0] > 1
+          else np.full_like(margin, np.nan))
     worst = int(np.argmax(margin))
     return {"worst": {"lead_time": float(times[window][worst]), "margin": float(margin[worst]),
                       "standard_error": float(se[worst])},
@@ -367,8 +371,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "'± SE': the standard error of the margin over the implicit-scale model at its "
              "worst lead time, from the paired per-trajectory differences of the test "
              "trajectories (benchmarks/robustness.py margin_uncertainty); 'behind / ahead by "
-             "> 2 SE': the lead times checked where the difference is beyond twice its "
-             "standard error, the part of the verdict the test split resolves.", "",
+             "> 2 SE': the lead times checked where the mean difference is beyond twice its "
+             "standard error (with 4 trajectories about an 86% two-sided level per lead "
+             "time).", "",
              "| PDE | fit (s, steps) | multiscale raw → delivered | implicit-scale raw → "
              "delivered | persistence | climatology "
              "| diverged members raw → delivered | decorr. time "

@@ -6,22 +6,25 @@ snapshots (default: the data's evaluation horizon, ``eval_steps`` or every snaps
 the test split is scored on) from ``n_starts`` evenly spread starting snapshots per trajectory,
 with ``n_samples`` members, and is scored by
 
-.. math:: s = \frac{1}{N} \sum_{r} \sum_{i=1}^{H-1} \frac{\lVert y_{ri} - \bar y_{ri}
-          - a_i e_{r} \rVert_2}{\lVert y_{ri} \rVert_2} + \text{(fraction of diverged
-          members)},
+.. math:: s = \frac{1}{N (H - 1)} \sum_{r=1}^{N} \sum_{i=1}^{H-1} \frac{\lVert y_{ri}
+          - \bar y_{ri} - a_{i} e_{r} \rVert_2}{\lVert y_{ri} \rVert_2}
+          + \text{(fraction of diverged members)},
 
-the test metric (the rel-L2 of the ensemble mean, pooled over the lead times of every start)
-of the forecast as ``msde forecast`` delivers it, plus the fraction of members that diverged
-(:func:`~msde_ppl.predict.diverged_members`), so a model that blows up late loses even where
-its mean still looks fine. The delivered forecast carries the first snapshot's reconstruction
-residual :math:`e_r = y_{r0} - \bar y_{r0}` forward with the least-squares gain :math:`a_i`
+over the :math:`N` val windows of :math:`H` snapshots: the test metric (the rel-L2 of the
+ensemble mean, pooled over the lead times of every start) of the forecast as ``msde
+forecast`` delivers it by default (calibrated on val, with residual persistence), plus the
+fraction of members that diverged (:func:`~msde_ppl.predict.diverged_members`), so a model
+that blows up late loses even where its mean still looks fine. The delivered forecast
+carries the first snapshot's reconstruction residual :math:`e_r = y_{r0} - \bar y_{r0}`
+forward with the least-squares gain :math:`a_i` (per lead time, and per field of :math:`e_r`)
 fitted on the val forecast (residual persistence,
-:func:`~msde_ppl.predict.calibration.fit_residual_gain`), so the score does too. Scored raw,
-a micro state that reconstructs the first snapshot better wins the first lead times, which
-the delivered forecast of its rival wins back by the residual, and a checkpoint worse at
-every later lead time could be kept: on Kuramoto-Sivashinsky (docs/robustness.md, stop 62)
-the micro stage's best raw checkpoint led the implicit-scale model by 0.106 at the first val
-lead time and trailed it from t = 3.25 to 6, and delivered, the lead was gone. A forecast with a
+:func:`~msde_ppl.predict.calibration.fit_residual_gain`); the score fits it on the very
+windows it scores (:func:`carry_residual`), as the delivered val forecast is. Scored raw,
+a micro state that reconstructs the first snapshot better is credited at the first lead
+times with a lead that the delivered forecast of its rival wins back from the residual: on
+Kuramoto-Sivashinsky (docs/robustness.md, stop 62) the multiscale model led the
+implicit-scale one by 0.106 at the first val lead time raw, and trailed it up to t = 6 once
+both carried the residual. A forecast with a
 non-finite mean scores :math:`+\infty`. Every evaluation uses the SAME
 key (common random numbers): two checkpoints are compared on the same noise, so the
 difference of their scores is not Monte Carlo noise. The forecast program is compiled once per
@@ -79,6 +82,9 @@ from msde_ppl.data.splits import observations
 from msde_ppl.pipeline.fitted import Fitted
 
 __all__ = ["Validation", "ValidationMonitor", "carry_residual", "evaluation_interval"]
+
+
+SCORE_KIND = "delivered"  # recorded with the history: what its scores measure
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -222,6 +228,7 @@ class ValidationMonitor:
         self._since_best = 0  # evaluations since the best or the last drop, the later
         self.lr_drop_steps: list[int] = []
         self.confirmation: dict | None = None
+        self._rescore_best = False
         if self.record is not None and (self.record / "validation.json").is_file():
             self._restore()
 
@@ -302,6 +309,9 @@ class ValidationMonitor:
             return self.history[-1][1]  # the stage is over: nothing more competes
         if self.history and self.history[-1][0] == step:
             return self.history[-1][1]
+        if self._rescore_best:  # a record from before the delivered score: rescore its best
+            self._rescore_best = False
+            self.best_score = self.score(self.best)
         value = self.score(fitted)
         self.history.append((step, value))
         threshold = self.best_score * (1 - self.validation.min_rel_improvement)
@@ -353,7 +363,7 @@ class ValidationMonitor:
                 "stopped_by": self.stopped_by, "lr_drop_steps": list(self.lr_drop_steps),
                 "history": [[s, _finite_or_none(v)] for s, v in self.history],
                 "settings": dataclasses.asdict(self.validation), "every": self.every,
-                "confirmation": self.confirmation}
+                "confirmation": self.confirmation, "score": SCORE_KIND}
 
     def _save(self, improved: bool) -> None:
         if self.record is None:
@@ -375,5 +385,9 @@ class ValidationMonitor:
         self.lr_drop_steps = [int(s) for s in meta.get("lr_drop_steps", [])]
         self.confirmation = meta.get("confirmation")
         self.stopped_by = meta.get("stopped_by")
+        # a stage scored raw (before stop 62) and still running: its best is scored again
+        # before the next checkpoint is compared with it
+        self._rescore_best = (self.best is not None and self.stopped_by is None
+                              and meta.get("score") != SCORE_KIND)
         since = max([self.best_step, *self.lr_drop_steps])
         self._since_best = sum(1 for s, _ in self.history if s > since)

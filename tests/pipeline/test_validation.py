@@ -355,3 +355,80 @@ def test_the_score_carries_the_first_residual_as_the_delivered_forecast_does():
     out = carry_residual(mean[:, :, :1], one)
     assert out.shape == one.shape and np.isfinite(out).all()
     np.testing.assert_allclose(out, mean[:, :, :1] + e0[:, :, :1], atol=1e-6)
+    # a 1D grid whose first observation is missing at one point: nothing to carry there
+    m1 = rng.normal(size=(n, h, 1, 16))
+    y1 = m1 + rng.normal(size=(n, 1, 1, 16))
+    y1[0, 0, 0, 5] = np.nan
+    out = carry_residual(m1, y1)
+    np.testing.assert_allclose(out[0, :, 0, 5], m1[0, :, 0, 5], atol=1e-6)
+    np.testing.assert_allclose(out[:, 1:, 0, 6:], y1[:, 1:, 0, 6:], atol=1e-6)
+
+
+def test_the_score_is_the_delivered_forecasts_rel_l2_plus_the_diverged_fraction(ds, monkeypatch):
+    """``ValidationMonitor.score`` on a stubbed ensemble whose means miss every window by a
+    residual that persists: delivered (the residual carried forward) they are exact, so the
+    score is the diverged fraction alone (one member of 4 in one of the windows), where the
+    raw means would score the residual's relative size; a non-finite mean scores +inf."""
+    import importlib
+
+    forecast_module = importlib.import_module("msde_ppl.predict.forecast")  # not the function
+
+    monitor = ValidationMonitor(Validation(horizon=6, n_samples=4), ds)
+    y = np.asarray(monitor.windows, np.float64)  # (N, H, C, *fine)
+    residual = 0.3 * np.random.default_rng(0).normal(size=y[:, :1].shape)
+    means = y - residual
+    assert np.mean(np.linalg.norm((means - y).reshape(*y.shape[:2], -1), axis=-1)[:, 1:]
+                   / np.linalg.norm(y.reshape(*y.shape[:2], -1), axis=-1)[:, 1:]) > 0.05
+
+    class Ensemble:
+        def __init__(self, means, bad_window):
+            self.means, self.bad, self.calls = means, bad_window, 0
+
+        def blocks(self, key, window, t0):
+            i, self.calls = self.calls, self.calls + 1
+            draws = np.repeat(self.means[i][:, None], 4, axis=1)  # (H, S, C, *fine)
+            if i == self.bad:
+                draws[2, 1] = np.inf  # one member of this window leaves the bounds
+            return None, [(None, draws, {"mean": self.means[i]})]
+
+    def run(means, bad_window=0):
+        monkeypatch.setattr(forecast_module, "trajectory_ensemble",
+                            lambda *a, **k: Ensemble(means, bad_window))
+        monkeypatch.setattr(forecast_module, "_training_range",
+                            lambda f, d: [[-1e3, 1e3]] * y.shape[2])
+        monitor._template = None
+        return monitor.score(SimpleNamespace(grid={"dt": 1.0}, params=None))
+
+    assert run(means) == pytest.approx(1 / 4 / y.shape[0], abs=1e-6)
+    broken = means.copy()
+    broken[0, 3] = np.nan
+    assert run(broken) == float("inf")
+
+
+def test_a_record_scored_raw_has_its_best_scored_again_before_a_comparison(ds, monkeypatch,
+                                                                         tmp_path):
+    """A stage record from before the delivered score (no ``score`` kind) resumed while
+    running: its best is scored again before the next checkpoint is compared with it, so a
+    raw score is never compared with a delivered one; the record then says its kind, and a
+    record of this kind is not scored again."""
+    import importlib
+
+    validation_module = importlib.import_module("msde_ppl.pipeline.validation")
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "fitted.json").write_text("{}")
+    meta = {"best_step": 200, "best_score": 0.10, "history": [[100, 0.2], [200, 0.10]],
+            "stopped_by": None, "lr_drop_steps": [], "confirmation": None}
+    (tmp_path / "validation.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(200))
+    scores = {200: 0.13, 300: 0.12}
+    monkeypatch.setattr(ValidationMonitor, "score",
+                        lambda self, f, n_samples=None, key=None: scores.pop(f.tag))
+    monitor = ValidationMonitor(Validation(every=100), ds, record=tmp_path)
+    monitor(SavableStub(300))  # 0.12 beats the rescored 0.13, not the raw 0.10
+    assert monitor.best_step == 300 and monitor.best_score == 0.12 and not scores
+    assert json.loads((tmp_path / "validation.json").read_text())["score"] == "delivered"
+    monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(300))
+    scores[400] = 0.125  # scoring the best (step 300) again would fail: it is not in scores
+    again = ValidationMonitor(Validation(every=100), ds, record=tmp_path)
+    again(SavableStub(400))
+    assert again.best_step == 300 and again.best_score == 0.12
