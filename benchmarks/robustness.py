@@ -251,11 +251,10 @@ def margin_uncertainty(means: dict[str, np.ndarray], obs: np.ndarray, times: np.
     checked and the number of trajectories. With four trajectories two standard errors are
     about an 86% two-sided level (Student's t, 3 degrees of freedom), lead time by lead time;
     the lead times are correlated, so the counts are a description, not a joint test."""
-    axes = tuple(range(2, obs.ndim))
-    norm = np.sqrt((obs**2).sum(axes))
-    diff = (np.sqrt(((means["multiscale"] - obs) ** 2).sum(axes))
-            - np.sqrt(((means["implicit_scale"] - obs) ** 2).sum(axes))) / norm
-    window = (times > 0) & (times <= t_dec + 1e-12)
+    flat = obs.reshape(*obs.shape[:2], -1)
+    diff = (_rel_l2(flat, means["multiscale"].reshape(flat.shape))
+            - _rel_l2(flat, means["implicit_scale"].reshape(flat.shape)))
+    window = _checked({"lead_time": times}, t_dec)
     d = diff[:, window]
     margin = d.mean(0)
     se = (d.std(0, ddof=1) / np.sqrt(d.shape[0]) if d.shape[0] > 1
