@@ -251,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--integrator", choices=["heun", "euler"], default="heun",
                     help="SDE integrator: stochastic Heun (default) or Euler-Maruyama")
     fc.add_argument("--substeps", type=_positive_int, default=1,
-                    help="integrator steps per data interval (default 1)")
+                    help="integrator steps per data interval, at least (default 1; more, "
+                    "up to 64, where the learned drift is stiff at the forecast's states: "
+                    "docs/method.md section 6)")
+    fc.add_argument("--fixed-steps", action="store_true",
+                    help="exactly --substeps integrator steps per data interval, whatever "
+                    "the drift's stiffness")
     fc.add_argument("--horizon", type=_int_at_least(2, "an integer >= 2"), default=None,
                     metavar="N", help="forecast and score only the first N snapshots "
                     "(default: the dataset's evaluation horizon, eval_steps, or all)")
@@ -1089,6 +1094,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     fc, metrics = score(fits, ds, split=None if args.split == "all" else args.split,
                         n_samples=args.samples, seed=args.seed,
                         integrator=args.integrator, substeps=args.substeps,
+                        adaptive_steps=not args.fixed_steps,
                         calibrate_on=args.calibrate_on, residual=not args.no_residual,
                         horizon=args.horizon, progress=True)
     out = _new_dir(args.out, "output directory")

@@ -308,6 +308,7 @@ def score(
     seed: int = 0,
     integrator: str = "heun",
     substeps: int = 1,
+    adaptive_steps: bool = True,
     calibrate_on: str | None = None,
     residual: bool = True,
     horizon: int | None = None,
@@ -355,12 +356,15 @@ def score(
     key_raw = jax.random.key(seed)
     fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                   substeps=substeps, method=integrator, n_steps=eval_steps,
+                  adaptive_steps=adaptive_steps,
                   progress=progress and (f"forecast of the {split} split" if split
                                          else "forecast of every trajectory"))
     metrics = forecast_metrics(fc, eval_steps)
     # the package's fits train on the train split: any other split is held out
     metrics["in_sample"] = None if split is None else split == "train"
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
+    metrics["integrator"] = dict(method=integrator, substeps=int(substeps),
+                                 adaptive_steps=bool(adaptive_steps))
     splits = split_names(ds)
     train = select_split(ds, "train") if "train" in splits else None
     metrics["baselines"] = baseline_metrics(fc, train, eval_steps)
@@ -373,6 +377,7 @@ def score(
         key_val = jax.random.fold_in(key_raw, 1)
         fc_val = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
+                  adaptive_steps=adaptive_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
                           "(to calibrate the spread)")
         gain = spread = multiplier = None
@@ -409,6 +414,7 @@ def score(
         if factor is not None:
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
+                  adaptive_steps=adaptive_steps,
                           spread_factor=factor, residual_gain=gain, residual_spread=spread,
                           spread_tail=tail,
                           progress=progress and f"calibrated forecast of the {split} split")

@@ -49,6 +49,7 @@ from msde_ppl.predict.metrics import (
     divergence_limits,
     ensemble_positions,
 )
+from msde_ppl.predict.stability import StiffnessProbe, stable_substeps
 from msde_ppl.progress import Progress
 
 __all__ = ["forecast", "observe", "program_trace", "rollout", "trajectory_ensemble"]
@@ -77,6 +78,8 @@ def rollout(
     *,
     args: Any = None,
     args_axes: Any = None,
+    adaptive: bool = False,
+    max_substeps: int = 64,
 ) -> jax.Array:
     r"""Paths of the additive-noise SDE ``dz = drift(t, z, args) dt + diag(diffusion) dW``.
 
@@ -103,29 +106,48 @@ def rollout(
         method: ``"heun"`` or ``"euler"``.
         args: the drift's third argument (a pytree), shared or per member.
         args_axes: ``vmap`` axes of ``args`` (``0`` for per-member leaves, ``None`` shared).
+        adaptive: choose the inner steps per output interval from the drift's stiffness at
+            the current states (:mod:`msde_ppl.predict.stability`), at least
+            ``substeps`` and at most ``max_substeps``: a learned drift whose Jacobian has
+            large oscillatory eigenvalues (advective and wave-like data) otherwise grows
+            without bound under the explicit step, where the SDE it defines does not.
 
     Returns:
         ``(S, n_out, *state)``.
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown integration method {method!r}; use 'heun' or 'euler'")
-    h = dt / substeps
     batched = jax.vmap(drift, in_axes=(None, 0, args_axes))
+    horizon = dt * (n_out - 1)
+    probe = None
+    if adaptive:
+        probe = StiffnessProbe(drift, args, args_axes, z0.shape[0])
 
-    def inner(carry, key):
-        t, z = carry
-        kick = diffusion * jnp.sqrt(h) * jax.random.normal(key, z.shape, z.dtype)
+    def inner(i, carry):
+        t, z, key, h = carry
+        kick = diffusion * jnp.sqrt(h) * jax.random.normal(jax.random.fold_in(key, i),
+                                                           z.shape, z.dtype)
         slope = batched(t, z, args)
         if method == "heun":
             slope = 0.5 * (slope + batched(t + h, z + slope * h + kick, args))
-        return (t + h, z + slope * h + kick), None
+        return t + h, z + slope * h + kick, key, h
 
     def outer(carry, key):
-        carry, _ = lax.scan(inner, carry, jax.random.split(key, substeps))
-        return carry, carry[1]
+        t, z, direction = carry
+        n_sub = jnp.asarray(substeps, jnp.int32)
+        if probe is not None:
+            key, k_probe = jax.random.split(key)
+            eigenvalues, direction = probe.eigenvalues(k_probe, t, z, direction)
+            n_sub = stable_substeps(eigenvalues, dt, horizon, method, substeps, max_substeps)
+        h = jnp.asarray(dt, z.dtype) / n_sub.astype(z.dtype)
+        t_new, z, _, _ = lax.fori_loop(0, n_sub, inner, (t, z, key, h))
+        return (t_new, z, direction), (z, n_sub)
 
-    keys = jax.random.split(rng_key, n_out - 1)
-    _, path = lax.scan(outer, (jnp.asarray(t0, z0.dtype), z0), keys)
+    t_start = jnp.asarray(t0, z0.dtype)
+    k_probe, k_path = jax.random.split(rng_key)
+    direction = None if probe is None else probe.start(k_probe, z0)
+    keys = jax.random.split(k_path, n_out - 1)
+    _, (path, _) = lax.scan(outer, (t_start, z0, direction), keys)
     return jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
 
 
@@ -175,7 +197,7 @@ def observe(fitted: Fitted, params: dict, values: dict, key: jax.Array, times: j
 
 
 def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, substeps: int,
-                    method: str) -> tuple[Callable, Callable, int]:
+                    method: str, adaptive: bool = True) -> tuple[Callable, Callable, int]:
     """The compiled parts of the per-trajectory forecast (module docstring): ``roll(key,
     y_traj, t0, params) -> (paths, globals, k_obs)`` (steps 1-3; ``paths``: ``(S, T', *state)``,
     ``T'`` the horizon padded to whole decode blocks) and ``decode(params, globals, z_block,
@@ -219,7 +241,7 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
             return eqx.combine(p, static)(t, z, extra)
 
         paths = rollout(k_path, member_drift, diffusion, z0, t0, dt, n_out, substeps, method,
-                        args=args, args_axes=axes)  # (S, T, *state)
+                        args=args, args_axes=axes, adaptive=adaptive)  # (S, T, *state)
         pad = [(0, 0), (0, n_blocks * block - n_out)] + [(0, 0)] * len(state_shape)
         return jnp.pad(paths, pad, mode="edge"), globals_, k_obs
 
@@ -307,7 +329,8 @@ class TrajectoryEnsemble:
 
 def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
                         substeps: int = 1, method: str = "heun", *,
-                        params: dict | None = None) -> TrajectoryEnsemble:
+                        params: dict | None = None,
+                        adaptive_steps: bool = True) -> TrajectoryEnsemble:
     """The compiled per-trajectory forecast of :func:`forecast` over ``times``
     (:class:`TrajectoryEnsemble`; ``y_traj``: ``(T, C, *fine)``), from time ``t0`` (default
     ``times[0]``).
@@ -318,10 +341,11 @@ def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
     the same fit), without compiling again."""
     times = np.asarray(times)
     dt = float(times[1] - times[0])
-    signature = (len(times), dt, int(n_samples), int(substeps), method)
+    signature = (len(times), dt, int(n_samples), int(substeps), method, bool(adaptive_steps))
     if signature not in fitted._compiled:
         fitted._compiled[signature] = _build_ensemble(fitted, len(times), dt, int(n_samples),
-                                                      int(substeps), method)
+                                                      int(substeps), method,
+                                                      bool(adaptive_steps))
     params = jax.tree.map(jnp.asarray, fitted.params if params is None else params)
     return TrajectoryEnsemble(fitted._compiled[signature], params, float(times[0]), dt,
                               len(times))
@@ -346,6 +370,7 @@ def forecast(
     n_samples: int = 64,
     substeps: int = 1,
     method: str = "heun",
+    adaptive_steps: bool = True,
     n_steps: int | None = None,
     levels: Sequence[float] | None = None,
     return_samples: bool = False,
@@ -443,7 +468,8 @@ def forecast(
         weights = np.tile(tail_weights(spread_tail, n_samples), len(fits))
         if np.all(weights == 1.0):
             weights = None
-    ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method) for f in fits]
+    ensembles = [trajectory_ensemble(f, times, n_samples, substeps, method,
+                                     adaptive_steps=adaptive_steps) for f in fits]
     lower, upper = divergence_limits(_training_range(fits[0], ds))
 
     keys = jax.random.split(rng_key, y.shape[0])
