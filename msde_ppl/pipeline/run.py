@@ -363,8 +363,11 @@ def score(
     # the package's fits train on the train split: any other split is held out
     metrics["in_sample"] = None if split is None else split == "train"
     metrics["forecast_wall_time_s"] = time.perf_counter() - start
+    taken = np.asarray(fc["substeps"].isel(time=slice(1, None)).values)
     metrics["integrator"] = dict(method=integrator, substeps=int(substeps),
-                                 adaptive_steps=bool(adaptive_steps))
+                                 adaptive_steps=bool(adaptive_steps),
+                                 steps_taken_median=float(np.median(taken)),
+                                 steps_taken_max=int(taken.max()))
     splits = split_names(ds)
     train = select_split(ds, "train") if "train" in splits else None
     metrics["baselines"] = baseline_metrics(fc, train, eval_steps)
@@ -377,7 +380,7 @@ def score(
         key_val = jax.random.fold_in(key_raw, 1)
         fc_val = forecast(key_val, fitted, ds, split=calibrate_on, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
-                  adaptive_steps=adaptive_steps,
+                          adaptive_steps=adaptive_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
                           "(to calibrate the spread)")
         gain = spread = multiplier = None
@@ -414,7 +417,7 @@ def score(
         if factor is not None:
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
-                  adaptive_steps=adaptive_steps,
+                          adaptive_steps=adaptive_steps,
                           spread_factor=factor, residual_gain=gain, residual_spread=spread,
                           spread_tail=tail,
                           progress=progress and f"calibrated forecast of the {split} split")

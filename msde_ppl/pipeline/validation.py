@@ -27,7 +27,10 @@ implicit-scale one by 0.106 at the first val lead time raw, and trailed it up to
 both carried the residual. A forecast with a
 non-finite mean scores :math:`+\infty`. Every evaluation uses the SAME
 key (common random numbers): two checkpoints are compared on the same noise, so the
-difference of their scores is not Monte Carlo noise. The forecast program is compiled once per
+difference of their scores is not Monte Carlo noise, as long as they take the same
+integrator steps (the forecast chooses them per snapshot interval from the drift's stiffness,
+:mod:`msde_ppl.predict.stability`; an interval where two checkpoints take different numbers
+of steps draws different noise). The forecast program is compiled once per
 stage and called with each checkpoint's parameters.
 
 The fit keeps the parameters of the best score and stops at the budget's deadline, or once
@@ -84,7 +87,7 @@ from msde_ppl.pipeline.fitted import Fitted
 __all__ = ["Validation", "ValidationMonitor", "carry_residual", "evaluation_interval"]
 
 
-SCORE_KIND = "delivered"  # recorded with the history: what its scores measure
+SCORE_KIND = "delivered, adaptive steps"  # recorded with the history: what its scores measure
 
 
 def _finite_or_none(value: float) -> float | None:

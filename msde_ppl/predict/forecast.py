@@ -11,7 +11,8 @@ From a trajectory's first snapshot :math:`y_0`, for a :class:`~msde_ppl.Fitted` 
    :math:`s`, read from the program's trace with the member's globals substituted (so a drift
    coefficient that is a sample site, passed as ``drift_args``, varies across members), rolled
    forward with the stochastic Heun method (default) or Euler–Maruyama (:func:`rollout`) in one
-   ``lax.scan``, all members in parallel;
+   ``lax.scan``, all members in parallel, with inner steps per snapshot interval chosen from
+   the drift's stiffness (:mod:`msde_ppl.predict.stability`);
 4. **observation**: the program itself, conditioned on the rolled-out path (NumPyro
    ``substitute``), gives the observed site's distribution at every time: its ``mean`` and
    ``variance`` and one predictive draw per member. A variant's own decoder and likelihood are
@@ -80,7 +81,8 @@ def rollout(
     args_axes: Any = None,
     adaptive: bool = False,
     max_substeps: int = 64,
-) -> jax.Array:
+    return_substeps: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Paths of the additive-noise SDE ``dz = drift(t, z, args) dt + diag(diffusion) dW``.
 
     Each inner step of size :math:`h` draws :math:`\Delta W \sim \mathcal N(0, h)` and
@@ -100,28 +102,35 @@ def rollout(
         diffusion: ``(S, *state)`` per-member diffusion.
         z0: ``(S, *state)`` initial states.
         t0: initial (absolute) time.
-        dt: output spacing; the inner step is ``dt / substeps``.
+        dt: output spacing; the inner step is ``dt / n``, ``n`` the interval's inner steps.
         n_out: number of outputs including ``z0``.
-        substeps: inner steps per output interval.
+        substeps: inner steps per output interval (with ``adaptive``, the least number).
         method: ``"heun"`` or ``"euler"``.
         args: the drift's third argument (a pytree), shared or per member.
         args_axes: ``vmap`` axes of ``args`` (``0`` for per-member leaves, ``None`` shared).
         adaptive: choose the inner steps per output interval from the drift's stiffness at
             the current states (:mod:`msde_ppl.predict.stability`), at least
-            ``substeps`` and at most ``max_substeps``: a learned drift whose Jacobian has
-            large oscillatory eigenvalues (advective and wave-like data) otherwise grows
-            without bound under the explicit step, where the SDE it defines does not.
+            ``substeps`` and at most ``max(max_substeps, substeps)``: a learned drift whose
+            Jacobian has large oscillatory eigenvalues (advective and wave-like data)
+            otherwise grows without bound under the explicit step, where the SDE it defines
+            does not. Without it the steps are fixed, in a ``lax.scan`` (reverse
+            differentiable), with the noise of earlier versions.
+        return_substeps: also return the inner steps taken per interval, ``(n_out - 1,)``.
 
     Returns:
-        ``(S, n_out, *state)``.
+        ``(S, n_out, *state)`` (and the steps per interval with ``return_substeps``).
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown integration method {method!r}; use 'heun' or 'euler'")
     batched = jax.vmap(drift, in_axes=(None, 0, args_axes))
+    if not adaptive:
+        path = _fixed_step_path(rng_key, batched, diffusion, z0, t0, dt, n_out, substeps,
+                                method, args)
+        counts = jnp.full((n_out - 1,), substeps, jnp.int32)
+        return (path, counts) if return_substeps else path
+    max_substeps = max(int(max_substeps), int(substeps))
     horizon = dt * (n_out - 1)
-    probe = None
-    if adaptive:
-        probe = StiffnessProbe(drift, args, args_axes, z0.shape[0])
+    probe = StiffnessProbe(drift, args, args_axes, z0.shape[0])
 
     def inner(i, carry):
         t, z, key, h = carry
@@ -134,20 +143,40 @@ def rollout(
 
     def outer(carry, key):
         t, z, direction = carry
-        n_sub = jnp.asarray(substeps, jnp.int32)
-        if probe is not None:
-            key, k_probe = jax.random.split(key)
-            eigenvalues, direction = probe.eigenvalues(k_probe, t, z, direction)
-            n_sub = stable_substeps(eigenvalues, dt, horizon, method, substeps, max_substeps)
+        key, k_probe = jax.random.split(key)
+        eigenvalues, direction = probe.eigenvalues(k_probe, t, z, direction)
+        n_sub = stable_substeps(eigenvalues, dt, horizon, method, substeps, max_substeps)
         h = jnp.asarray(dt, z.dtype) / n_sub.astype(z.dtype)
         t_new, z, _, _ = lax.fori_loop(0, n_sub, inner, (t, z, key, h))
         return (t_new, z, direction), (z, n_sub)
 
     t_start = jnp.asarray(t0, z0.dtype)
     k_probe, k_path = jax.random.split(rng_key)
-    direction = None if probe is None else probe.start(k_probe, z0)
+    direction = probe.start(k_probe, z0)
     keys = jax.random.split(k_path, n_out - 1)
-    _, (path, _) = lax.scan(outer, (t_start, z0, direction), keys)
+    _, (path, counts) = lax.scan(outer, (t_start, z0, direction), keys)
+    path = jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
+    return (path, counts) if return_substeps else path
+
+
+def _fixed_step_path(rng_key, batched, diffusion, z0, t0, dt, n_out, substeps, method, args):
+    """:func:`rollout` with ``substeps`` fixed inner steps per interval (nested scans)."""
+    h = dt / substeps
+
+    def inner(carry, key):
+        t, z = carry
+        kick = diffusion * jnp.sqrt(h) * jax.random.normal(key, z.shape, z.dtype)
+        slope = batched(t, z, args)
+        if method == "heun":
+            slope = 0.5 * (slope + batched(t + h, z + slope * h + kick, args))
+        return (t + h, z + slope * h + kick), None
+
+    def outer(carry, key):
+        carry, _ = lax.scan(inner, carry, jax.random.split(key, substeps))
+        return carry, carry[1]
+
+    keys = jax.random.split(rng_key, n_out - 1)
+    _, path = lax.scan(outer, (jnp.asarray(t0, z0.dtype), z0), keys)
     return jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
 
 
@@ -240,10 +269,11 @@ def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, subst
             p, extra = a
             return eqx.combine(p, static)(t, z, extra)
 
-        paths = rollout(k_path, member_drift, diffusion, z0, t0, dt, n_out, substeps, method,
-                        args=args, args_axes=axes, adaptive=adaptive)  # (S, T, *state)
+        paths, counts = rollout(k_path, member_drift, diffusion, z0, t0, dt, n_out, substeps,
+                                method, args=args, args_axes=axes, adaptive=adaptive,
+                                return_substeps=True)  # (S, T, *state), (T - 1,)
         pad = [(0, 0), (0, n_blocks * block - n_out)] + [(0, 0)] * len(state_shape)
-        return jnp.pad(paths, pad, mode="edge"), globals_, k_obs
+        return jnp.pad(paths, pad, mode="edge"), globals_, k_obs, counts
 
     def decode(params, globals_, z_block, key_block, tb):
         def observe_member(g, z, k):
@@ -282,7 +312,9 @@ class TrajectoryEnsemble:
     """The compiled ensemble forecast of one trajectory (:func:`trajectory_ensemble`).
 
     ``ensemble.blocks(key, y_traj, t0)`` returns the latent statistics (``latent_mean``,
-    ``latent_std``: ``(T, n_z)``) and an iterator over decode blocks ``(start, draws,
+    ``latent_std``: ``(T, n_z)``; ``substeps``: ``(T,)``, the integrator's inner steps over
+    the interval ending at each snapshot, 0 at the first) and an iterator over decode blocks
+    ``(start, draws,
     summary)``: predictive draws ``(b, S, C, *fine)`` of snapshots ``start .. start + b - 1``
     and their ensemble ``mean``, ``std`` (and ``macro``/``micro``), as NumPy arrays; only one
     block of fields is in memory at a time. ``ensemble(key, y_traj, t0)`` returns all of it at
@@ -296,9 +328,10 @@ class TrajectoryEnsemble:
 
     def blocks(self, key: jax.Array, y_traj, t0: float | None = None):
         t0 = jnp.float32(self._start if t0 is None else t0)
-        paths, globals_, k_obs = self._roll(key, jnp.asarray(y_traj), t0, self._params)
+        paths, globals_, k_obs, counts = self._roll(key, jnp.asarray(y_traj), t0, self._params)
         flat = np.asarray(paths[:, : self._n_out]).reshape(paths.shape[0], self._n_out, -1)
-        latent = dict(latent_mean=flat.mean(0), latent_std=flat.std(0))
+        latent = dict(latent_mean=flat.mean(0), latent_std=flat.std(0),
+                      substeps=np.concatenate([[0], np.asarray(counts)]).astype(np.int32))
         keys = jax.random.split(k_obs, self._n_blocks)
 
         def iterate():
@@ -338,7 +371,9 @@ def trajectory_ensemble(fitted: Fitted, times: np.ndarray, n_samples: int = 64,
     Compiled once per fitted model and horizon: later trajectories and later calls with the same
     sizes reuse the program (``fitted`` keeps it). ``params`` (default ``fitted.params``) runs
     the same program with other parameters of the same structure (e.g. later checkpoints of
-    the same fit), without compiling again."""
+    the same fit), without compiling again. ``adaptive_steps``: the inner steps per snapshot
+    interval from the drift's stiffness, at least ``substeps`` (:func:`rollout`,
+    :mod:`msde_ppl.predict.stability`); off: exactly ``substeps``."""
     times = np.asarray(times)
     dt = float(times[1] - times[0])
     signature = (len(times), dt, int(n_samples), int(substeps), method, bool(adaptive_steps))
@@ -429,6 +464,11 @@ def forecast(
     linear), the first snapshot's reconstruction residual carried forward (residual
     persistence, :func:`~msde_ppl.predict.fit_residual_gain`): ``mean`` and the predictive
     statistics move with it, ``macro``/``micro`` stay the model's parts.
+
+    ``adaptive_steps`` (default on) chooses the integrator's inner steps per snapshot
+    interval, at least ``substeps``, from the drift's stiffness at the members' states
+    (:func:`rollout`); off, exactly ``substeps``. The output's ``substeps`` (``traj, time``)
+    are the steps taken over the interval ending at each snapshot.
 
     ``progress`` reports one line per trajectory (:class:`msde_ppl.progress.Progress`; a string
     is the label).
@@ -763,6 +803,8 @@ def _as_dataset(out: dict, ds: xr.Dataset, split: str | None, n_out: int,
     data["diverged"] = (("traj", "member"), out["diverged"])
     if "spread_multiplier" in out:
         data["spread_multiplier"] = ("traj", out["spread_multiplier"])
+    data["substeps"] = ((("fit",) if ensemble else ()) + ("traj", "time"),
+                        np.moveaxis(out["substeps"], 1, 0) if ensemble else out["substeps"])
     for name in ("latent_mean", "latent_std"):  # ensemble: (traj, fit, ...) -> (fit, traj, ...)
         data[name] = ((("fit",) if ensemble else ()) + ("traj", "time", "latent"),
                       np.moveaxis(out[name], 1, 0) if ensemble else out[name])

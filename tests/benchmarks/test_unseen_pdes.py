@@ -177,3 +177,24 @@ def test_shallow_water_small_wave_travels_at_the_gravity_wave_speed():
     (mean_c, max_c), (mean_f, max_f) = error(64), error(128)
     assert max_c < 0.05 and mean_c / mean_f > 3 and max_c / max_f > 2, (mean_c, mean_f, max_c,
                                                                        max_f)
+
+
+def test_shallow_water_bore_travels_at_the_rankine_hugoniot_speed():
+    """A bore into still water: depth h_l behind, h_r = 1 ahead at rest, connected by a
+    right-going shock of speed s = sqrt(g h_l (h_l + h_r) / (2 h_r)) with flow u_l =
+    s (1 - h_r / h_l) behind it (the jump conditions of mass and momentum). The computed
+    front (where h crosses the middle depth) is at x0 + s t to within two cells; the
+    periodic wrap's own waves stay far behind it."""
+    n, h_l, h_r, x0, t_end = 400, 1.5, 1.0, 0.5, 0.2
+    s = np.sqrt(h_l * (h_l + h_r) / (2 * h_r))
+    u_l = s * (1 - h_r / h_l)
+    x = (np.arange(n) + 0.5) / n
+    behind = (x > 0.05) & (x < x0)
+    state = np.stack([np.where(behind, h_l, h_r), np.where(behind, h_l * u_l, 0.0)])
+    steps = 400  # CFL (u_l + sqrt(g h_l)) h / dx = 0.33
+    end = pdes.shallow_water_solve(state, 1.0, t_end / steps, steps, steps)[-1]
+    window = (x > 0.6) & (x < 0.95)
+    front = x[window][np.flatnonzero(end[0][window] < 0.5 * (h_l + h_r))[0]]
+    assert abs(front - (x0 + s * t_end)) < 2 / n, (front, x0 + s * t_end)
+    # behind the front the state is the bore's
+    np.testing.assert_allclose(end[0][(x > 0.6) & (x < front - 0.02)], h_l, atol=0.02)

@@ -12,7 +12,12 @@ import pytest
 from helpers import TINY, tiny_dataset
 
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive
-from msde_ppl.pipeline.validation import Validation, ValidationMonitor, carry_residual
+from msde_ppl.pipeline.validation import (
+    SCORE_KIND,
+    Validation,
+    ValidationMonitor,
+    carry_residual,
+)
 
 
 class Stub:
@@ -426,7 +431,8 @@ def test_a_record_scored_raw_has_its_best_scored_again_before_a_comparison(ds, m
     monitor = ValidationMonitor(Validation(every=100), ds, record=tmp_path)
     monitor(SavableStub(300))  # 0.12 beats the rescored 0.13, not the raw 0.10
     assert monitor.best_step == 300 and monitor.best_score == 0.12 and not scores
-    assert json.loads((tmp_path / "validation.json").read_text())["score"] == "delivered"
+    assert json.loads((tmp_path / "validation.json").read_text())["score"] == SCORE_KIND
+    assert SCORE_KIND == "delivered, adaptive steps"  # a record of the fixed-step score: again
     monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(300))
     scores[400] = 0.125  # scoring the best (step 300) again would fail: it is not in scores
     again = ValidationMonitor(Validation(every=100), ds, record=tmp_path)

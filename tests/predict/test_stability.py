@@ -30,12 +30,13 @@ def test_stable_substeps_is_the_fewest_within_the_growth_tolerance(method, omega
     if n > 1:
         h = dt / (n - 1)
         assert per_step(omega * h) * horizon / h > GROWTH_TOLERANCE * (1 - 1e-3)
-    np.testing.assert_allclose(float(spurious_growth(lam[0], jnp.float32(h), method)),
-                               per_step(omega * h), rtol=1e-4, atol=1e-8)
+    if omega * h > 0.05:  # below, the per-step growth is under float32's resolution
+        np.testing.assert_allclose(float(spurious_growth(lam[0], jnp.float32(h), method)),
+                                   per_step(omega * h), rtol=1e-3)
 
 
 def test_stable_substeps_damped_and_growing_modes():
-    """A damped real mode needs h |lambda| <= 1 (for stability alone, 2); a mode the SDE
+    """A damped real mode needs h |lambda| <= 0.5 (for stability alone, 2); a mode the SDE
     itself grows (Re lambda > 0) is not penalised for that growth; NaNs are ignored; the
     count is clipped to [at_least, at_most]."""
     dt, horizon = 0.02, 3.2
@@ -73,7 +74,7 @@ def test_probe_finds_the_outermost_eigenvalues(rng_key):
 
 def test_adaptive_rollout_keeps_a_fast_rotation_bounded(rng_key):
     """Noise-free rotation at omega = 40 with one Heun step per interval of 0.02 (omega h =
-    0.8): the radius grows by (1 + (omega h)^4 / 4)^(1/2) per step, 1.9e2 over 160 steps.
+    0.8): the radius grows by (1 + (omega h)^4 / 4)^(1/2) per step, 2.4e3 over 160 steps.
     Adaptive steps: the radius follows the closed form at the chosen step and grows by at
     most exp(GROWTH_TOLERANCE)."""
     omega, dt, n_out = 40.0, 0.02, 161
@@ -82,7 +83,8 @@ def test_adaptive_rollout_keeps_a_fast_rotation_bounded(rng_key):
     with jax.enable_x64(True):
         zeros, start = jnp.zeros((1, 2), jnp.float64), z0.astype(jnp.float64)
         fixed = rollout(rng_key, drift, zeros, start, 0.0, dt, n_out)
-        adaptive = rollout(rng_key, drift, zeros, start, 0.0, dt, n_out, adaptive=True)
+        adaptive, counts = rollout(rng_key, drift, zeros, start, 0.0, dt, n_out, adaptive=True,
+                                   return_substeps=True)
         n_sub = int(stable_substeps(jnp.array([1j * omega, -1j * omega]), dt,
                                     dt * (n_out - 1), "heun"))
         radius_fixed = float(jnp.linalg.norm(fixed[0, -1]))
@@ -90,6 +92,7 @@ def test_adaptive_rollout_keeps_a_fast_rotation_bounded(rng_key):
     np.testing.assert_allclose(radius_fixed, (1 + (omega * dt) ** 4 / 4) ** ((n_out - 1) / 2),
                                rtol=1e-9)
     assert radius_fixed > 100 and n_sub > 1
+    np.testing.assert_array_equal(np.asarray(counts), n_sub)
     h = dt / n_sub
     np.testing.assert_allclose(radius, (1 + (omega * h) ** 4 / 4) ** (n_sub * (n_out - 1) / 2),
                                rtol=1e-9)
@@ -100,8 +103,9 @@ def test_adaptive_rollout_keeps_ou_moments(rng_key):
     """A stiff OU (theta = 200, theta dt = 4 at one step per interval): fixed Heun steps
     explode (|R(-4)| = 5); adaptive ones take theta h = 0.5 and give Heun's stationary
     variance at that step, s^2 h (1 - theta h / 2)^2 / (1 - R^2) with R = 1 - theta h +
-    (theta h)^2 / 2 (0.92 of the SDE's s^2 / (2 theta)), within its sampling error."""
-    theta, s, n = 200.0, 1.0, 4000
+    (theta h)^2 / 2 (0.92 of the SDE's s^2 / (2 theta)), within its sampling error (5
+    standard errors: 3.5%; the SDE's own variance is 8% away)."""
+    theta, s, n = 200.0, 1.0, 40_000
     drift = lambda t, z, args: -theta * z  # noqa: E731
     z0 = jnp.zeros((n, 1))
     fixed = rollout(rng_key, drift, jnp.full((n, 1), s), z0, 0.0, 0.02, 11)
@@ -115,3 +119,35 @@ def test_adaptive_rollout_keeps_ou_moments(rng_key):
     got = np.asarray(paths[:, -1, 0])
     assert abs(got.mean()) < 5 * np.sqrt(var / n)
     assert abs(got.var() / var - 1) < 5 * np.sqrt(2 / n)
+
+
+def test_probe_slices_per_member_arguments_by_prefix_axes(rng_key):
+    """``args_axes`` is a prefix of ``args``, as vmap's in_axes: an axis for a whole subtree
+    (here axis 1 of both leaves of a dict) and None for shared leaves."""
+    scales = {"a": jnp.arange(1.0, 7.0)[None], "b": jnp.ones((1, 6))}  # members on axis 1
+    shared = jnp.float32(2.0)
+    probe = StiffnessProbe(lambda t, z, args: -args[0]["a"][0] * args[0]["b"][0] * args[1] * z,
+                           (scales, shared), ({"a": 1, "b": 1}, None), n_members=6)
+    z = jnp.ones((6, 3))
+    values, _ = probe.eigenvalues(rng_key, jnp.float32(0.0), z, probe.start(rng_key, z))
+    np.testing.assert_allclose(np.abs(np.asarray(values)).max(axis=1), [2.0, 4.0, 6.0, 8.0],
+                               rtol=1e-5)
+
+
+def test_fixed_steps_are_reverse_differentiable_and_report_their_count(rng_key):
+    """Without adaptive steps the rollout is nested scans (reverse differentiable): the
+    gradient of the noise-free OU end point z0 R^n with respect to z0 is R^n (Heun's
+    R = 1 - theta h + (theta h)^2 / 2 per step)."""
+    theta, dt, n_out, substeps = 2.0, 0.1, 6, 3
+    drift = lambda t, z, args: -theta * z  # noqa: E731
+
+    def end(z0):
+        path, counts = rollout(rng_key, drift, jnp.zeros((1, 1)), z0, 0.0, dt, n_out, substeps,
+                               return_substeps=True)
+        return path[0, -1, 0], counts
+
+    grad, counts = jax.grad(end, has_aux=True)(jnp.ones((1, 1)))
+    h = dt / substeps
+    r = 1 - theta * h + (theta * h) ** 2 / 2
+    np.testing.assert_allclose(float(grad[0, 0]), r ** (substeps * (n_out - 1)), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(counts), substeps)
