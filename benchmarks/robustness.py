@@ -1,7 +1,8 @@
 """Robustness benchmark (issue 15): data the package was never tuned on, defaults only.
 
 For each PDE of ``benchmarks/unseen_pdes.py`` (a chaotic Kuramoto–Sivashinsky flow, bistable
-reaction–diffusion fronts, advection with a spatially varying speed, 2D Allen–Cahn coarsening;
+reaction–diffusion fronts, advection with a spatially varying speed, 2D Allen–Cahn coarsening,
+1D shallow water with bores;
 each generated here by a solver written for it), exactly as a user would, through the command
 line:
 
