@@ -228,11 +228,13 @@ def observe(fitted: Fitted, params: dict, values: dict, key: jax.Array, times: j
 def _build_ensemble(fitted: Fitted, n_out: int, dt: float, n_samples: int, substeps: int,
                     method: str, adaptive: bool = True) -> tuple[Callable, Callable, int]:
     """The compiled parts of the per-trajectory forecast (module docstring): ``roll(key,
-    y_traj, t0, params) -> (paths, globals, k_obs)`` (steps 1-3; ``paths``: ``(S, T', *state)``,
-    ``T'`` the horizon padded to whole decode blocks) and ``decode(params, globals, z_block,
-    key, t_block) -> (draws, summary)`` (step 4 on a block of snapshots: draws ``(block, S, C,
-    *fine)``), the number of blocks and the block size (:func:`_decode_block`). Decoding a block
-    at a time bounds the memory by one block of fields whatever the horizon and the grid."""
+    y_traj, t0, params) -> (paths, globals, k_obs, substeps)`` (steps 1-3; ``paths``: ``(S, T',
+    *state)``, ``T'`` the horizon padded to whole decode blocks; ``substeps``: ``(T - 1,)``,
+    the integrator's inner steps per interval, :func:`rollout` with ``adaptive``) and
+    ``decode(params, globals, z_block, key, t_block) -> (draws, summary)`` (step 4 on a block
+    of snapshots: draws ``(block, S, C, *fine)``), the number of blocks and the block size
+    (:func:`_decode_block`). Decoding a block at a time bounds the memory by one block of
+    fields whatever the horizon and the grid."""
     guide = fitted.guide
     site, state_shape = fitted.path_site, fitted.state_shape
     global_sites = fitted.global_sites
@@ -314,11 +316,10 @@ class TrajectoryEnsemble:
     ``ensemble.blocks(key, y_traj, t0)`` returns the latent statistics (``latent_mean``,
     ``latent_std``: ``(T, n_z)``; ``substeps``: ``(T,)``, the integrator's inner steps over
     the interval ending at each snapshot, 0 at the first) and an iterator over decode blocks
-    ``(start, draws,
-    summary)``: predictive draws ``(b, S, C, *fine)`` of snapshots ``start .. start + b - 1``
-    and their ensemble ``mean``, ``std`` (and ``macro``/``micro``), as NumPy arrays; only one
-    block of fields is in memory at a time. ``ensemble(key, y_traj, t0)`` returns all of it at
-    once: ``(draws (T, S, C, *fine), summary)``.
+    ``(start, draws, summary)``: predictive draws ``(b, S, C, *fine)`` of snapshots
+    ``start .. start + b - 1`` and their ensemble ``mean``, ``std`` (and ``macro``/``micro``),
+    as NumPy arrays; only one block of fields is in memory at a time. ``ensemble(key, y_traj,
+    t0)`` returns all of it at once: ``(draws (T, S, C, *fine), summary)``.
     """
 
     def __init__(self, parts: tuple[Callable, Callable, int], params: dict, start: float,
