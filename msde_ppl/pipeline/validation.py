@@ -312,7 +312,7 @@ class ValidationMonitor:
             return self.history[-1][1]  # the stage is over: nothing more competes
         if self.history and self.history[-1][0] == step:
             return self.history[-1][1]
-        if self._rescore_best:  # a record from before the delivered score: rescore its best
+        if self._rescore_best:  # a record of another score kind: rescore its best
             self._rescore_best = False
             self.best_score = self.score(self.best)
         value = self.score(fitted)
@@ -388,8 +388,8 @@ class ValidationMonitor:
         self.lr_drop_steps = [int(s) for s in meta.get("lr_drop_steps", [])]
         self.confirmation = meta.get("confirmation")
         self.stopped_by = meta.get("stopped_by")
-        # a stage scored raw (before stop 62) and still running: its best is scored again
-        # before the next checkpoint is compared with it
+        # a stage scored by another kind (raw before stop 62, fixed steps before stop 63) and
+        # still running: its best is scored again before the next checkpoint is compared
         self._rescore_best = (self.best is not None and self.stopped_by is None
                               and meta.get("score") != SCORE_KIND)
         since = max([self.best_step, *self.lr_drop_steps])
