@@ -87,7 +87,8 @@ from msde_ppl.pipeline.fitted import Fitted
 __all__ = ["Validation", "ValidationMonitor", "carry_residual", "evaluation_interval"]
 
 
-SCORE_KIND = "delivered, adaptive steps"  # recorded with the history: what its scores measure
+SCORE_KIND = "delivered, adaptive steps (rate 0.25)"  # recorded with the history: what its
+# scores measure
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -388,8 +389,9 @@ class ValidationMonitor:
         self.lr_drop_steps = [int(s) for s in meta.get("lr_drop_steps", [])]
         self.confirmation = meta.get("confirmation")
         self.stopped_by = meta.get("stopped_by")
-        # a stage scored by another kind (raw before stop 62, fixed steps before stop 63) and
-        # still running: its best is scored again before the next checkpoint is compared
+        # a stage scored by another kind (raw before stop 62, fixed steps before stop 63, steps
+        # at the rate 0.5 before stop 64) and still running: its best is scored again before
+        # the next checkpoint is compared
         self._rescore_best = (self.best is not None and self.stopped_by is None
                               and meta.get("score") != SCORE_KIND)
         since = max([self.best_step, *self.lr_drop_steps])

@@ -432,7 +432,7 @@ def test_a_record_scored_raw_has_its_best_scored_again_before_a_comparison(ds, m
     monitor(SavableStub(300))  # 0.12 beats the rescored 0.13, not the raw 0.10
     assert monitor.best_step == 300 and monitor.best_score == 0.12 and not scores
     assert json.loads((tmp_path / "validation.json").read_text())["score"] == SCORE_KIND
-    assert SCORE_KIND == "delivered, adaptive steps"  # a record of the fixed-step score: again
+    assert SCORE_KIND == "delivered, adaptive steps (rate 0.25)"  # an older record: again
     monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(300))
     scores[400] = 0.125  # scoring the best (step 300) again would fail: it is not in scores
     again = ValidationMonitor(Validation(every=100), ds, record=tmp_path)
