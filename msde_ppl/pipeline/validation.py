@@ -83,12 +83,13 @@ import xarray as xr
 from msde_ppl.atomic import write_text
 from msde_ppl.data.splits import observations
 from msde_ppl.pipeline.fitted import Fitted
+from msde_ppl.predict.stability import MAX_STEP_RATE
 
 __all__ = ["Validation", "ValidationMonitor", "carry_residual", "evaluation_interval"]
 
 
-SCORE_KIND = "delivered, adaptive steps (rate 0.25)"  # recorded with the history: what its
-# scores measure
+# recorded with the history: what its scores measure
+SCORE_KIND = f"delivered, adaptive steps (rate {MAX_STEP_RATE})"
 
 
 def _finite_or_none(value: float) -> float | None:

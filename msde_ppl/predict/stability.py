@@ -132,8 +132,12 @@ class StiffnessProbe:
     The outliers are the members a spurious mode shows up in first: a mode that an explicit
     step amplifies by :math:`|R| > 1` carries its member away from the others geometrically,
     and where the learned drift is stiffer off the data's states, the members that wander
-    farthest reach those states first. On the robustness benchmark's shallow water, probing
-    the first four members instead let two of 256 test members diverge (docs/robustness.md).
+    farthest reach those states first. On the robustness benchmark's shallow water at stop 63
+    (the rate bound 0.5, the first four members probed), two of 256 test members diverged,
+    neither of them probed (docs/robustness.md; no run separates the two changes of stop 64).
+    The start vectors belong to the ranks, not to the members: when the outliers change
+    order, a member starts from another member's Ritz vectors (nearby states, nearby
+    spectra; the fresh direction and the Arnoldi steps correct the rest).
     """
 
     def __init__(self, drift: Callable, args: Any, args_axes: Any, n_members: int):

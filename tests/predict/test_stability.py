@@ -77,7 +77,7 @@ def test_probe_finds_the_outermost_eigenvalues(rng_key):
 def test_probe_picks_the_finite_members_farthest_from_the_mean():
     """Outliers by Euclidean distance from the mean of the finite members; a non-finite
     member is never picked while finite ones remain."""
-    probe = StiffnessProbe(lambda t, z, args: -z, None, None, n_members=6)
+    probe = StiffnessProbe(lambda t, z, args: -z, None, None, n_members=7)
     z = jnp.array([0.0, 5.0, jnp.nan, -1.0, 0.5, -4.0, 0.2])[:, None] * jnp.ones((7, 2))
     np.testing.assert_array_equal(np.asarray(probe.outliers(z)), [1, 5, 3, 4])
     with_inf = z.at[1, 0].set(jnp.inf)  # mean of the finite ones -0.86: 5, 4, 6, 0
@@ -141,7 +141,8 @@ def test_probe_slices_per_member_arguments_by_prefix_axes(rng_key):
     probe = StiffnessProbe(lambda t, z, args: -args[0]["a"][0] * args[0]["b"][0] * args[1] * z,
                            (scales, shared), ({"a": 1, "b": 1}, None), n_members=6)
     z = jnp.arange(6.0)[:, None] * jnp.ones((6, 3))  # outliers 0 and 5, then 1 and 4
-    values, _ = probe.eigenvalues(rng_key, jnp.float32(0.0), z, probe.start(rng_key, z))
+    start = probe.start(jax.random.fold_in(rng_key, 1), z)
+    values, _ = probe.eigenvalues(jax.random.fold_in(rng_key, 2), jnp.float32(0.0), z, start)
     np.testing.assert_allclose(np.abs(np.asarray(values)).max(axis=1), [2.0, 12.0, 4.0, 10.0],
                                rtol=1e-5)
 
