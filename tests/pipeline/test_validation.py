@@ -410,12 +410,13 @@ def test_the_score_is_the_delivered_forecasts_rel_l2_plus_the_diverged_fraction(
     assert run(broken) == float("inf")
 
 
-def test_a_record_scored_raw_has_its_best_scored_again_before_a_comparison(ds, monkeypatch,
-                                                                         tmp_path):
-    """A stage record from before the delivered score (no ``score`` kind) resumed while
-    running: its best is scored again before the next checkpoint is compared with it, so a
-    raw score is never compared with a delivered one; the record then says its kind, and a
-    record of this kind is not scored again."""
+@pytest.mark.parametrize("older_kind", [None, "delivered, adaptive steps"])
+def test_a_record_of_another_score_kind_has_its_best_scored_again(ds, monkeypatch, tmp_path,
+                                                                   older_kind):
+    """A stage record from before the delivered score (no ``score`` kind) or from before the
+    step rate 0.25 (stop 63's kind) resumed while running: its best is scored again before
+    the next checkpoint is compared with it, so scores of two kinds are never compared; the
+    record then says its kind, and a record of this kind is not scored again."""
     import importlib
 
     validation_module = importlib.import_module("msde_ppl.pipeline.validation")
@@ -423,6 +424,8 @@ def test_a_record_scored_raw_has_its_best_scored_again_before_a_comparison(ds, m
     (tmp_path / "best" / "fitted.json").write_text("{}")
     meta = {"best_step": 200, "best_score": 0.10, "history": [[100, 0.2], [200, 0.10]],
             "stopped_by": None, "lr_drop_steps": [], "confirmation": None}
+    if older_kind is not None:
+        meta["score"] = older_kind
     (tmp_path / "validation.json").write_text(json.dumps(meta))
     monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(200))
     scores = {200: 0.13, 300: 0.12}
@@ -432,7 +435,7 @@ def test_a_record_scored_raw_has_its_best_scored_again_before_a_comparison(ds, m
     monitor(SavableStub(300))  # 0.12 beats the rescored 0.13, not the raw 0.10
     assert monitor.best_step == 300 and monitor.best_score == 0.12 and not scores
     assert json.loads((tmp_path / "validation.json").read_text())["score"] == SCORE_KIND
-    assert SCORE_KIND == "delivered, adaptive steps (rate 0.25)"  # an older record: again
+    assert SCORE_KIND == "delivered, adaptive steps (rate 0.25)"
     monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(300))
     scores[400] = 0.125  # scoring the best (step 300) again would fail: it is not in scores
     again = ValidationMonitor(Validation(every=100), ds, record=tmp_path)
