@@ -136,10 +136,7 @@ def rollout(
         t, z, key, h = carry
         kick = diffusion * jnp.sqrt(h) * jax.random.normal(jax.random.fold_in(key, i),
                                                            z.shape, z.dtype)
-        slope = batched(t, z, args)
-        if method == "heun":
-            slope = 0.5 * (slope + batched(t + h, z + slope * h + kick, args))
-        return t + h, z + slope * h + kick, key, h
+        return t + h, _step(batched, args, method, t, z, h, kick), key, h
 
     def outer(carry, key):
         t, z, direction = carry
@@ -155,8 +152,23 @@ def rollout(
     direction = probe.start(k_probe, z0)
     keys = jax.random.split(k_path, n_out - 1)
     _, (path, counts) = lax.scan(outer, (t_start, z0, direction), keys)
-    path = jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
+    path = _with_start(z0, path)
     return (path, counts) if return_substeps else path
+
+
+def _step(batched: Callable, args: Any, method: str, t, z, h, kick) -> jax.Array:
+    """One inner step of :func:`rollout` (its docstring has the two methods) from ``z`` at
+    time ``t`` with step ``h`` and noise increment ``kick`` (``diffusion * dW``)."""
+    slope = batched(t, z, args)
+    if method == "heun":
+        slope = 0.5 * (slope + batched(t + h, z + slope * h + kick, args))
+    return z + slope * h + kick
+
+
+def _with_start(z0: jax.Array, path: jax.Array) -> jax.Array:
+    """``(S, n_out, *state)`` from the initial states ``(S, *state)`` and the scanned
+    outputs ``(n_out - 1, S, *state)``."""
+    return jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
 
 
 def _fixed_step_path(rng_key, batched, diffusion, z0, t0, dt, n_out, substeps, method, args):
@@ -166,10 +178,7 @@ def _fixed_step_path(rng_key, batched, diffusion, z0, t0, dt, n_out, substeps, m
     def inner(carry, key):
         t, z = carry
         kick = diffusion * jnp.sqrt(h) * jax.random.normal(key, z.shape, z.dtype)
-        slope = batched(t, z, args)
-        if method == "heun":
-            slope = 0.5 * (slope + batched(t + h, z + slope * h + kick, args))
-        return (t + h, z + slope * h + kick), None
+        return (t + h, _step(batched, args, method, t, z, h, kick)), None
 
     def outer(carry, key):
         carry, _ = lax.scan(inner, carry, jax.random.split(key, substeps))
@@ -177,7 +186,7 @@ def _fixed_step_path(rng_key, batched, diffusion, z0, t0, dt, n_out, substeps, m
 
     keys = jax.random.split(rng_key, n_out - 1)
     _, path = lax.scan(outer, (jnp.asarray(t0, z0.dtype), z0), keys)
-    return jnp.moveaxis(jnp.concatenate([z0[None], path], axis=0), 0, 1)
+    return _with_start(z0, path)
 
 
 def _depends_on_input(fn: Callable, *args: Any) -> Any:
