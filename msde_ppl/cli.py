@@ -658,7 +658,8 @@ def _warn_diverged(metrics: dict, name: str) -> None:
 def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
     """``{key}_vorticity.png``: truth / mean / std of the vorticity at three test times (the
     first test trajectory), from a forecast that keeps its members (64), over ``fc``'s horizon
-    and spread as in ``fc`` (its ``spread_factor`` and ``residual_gain``, when calibrated)."""
+    and spread as in ``fc`` (its ``spread_factor``, ``residual_gain`` and ``micro_weight``,
+    when calibrated)."""
     import matplotlib.pyplot as plt
 
     from msde_ppl.data.splits import select_split
@@ -669,8 +670,9 @@ def _write_vorticity(fitted, ds, fc, run_dir: Path, key: str, rng_key) -> Path:
     one = select_split(ds, "test").isel(traj=[0])
     factor = fc["spread_factor"].values if "spread_factor" in fc else None
     gain = fc["residual_gain"].values if "residual_gain" in fc else None
+    weight = fc["micro_weight"].values if "micro_weight" in fc else None
     draws = forecast(rng_key, fitted, one, split=None, n_samples=64, return_samples=True,
-                     spread_factor=factor, residual_gain=gain,
+                     spread_factor=factor, residual_gain=gain, micro_weight=weight,
                      residual_spread=_residual_spread(fc), spread_tail=_spread_tail(fc),
                      n_steps=fc.sizes.get("time"))  # fc's horizon
     obs = one["u"].isel(traj=0, time=slice(0, draws.sizes["time"]))
@@ -1122,8 +1124,10 @@ def cmd_forecast(args: argparse.Namespace) -> int:
           f"spread/skill {metrics['spread_skill']:.2f}")
     if "calibrated" in metrics and "skipped" not in metrics["calibrated"]:
         cal = metrics["calibrated"]
+        weighted = ("" if "micro_weight" not in cal else
+                    f", micro part's weight {cal['micro_weight']['lead_1']:.2f}")
         moved = (f"rel-L2 {cal['rel_l2_mean']:.4f} ± {cal['rel_l2_std']:.4f} (residual "
-                 f"persistence, gain {cal['residual_gain']['lead_1']:.2f} at lead 1); "
+                 f"persistence, gain {cal['residual_gain']['lead_1']:.2f}{weighted} at lead 1); "
                  if "residual_gain" in cal else "")
         tail = ("" if cal.get("spread_tail_dof") is None
                 else f"; members' Student-t tail, {cal['spread_tail_dof']:g} dof")

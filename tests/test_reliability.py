@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import xarray as xr
 
 from msde_ppl import Fitted, forecast, forecast_metrics
 from msde_ppl.cli import main
@@ -136,6 +137,24 @@ def test_fit_and_forecast_any_dataset(data, reference, tmp_path, capsys):
     scores = forecast_metrics(fc)
     assert all(np.isfinite(scores[k]) for k in ("rel_l2_mean", "crps", "coverage_90"))
     ((roll, decode, *_),) = fitted._compiled.values()
+    # the micro part's weight b and the gain a move every member by a r_0 + (b - 1) micro,
+    # r_0 the first residual with respect to the macro part (the same key: the same members)
+    gain, weight = np.linspace(1.0, 0.3, 30), np.linspace(0.0, 0.8, 30)
+    moved = forecast(jax.random.key(0), fitted, ds, split="test", n_samples=16,
+                     residual_gain=gain, micro_weight=weight)
+    assert roll._cache_size() == 1 and decode._cache_size() == 1
+    r0 = (fc["obs"] - fc["mean"] + fc["micro"]).isel(time=0, drop=True)
+    shift = (xr.DataArray(gain, dims="time") * r0
+             + (xr.DataArray(weight, dims="time") - 1) * fc["micro"])
+    for name in ("mean", "q05", "q95"):
+        np.testing.assert_allclose(moved[name], fc[name] + shift, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(moved["std"], fc["std"], rtol=1e-6)
+    np.testing.assert_allclose(moved["mean"].isel(time=0), fc["obs"].isel(time=0), atol=1e-5)
+    with pytest.raises(ValueError, match="needs residual_gain"):
+        forecast(jax.random.key(0), fitted, ds, split="test", n_samples=16, micro_weight=weight)
+    with pytest.raises(ValueError, match="micro_weight must be 30"):
+        forecast(jax.random.key(0), fitted, ds, split="test", n_samples=16,
+                 residual_gain=gain, micro_weight=weight[:-1])
     forecast(jax.random.key(1), fitted, ds, split="test", n_samples=16)
     assert roll._cache_size() == 1 and decode._cache_size() == 1
     out_dir = tmp_path / "fc"
@@ -150,6 +169,11 @@ def test_fit_and_forecast_any_dataset(data, reference, tmp_path, capsys):
     model = metrics["model"]
     assert np.isfinite(model["rel_l2_mean"]) and model["finite"] and model["n_pairs"] == 12
     assert len(model["lead_time"]["rel_l2"]) == 12 and model["calibrated"]["fitted_on"] == "val"
+    weight = model["calibrated"]["micro_weight"]  # the model has a micro part: weighted
+    assert 0 <= weight["lead_1"] <= 1 and 0 <= weight["median"] <= 1
+    delivered = xr.open_dataset(out_dir / "forecast.nc")
+    assert delivered["micro_weight"].dims == ("time",) and delivered["micro_weight"][0] == 0
+    delivered.close()
     assert model["diverged_members"] == 0 and model["n_members"] == 4
     # the fit was validated on the val split: its record is saved with the model
     record = fitted.validation

@@ -132,10 +132,12 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     # calibration: re-forecast the first test trajectory keeping the members (with the spread
     # factor of the run's forecast, if it was calibrated)
     test = select_split(ds, "test").isel(traj=slice(0, 1))
-    factor = gain = None
+    factor = gain = weight = None
     if fc is not None and "residual_gain" in fc and fc["residual_gain"].sizes["time"] == \
             fc.sizes["time"]:
         gain = np.asarray(fc["residual_gain"].values, np.float64)
+        if "micro_weight" in fc:
+            weight = np.asarray(fc["micro_weight"].values, np.float64)
     if fc is not None and "spread_factor" in fc:
         factor = np.asarray(fc["spread_factor"].values, np.float64)
         spread = _residual_spread(fc)
@@ -157,7 +159,8 @@ def model_report(key: str, fitted: Fitted, ds: xr.Dataset, out: Path, *,
     cal = forecast(jax.random.key(seed + 1), fitted, test, split="test", n_samples=n_samples,
                    n_steps=eval_steps, return_samples=True,
                    spread_factor=None if factor is None or factor.size != fc.sizes["time"]
-                   else factor, residual_gain=gain, residual_spread=_residual_spread(fc),
+                   else factor, residual_gain=gain, micro_weight=weight,
+                   residual_spread=_residual_spread(fc),
                    spread_tail=_spread_tail(fc))
     figs["energy spectra"] = _save(plots.plot_energy_spectrum(cal),
                                    out / f"{key}_spectrum.png")

@@ -42,8 +42,8 @@ from msde_ppl.multiscale.program import (
 from msde_ppl.pipeline.fitted import Fitted
 from msde_ppl.pipeline.training import TrainConfig, fit_progressive, training_window
 from msde_ppl.predict.calibration import (
-    apply_residual_gain,
-    fit_residual_gain,
+    apply_persistence,
+    fit_persistence,
     fit_residual_spread,
     fit_spread_factor,
     fit_spread_tail,
@@ -330,8 +330,10 @@ def score(
     ``metrics["calibrated"]`` says why. A calibrated forecast carries its factor as the
     ``spread_factor`` variable (over ``time``). With ``residual`` (default) the calibration
     first fits the residual-persistence gain on that split
-    (:func:`~msde_ppl.predict.fit_residual_gain`: the first snapshot's reconstruction residual
-    carried forward, which moves the mean, so ``metrics["calibrated"]`` has its own rel-L2),
+    (:func:`~msde_ppl.predict.fit_persistence`: the first snapshot's reconstruction residual
+    carried forward, which moves the mean, so ``metrics["calibrated"]`` has its own rel-L2;
+    for a model with a micro part, jointly with the micro part's weight,
+    ``metrics["calibrated"]["micro_weight"]``),
     then a per-trajectory spread multiplier that grows with that residual
     (:class:`~msde_ppl.predict.calibration.ResidualSpread`, ``metrics["calibrated"]
     ["residual_spread"]``), then the spread factor on the corrected errors, then the members'
@@ -342,7 +344,8 @@ def score(
     ["spread_widening"]``, 1 for none), all applied in a coordinate that
     keeps inside the data's bounds every member the dynamics kept there
     (:func:`~msde_ppl.predict.forecast`); the forecast
-    carries the gain as ``residual_gain`` and the multipliers as ``spread_multiplier``.
+    carries the gain as ``residual_gain`` (and ``micro_weight``) and the multipliers as
+    ``spread_multiplier``.
     ``metrics["in_sample"]`` is ``True`` for the train split, ``False`` for another one,
     ``None`` for every trajectory (``split=None``: unknown here). ``progress`` reports each
     forecast's trajectories as they are done.
@@ -383,11 +386,11 @@ def score(
                           adaptive_steps=adaptive_steps,
                           progress=progress and f"forecast of the {calibrate_on} split "
                           "(to calibrate the spread)")
-        gain = spread = multiplier = None
+        gain = weight = spread = multiplier = None
         try:
             if residual:
-                gain = fit_residual_gain(fc_val)
-                corrected = apply_residual_gain(fc_val, gain)
+                gain, weight = fit_persistence(fc_val)
+                corrected = apply_persistence(fc_val, gain, weight)
                 spread = fit_residual_spread(fc_val, corrected)
                 multiplier = spread.multiplier(residual_rms(fc_val))
                 fc_val = corrected
@@ -408,7 +411,7 @@ def score(
         except ValueError as err:  # a diverging model: report it, keep the uncalibrated scores
             print(f"warning: spread calibration on {calibrate_on!r} skipped: {err}")
             metrics["calibrated"] = {"fitted_on": calibrate_on, "skipped": str(err)}
-            factor = gain = spread = tail = widening = None
+            factor = gain = weight = spread = tail = widening = None
         # a 2D forecast holds GBs (8 full-resolution statistics per snapshot): keep only what
         # is still needed while the calibrated rerun allocates its own
         del fc_val
@@ -418,7 +421,8 @@ def score(
             fc = forecast(key_raw, fitted, ds, split=split, n_samples=n_samples,
                           substeps=substeps, method=integrator, n_steps=eval_steps,
                           adaptive_steps=adaptive_steps,
-                          spread_factor=factor, residual_gain=gain, residual_spread=spread,
+                          spread_factor=factor, residual_gain=gain, micro_weight=weight,
+                          residual_spread=spread,
                           spread_tail=tail,
                           progress=progress and f"calibrated forecast of the {split} split")
             calibrated = forecast_metrics(fc, eval_steps)
@@ -441,7 +445,18 @@ def score(
                                        gain.astype(np.float32))
                 fc["residual_gain"].attrs["description"] = (
                     f"residual-persistence gain fitted on the {calibrate_on} split: the first "
-                    "snapshot's reconstruction residual times this is added to every member")
+                    "snapshot's reconstruction residual times this is added to every member"
+                    + ("" if weight is None else " (the residual with respect to the macro "
+                       "part, see micro_weight)"))
+            if weight is not None:
+                calibrated["micro_weight"] = {
+                    "lead_1": float(np.mean(weight[1])) if len(weight) > 1 else 0.0,
+                    "median": float(np.median(weight[1:])) if len(weight) > 1 else 0.0}
+                fc["micro_weight"] = (("time", "field") if weight.ndim == 2 else ("time",),
+                                      weight.astype(np.float32))
+                fc["micro_weight"].attrs["description"] = (
+                    f"weight of the model's micro part in every member, fitted on the "
+                    f"{calibrate_on} split with the residual gain (fit_persistence)")
             fc["spread_factor"] = ("time", factor.astype(np.float32))
             fc["spread_factor"].attrs["description"] = (
                 f"post-hoc spread factor fitted on the {calibrate_on} split (applied to this "

@@ -17,10 +17,11 @@ fraction of members that diverged (:func:`~msde_ppl.predict.diverged_members`), 
 that blows up late loses even where its mean still looks fine. The delivered forecast
 carries the first snapshot's reconstruction residual :math:`e_r = y_{r0} - \bar y_{r0}`
 forward with the least-squares gain :math:`a_i` (per lead time, and per field of :math:`e_r`)
-fitted on the val forecast (residual persistence,
-:func:`~msde_ppl.predict.calibration.fit_residual_gain`); the score fits it on the very
-windows it scores (:func:`carry_residual`), as the delivered val forecast is. Scored raw,
-a micro state that reconstructs the first snapshot better is credited at the first lead
+fitted on the val forecast (residual persistence; for a model with a micro part, the
+residual with respect to the macro part and the micro part weighted by a second fitted
+coefficient, :func:`~msde_ppl.predict.calibration.fit_persistence`); the score fits them on
+the very windows it scores (:func:`carry_residual`), as the delivered val forecast is. Scored
+raw, a micro state that reconstructs the first snapshot better is credited at the first lead
 times with a lead that the delivered forecast of its rival wins back from the residual: on
 Kuramoto-Sivashinsky (docs/robustness.md, stop 62) the multiscale model led the
 implicit-scale one by 0.106 at the first val lead time raw, and trailed it up to t = 6 once
@@ -89,7 +90,7 @@ __all__ = ["Validation", "ValidationMonitor", "carry_residual", "evaluation_inte
 
 
 # recorded with the history: what its scores measure
-SCORE_KIND = f"delivered, adaptive steps (rate {MAX_STEP_RATE})"
+SCORE_KIND = f"delivered with the micro part weighted, adaptive steps (rate {MAX_STEP_RATE})"
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -149,22 +150,28 @@ def _starting_windows(ds: xr.Dataset, validation: Validation) -> tuple[np.ndarra
     return y, t0
 
 
-def carry_residual(mean: np.ndarray, y: np.ndarray) -> np.ndarray:
+def carry_residual(mean: np.ndarray, y: np.ndarray, micro: np.ndarray | None = None
+                   ) -> np.ndarray:
     r"""The forecast means ``mean`` as delivered: each window's first-snapshot residual
     :math:`e = y_0 - \bar y_0` carried forward, :math:`\bar y_i + a_i e`, with the gain
-    :math:`a_i` fitted on these windows themselves
-    (:func:`~msde_ppl.predict.calibration.fit_residual_gain`, per field: what ``msde
-    forecast`` fits on the val split and applies). ``mean`` and ``y``: ``(N, H, C, *fine)``
-    windows of ``H`` snapshots of ``C`` fields; ``mean`` finite, ``y`` may have NaN."""
-    from msde_ppl.predict.calibration import apply_residual_gain, fit_residual_gain
+    :math:`a_i` fitted on these windows themselves (per field: what ``msde forecast`` fits on
+    the val split and applies); with the micro part's ensemble means ``micro``, the residual
+    with respect to the macro part and the micro part's weight instead
+    (:func:`~msde_ppl.predict.calibration.fit_persistence`). ``mean``, ``micro`` and ``y``:
+    ``(N, H, C, *fine)`` windows of ``H`` snapshots of ``C`` fields; ``mean`` finite, ``y``
+    may have NaN."""
+    from msde_ppl.predict.calibration import apply_persistence, fit_persistence
 
     shape = mean.shape
     fine = [f"axis{i}" for i in range(y.ndim - 3)]
     dims = ["traj", "time", "field", *fine]
     if y.shape[2] == 1:  # a forecast of one field has no field dim: one gain per lead time
         mean, y, dims = mean[:, :, 0], y[:, :, 0], dims[:2] + fine
+        micro = None if micro is None else micro[:, :, 0]
     fc = xr.Dataset({"mean": (dims, mean), "obs": (dims, y)})
-    carried = apply_residual_gain(fc, fit_residual_gain(fc))["mean"]
+    if micro is not None:
+        fc["micro"] = (dims, micro)
+    carried = apply_persistence(fc, *fit_persistence(fc))["mean"]
     return np.asarray(carried.transpose(*dims).values, np.float64).reshape(shape)
 
 
@@ -255,20 +262,25 @@ class ValidationMonitor:
         if key is None:
             key = jax.random.key(self.validation.seed)  # the same for every checkpoint (CRN)
         lower, upper = self._limits
-        means, diverged = [], []
+        means, micros, diverged = [], [], []
         for y, t0 in zip(self.windows, self.starts, strict=True):
             _, blocks = ensemble.blocks(key, y, t0=float(t0))
-            hit, parts = False, []
+            hit, parts, micro_parts = False, [], []
             for _, draws, summary in blocks:  # one block of fields in memory at a time
                 hit = hit | diverged_members(draws, lower, upper)
                 parts.append(summary["mean"])
+                if "micro" in summary:
+                    micro_parts.append(summary["micro"])
             diverged.append(hit)
             means.append(np.concatenate(parts).astype(np.float64))
+            if micro_parts:
+                micros.append(np.concatenate(micro_parts).astype(np.float64))
         mean = np.stack(means)
         if not np.isfinite(mean).all():
             return float("inf")
         y = np.asarray(self.windows, np.float64)
-        diff = (carry_residual(mean, y) - y).reshape(*y.shape[:2], -1)[:, 1:]
+        micro = np.stack(micros) if micros else None
+        diff = (carry_residual(mean, y, micro) - y).reshape(*y.shape[:2], -1)[:, 1:]
         norm = y.reshape(*y.shape[:2], -1)[:, 1:]
         with np.errstate(over="ignore", invalid="ignore"):
             errors = np.sqrt((diff**2).sum(-1)) / np.sqrt((norm**2).sum(-1))

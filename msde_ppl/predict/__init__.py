@@ -2,7 +2,9 @@
 
 from msde_ppl.predict.calibration import (
     ResidualSpread,
+    apply_persistence,
     apply_residual_gain,
+    fit_persistence,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
@@ -25,9 +27,9 @@ from msde_ppl.predict.metrics import (
     relative_l2,
 )
 
-__all__ = ["ResidualSpread", "apply_residual_gain", "baseline_metrics", "coarse_dns",
-           "crps_ensemble", "diverged_members", "divergence_limits", "evaluate_coarse_dns",
-           "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
-           "fit_spread_widening", "forecast", "forecast_metrics", "interval_coverage",
-           "lead_time_metrics", "noise_floor", "pooled_relative_l2", "relative_l2", "rollout",
-           "tail_weights"]
+__all__ = ["ResidualSpread", "apply_persistence", "apply_residual_gain", "baseline_metrics",
+           "coarse_dns", "crps_ensemble", "diverged_members", "divergence_limits",
+           "evaluate_coarse_dns", "fit_persistence", "fit_residual_gain", "fit_residual_spread",
+           "fit_spread_factor", "fit_spread_tail", "fit_spread_widening", "forecast",
+           "forecast_metrics", "interval_coverage", "lead_time_metrics", "noise_floor",
+           "pooled_relative_l2", "relative_l2", "rollout", "tail_weights"]

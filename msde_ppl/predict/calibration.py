@@ -119,7 +119,7 @@ from msde_ppl.predict.metrics import (
 )
 
 __all__ = ["FACTOR_GRID", "NO_RESIDUAL_SPREAD", "TAIL_GRID", "WIDENING_GRID",
-           "ResidualSpread", "apply_residual_gain",
+           "ResidualSpread", "apply_persistence", "apply_residual_gain", "fit_persistence",
            "fit_residual_gain", "fit_residual_spread", "fit_spread_factor", "fit_spread_tail",
            "fit_spread_widening", "residual_rms", "tail_weights"]
 
@@ -349,6 +349,119 @@ def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs
     shift = xr.DataArray(np.asarray(gain, np.float32), dims=dims) * e0
     out = fc.copy()
     out["mean"] = (fc["mean"] + shift).transpose(*fc["mean"].dims)
+    return out
+
+
+def _macro_parts(fc: xr.Dataset, obs_var: str):
+    """``(d, r, m)`` of :func:`fit_persistence`: the errors of the macro part
+    :math:`y_\tau - (\bar y_\tau - \bar m_\tau)`, the first snapshot's residual with
+    respect to the macro part :math:`r_0 = y_0 - (\bar y_0 - \bar m_0)` and the micro
+    part's ensemble mean :math:`\bar m_\tau` (``micro``)."""
+    macro = fc["mean"] - fc["micro"]
+    first = macro.isel(time=0, drop=True)
+    return fc[obs_var] - macro, fc[obs_var].isel(time=0, drop=True) - first, fc["micro"]
+
+
+def _box_least_squares(srr, smm, srm, sdr, sdm):
+    r"""Per entry, the minimiser :math:`(a, b) \in [0, 1]^2` of
+    :math:`a^2 S_{rr} + b^2 S_{mm} + 2ab S_{rm} - 2a S_{dr} - 2b S_{dm}` (a least-squares
+    fit of two regressors in Gram form; arrays of one shape): the unconstrained optimum if it
+    is inside the box, else the best of the four edges' one-dimensional optima (clipped), where
+    the minimum of a convex quadratic over the box lies."""
+    def objective(a, b):
+        return a * a * srr + b * b * smm + 2 * a * b * srm - 2 * a * sdr - 2 * b * sdm
+
+    def along_b(a):  # b's optimum on the edge a = const
+        return np.clip(np.divide(sdm - a * srm, smm, out=np.zeros_like(smm), where=smm > 0),
+                       0.0, 1.0)
+
+    def along_a(b):
+        return np.clip(np.divide(sdr - b * srm, srr, out=np.zeros_like(srr), where=srr > 0),
+                       0.0, 1.0)
+
+    det = srr * smm - srm * srm
+    regular = det > 1e-12 * srr * smm
+    safe = np.where(regular, det, 1.0)
+    a_in, b_in = (smm * sdr - srm * sdm) / safe, (srr * sdm - srm * sdr) / safe
+    inside = regular & (a_in >= 0) & (a_in <= 1) & (b_in >= 0) & (b_in <= 1)
+    candidates = [(np.full_like(srr, e), along_b(e)) for e in (0.0, 1.0)]
+    candidates += [(along_a(e), np.full_like(srr, e)) for e in (0.0, 1.0)]
+    values = np.stack([objective(a, b) for a, b in candidates])
+    best = np.argmin(values, axis=0)
+    a = np.choose(best, [c[0] for c in candidates])
+    b = np.choose(best, [c[1] for c in candidates])
+    return np.where(inside, a_in, a), np.where(inside, b_in, b)
+
+
+def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    r"""The delivered mean's correction per lead time (and field), fitted on a (validation)
+    forecast: ``(residual_gain, micro_weight)``.
+
+    Without a micro part (no ``micro`` in ``fc``): :func:`fit_residual_gain` and ``None``.
+    With one (the product-of-experts likelihood's weighted micro part, ensemble mean
+    :math:`ar m_	au`), the delivered mean is
+
+    .. math:: 	ilde y_	au = (ar y_	au - ar m_	au) + a(	au)\, r_0
+              + b(	au)\, ar m_	au, \qquad r_0 = y_0 - (ar y_0 - ar m_0),
+
+    the macro part, the first snapshot's residual with respect to the macro part (the micro
+    part plus the reconstruction residual, what the coarse state does not carry) carried with
+    the gain :math:`a`, and the model's micro forecast with the weight :math:`b`: the
+    least-squares fit of the macro part's error on the two regressors, pooled over
+    trajectories and grid points per lead time (and field), with :math:`a, b \in [0, 1]`.
+    :math:`a(0) = 1, b(0) = 0` (the corrected mean starts at :math:`y_0`); :math:`a` is made
+    non-increasing in lead time as in :func:`fit_residual_gain`, and :math:`b` is then refitted
+    given it. :math:`b = 1, a = 0` is the model's own mean; :math:`b = 1` and the residual
+    persistence of :func:`fit_residual_gain` differ only in carrying :math:`ar m_0` too.
+    A micro state whose forecast decorrelates from the unresolved field before the held
+    initial one does gets a small weight: on Kuramoto-Sivashinsky the fitted weight is 0 up
+    to t = 3 and the initial micro part is carried instead (docs/calibration.md). A lead time
+    without a pair keeps the values before it; a micro part that is 0 everywhere at a lead
+    time has weight 1.
+
+    Raises:
+        ValueError: non-finite forecast means.
+    """
+    if "micro" not in fc:
+        return fit_residual_gain(fc, obs_var=obs_var), None
+    if not np.isfinite(fc["mean"].values).all():
+        raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
+    d, r0, m = _macro_parts(fc, obs_var)
+    pooled = [k for k in fc["mean"].dims if k not in ("time", "field")]
+    has = (d.notnull() & r0.notnull()).astype(np.float64)  # a missing value drops its pair
+    d0, r = d.fillna(0.0), r0.fillna(0.0)
+
+    def total(*factors):
+        return np.asarray(xr.dot(has, *factors, dim=pooled).transpose("time", ...).values,
+                          np.float64)
+
+    sums = [total(r, r), total(m, m), total(r, m), total(d0, r), total(d0, m)]
+    pairs = total(xr.ones_like(m))
+    a, b = _box_least_squares(*sums)
+    a = np.where(pairs > 0, a, np.nan)
+    a[0] = 1.0
+    a = np.fmin.accumulate(a, axis=0)  # NaN (no pair) keeps the gain before it
+    srr, smm, srm, sdr, sdm = sums
+    b = np.clip(np.divide(sdm - a * srm, smm, out=np.ones_like(smm), where=smm > 0), 0.0, 1.0)
+    b[0] = 0.0
+    for i in range(1, len(b)):  # no pair at a lead time: the weight before it
+        b[i] = np.where(pairs[i] > 0, b[i], b[i - 1])
+    return a, b
+
+
+def apply_persistence(fc: xr.Dataset, gain: np.ndarray, micro_weight: np.ndarray | None, *,
+                      obs_var: str = "obs") -> xr.Dataset:
+    r"""``fc`` with its ``mean`` corrected as :func:`fit_persistence` describes (``micro_weight
+    None``: :func:`apply_residual_gain`); nothing else changes."""
+    if micro_weight is None:
+        return apply_residual_gain(fc, gain, obs_var=obs_var)
+    _, r0, m = _macro_parts(fc, obs_var)
+    dims = ("time", "field") if "field" in fc["mean"].dims else ("time",)
+    a = xr.DataArray(np.asarray(gain, np.float32), dims=dims)
+    b = xr.DataArray(np.asarray(micro_weight, np.float32), dims=dims)
+    out = fc.copy()
+    out["mean"] = (fc["mean"] + a * r0.fillna(0.0) + (b - 1) * m).transpose(*fc["mean"].dims)
     return out
 
 

@@ -421,6 +421,7 @@ def forecast(
     return_samples: bool = False,
     spread_factor: float | Sequence[float] | np.ndarray | None = None,
     residual_gain: Sequence[float] | np.ndarray | None = None,
+    micro_weight: Sequence[float] | np.ndarray | None = None,
     residual_spread: ResidualSpread | None = None,
     spread_tail: float | None = None,
     progress: bool | str = False,
@@ -475,6 +476,13 @@ def forecast(
     persistence, :func:`~msde_ppl.predict.fit_residual_gain`): ``mean`` and the predictive
     statistics move with it, ``macro``/``micro`` stay the model's parts.
 
+    ``micro_weight`` (the same shapes; needs ``residual_gain`` and a model with a micro part,
+    ``micro`` in the output) weights the model's micro part in every draw instead,
+    :math:`y^{(s)}_\\tau + a(\\tau)\\,r_0 + (b(\\tau) - 1)\\,\\bar m_\\tau`, the residual
+    then taken with respect to the macro part, :math:`r_0 = y_0 - (\\bar y_0 - \\bar m_0)`
+    (:func:`~msde_ppl.predict.fit_persistence`; :math:`\\bar m_\\tau` the micro part's
+    ensemble mean).
+
     ``adaptive_steps`` (default on) chooses the integrator's inner steps per snapshot
     interval, at least ``substeps``, from the drift's stiffness at the members' states
     (:func:`rollout`); off, exactly ``substeps``. The output's ``substeps`` (``traj, time``)
@@ -512,6 +520,12 @@ def forecast(
                              f"values (one per output time), got shape "
                              f"{np.shape(spread_factor)}")
     gain = None if residual_gain is None else _gain_per_field(residual_gain, n_out, y.shape[2])
+    weight = None
+    if micro_weight is not None:
+        if gain is None:
+            raise ValueError("micro_weight weights the micro part in the residual-persistence "
+                             "correction: it needs residual_gain too")
+        weight = _gain_per_field(micro_weight, n_out, y.shape[2], "micro_weight")
     weights = None
     if spread_tail is not None:
         # each model of a mixture: the same weights (raises for dof <= 2)
@@ -540,8 +554,13 @@ def forecast(
             draws, stats = block[0][1:] if len(block) == 1 else _mixture(
                 [b[1:] for b in block])  # (b, R * S, C, *fine)
             span = slice(start, start + draws.shape[0])
+            if weight is not None and "micro" not in stats:
+                raise ValueError("micro_weight needs a model with a micro part (the "
+                                 "product-of-experts likelihood's 'micro'); this one has none")
             if start == 0:  # blocks come in order: the first holds lead 0
                 residual = y_traj[0] - stats["mean"][0]  # (C, *fine)
+                if weight is not None:  # with respect to the macro part
+                    residual = residual + stats["micro"][0]
                 if residual_spread is not None:
                     rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
                     summary["spread_multiplier"] = np.asarray(
@@ -554,7 +573,11 @@ def forecast(
                                   span, draws)
             if gain is not None:
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
-                shift = (a * residual).astype(draws.dtype)  # (b, C, *fine)
+                shift = a * residual  # (b, C, *fine)
+                if weight is not None:
+                    w = weight[span].reshape(a.shape)
+                    shift = shift + (w - 1) * stats["micro"]
+                shift = shift.astype(draws.dtype)
             raw_mean = stats["mean"]
             draws, ratio = _calibrated_draws(draws, raw_mean, c, weights, shift, (lower, upper))
             if ratio is not None:
@@ -700,14 +723,15 @@ def _bounds_inward(lower, upper, dtype) -> tuple[np.ndarray, np.ndarray]:
     return low.astype(dtype), high.astype(dtype)
 
 
-def _gain_per_field(gain, n_out: int, n_channels: int) -> np.ndarray:
-    """A residual gain as ``(n_out, n_channels)`` (one value per time is shared by the
-    fields)."""
+def _gain_per_field(gain, n_out: int, n_channels: int, name: str = "residual_gain"
+                    ) -> np.ndarray:
+    """A residual gain (or micro weight, ``name``) as ``(n_out, n_channels)`` (one value per
+    time is shared by the fields)."""
     arr = np.asarray(gain, np.float64)
     if arr.ndim == 1:
         arr = np.repeat(arr[:, None], n_channels, axis=1)
     if arr.shape != (n_out, n_channels) or not np.isfinite(arr).all():
-        raise ValueError(f"residual_gain must be {n_out} finite values (one per output time) or "
+        raise ValueError(f"{name} must be {n_out} finite values (one per output time) or "
                          f"({n_out}, {n_channels}) (per time and field), got shape "
                          f"{np.shape(gain)}")
     return arr

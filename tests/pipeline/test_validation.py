@@ -369,6 +369,27 @@ def test_the_score_carries_the_first_residual_as_the_delivered_forecast_does():
     np.testing.assert_allclose(out[:, 1:, 0, 6:], y1[:, 1:, 0, 6:], atol=1e-6)
 
 
+def test_the_score_weights_the_micro_part_as_the_delivered_forecast_does():
+    """With the micro parts' means, ``carry_residual`` corrects as
+    :func:`~msde_ppl.predict.fit_persistence`: truth that is the macro part plus the first
+    snapshot's residual with respect to it, held (a micro forecast with no skill), is recovered
+    exactly (gain 1, weight 0), where the residual persistence without the micro part leaves
+    the micro forecast's error; truth that is the model's own mean plus that residual decaying
+    is recovered too (weight 1)."""
+    rng = np.random.default_rng(5)
+    n, h, fine = 4, 6, (16,)
+    macro = rng.normal(size=(n, h, 1, *fine))
+    micro = 0.5 * rng.normal(size=(n, h, 1, *fine))  # a fresh micro forecast at every lead
+    r0 = rng.normal(size=(n, 1, 1, *fine))
+    y = macro + r0
+    mean = macro + micro
+    np.testing.assert_allclose(carry_residual(mean, y, micro), y, atol=1e-6)
+    assert np.abs(carry_residual(mean, y) - y)[:, 1:].max() > 0.1
+    skill = mean + r0 * 0.8 ** np.arange(h).reshape(1, h, 1, 1)
+    skill[:, 0] = macro[:, 0] + r0[:, 0]  # r0 is the first residual w.r.t. the macro part
+    np.testing.assert_allclose(carry_residual(mean, skill, micro), skill, atol=1e-6)
+
+
 def test_the_score_is_the_delivered_forecasts_rel_l2_plus_the_diverged_fraction(ds, monkeypatch):
     """``ValidationMonitor.score`` on a stubbed ensemble whose means miss every window by a
     residual that persists: delivered (the residual carried forward) they are exact, so the
@@ -410,11 +431,13 @@ def test_the_score_is_the_delivered_forecasts_rel_l2_plus_the_diverged_fraction(
     assert run(broken) == float("inf")
 
 
-@pytest.mark.parametrize("older_kind", [None, "delivered, adaptive steps"])
+@pytest.mark.parametrize("older_kind", [None, "delivered, adaptive steps",
+                                        "delivered, adaptive steps (rate 0.25)"])
 def test_a_record_of_another_score_kind_has_its_best_scored_again(ds, monkeypatch, tmp_path,
                                                                    older_kind):
     """A stage record from before the delivered score (no ``score`` kind) or from before the
-    step rate 0.25 (stop 63's kind) resumed while running: its best is scored again before
+    step rate 0.25 (stop 63's kind) or from before the micro part's weight (stop 64's)
+    resumed while running: its best is scored again before
     the next checkpoint is compared with it, so scores of two kinds are never compared; the
     record then says its kind, and a record of this kind is not scored again."""
     import importlib
@@ -435,7 +458,7 @@ def test_a_record_of_another_score_kind_has_its_best_scored_again(ds, monkeypatc
     monitor(SavableStub(300))  # 0.12 beats the rescored 0.13, not the raw 0.10
     assert monitor.best_step == 300 and monitor.best_score == 0.12 and not scores
     assert json.loads((tmp_path / "validation.json").read_text())["score"] == SCORE_KIND
-    assert SCORE_KIND == "delivered, adaptive steps (rate 0.25)"
+    assert SCORE_KIND == "delivered with the micro part weighted, adaptive steps (rate 0.25)"
     monkeypatch.setattr(validation_module.Fitted, "load", lambda path: SavableStub(300))
     scores[400] = 0.125  # scoring the best (step 300) again would fail: it is not in scores
     again = ValidationMonitor(Validation(every=100), ds, record=tmp_path)

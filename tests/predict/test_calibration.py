@@ -9,8 +9,10 @@ from scipy import stats
 
 from msde_ppl.predict import (
     ResidualSpread,
+    apply_persistence,
     apply_residual_gain,
     crps_ensemble,
+    fit_persistence,
     fit_residual_gain,
     fit_residual_spread,
     fit_spread_factor,
@@ -177,6 +179,104 @@ def test_a_lead_time_without_error_does_not_shrink_its_neighbours(np_rng, rule):
         fc["obs"][:, 0] = fc["mean"][:, 0] * (1 + rounding)
         factor = fit_spread_factor(fc, rule=rule)
         np.testing.assert_allclose(factor, 2.0, rtol=0.10)
+
+
+def test_box_least_squares_is_the_bounded_least_squares_solution(np_rng):
+    """The two-regressor fit in Gram form, :math:`(a, b) \\in [0, 1]^2`, against scipy's
+    bounded least squares on the regressors themselves: optima inside the box, on an edge, in
+    a corner, and with collinear regressors (where only the objective's value is unique)."""
+    from scipy.optimize import lsq_linear
+
+    from msde_ppl.predict.calibration import _box_least_squares
+
+    cases = []
+    for target in [(0.3, 0.6), (1.7, 0.4), (-0.5, 0.5), (2.0, -1.0), (0.5, 3.0)]:
+        x = np_rng.normal(size=(200, 2)) @ np.array([[1.0, 0.6], [0.0, 0.8]])
+        cases.append((x, x @ np.array(target) + 0.3 * np_rng.normal(size=200)))
+    r = np_rng.normal(size=200)
+    cases.append((np.stack([r, 2 * r], 1), 0.7 * r + 0.1 * np_rng.normal(size=200)))
+    for x, d in cases:
+        gram = [x[:, 0] @ x[:, 0], x[:, 1] @ x[:, 1], x[:, 0] @ x[:, 1], x[:, 0] @ d,
+                x[:, 1] @ d]
+        a, b = _box_least_squares(*(np.asarray(g) for g in gram))
+        assert 0 <= a <= 1 and 0 <= b <= 1
+        best = lsq_linear(x, d, bounds=(0.0, 1.0), tol=1e-12).x
+        ours = np.sum((x @ np.array([a, b]) - d) ** 2)
+        assert ours == pytest.approx(np.sum((x @ best - d) ** 2), rel=1e-9)
+
+
+def test_persistence_recovers_the_gain_and_the_micro_weight(np_rng):
+    """Truth built as the macro part plus a(tau) r_0 plus b(tau) times the micro part's mean
+    (plus white noise of variance s^2 = 0.25), with r_0 the first snapshot's residual with
+    respect to the macro part: the fit recovers a and b. 4 x 2000 values per lead time and two
+    unit-variance independent regressors: standard errors s / sqrt(8000) ~ 0.006, tolerance 5
+    of them. A true weight above 1 is clipped to 1, a gain that rises is held at its running
+    minimum, and without a micro part the fit is the residual gain alone."""
+    n_traj, n_time, n_x = 4, 12, 2000
+    a_true = np.array([1.0, 0.9, 0.8, 0.85, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
+    b_true = np.array([0.0, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.4, 0.5, 0.2, 0.0])
+    dims = ("traj", "time", "x")
+    macro = np_rng.normal(size=(n_traj, n_time, n_x))
+    micro = np_rng.normal(size=(n_traj, n_time, n_x))
+    r0 = np_rng.normal(size=(n_traj, 1, n_x))
+    obs = (macro + a_true[None, :, None] * r0 + b_true[None, :, None] * micro
+           + 0.5 * np_rng.normal(size=macro.shape))
+    obs[:, 0] = macro[:, 0] + r0[:, 0]
+    fc = xr.Dataset({"mean": (dims, macro + micro), "micro": (dims, micro), "obs": (dims, obs)})
+    gain, weight = fit_persistence(fc)
+    expected_gain = np.minimum.accumulate(a_true)  # lead 3's 0.85 is held at 0.8
+    np.testing.assert_allclose(gain, expected_gain, atol=0.03)
+    np.testing.assert_allclose(weight, np.clip(b_true, 0, 1), atol=0.03)
+    assert gain[0] == 1.0 and weight[0] == 0.0
+    moved = apply_persistence(fc, gain, weight)
+    np.testing.assert_allclose(moved["mean"].isel(time=0), fc["obs"].isel(time=0), atol=1e-6)
+    corrected = macro + gain[None, :, None] * r0 + weight[None, :, None] * micro
+    np.testing.assert_allclose(moved["mean"], corrected, rtol=1e-5, atol=1e-5)
+    # missing values drop their pairs; a lead time without any keeps the values before it
+    holes = fc.copy(deep=True)
+    holes["obs"][:, 5] = np.nan
+    holes["obs"][0, 2, 3] = np.nan
+    g2, w2 = fit_persistence(holes)
+    assert g2[5] == g2[4] and w2[5] == w2[4] and np.isfinite(g2).all() and np.isfinite(w2).all()
+    np.testing.assert_allclose(np.delete(w2, 5), np.delete(weight, 5), atol=0.01)
+    # no micro part: the residual gain alone
+    alone = fc.drop_vars("micro")
+    gain_alone, none = fit_persistence(alone)
+    assert none is None
+    np.testing.assert_array_equal(gain_alone, fit_residual_gain(alone))
+    xr.testing.assert_identical(apply_persistence(alone, gain_alone, None),
+                                apply_residual_gain(alone, gain_alone))
+    # a micro part that is 0 everywhere: weight 1 (the model as it is), the residual gain's
+    idle = fc.copy()
+    idle["micro"] = xr.zeros_like(fc["micro"])
+    g3, w3 = fit_persistence(idle)
+    np.testing.assert_allclose(g3, fit_residual_gain(idle), atol=1e-12)
+    np.testing.assert_array_equal(w3[1:], 1.0)
+    bad = fc.copy()
+    bad["mean"] = bad["mean"] * np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_persistence(bad)
+
+
+def test_persistence_is_per_field():
+    """With a field dim, gains and weights are per field: a field whose truth is the held
+    first residual (weight 0) and one whose truth is the model's micro forecast (weight 1,
+    gain 0)."""
+    rng = np.random.default_rng(11)
+    n_time, n_x = 5, 3000
+    macro = rng.normal(size=(2, n_time, 2, n_x))
+    micro = rng.normal(size=(2, n_time, 2, n_x))
+    r0 = rng.normal(size=(2, 1, 2, n_x))
+    obs = np.concatenate([(macro + r0)[:, :, :1], (macro + micro)[:, :, 1:]], axis=2)
+    obs[:, 0, 1] = macro[:, 0, 1] + r0[:, 0, 1]  # a first snapshot, uncorrelated later
+    dims = ("traj", "time", "field", "x")
+    fc = xr.Dataset({"mean": (dims, macro + micro), "micro": (dims, micro), "obs": (dims, obs)})
+    gain, weight = fit_persistence(fc)
+    assert gain.shape == weight.shape == (n_time, 2)
+    np.testing.assert_allclose(gain[:, 0], 1.0, atol=1e-9)
+    np.testing.assert_allclose(weight[1:, 0], 0.0, atol=1e-9)
+    np.testing.assert_allclose(gain[1:, 1], 0.0, atol=4 / np.sqrt(2 * n_x))
+    np.testing.assert_allclose(weight[1:, 1], 1.0, atol=1e-9)
 
 
 def test_residual_gain_does_not_come_back_once_it_has_decayed(np_rng):
