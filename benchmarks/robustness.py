@@ -299,9 +299,9 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
                                           "diverged_members", "n_members")},
         "multiscale_calibrated": {k: ms.get("calibrated", {}).get(k)
                                   for k in ("rel_l2_mean", "coverage_90", "spread_skill", "crps",
-                                            "residual_gain", "spread_tail_dof",
-                                            "spread_widening", "spread_factor",
-                                            "diverged_members")},
+                                            "residual_gain", "micro_weight",
+                                            "spread_tail_dof", "spread_widening",
+                                            "spread_factor", "diverged_members")},
         "implicit_scale": {k: implicit[k] for k in ("rel_l2_mean", "coverage_90",
                                                     "diverged_members")},
         "implicit_scale_calibrated": {k: implicit.get("calibrated", {}).get(k)
@@ -337,6 +337,14 @@ def _widened(widening: float | None) -> str:
     return "" if widening is None or widening <= 1.0 else f", widened {widening:.3g}x"
 
 
+def _weight(weight: dict | None) -> str:
+    """The micro part's weight in the delivered mean (msde_ppl.predict.fit_persistence) in the
+    micro stage column ('' when not recorded)."""
+    if not weight:
+        return ""
+    return f"; micro weight {weight['lead_1']:.2f} at lead 1, median {weight['median']:.2f}"
+
+
 def micro_stage(validation: dict | None) -> str:
     """Which checkpoint of the micro stage the fit delivered, in words: its best step on val,
     or its start (the implicit-scale model grown with an idle micro state) when no step beat
@@ -367,7 +375,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "the targets are checked on the delivered one (no divergence: on both).", "",
              "'micro stage': the checkpoint of the micro stage the fit delivered; 'start' is "
              "the implicit-scale model grown with an idle micro state, so the two models "
-             "then differ by their Monte Carlo draws only.", "",
+             "then differ by their Monte Carlo draws only; 'micro weight': the weight of "
+             "the model's micro part in the delivered mean, fitted on val with the residual "
+             "gain (msde_ppl.predict.fit_persistence; 0: the first snapshot's micro part is "
+             "held instead of forecast).", "",
              "'± SE': the standard error of the margin over the implicit-scale model at its "
              "worst lead time, from the paired per-trajectory differences of the test "
              "trajectories (benchmarks/robustness.py margin_uncertainty); 'behind / ahead by "
@@ -416,7 +427,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {_num((cal.get('spread_factor') or {}).get('max'), 2)} "
             f"({'Gaussian' if cal.get('spread_tail_dof') is None else cal['spread_tail_dof']}"
             f"{_widened(cal.get('spread_widening'))}) "
-            f"| {micro_stage(r.get('validation'))} "
+            f"| {micro_stage(r.get('validation'))}{_weight(cal.get('micro_weight'))} "
             f"| {met}{'; MISSED: ' + ', '.join(missed) if missed else ''} |")
     for r in rows:
         if "physics_reference" in r:

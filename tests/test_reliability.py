@@ -150,6 +150,16 @@ def test_fit_and_forecast_any_dataset(data, reference, tmp_path, capsys):
         np.testing.assert_allclose(moved[name], fc[name] + shift, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(moved["std"], fc["std"], rtol=1e-6)
     np.testing.assert_allclose(moved["mean"].isel(time=0), fc["obs"].isel(time=0), atol=1e-5)
+    # the per-trajectory spread multiplier still reads the reconstruction residual y_0 - mean_0
+    from msde_ppl.predict import ResidualSpread
+
+    rms = np.sqrt(((fc["obs"] - fc["mean"]).isel(time=0) ** 2).mean("x")).values
+    micro_rms = np.sqrt((fc["micro"].isel(time=0) ** 2).mean("x")).values
+    assert np.all(micro_rms > 0.2 * rms)  # r_0 w.r.t. the macro part is another residual
+    spread = ResidualSpread(0.7, float(rms[0]))  # multiplier 1 at e_0, not at r_0
+    widened = forecast(jax.random.key(0), fitted, ds, split="test", n_samples=16,
+                       residual_gain=gain, micro_weight=weight, residual_spread=spread)
+    np.testing.assert_allclose(widened["spread_multiplier"], spread.multiplier(rms), rtol=1e-5)
     with pytest.raises(ValueError, match="needs residual_gain"):
         forecast(jax.random.key(0), fitted, ds, split="test", n_samples=16, micro_weight=weight)
     with pytest.raises(ValueError, match="micro_weight must be 30"):

@@ -520,12 +520,11 @@ def forecast(
                              f"values (one per output time), got shape "
                              f"{np.shape(spread_factor)}")
     gain = None if residual_gain is None else _gain_per_field(residual_gain, n_out, y.shape[2])
-    weight = None
     if micro_weight is not None:
         if gain is None:
             raise ValueError("micro_weight weights the micro part in the residual-persistence "
                              "correction: it needs residual_gain too")
-        weight = _gain_per_field(micro_weight, n_out, y.shape[2], "micro_weight")
+        micro_weight = _gain_per_field(micro_weight, n_out, y.shape[2], "micro_weight")
     weights = None
     if spread_tail is not None:
         # each model of a mixture: the same weights (raises for dof <= 2)
@@ -554,17 +553,17 @@ def forecast(
             draws, stats = block[0][1:] if len(block) == 1 else _mixture(
                 [b[1:] for b in block])  # (b, R * S, C, *fine)
             span = slice(start, start + draws.shape[0])
-            if weight is not None and "micro" not in stats:
+            if micro_weight is not None and "micro" not in stats:
                 raise ValueError("micro_weight needs a model with a micro part (the "
                                  "product-of-experts likelihood's 'micro'); this one has none")
             if start == 0:  # blocks come in order: the first holds lead 0
                 residual = y_traj[0] - stats["mean"][0]  # (C, *fine)
-                if weight is not None:  # with respect to the macro part
-                    residual = residual + stats["micro"][0]
-                if residual_spread is not None:
+                if residual_spread is not None:  # of the reconstruction residual, always
                     rms = float(np.sqrt(np.mean(np.square(residual, dtype=np.float64))))
                     summary["spread_multiplier"] = np.asarray(
                         residual_spread.multiplier(rms), np.float32)
+                if micro_weight is not None:  # carried: with respect to the macro part
+                    residual = residual + stats["micro"][0]
             multiplier = (1.0 if residual_spread is None
                           else float(summary["spread_multiplier"]))
             c = shift = None
@@ -574,8 +573,8 @@ def forecast(
             if gain is not None:
                 a = gain[span].reshape(-1, *residual.shape[:1], *(1,) * (residual.ndim - 1))
                 shift = a * residual  # (b, C, *fine)
-                if weight is not None:
-                    w = weight[span].reshape(a.shape)
+                if micro_weight is not None:
+                    w = micro_weight[span].reshape(a.shape)
                     shift = shift + (w - 1) * stats["micro"]
                 shift = shift.astype(draws.dtype)
             raw_mean = stats["mean"]
