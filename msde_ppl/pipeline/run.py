@@ -455,7 +455,8 @@ def score(
                 fc["micro_weight"] = (("time", "field") if weight.ndim == 2 else ("time",),
                                       weight.astype(np.float32))
                 fc["micro_weight"].attrs["description"] = (
-                    f"weight of the model's micro part in every member, fitted on the "
+                    f"weight of the model's micro part (its ensemble mean) in the delivered "
+                    f"mean, fitted on the "
                     f"{calibrate_on} split with the residual gain (fit_persistence)")
             fc["spread_factor"] = ("time", factor.astype(np.float32))
             fc["spread_factor"].attrs["description"] = (

@@ -353,7 +353,7 @@ def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs
 
 
 def _macro_parts(fc: xr.Dataset, obs_var: str):
-    """``(d, r, m)`` of :func:`fit_persistence`: the errors of the macro part
+    r"""``(d, r, m)`` of :func:`fit_persistence`: the errors of the macro part
     :math:`y_\tau - (\bar y_\tau - \bar m_\tau)`, the first snapshot's residual with
     respect to the macro part :math:`r_0 = y_0 - (\bar y_0 - \bar m_0)` and the micro
     part's ensemble mean :math:`\bar m_\tau` (``micro``)."""
@@ -365,9 +365,10 @@ def _macro_parts(fc: xr.Dataset, obs_var: str):
 def _box_least_squares(srr, smm, srm, sdr, sdm):
     r"""Per entry, the minimiser :math:`(a, b) \in [0, 1]^2` of
     :math:`a^2 S_{rr} + b^2 S_{mm} + 2ab S_{rm} - 2a S_{dr} - 2b S_{dm}` (a least-squares
-    fit of two regressors in Gram form; arrays of one shape): the unconstrained optimum if it
-    is inside the box, else the best of the four edges' one-dimensional optima (clipped), where
-    the minimum of a convex quadratic over the box lies."""
+    fit of two regressors in Gram form; arrays of one shape): the best of the unconstrained
+    optimum (if inside the box) and the four edges' one-dimensional optima (clipped), among
+    which the minimum of a convex quadratic over the box lies. Ties go to the larger
+    :math:`a`."""
     def objective(a, b):
         return a * a * srr + b * b * smm + 2 * a * b * srm - 2 * a * sdr - 2 * b * sdm
 
@@ -384,13 +385,18 @@ def _box_least_squares(srr, smm, srm, sdr, sdm):
     safe = np.where(regular, det, 1.0)
     a_in, b_in = (smm * sdr - srm * sdm) / safe, (srr * sdm - srm * sdr) / safe
     inside = regular & (a_in >= 0) & (a_in <= 1) & (b_in >= 0) & (b_in <= 1)
-    candidates = [(np.full_like(srr, e), along_b(e)) for e in (0.0, 1.0)]
-    candidates += [(along_a(e), np.full_like(srr, e)) for e in (0.0, 1.0)]
-    values = np.stack([objective(a, b) for a, b in candidates])
-    best = np.argmin(values, axis=0)
-    a = np.choose(best, [c[0] for c in candidates])
-    b = np.choose(best, [c[1] for c in candidates])
-    return np.where(inside, a_in, a), np.where(inside, b_in, b)
+    # the edges in the order ties are broken (argmin keeps the first): the larger gain first,
+    # so collinear regressors (a micro part that is the held residual) keep the residual's
+    # gain, which the running minimum then does not cut for every later lead time
+    candidates = [(np.full_like(srr, 1.0), along_b(1.0)), (along_a(0.0), np.zeros_like(srr)),
+                  (along_a(1.0), np.ones_like(srr)), (np.zeros_like(srr), along_b(0.0))]
+    values = [objective(a, b) for a, b in candidates]
+    # the interior optimum competes too (a nearly singular system is not trusted blindly)
+    candidates.insert(0, (np.where(inside, a_in, 0.0), np.where(inside, b_in, 0.0)))
+    values.insert(0, np.where(inside, objective(a_in, b_in), np.inf))
+    best = np.argmin(np.stack(values), axis=0)
+    return (np.choose(best, [c[0] for c in candidates]),
+            np.choose(best, [c[1] for c in candidates]))
 
 
 def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
@@ -398,12 +404,13 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     r"""The delivered mean's correction per lead time (and field), fitted on a (validation)
     forecast: ``(residual_gain, micro_weight)``.
 
-    Without a micro part (no ``micro`` in ``fc``): :func:`fit_residual_gain` and ``None``.
+    Without a micro part (no ``micro`` in ``fc``, or one that is 0 everywhere: an
+    implicit-scale model): :func:`fit_residual_gain` and ``None``.
     With one (the product-of-experts likelihood's weighted micro part, ensemble mean
-    :math:`ar m_	au`), the delivered mean is
+    :math:`\bar m_\tau`), the delivered mean is
 
-    .. math:: 	ilde y_	au = (ar y_	au - ar m_	au) + a(	au)\, r_0
-              + b(	au)\, ar m_	au, \qquad r_0 = y_0 - (ar y_0 - ar m_0),
+    .. math:: \tilde y_\tau = (\bar y_\tau - \bar m_\tau) + a(\tau)\, r_0
+              + b(\tau)\, \bar m_\tau, \qquad r_0 = y_0 - (\bar y_0 - \bar m_0),
 
     the macro part, the first snapshot's residual with respect to the macro part (the micro
     part plus the reconstruction residual, what the coarse state does not carry) carried with
@@ -413,23 +420,23 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     :math:`a(0) = 1, b(0) = 0` (the corrected mean starts at :math:`y_0`); :math:`a` is made
     non-increasing in lead time as in :func:`fit_residual_gain`, and :math:`b` is then refitted
     given it. :math:`b = 1, a = 0` is the model's own mean; :math:`b = 1` and the residual
-    persistence of :func:`fit_residual_gain` differ only in carrying :math:`ar m_0` too.
-    A micro state whose forecast decorrelates from the unresolved field before the held
-    initial one does gets a small weight: on Kuramoto-Sivashinsky the fitted weight is 0 up
-    to t = 3 and the initial micro part is carried instead (docs/calibration.md). A lead time
-    without a pair keeps the values before it; a micro part that is 0 everywhere at a lead
-    time has weight 1.
+    persistence of :func:`fit_residual_gain` differ only in carrying :math:`\bar m_0` too.
+    A micro forecast that decorrelates from the unresolved field before the held first micro
+    part does gets a small weight, and that part is carried instead (docs/calibration.md).
+    Only the micro part's ensemble mean is weighted: each member keeps its own deviation
+    from it (the spread is calibrated afterwards). A lead time without a pair keeps the values
+    before it (lead 1: weight 1); a micro part that is 0 at a lead time has weight 1 there.
 
     Raises:
         ValueError: non-finite forecast means.
     """
-    if "micro" not in fc:
+    if "micro" not in fc or not np.any(fc["micro"].values):  # no micro part, or an idle one
         return fit_residual_gain(fc, obs_var=obs_var), None
     if not np.isfinite(fc["mean"].values).all():
         raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
     d, r0, m = _macro_parts(fc, obs_var)
     pooled = [k for k in fc["mean"].dims if k not in ("time", "field")]
-    has = (d.notnull() & r0.notnull()).astype(np.float64)  # a missing value drops its pair
+    has = (d.notnull() & r0.notnull()).astype(np.float32)  # a missing value drops its pair
     d0, r = d.fillna(0.0), r0.fillna(0.0)
 
     def total(*factors):
@@ -437,7 +444,7 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
                           np.float64)
 
     sums = [total(r, r), total(m, m), total(r, m), total(d0, r), total(d0, m)]
-    pairs = total(xr.ones_like(m))
+    pairs = np.asarray(has.sum(pooled).transpose("time", ...).values)
     a, b = _box_least_squares(*sums)
     a = np.where(pairs > 0, a, np.nan)
     a[0] = 1.0
@@ -445,8 +452,9 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     srr, smm, srm, sdr, sdm = sums
     b = np.clip(np.divide(sdm - a * srm, smm, out=np.ones_like(smm), where=smm > 0), 0.0, 1.0)
     b[0] = 0.0
-    for i in range(1, len(b)):  # no pair at a lead time: the weight before it
-        b[i] = np.where(pairs[i] > 0, b[i], b[i - 1])
+    for i in range(1, len(b)):  # no pair at a lead time: the weight before it (1 at lead 1:
+        # b(0) = 0 is the lead-0 constraint, not a fit)
+        b[i] = np.where(pairs[i] > 0, b[i], b[i - 1] if i > 1 else 1.0)
     return a, b
 
 

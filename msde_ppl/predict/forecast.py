@@ -477,7 +477,8 @@ def forecast(
     statistics move with it, ``macro``/``micro`` stay the model's parts.
 
     ``micro_weight`` (the same shapes; needs ``residual_gain`` and a model with a micro part,
-    ``micro`` in the output) weights the model's micro part in every draw instead,
+    ``micro`` in the output) weights the micro part's ensemble mean in every draw instead
+    (each member keeps its own deviation from it),
     :math:`y^{(s)}_\\tau + a(\\tau)\\,r_0 + (b(\\tau) - 1)\\,\\bar m_\\tau`, the residual
     then taken with respect to the macro part, :math:`r_0 = y_0 - (\\bar y_0 - \\bar m_0)`
     (:func:`~msde_ppl.predict.fit_persistence`; :math:`\\bar m_\\tau` the micro part's

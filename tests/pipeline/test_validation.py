@@ -407,25 +407,34 @@ def test_the_score_is_the_delivered_forecasts_rel_l2_plus_the_diverged_fraction(
                    / np.linalg.norm(y.reshape(*y.shape[:2], -1), axis=-1)[:, 1:]) > 0.05
 
     class Ensemble:
-        def __init__(self, means, bad_window):
-            self.means, self.bad, self.calls = means, bad_window, 0
+        def __init__(self, means, bad_window, micros=None):
+            self.means, self.bad, self.calls, self.micros = means, bad_window, 0, micros
 
         def blocks(self, key, window, t0):
             i, self.calls = self.calls, self.calls + 1
             draws = np.repeat(self.means[i][:, None], 4, axis=1)  # (H, S, C, *fine)
             if i == self.bad:
                 draws[2, 1] = np.inf  # one member of this window leaves the bounds
-            return None, [(None, draws, {"mean": self.means[i]})]
+            summary = {"mean": self.means[i]}
+            if self.micros is not None:
+                summary["micro"] = self.micros[i]
+            return None, [(None, draws, summary)]
 
-    def run(means, bad_window=0):
+    def run(means, bad_window=0, micros=None):
         monkeypatch.setattr(forecast_module, "trajectory_ensemble",
-                            lambda *a, **k: Ensemble(means, bad_window))
+                            lambda *a, **k: Ensemble(means, bad_window, micros))
         monkeypatch.setattr(forecast_module, "_training_range",
                             lambda f, d: [[-1e3, 1e3]] * y.shape[2])
         monitor._template = None
         return monitor.score(SimpleNamespace(grid={"dt": 1.0}, params=None))
 
     assert run(means) == pytest.approx(1 / 4 / y.shape[0], abs=1e-6)
+    # a micro forecast without skill on top of the same macro part: the score reads the
+    # micro parts, weights them 0 and holds the first residual w.r.t. the macro part (exact);
+    # the residual persistence alone would keep the micro forecast's error
+    micros = 0.2 * np.random.default_rng(1).normal(size=y.shape)
+    assert run(means + micros, micros=micros) == pytest.approx(1 / 4 / y.shape[0], abs=1e-6)
+    assert run(means + micros) > 1 / 4 / y.shape[0] + 0.01
     broken = means.copy()
     broken[0, 3] = np.nan
     assert run(broken) == float("inf")

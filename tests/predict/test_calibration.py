@@ -203,6 +203,10 @@ def test_box_least_squares_is_the_bounded_least_squares_solution(np_rng):
         best = lsq_linear(x, d, bounds=(0.0, 1.0), tol=1e-12).x
         ours = np.sum((x @ np.array([a, b]) - d) ** 2)
         assert ours == pytest.approx(np.sum((x @ best - d) ** 2), rel=1e-9)
+    # identical regressors (a micro part that is the held residual): the tie goes to the
+    # residual's gain, which the running minimum would otherwise cut for every later lead
+    a, b = _box_least_squares(*(np.asarray(v) for v in (1.0, 1.0, 1.0, 0.9, 0.9)))
+    assert (a, b) == (pytest.approx(0.9), 0.0)
 
 
 def test_persistence_recovers_the_gain_and_the_micro_weight(np_rng):
@@ -246,12 +250,24 @@ def test_persistence_recovers_the_gain_and_the_micro_weight(np_rng):
     np.testing.assert_array_equal(gain_alone, fit_residual_gain(alone))
     xr.testing.assert_identical(apply_persistence(alone, gain_alone, None),
                                 apply_residual_gain(alone, gain_alone))
-    # a micro part that is 0 everywhere: weight 1 (the model as it is), the residual gain's
+    # a micro part that is 0 everywhere (an implicit-scale model): the residual gain alone
     idle = fc.copy()
     idle["micro"] = xr.zeros_like(fc["micro"])
     g3, w3 = fit_persistence(idle)
-    np.testing.assert_allclose(g3, fit_residual_gain(idle), atol=1e-12)
-    np.testing.assert_array_equal(w3[1:], 1.0)
+    assert w3 is None
+    np.testing.assert_array_equal(g3, fit_residual_gain(idle))
+    # no pair at lead 1: weight 1 there (lead 0's 0 is a constraint, not a fit to carry on);
+    # no first observation at all: gain 1, weight 1 and nothing to carry, the model's mean
+    late = fc.copy(deep=True)
+    late["obs"][:, 1] = np.nan
+    assert fit_persistence(late)[1][1] == 1.0
+    blind = fc.copy(deep=True)
+    blind["obs"][:, 0] = np.nan
+    g4, w4 = fit_persistence(blind)
+    np.testing.assert_array_equal(g4, 1.0)
+    np.testing.assert_array_equal(w4[1:], 1.0)
+    np.testing.assert_allclose(apply_persistence(blind, g4, w4)["mean"][:, 1:],
+                               blind["mean"][:, 1:], rtol=1e-6)
     bad = fc.copy()
     bad["mean"] = bad["mean"] * np.nan
     with pytest.raises(ValueError, match="non-finite"):

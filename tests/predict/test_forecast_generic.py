@@ -237,6 +237,9 @@ def test_residual_gain_moves_every_member_by_the_first_residual(data):
     with pytest.raises(ValueError, match="residual_gain"):
         msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
                       residual_gain=np.ones(T_OUT - 1))
+    with pytest.raises(ValueError, match="micro part"):  # this program has none to weight
+        msde.forecast(jax.random.key(3), fitted, data, split="test", n_samples=8,
+                      residual_gain=gain, micro_weight=gain)
 
 
 def test_residual_spread_multiplies_each_trajectory_by_its_residual(data):
