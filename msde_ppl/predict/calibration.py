@@ -51,6 +51,15 @@ observation noise in :math:`y_0` does not persist and lowers :math:`a` by itself
 every member by the same amount: the spread is then calibrated on the corrected validation
 errors.
 
+**The micro part weighted** (:func:`fit_persistence`). For a model with a micro part (the
+product-of-experts likelihood's ``micro``, ensemble mean :math:`\bar m_\tau`) the residual is
+taken with respect to the macro part, :math:`r_0 = y_0 - (\bar y_0 - \bar m_0)`, and the micro
+forecast gets a weight of its own,
+:math:`\tilde y_\tau = (\bar y_\tau - \bar m_\tau) + a(\tau) r_0 + b(\tau) \bar m_\tau`,
+with :math:`a, b \in [0, 1]` fitted jointly on the validation forecast. A micro forecast
+that has lost its correlation with the unresolved field but kept its amplitude is weighted
+down instead of added whole (Kuramoto-Sivashinsky, docs/calibration.md).
+
 **Heavy tails** (:func:`fit_spread_tail`). A factor that matches the RMSE pooled over the grid
 over-covers when the errors are heavy-tailed relative to the spread (most grid values err less
 than their spread, a few far more: a front or a wave crest the ensemble places slightly
