@@ -436,6 +436,12 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     from it (the spread is calibrated afterwards). A lead time without a pair keeps the values
     before it (lead 1: weight 1); a micro part that is 0 at a lead time has weight 1 there.
 
+    The pair is kept only if, fitted without each trajectory in turn, it predicts the left-out
+    trajectories better (squared error pooled over lead times ``>= 1``) than the residual gain
+    alone fitted the same way; otherwise, and with fewer than 2 trajectories, the result is
+    that of :func:`fit_residual_gain` and ``None``: a weight fitted on one trajectory can fit
+    that trajectory's blend of held and forecast micro parts and miss the next.
+
     Raises:
         ValueError: non-finite forecast means.
     """
@@ -444,20 +450,58 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     if not np.isfinite(fc["mean"].values).all():
         raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
     d, r0, m = _macro_parts(fc, obs_var)
-    pooled = [k for k in fc["mean"].dims if k not in ("time", "field")]
     has = (d.notnull() & r0.notnull()).astype(np.float32)  # a missing value drops its pair
     d0, r = d.fillna(0.0), r0.fillna(0.0)
+    raw, e0 = d0 - m, r - m.isel(time=0, drop=True)  # the model's own error and e_0
+    within = [k for k in fc["mean"].dims if k not in ("traj", "time", "field")]
 
-    def total(*factors):
-        return np.asarray(xr.dot(has, *factors, dim=pooled).transpose("time", ...).values,
-                          np.float64)
+    def per_traj(*factors):  # (K, T[, C]) sums over each trajectory's grid points
+        out = xr.dot(has, *factors, dim=within)
+        out = out.expand_dims("traj") if "traj" not in out.dims else out
+        return np.asarray(out.transpose("traj", "time", ...).values, np.float64)
 
-    sums = [total(r, r), total(m, m), total(r, m), total(d0, r), total(d0, m)]
-    pairs = np.asarray(has.sum(pooled).transpose("time", ...).values)
-    a, b = _box_least_squares(*sums)
-    a = np.where(pairs > 0, a, np.nan)
-    a[0] = 1.0
-    a = np.fmin.accumulate(a, axis=0)  # NaN (no pair) keeps the gain before it
+    # the Gram sums of the joint fit and of the residual gain alone, per trajectory
+    joint = [per_traj(*f) for f in ((r, r), (m, m), (r, m), (d0, r), (d0, m), (d0, d0))]
+    alone = [per_traj(*f) for f in ((e0, e0), (raw, e0), (raw, raw))]
+    pairs = per_traj()
+    a, b = _joint_gain_and_weight([x.sum(0) for x in joint[:5]], pairs.sum(0))
+    # kept only where it predicts held-out trajectories better than the residual gain alone
+    # (leave one trajectory out): a weight fitted on one trajectory's micro part, or on few,
+    # can fit that trajectory's blend of held and forecast micro parts and miss the next
+    # (Burgers 1D, one val trajectory: test 0.0166 -> 0.0200, docs/calibration.md)
+    n = pairs.shape[0]
+    if n < 2:
+        return fit_residual_gain(fc, obs_var=obs_var), None
+    held_out = {"joint": 0.0, "alone": 0.0}
+    for k in range(n):
+        rest = [x.sum(0) - x[k] for x in joint[:5]]
+        fa, fb = _joint_gain_and_weight(rest, pairs.sum(0) - pairs[k])
+        srr, smm, srm, sdr, sdm, sdd = (x[k] for x in joint)
+        held_out["joint"] += float(np.sum((sdd - 2 * fa * sdr - 2 * fb * sdm + fa * fa * srr
+                                           + fb * fb * smm + 2 * fa * fb * srm)[1:]))
+        see, sde, sdd = (x[k] for x in alone)
+        rest_ee, rest_de = (x.sum(0) - x[k] for x in alone[:2])
+        gain = _running_gain(np.divide(rest_de, rest_ee, out=np.zeros_like(rest_ee),
+                                       where=rest_ee > 0), pairs.sum(0) - pairs[k])
+        held_out["alone"] += float(np.sum((sdd - 2 * gain * sde + gain * gain * see)[1:]))
+    if held_out["joint"] >= held_out["alone"]:
+        return fit_residual_gain(fc, obs_var=obs_var), None
+    return a, b
+
+
+def _running_gain(ratio: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """A gain per lead time ``(T[, C])`` from least-squares ratios: clipped to [0, 1], 1 at lead
+    0, NaN (no pair) keeping the value before it, non-increasing (:func:`fit_residual_gain`)."""
+    gain = np.where(pairs > 0, np.clip(ratio, 0.0, 1.0), np.nan)
+    gain[0] = 1.0
+    return np.fmin.accumulate(gain, axis=0)
+
+
+def _joint_gain_and_weight(sums: list, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_persistence`'s ``(a, b)`` from the pooled Gram sums ``(S_rr, S_mm, S_rm,
+    S_dr, S_dm)`` and pair counts, each ``(T[, C])``."""
+    a, _ = _box_least_squares(*sums)
+    a = _running_gain(a, pairs)
     srr, smm, srm, sdr, sdm = sums
     b = np.clip(np.divide(sdm - a * srm, smm, out=np.ones_like(smm), where=smm > 0), 0.0, 1.0)
     b[0] = 0.0

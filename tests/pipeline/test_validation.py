@@ -399,7 +399,8 @@ def test_the_score_is_the_delivered_forecasts_rel_l2_plus_the_diverged_fraction(
 
     forecast_module = importlib.import_module("msde_ppl.predict.forecast")  # not the function
 
-    monitor = ValidationMonitor(Validation(horizon=6, n_samples=4), ds)
+    # three windows: the micro part's weight is kept only where it predicts held-out windows
+    monitor = ValidationMonitor(Validation(horizon=6, n_samples=4, n_starts=3), ds)
     y = np.asarray(monitor.windows, np.float64)  # (N, H, C, *fine)
     residual = 0.3 * np.random.default_rng(0).normal(size=y[:, :1].shape)
     means = y - residual

@@ -257,21 +257,47 @@ def test_persistence_recovers_the_gain_and_the_micro_weight(np_rng):
     assert w3 is None
     np.testing.assert_array_equal(g3, fit_residual_gain(idle))
     # no pair at lead 1: weight 1 there (lead 0's 0 is a constraint, not a fit to carry on);
-    # no first observation at all: gain 1, weight 1 and nothing to carry, the model's mean
+    # no first observation at all: nothing to carry, nothing to choose with: the residual gain
+    # alone (gain 1 on a residual of 0), the model's mean
     late = fc.copy(deep=True)
     late["obs"][:, 1] = np.nan
     assert fit_persistence(late)[1][1] == 1.0
     blind = fc.copy(deep=True)
     blind["obs"][:, 0] = np.nan
     g4, w4 = fit_persistence(blind)
-    np.testing.assert_array_equal(g4, 1.0)
-    np.testing.assert_array_equal(w4[1:], 1.0)
+    assert w4 is None
     np.testing.assert_allclose(apply_persistence(blind, g4, w4)["mean"][:, 1:],
                                blind["mean"][:, 1:], rtol=1e-6)
     bad = fc.copy()
     bad["mean"] = bad["mean"] * np.nan
     with pytest.raises(ValueError, match="non-finite"):
         fit_persistence(bad)
+
+
+def test_the_micro_weight_is_kept_only_where_it_predicts_held_out_trajectories(np_rng):
+    """Leave one trajectory out: truth that is the model's own mean plus its reconstruction
+    residual decaying (what the residual gain alone describes, and the joint fit cannot: its
+    gain carries the held micro part along) keeps the residual gain alone; truth whose micro
+    forecast has no skill (the first residual w.r.t. the macro part held) keeps the joint fit;
+    one trajectory cannot be left out: the residual gain alone."""
+    n_traj, n_time, n_x = 4, 8, 500
+    dims = ("traj", "time", "x")
+    macro = np_rng.normal(size=(n_traj, n_time, n_x))
+    micro = np_rng.normal(size=(n_traj, n_time, n_x))
+    e0 = 0.5 * np_rng.normal(size=(n_traj, 1, n_x))
+    decay = 0.8 ** np.arange(n_time)[None, :, None]
+    own = macro + micro + e0 * decay + 0.1 * np_rng.normal(size=macro.shape)
+    own[:, 0] = (macro + micro + e0)[:, 0]
+    fc = xr.Dataset({"mean": (dims, macro + micro), "micro": (dims, micro), "obs": (dims, own)})
+    gain, weight = fit_persistence(fc)
+    assert weight is None
+    np.testing.assert_array_equal(gain, fit_residual_gain(fc))
+    held = macro + (micro + e0)[:, :1] + 0.1 * np_rng.normal(size=macro.shape)
+    held[:, 0] = (macro + micro + e0)[:, 0]
+    fc["obs"] = (dims, held)
+    gain, weight = fit_persistence(fc)
+    assert weight is not None and np.all(weight[1:] < 0.05) and np.all(gain[1:] > 0.95)
+    assert fit_persistence(fc.isel(traj=[0]))[1] is None
 
 
 def test_persistence_is_per_field():
