@@ -449,8 +449,11 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
         return fit_residual_gain(fc, obs_var=obs_var), None
     if not np.isfinite(fc["mean"].values).all():
         raise ValueError("the forecast has non-finite means: no residual gain can be fitted")
+    if fc.sizes.get("traj", 1) < 2:  # no trajectory to leave out (below)
+        return fit_residual_gain(fc, obs_var=obs_var), None
     d, r0, m = _macro_parts(fc, obs_var)
-    has = (d.notnull() & r0.notnull()).astype(np.float32)  # a missing value drops its pair
+    # float64: the held-out errors below are differences of large sums
+    has = (d.notnull() & r0.notnull()).astype(np.float64)  # a missing value drops its pair
     d0, r = d.fillna(0.0), r0.fillna(0.0)
     raw, e0 = d0 - m, r - m.isel(time=0, drop=True)  # the model's own error and e_0
     within = [k for k in fc["mean"].dims if k not in ("traj", "time", "field")]
@@ -470,8 +473,6 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     # can fit that trajectory's blend of held and forecast micro parts and miss the next
     # (Burgers 1D, one val trajectory: test 0.0166 -> 0.0200, docs/calibration.md)
     n = pairs.shape[0]
-    if n < 2:
-        return fit_residual_gain(fc, obs_var=obs_var), None
     held_out = {"joint": 0.0, "alone": 0.0}
     for k in range(n):
         rest = [x.sum(0) - x[k] for x in joint[:5]]
@@ -484,7 +485,7 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
         gain = _running_gain(np.divide(rest_de, rest_ee, out=np.zeros_like(rest_ee),
                                        where=rest_ee > 0), pairs.sum(0) - pairs[k])
         held_out["alone"] += float(np.sum((sdd - 2 * gain * sde + gain * gain * see)[1:]))
-    if held_out["joint"] >= held_out["alone"]:
+    if not held_out["joint"] < held_out["alone"]:  # a tie, or NaN: the residual gain alone
         return fit_residual_gain(fc, obs_var=obs_var), None
     return a, b
 
