@@ -340,14 +340,9 @@ def fit_residual_gain(fc: xr.Dataset, *, obs_var: str = "obs") -> np.ndarray:
     num = xr.dot(err.fillna(0.0), e0_or_zero, dim=pooled)
     den = xr.dot(has_err, e0_or_zero**2, dim=pooled)
     pairs = xr.dot(has_err, has_e0, dim=pooled)
-    ratio = (num / den.where(den > 0)).fillna(0.0).where(pairs > 0)  # no pair: NaN
-    gain = np.clip(np.asarray(ratio.transpose("time", ...).values, np.float64), 0.0, 1.0)
-    gain[0] = 1.0
-    # non-increasing in lead time: once the forecast error dwarfs the residual, the ratio is
-    # mostly sampling noise (clipped to 0 or 1 at random); a residual that has decorrelated
-    # is not trusted to come back. fmin skips a NaN: a lead time without a pair keeps the
-    # gain before it.
-    return np.fmin.accumulate(gain, axis=0)
+    ratio = (num / den.where(den > 0)).fillna(0.0)
+    return _running_gain(np.asarray(ratio.transpose("time", ...).values, np.float64),
+                         np.asarray(pairs.transpose("time", ...).values))
 
 
 def apply_residual_gain(fc: xr.Dataset, gain: np.ndarray, *, obs_var: str = "obs") -> xr.Dataset:
@@ -492,9 +487,13 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
 
 def _running_gain(ratio: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """A gain per lead time ``(T[, C])`` from least-squares ratios: clipped to [0, 1], 1 at lead
-    0, NaN (no pair) keeping the value before it, non-increasing (:func:`fit_residual_gain`)."""
-    gain = np.where(pairs > 0, np.clip(ratio, 0.0, 1.0), np.nan)
+    0, non-increasing (:func:`fit_residual_gain`)."""
+    gain = np.where(pairs > 0, np.clip(ratio, 0.0, 1.0), np.nan)  # no pair: NaN
     gain[0] = 1.0
+    # non-increasing in lead time: once the forecast error dwarfs the residual, the ratio is
+    # mostly sampling noise (clipped to 0 or 1 at random); a residual that has decorrelated
+    # is not trusted to come back. fmin skips a NaN: a lead time without a pair keeps the
+    # gain before it.
     return np.fmin.accumulate(gain, axis=0)
 
 
