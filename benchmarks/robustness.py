@@ -247,11 +247,13 @@ def margin_uncertainty(means: dict[str, np.ndarray], obs: np.ndarray, times: np.
     ensemble means ``(traj, time, ...)``; ``obs``: the data they are scored on), and its
     standard error is the difference's sd over the trajectories divided by sqrt(trajectories).
     Returns the worst lead time's margin and standard error (``worst``; the error is NaN with
-    one trajectory), the numbers of checked lead times where the multiscale model is behind
-    (``behind_2se``) or ahead (``ahead_2se``) by more than two standard errors, the number
-    checked and the number of trajectories. With four trajectories two standard errors are
-    about an 86% two-sided level (Student's t, 3 degrees of freedom), lead time by lead time;
-    the lead times are correlated, so the counts are a description, not a joint test."""
+    one trajectory), both at every checked lead time (``by_lead_time``), the numbers of checked
+    lead times where the multiscale model is behind (``behind_2se``) or ahead (``ahead_2se``) by
+    more than two standard errors, the number checked and the number of trajectories. With four
+    trajectories two standard errors are about an 86% two-sided level (Student's t, 3 degrees of
+    freedom), lead time by lead time; the lead times are correlated, so the counts are a
+    description, not a joint test.
+    """
     flat = obs.reshape(*obs.shape[:2], -1)
     diff = (_rel_l2(flat, means["multiscale"].reshape(flat.shape))
             - _rel_l2(flat, means["implicit_scale"].reshape(flat.shape)))
@@ -263,6 +265,8 @@ def margin_uncertainty(means: dict[str, np.ndarray], obs: np.ndarray, times: np.
     worst = int(np.argmax(margin))
     return {"worst": {"lead_time": float(times[window][worst]), "margin": float(margin[worst]),
                       "standard_error": float(se[worst])},
+            "by_lead_time": {"lead_time": times[window].tolist(), "margin": margin.tolist(),
+                             "standard_error": se.tolist()},
             "behind_2se": int((margin > 2 * se).sum()), "ahead_2se": int((margin < -2 * se).sum()),
             "n_lead_times": int(window.sum()), "n_trajectories": int(d.shape[0])}
 
@@ -521,6 +525,8 @@ def main() -> None:
                         "fits): whether a margin within four trajectories' sampling error is "
                         "resolved (default 0: not run)")
     args = parser.parse_args()
+    if args.extra_test < 0 or args.extra_test == 1:  # one trajectory: no val/test labels to draw
+        parser.error(f"--extra-test must be 0 (off) or at least 2, got {args.extra_test}")
     args.work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = args.work / stamp

@@ -141,6 +141,8 @@ def test_the_extended_test_split_reports_its_own_verdict():
     margin = robustness.margin_uncertainty(means, truth, np.array(lead), t_dec=2.0)
     assert margin["worst"] == pytest.approx({"lead_time": 2.0, "margin": 0.02,
                                              "standard_error": 0.01})
+    assert margin["by_lead_time"]["lead_time"] == [1.0, 2.0]
+    assert margin["by_lead_time"]["margin"] == pytest.approx([-0.05, 0.02])
     row = {"pde": "kuramoto_sivashinsky", "decorrelation_time": 2.0, "extended_test": {
         "n_test_trajectories": 28, "n_extra": 24, "extra_seed": 10_000,
         "rel_l2": {"multiscale": 0.3, "implicit_scale": 0.32}, "implicit_margin": margin,
