@@ -271,6 +271,19 @@ def margin_uncertainty(means: dict[str, np.ndarray], obs: np.ndarray, times: np.
             "n_lead_times": int(window.sum()), "n_trajectories": int(d.shape[0])}
 
 
+def delivered_means(fc_ms: Path, fc_is: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``(means, obs, times)`` of the two forecast directories ``msde forecast`` wrote: the
+    delivered ensemble means ``{"multiscale": ..., "implicit_scale": ...}`` ``(traj, time,
+    ...)``, the data they are scored on and the times (of the second; both forecast the same
+    split)."""
+    means = {}
+    for key, fc in (("multiscale", fc_ms), ("implicit_scale", fc_is)):
+        with xr.open_dataset(fc / "forecast.nc", engine="h5netcdf") as out:
+            means[key] = np.asarray(out["mean"].values, np.float64)
+            obs, times = np.asarray(out["obs"].values, np.float64), out["time"].values
+    return means, obs, times
+
+
 EXTRA_TEST_SEED = 10_000  # added to --seed for --extra-test's trajectories (no clash with
 # the standard data of another --seed)
 
@@ -297,11 +310,7 @@ def extended_test(name: str, data: Path, fit_dir: Path, work: Path, seed: int, n
     ms = json.loads((fc_ms / "metrics.json").read_text())["model"]
     implicit = json.loads((fc_is / "metrics.json").read_text())["model"]
     verdict = assess(ms, implicit, t_dec)
-    means = {}
-    for key, fc in (("multiscale", fc_ms), ("implicit_scale", fc_is)):
-        with xr.open_dataset(fc / "forecast.nc", engine="h5netcdf") as out:
-            means[key] = np.asarray(out["mean"].values, np.float64)
-            obs, times = np.asarray(out["obs"].values, np.float64), out["time"].values
+    means, obs, times = delivered_means(fc_ms, fc_is)
     return {"n_test_trajectories": int(select_split(grown, "test").sizes["traj"]),
             "n_extra": n_extra, "extra_seed": seed + EXTRA_TEST_SEED,
             "rel_l2": {"multiscale": _delivered(ms)["rel_l2_mean"],
@@ -357,11 +366,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
     }
     t_dec = decorrelation_time(ds)
     row.update(assess(ms, implicit, t_dec))
-    means = {}
-    for key, fc in (("multiscale", fc_ms), ("implicit_scale", fc_is)):
-        with xr.open_dataset(fc / "forecast.nc", engine="h5netcdf") as out:
-            means[key] = np.asarray(out["mean"].values, np.float64)
-            obs, times = np.asarray(out["obs"].values, np.float64), out["time"].values
+    means, obs, times = delivered_means(fc_ms, fc_is)
     row["implicit_margin"] = margin_uncertainty(means, obs, times - times[0], t_dec)
     if name in REFERENCES and "diffusivity" not in ds.attrs:
         print(f"{name}: no physics reference ({data} predates it: its dataset has no "
