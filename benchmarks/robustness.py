@@ -288,10 +288,10 @@ EXTRA_TEST_SEED = 10_000  # added to --seed for --extra-test's trajectories (no 
 # the standard data of another --seed)
 
 
-def extended_test(name: str, data: Path, fit_dir: Path, work: Path, seed: int, n_extra: int,
-                  t_dec: float) -> dict:
+def extended_test(name: str, base: xr.Dataset, fit_dir: Path, work: Path, seed: int,
+                  n_extra: int, t_dec: float) -> dict:
     """The targets again on a larger test split: ``n_extra`` more trajectories drawn from the
-    same generator (seed ``seed + EXTRA_TEST_SEED``, all labelled test) appended to ``data``,
+    same generator (seed ``seed + EXTRA_TEST_SEED``, all labelled test) appended to ``base``,
     whose train and val trajectories, and so the fit and its calibration, stay as they were.
     Four test trajectories leave a margin of a few hundredths within its sampling error
     (:func:`margin_uncertainty`); this says whether a miss (or a win) is resolved. The
@@ -300,7 +300,6 @@ def extended_test(name: str, data: Path, fit_dir: Path, work: Path, seed: int, n
     make, _ = PDES[name]
     extra = make(n_traj=n_extra, seed=seed + EXTRA_TEST_SEED)
     extra = extra.assign_coords(split=("traj", np.full(extra.sizes["traj"], "test")))
-    base = load(data)
     grown = xr.concat([base, extra], dim="traj", combine_attrs="override")
     extended = work / f"{name}_extended.nc"
     save(grown, extended, overwrite=True)
@@ -376,7 +375,7 @@ def run_pde(name: str, work: Path, seed: int, n_traj: int, reuse: Path | None = 
         row["n_test_trajectories"] = int(select_split(ds, "test").sizes["traj"])
         row["physics_reference"] = reference_summary(curves, ms, implicit, t_dec)
     if extra_test > 0:
-        row["extended_test"] = extended_test(name, data, fit_dir, work, seed, extra_test, t_dec)
+        row["extended_test"] = extended_test(name, ds, fit_dir, work, seed, extra_test, t_dec)
     return row
 
 

@@ -462,7 +462,9 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     joint = [per_traj(*f) for f in ((r, r), (m, m), (r, m), (d0, r), (d0, m), (d0, d0))]
     alone = [per_traj(*f) for f in ((e0, e0), (raw, e0), (raw, raw))]
     pairs = per_traj()
-    a, b = _joint_gain_and_weight([x.sum(0) for x in joint[:5]], pairs.sum(0))
+    total, total_alone, total_pairs = ([x.sum(0) for x in joint[:5]], [x.sum(0) for x in alone[:2]],
+                                       pairs.sum(0))
+    a, b = _joint_gain_and_weight(total, total_pairs)
     # kept only where it predicts held-out trajectories better than the residual gain alone
     # (leave one trajectory out): a weight fitted on one trajectory's micro part, or on few,
     # can fit that trajectory's blend of held and forecast micro parts and miss the next
@@ -470,15 +472,15 @@ def fit_persistence(fc: xr.Dataset, *, obs_var: str = "obs"
     n = pairs.shape[0]
     held_out = {"joint": 0.0, "alone": 0.0}
     for k in range(n):
-        rest = [x.sum(0) - x[k] for x in joint[:5]]
-        fa, fb = _joint_gain_and_weight(rest, pairs.sum(0) - pairs[k])
+        rest = [t - x[k] for t, x in zip(total, joint[:5], strict=True)]
+        fa, fb = _joint_gain_and_weight(rest, total_pairs - pairs[k])
         srr, smm, srm, sdr, sdm, sdd = (x[k] for x in joint)
         held_out["joint"] += float(np.sum((sdd - 2 * fa * sdr - 2 * fb * sdm + fa * fa * srr
                                            + fb * fb * smm + 2 * fa * fb * srm)[1:]))
         see, sde, sdd = (x[k] for x in alone)
-        rest_ee, rest_de = (x.sum(0) - x[k] for x in alone[:2])
+        rest_ee, rest_de = (t - x[k] for t, x in zip(total_alone, alone[:2], strict=True))
         gain = _running_gain(np.divide(rest_de, rest_ee, out=np.zeros_like(rest_ee),
-                                       where=rest_ee > 0), pairs.sum(0) - pairs[k])
+                                       where=rest_ee > 0), total_pairs - pairs[k])
         held_out["alone"] += float(np.sum((sdd - 2 * gain * sde + gain * gain * see)[1:]))
     if not held_out["joint"] < held_out["alone"]:  # a tie, or NaN: the residual gain alone
         return fit_residual_gain(fc, obs_var=obs_var), None
